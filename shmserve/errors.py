@@ -1,0 +1,91 @@
+"""Every exception a shmserve user can see, each with the HTTP status it maps to.
+
+Errors raised inside a runner worker travel back to the caller as text (the
+exception type name, message and remote traceback), never as a pickled object.
+"""
+from __future__ import annotations
+
+
+class ShmserveError(Exception):
+    """Base class of every shmserve error."""
+
+    http_status: int = 500
+
+
+class ConfigError(ShmserveError):
+    """A runner, service or configuration value is invalid."""
+
+    http_status = 500
+
+
+class RunnerNotStarted(ShmserveError):
+    """A runner method was called before `shmserve.start()`, `connect()` or `init_local()`."""
+
+    http_status = 503
+
+
+class RunnerNameClash(ShmserveError):
+    """Another live process already serves a runner under this name."""
+
+    http_status = 500
+
+
+class InvalidInput(ShmserveError):
+    """An argument cannot cross the transport (object dtype, unsupported type, bad shape)."""
+
+    http_status = 400
+
+
+class TensorTooLarge(InvalidInput):
+    """A tensor (or a call's tensors together) exceeds the shared-memory arena."""
+
+    http_status = 413
+
+
+class RunnerError(ShmserveError):
+    """The runnable's method raised. `remote_traceback` holds the worker-side traceback text."""
+
+    http_status = 500
+
+    def __init__(self, message: str, remote_type: str = "", remote_traceback: str = "") -> None:
+        super().__init__(message)
+        self.remote_type = remote_type
+        self.remote_traceback = remote_traceback
+
+    def __str__(self) -> str:
+        base = super().__str__()
+        if self.remote_traceback:
+            return f"{base}\n\n--- remote traceback ---\n{self.remote_traceback}"
+        return base
+
+
+class RunnerUnavailable(ShmserveError):
+    """No live runner worker could take the call, or the worker died while serving it."""
+
+    http_status = 503
+
+
+class RunnerOverloaded(ShmserveError):
+    """The runner's queue is full; retry later."""
+
+    http_status = 503
+
+
+class RunnerTimeout(ShmserveError, TimeoutError):
+    """The call's deadline passed before its result arrived."""
+
+    http_status = 504
+
+
+__all__ = [
+    "ShmserveError",
+    "ConfigError",
+    "RunnerNotStarted",
+    "RunnerNameClash",
+    "InvalidInput",
+    "TensorTooLarge",
+    "RunnerError",
+    "RunnerUnavailable",
+    "RunnerOverloaded",
+    "RunnerTimeout",
+]

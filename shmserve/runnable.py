@@ -1,0 +1,127 @@
+"""The `Runnable` base class: user code that a runner worker hosts.
+
+A Runnable declares which resources it can use and which of its methods a
+runner exposes::
+
+    class MLP(shmserve.Runnable):
+        SUPPORTED_RESOURCES = ("cpu",)
+        SUPPORTS_CPU_MULTI_THREADING = False
+
+        @shmserve.Runnable.method(batchable=True, batch_dim=0)
+        def predict(self, x: np.ndarray) -> np.ndarray:
+            ...
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, TypeVar, Union, overload
+
+from .errors import ConfigError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+BatchDim = Union[int, "tuple[int, int]"]
+
+
+@dataclass(frozen=True)
+class MethodSignature:
+    """How a runner calls one Runnable method.
+
+    `batch_dim` is the dimension along which concurrent calls are joined
+    (`input_dim`) and the result split back (`output_dim`).
+    """
+
+    name: str
+    batchable: bool = False
+    input_dim: int = 0
+    output_dim: int = 0
+
+    @classmethod
+    def make(cls, name: str, batchable: bool = False, batch_dim: BatchDim = 0) -> "MethodSignature":
+        if isinstance(batch_dim, tuple):
+            if len(batch_dim) != 2 or not all(isinstance(d, int) for d in batch_dim):
+                raise ConfigError(f"batch_dim of method {name!r} must be an int or (input_dim, output_dim), got {batch_dim!r}")
+            input_dim, output_dim = batch_dim
+        elif isinstance(batch_dim, int) and not isinstance(batch_dim, bool):
+            input_dim = output_dim = batch_dim
+        else:
+            raise ConfigError(f"batch_dim of method {name!r} must be an int or (input_dim, output_dim), got {batch_dim!r}")
+        return cls(name=name, batchable=bool(batchable), input_dim=input_dim, output_dim=output_dim)
+
+
+class _MethodDecl:
+    """Marks a function in a Runnable class body as a runner method."""
+
+    def __init__(self, func: Callable[..., Any], batchable: bool, batch_dim: BatchDim) -> None:
+        self.func = func
+        self.batchable = batchable
+        self.batch_dim = batch_dim
+        self.__doc__ = func.__doc__
+        self.__wrapped__ = func
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        return self.func.__get__(instance, owner)
+
+
+class Runnable:
+    """Base class for model code hosted by runner workers.
+
+    Subclasses set `SUPPORTED_RESOURCES` (any of ``"cpu"``, ``"nvidia.com/gpu"``)
+    and `SUPPORTS_CPU_MULTI_THREADING`; these decide how many worker processes a
+    runner starts and how many threads each may use. Methods are exposed with
+    `@Runnable.method(...)`.
+    """
+
+    SUPPORTED_RESOURCES: ClassVar[tuple[str, ...]] = ("cpu",)
+    SUPPORTS_CPU_MULTI_THREADING: ClassVar[bool] = False
+    methods: ClassVar[dict[str, MethodSignature]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        methods = dict(getattr(cls, "methods", {}))
+        for attr, value in list(vars(cls).items()):
+            if isinstance(value, _MethodDecl):
+                methods[attr] = MethodSignature.make(attr, value.batchable, value.batch_dim)
+                setattr(cls, attr, value.func)
+        cls.methods = methods
+        resources = cls.SUPPORTED_RESOURCES
+        if isinstance(resources, str) or not all(r in ("cpu", "nvidia.com/gpu") for r in resources):
+            raise ConfigError(
+                f"{cls.__name__}.SUPPORTED_RESOURCES must be a tuple of 'cpu' and/or 'nvidia.com/gpu', got {resources!r}"
+            )
+
+    @overload
+    @staticmethod
+    def method(func: F) -> F: ...
+
+    @overload
+    @staticmethod
+    def method(*, batchable: bool = False, batch_dim: BatchDim = 0) -> Callable[[F], F]: ...
+
+    @staticmethod
+    def method(func: Any = None, *, batchable: bool = False, batch_dim: BatchDim = 0) -> Any:
+        """Expose a method to runners. `batchable=True` lets concurrent calls be
+        joined along `batch_dim` (an int, or ``(input_dim, output_dim)``)."""
+
+        def wrap(f: Callable[..., Any]) -> Any:
+            MethodSignature.make(f.__name__, batchable, batch_dim)  # validate early
+            return _MethodDecl(f, batchable, batch_dim)
+
+        if func is not None:
+            return wrap(func)
+        return wrap
+
+    @classmethod
+    def add_method(
+        cls, func: Callable[..., Any], name: str, *, batchable: bool = False, batch_dim: BatchDim = 0
+    ) -> None:
+        """Add a method after class creation (used by the framework adapters)."""
+        setattr(cls, name, func)
+        methods = dict(cls.methods)
+        methods[name] = MethodSignature.make(name, batchable, batch_dim)
+        cls.methods = methods

@@ -1,0 +1,190 @@
+"""`Runner`: a named, configured Runnable, and the handles used to call it.
+
+A Runner is only configuration until it is bound to a backend:
+`shmserve.start(runner)` (worker processes over shared memory),
+`shmserve.connect(name)` (attach to workers another process started) or
+`runner.init_local()` (the Runnable in this process, for debugging).
+"""
+from __future__ import annotations
+
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .errors import ConfigError, RunnerNotStarted
+from .runnable import MethodSignature, Runnable
+
+if TYPE_CHECKING:
+    from .client import RunnerClient
+
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+
+DEFAULT_ARENA_MB = 64
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Per-method settings: the batching limits of one runner method."""
+
+    signature: MethodSignature
+    max_batch_size: int
+    max_latency_ms: float
+
+    @property
+    def name(self) -> str:
+        return self.signature.name
+
+
+class Backend(Protocol):
+    """What a bound runner calls into (local Runnable or shared-memory client)."""
+
+    def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any: ...
+
+    async def async_call(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+    ) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+class RunnerMethod:
+    """`runner.<method>`: call with `.run(...)` or `await .async_run(...)`."""
+
+    def __init__(self, runner: "Runner", config: MethodConfig) -> None:
+        self.runner = runner
+        self.config = config
+        self.name = config.name
+
+    def run(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        """Call the method and wait for its result. `timeout` is in seconds."""
+        return self.runner._backend_or_raise().call(self.name, args, kwargs, timeout)
+
+    async def async_run(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        """Call the method from async code; the event loop is never blocked."""
+        return await self.runner._backend_or_raise().async_call(self.name, args, kwargs, timeout)
+
+    def __repr__(self) -> str:
+        return f"<RunnerMethod {self.runner.name}.{self.name} batchable={self.config.signature.batchable}>"
+
+
+class Runner:
+    """A named Runnable with its init parameters and batching settings.
+
+    Args:
+        runnable_class: the `Runnable` subclass to host.
+        name: unique runner name (lowercase letters, digits, ``_.-``);
+            defaults to the class name in lower case.
+        runnable_init_params: keyword arguments for the Runnable's ``__init__``.
+        max_batch_size: most items (counted along ``batch_dim``) joined in one call.
+        max_latency_ms: longest a call may wait for a batch to form. It bounds
+            batching delay only; it is not a timeout.
+        method_configs: per-method overrides, e.g. ``{"predict": {"max_batch_size": 32}}``.
+        workers: number of worker processes; default from the resource strategy.
+        arena_mb: size of each shared-memory data arena (inputs and outputs each).
+    """
+
+    def __init__(
+        self,
+        runnable_class: type[Runnable],
+        *,
+        name: str | None = None,
+        runnable_init_params: dict[str, Any] | None = None,
+        max_batch_size: int = 64,
+        max_latency_ms: float = 10.0,
+        method_configs: dict[str, dict[str, Any]] | None = None,
+        workers: int | None = None,
+        arena_mb: int = DEFAULT_ARENA_MB,
+    ) -> None:
+        if not (isinstance(runnable_class, type) and issubclass(runnable_class, Runnable)):
+            raise ConfigError(f"Runner needs a shmserve.Runnable subclass, got {runnable_class!r}")
+        name = name if name is not None else runnable_class.__name__.lower()
+        if not _NAME_RE.match(name):
+            raise ConfigError(
+                f"invalid runner name {name!r}: use 1-63 lowercase letters, digits, '_', '.' or '-', "
+                "starting with a letter or digit"
+            )
+        if not runnable_class.methods:
+            raise ConfigError(f"{runnable_class.__name__} exposes no methods; decorate them with @shmserve.Runnable.method")
+        _check_positive("max_batch_size", max_batch_size, name)
+        _check_positive("max_latency_ms", max_latency_ms, name, allow_zero=True)
+        _check_positive("arena_mb", arena_mb, name)
+        if workers is not None:
+            _check_positive("workers", workers, name)
+        self.runnable_class = runnable_class
+        self.name = name
+        self.runnable_init_params = dict(runnable_init_params or {})
+        self.max_batch_size = int(max_batch_size)
+        self.max_latency_ms = float(max_latency_ms)
+        self.workers = workers
+        self.arena_mb = int(arena_mb)
+        method_configs = dict(method_configs or {})
+        unknown = set(method_configs) - set(runnable_class.methods)
+        if unknown:
+            raise ConfigError(f"method_configs of runner {name!r} names unknown methods {sorted(unknown)}")
+        self.method_configs: dict[str, MethodConfig] = {}
+        for mname, sig in runnable_class.methods.items():
+            override = dict(method_configs.get(mname, {}))
+            bad = set(override) - {"max_batch_size", "max_latency_ms"}
+            if bad:
+                raise ConfigError(f"method_configs[{mname!r}] of runner {name!r}: unknown keys {sorted(bad)}")
+            mbs = override.get("max_batch_size", self.max_batch_size)
+            mlat = override.get("max_latency_ms", self.max_latency_ms)
+            _check_positive("max_batch_size", mbs, name)
+            _check_positive("max_latency_ms", mlat, name, allow_zero=True)
+            self.method_configs[mname] = MethodConfig(sig, int(mbs), float(mlat))
+        self._backend: Backend | None = None
+        for mname, cfg in self.method_configs.items():
+            if hasattr(self, mname):
+                raise ConfigError(f"method name {mname!r} of runner {name!r} clashes with a Runner attribute")
+            setattr(self, mname, RunnerMethod(self, cfg))
+
+    # -- binding -------------------------------------------------------------
+    def init_local(self) -> None:
+        """Run the Runnable inside this process (no shared memory), for debugging."""
+        from .local import LocalBackend
+
+        self._bind(LocalBackend(self))
+
+    def _bind(self, backend: Backend) -> None:
+        if self._backend is not None:
+            self._backend.close()
+        self._backend = backend
+
+    def _unbind(self) -> None:
+        backend, self._backend = self._backend, None
+        if backend is not None:
+            backend.close()
+
+    @property
+    def is_bound(self) -> bool:
+        return self._backend is not None
+
+    def _backend_or_raise(self) -> Backend:
+        backend = self._backend
+        if backend is None:
+            raise RunnerNotStarted(
+                f"runner {self.name!r} is not started: use `with shmserve.start(runner):`, "
+                f"`shmserve.connect({self.name!r})` or `runner.init_local()`"
+            )
+        return backend
+
+    def __getattr__(self, item: str) -> Any:
+        # Only reached for missing attributes: give a helpful error for typos.
+        if item.startswith("_"):
+            raise AttributeError(item)
+        raise AttributeError(
+            f"runner {self.__dict__.get('name', '?')!r} has no method {item!r}; "
+            f"it has {sorted(self.__dict__.get('method_configs', {}))}"
+        )
+
+    def __repr__(self) -> str:
+        return f"<Runner {self.name!r} of {self.runnable_class.__name__}>"
+
+
+def _check_positive(what: str, value: Any, runner: str, allow_zero: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        raise ConfigError(f"{what} of runner {runner!r} must be a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
+
+
