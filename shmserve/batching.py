@@ -1,0 +1,346 @@
+"""Adaptive batching policy: when a runner worker runs a batch, and how much of its queue it takes.
+
+The policy is pure. The dispatch loop in ``shmserve/worker/runner.py`` owns the queues, the clock
+and the semaphores; it reports arrivals and finished batches and asks :meth:`BatchPolicy.decide`
+what to do, passing the current monotonic time. Tests drive it with a fake clock.
+
+The rule, for a worker that is idle with ``n`` items queued (items are counted along ``batch_dim``):
+
+* run when the FIFO prefix that fits ``max_batch_size`` is full, or when a queued call does not fit
+  behind it (the queue already holds more than one batch);
+* run when waiting any longer would make the oldest call miss ``max_latency`` (the deadline counts
+  the estimated run cost of the batch);
+* run when nothing is known yet (no batch cost measured, no arrival rate): a lone caller never waits;
+* otherwise wait for the next call only while it pays. Waiting ``g`` seconds for ``m`` more items
+  raises the batch's throughput from ``n / cost(n)`` to ``(n + m) / (g + cost(n + m))``; with
+  ``cost(n) = fixed + per_item * n`` that holds exactly when ``g < fixed * m / n``. So the policy
+  waits while the expected gap to the next call is below ``fixed * m / n``, and at most until
+  ``last_arrival + k * gap``: if the call it expects does not come by then, it runs.
+
+At low load the gap is long and batches run at once; in a closed-loop burst (callers resubmitting
+right after a batch completes) the gap is short and the policy collects the burst, then runs
+``k`` gaps after its last call; under open-loop load batches grow while the worker is busy, as in
+greedy batching.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import deque
+from dataclasses import dataclass
+
+__all__ = ["ArrivalModel", "BatchPolicy", "CostModel", "Decision", "fifo_prefix"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the dispatch loop should do now.
+
+    ``run``: run a batch now. ``items``: items (along ``batch_dim``) in the FIFO prefix the batch
+    takes, or would take. ``calls``: how many queued calls that prefix spans. ``wait_until``: when
+    not running, the monotonic time at which to decide again at the latest (the loop also decides
+    again on every arrival); ``math.inf`` when the queue is empty.
+    """
+
+    run: bool
+    items: int
+    wait_until: float
+    calls: int = 0
+
+
+def fifo_prefix(queue_items: list[int], max_batch_size: int) -> tuple[int, int]:
+    """Return ``(calls, items)`` of the longest FIFO prefix of calls whose items fit ``max_batch_size``.
+
+    A call is never split. A first call larger than ``max_batch_size`` forms a batch alone.
+    """
+    if not queue_items:
+        return 0, 0
+    first = queue_items[0]
+    if first >= max_batch_size:
+        return 1, first
+    calls, items = 1, first
+    for n in queue_items[1:]:
+        if items + n > max_batch_size:
+            break
+        calls += 1
+        items += n
+    return calls, items
+
+
+class CostModel:
+    """Online estimate of the run time of a batch: ``cost(n) = fixed + per_item * n`` seconds.
+
+    Exponentially decayed least squares over (items, seconds) observations, so the fit follows a
+    model whose speed drifts. When the observed sizes barely vary (every batch had one item, say)
+    fixed and per-item cost cannot be told apart; the model then assumes the cost is all per-item
+    (``fixed = 0``), which makes the policy greedy rather than have it wait on a guess.
+    After ``warmup`` observations an observation above ``outlier_factor`` times the estimate (a GC
+    pause, a page fault storm) is clipped to it so one stall does not make the policy wait for long.
+    """
+
+    def __init__(self, decay: float = 0.98, outlier_factor: float = 4.0, warmup: int = 8) -> None:
+        if not 0.0 < decay <= 1.0:
+            raise ValueError(f"CostModel decay must be in (0, 1], got {decay}")
+        self._decay = decay
+        self._outlier_factor = outlier_factor
+        self._warmup = warmup
+        self._count = 0
+        self._w = self._sx = self._sy = self._sxx = self._sxy = 0.0
+        self._fixed = 0.0
+        self._per_item = 0.0
+
+    @property
+    def known(self) -> bool:
+        """True once at least one batch has been measured."""
+        return self._count > 0
+
+    @property
+    def fixed(self) -> float:
+        """Estimated cost of a batch independent of its size, in seconds (0 until known)."""
+        return self._fixed
+
+    @property
+    def per_item(self) -> float:
+        """Estimated extra cost of one more item in a batch, in seconds (0 until known)."""
+        return self._per_item
+
+    def estimate(self, items: int) -> float:
+        """Estimated run time of a batch of ``items`` items, in seconds (0 until known)."""
+        return self._fixed + self._per_item * items
+
+    def observe(self, items: int, seconds: float) -> None:
+        """Record that a batch of ``items`` items ran in ``seconds``."""
+        if items <= 0:
+            raise ValueError(f"a batch has at least one item, got items={items}")
+        if not (seconds >= 0.0 and math.isfinite(seconds)):
+            raise ValueError(f"batch run time must be a finite number of seconds >= 0, got {seconds}")
+        if self._count >= self._warmup:
+            seconds = min(seconds, self._outlier_factor * self.estimate(items))
+        d = self._decay
+        x = float(items)
+        self._w = self._w * d + 1.0
+        self._sx = self._sx * d + x
+        self._sy = self._sy * d + seconds
+        self._sxx = self._sxx * d + x * x
+        self._sxy = self._sxy * d + x * seconds
+        self._count += 1
+        self._solve()
+
+    def _solve(self) -> None:
+        mean_x = self._sx / self._w
+        mean_y = self._sy / self._w
+        var_x = self._sxx / self._w - mean_x * mean_x
+        # Below a tenth of an item squared the sizes are effectively one size: slope is noise.
+        if var_x < 0.1:
+            self._fixed, self._per_item = mean_y, 0.0
+            return
+        per_item = (self._sxy / self._w - mean_x * mean_y) / var_x
+        fixed = mean_y - per_item * mean_x
+        if per_item < 0.0:
+            fixed, per_item = mean_y, 0.0
+        elif fixed < 0.0:
+            fixed, per_item = 0.0, self._sxy / self._sxx
+        self._fixed, self._per_item = fixed, per_item
+
+
+class ArrivalModel:
+    """Online estimate of when the next call arrives.
+
+    Two estimates. ``expected_gap``: the typical gap between consecutive calls, taken from a
+    quantile (the median by default) of the last ``window`` gaps rather than their mean, because
+    closed-loop callers arrive in bursts and what matters is the gap inside a burst, which the one
+    long gap between bursts would swamp in a mean. The median is divided by ln 2 so that for Poisson
+    arrivals it equals the mean gap; inside a burst it stays a burst gap.
+    ``echo_lag``: the typical delay from a batch completing to the first call after it. Closed-loop
+    callers send their next call right after their result arrives, so a completed batch of ``c``
+    items is followed, one echo lag later, by up to ``c`` new items; ``echo_ratio`` estimates which
+    fraction of them come back within two echo lags.
+    After a quiet spell the windows still hold short gaps; the policy then waits at most a couple of
+    such short gaps for nothing, which bounds the harm.
+    """
+
+    def __init__(self, window: int = 32, quantile: float = 0.5, min_gaps: int = 4) -> None:
+        if window < 1 or not 0.0 < quantile <= 1.0:
+            raise ValueError(f"ArrivalModel needs window >= 1 and quantile in (0, 1], got {window}, {quantile}")
+        self._gaps = _WindowQuantile(window, quantile)
+        self._echo_lags = _WindowQuantile(16, quantile)
+        self._scale = -1.0 / math.log1p(-quantile) if quantile < 1.0 else 1.0
+        self._min_gaps = max(1, min_gaps)
+        self._last: float | None = None
+        self._last_done: float | None = None
+        self._done_items = 0
+        self._echo_pending = False
+        self._echo_count = 0
+        self._echo_ratio = 0.0
+
+    def observe(self, t: float) -> None:
+        """Record a call arriving at monotonic time ``t``."""
+        if self._last is not None:
+            self._gaps.add(max(0.0, t - self._last))
+        self._last = t if self._last is None else max(self._last, t)
+        if self._last_done is not None:
+            lag = t - self._last_done
+            if self._echo_pending:
+                self._echo_lags.add(max(0.0, lag))
+                self._echo_pending = False
+            if lag <= 2.0 * self.echo_lag:
+                self._echo_count += 1
+
+    def observe_completion(self, t: float, items: int) -> None:
+        """Record that a batch of ``items`` items completed at monotonic time ``t``."""
+        if self._last_done is not None and self._done_items > 0:
+            ratio = min(1.0, self._echo_count / self._done_items)
+            self._echo_ratio += 0.2 * (ratio - self._echo_ratio)
+        self._last_done = t
+        self._done_items = items
+        self._echo_pending = True
+        self._echo_count = 0
+
+    @property
+    def expected_gap(self) -> float:
+        """Typical gap between calls in seconds; ``math.inf`` until ``min_gaps`` gaps were seen."""
+        if len(self._gaps) < self._min_gaps:
+            return math.inf
+        return self._gaps.value() * self._scale
+
+    @property
+    def echo_lag(self) -> float:
+        """Typical delay from a batch completing to the next call, seconds; ``math.inf`` until known."""
+        if len(self._echo_lags) < self._min_gaps:
+            return math.inf
+        return self._echo_lags.value()
+
+    @property
+    def echo_ratio(self) -> float:
+        """Estimated fraction of a completed batch's items that come back as new calls soon after."""
+        return self._echo_ratio
+
+    @property
+    def last_done(self) -> float | None:
+        """Monotonic time of the last completion, or None."""
+        return self._last_done
+
+    @property
+    def echo_pending(self) -> bool:
+        """True while no call has arrived since the last completion."""
+        return self._echo_pending
+
+    @property
+    def done_items(self) -> int:
+        """Items in the last completed batch."""
+        return self._done_items
+
+
+class _WindowQuantile:
+    """A quantile over the last ``size`` values, kept as a sorted list (the windows are small)."""
+
+    def __init__(self, size: int, quantile: float) -> None:
+        self._values: deque[float] = deque(maxlen=size)
+        self._sorted: list[float] = []
+        self._quantile = quantile
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def add(self, v: float) -> None:
+        if len(self._values) == self._values.maxlen:
+            del self._sorted[bisect.bisect_left(self._sorted, self._values[0])]
+        self._values.append(v)
+        bisect.insort(self._sorted, v)
+
+    def value(self) -> float:
+        n = len(self._sorted)
+        return self._sorted[min(n - 1, int(self._quantile * n))]
+
+
+class BatchPolicy:
+    """Decides, for one batch key's FIFO queue, whether to run a batch now or wait for more calls.
+
+    ``max_latency_s`` bounds how long batching may hold a call back: a call is never held past the
+    point where the batch, run at its estimated cost, would complete later than ``max_latency_s``
+    after the call arrived. It is not a timeout (calls are not failed because of it).
+    ``wait_gaps`` is ``k``: how many expected gaps after the last arrival the policy waits for the
+    next call before giving up and running.
+    """
+
+    def __init__(
+        self,
+        max_batch_size: int,
+        max_latency_s: float,
+        cost: CostModel | None = None,
+        arrivals: ArrivalModel | None = None,
+        wait_gaps: float = 2.0,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
+        if max_latency_s < 0.0:
+            raise ValueError(f"max_latency_ms must be >= 0, got {max_latency_s * 1000.0} ms")
+        self.max_batch_size = max_batch_size
+        self.max_latency_s = max_latency_s
+        self.cost = cost if cost is not None else CostModel()
+        self.arrivals = arrivals if arrivals is not None else ArrivalModel()
+        self.wait_gaps = wait_gaps
+        self._items_per_call = 1.0
+        self._calls_seen = 0
+
+    @property
+    def items_per_call(self) -> float:
+        """Running mean of items per call (an EWMA over recent calls)."""
+        return self._items_per_call
+
+    def on_arrival(self, t: float, items: int) -> None:
+        """Record a call of ``items`` items arriving at monotonic time ``t``."""
+        self.arrivals.observe(t)
+        self._calls_seen += 1
+        alpha = max(0.05, 1.0 / self._calls_seen)
+        self._items_per_call += alpha * (max(1, items) - self._items_per_call)
+
+    def on_batch_done(self, items: int, seconds: float, done_at: float | None = None) -> None:
+        """Record that a batch of ``items`` items took ``seconds`` to run (the model call only).
+
+        Pass ``done_at``, the monotonic time the results were handed back: it lets the policy learn
+        that closed-loop callers answer a completion with new calls, and wait for them.
+        """
+        self.cost.observe(items, seconds)
+        if done_at is not None:
+            self.arrivals.observe_completion(done_at, items)
+
+    def decide(self, queue_items: list[int], oldest_arrival: float, last_arrival: float, now: float) -> Decision:
+        """Decide for an idle worker whose queue holds calls of ``queue_items`` items, oldest first.
+
+        ``oldest_arrival`` and ``last_arrival`` are the arrival times of the first and the last
+        queued call; ``now`` is the current monotonic time.
+        """
+        calls, items = fifo_prefix(queue_items, self.max_batch_size)
+        if calls == 0:
+            return Decision(False, 0, math.inf, 0)
+        run_now = Decision(True, items, now, calls)
+        if items >= self.max_batch_size or calls < len(queue_items):
+            return run_now
+        if not self.cost.known:
+            return run_now
+        room = self.max_batch_size - items
+        m = self._items_per_call
+        if m > room:
+            return run_now
+        # Latest start that still lets a batch grown by one more typical call finish in time.
+        deadline = oldest_arrival + self.max_latency_s - self.cost.estimate(items + math.ceil(m))
+        if now >= deadline:
+            return run_now
+        # Waiting w seconds for m more items pays (in batch throughput) iff w < fixed * m / items.
+        budget = self.cost.fixed / items
+        wait_until = -math.inf
+        gap = self.arrivals.expected_gap
+        if gap < budget * m:
+            wait_until = last_arrival + self.wait_gaps * gap
+        arr = self.arrivals
+        if arr.echo_pending and arr.last_done is not None:
+            lag = arr.echo_lag
+            echo_items = min(room, arr.echo_ratio * arr.done_items)
+            if echo_items > 0.0 and arr.last_done + lag - now < budget * echo_items:
+                wait_until = max(wait_until, arr.last_done + self.wait_gaps * lag)
+        wait_until = min(wait_until, deadline)
+        if wait_until <= now:
+            return run_now
+        return Decision(False, items, wait_until, calls)
