@@ -1,0 +1,118 @@
+"""What the framework adapters share: the base Runnable that loads a stored
+model inside the worker, and the per-model Runnable classes built from a
+model's signatures.
+
+A runner's Runnable class travels to spawned workers by reference (module and
+qualified name), so the class made for one model must be importable there.
+Each per-model class is named after its tag and store, e.g.
+``shmserve.models.pytorch._PyTorchRunnable__<hex>``, and each adapter module
+answers such names with a module ``__getattr__`` that rebuilds the class from
+the store's manifest. The model itself is loaded in the worker, from
+``runnable_init_params = {"tag": "name:version", "home": store}``.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import os
+from typing import Any, ClassVar
+
+from ..runnable import Runnable
+from .store import Model, ModelStoreError, Tag, get, signature_batch_dim
+
+
+class ModelRunnable(Runnable):
+    """Base class of the adapters' Runnables: hosts one stored model.
+
+    Subclasses set `FRAMEWORK`, load the model in `setup()` and call it in
+    `invoke()`. Methods are added per model from its stored signatures.
+    """
+
+    FRAMEWORK: ClassVar[str] = ""
+
+    def __init__(self, tag: str, home: str | None = None) -> None:
+        self.stored = get(tag, home=home)
+        check_framework(self.stored, self.FRAMEWORK)
+        self.setup(self.stored)
+
+    def setup(self, model: Model) -> None:
+        """Load the model (runs once per worker)."""
+        raise NotImplementedError
+
+    def invoke(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Call one signature method of the loaded model."""
+        raise NotImplementedError
+
+
+def check_framework(model: Model, framework: str) -> None:
+    """Refuse a model saved by another adapter, naming the right one."""
+    if model.framework != framework:
+        raise ModelStoreError(
+            f"model {model} was saved with the {model.framework!r} adapter, not {framework!r}; "
+            f"use shmserve.{model.framework}.load_model / .get instead"
+        )
+
+
+def resolve(tag: "str | Tag | Model", framework: str, home: str | os.PathLike[str] | None = None) -> Model:
+    """A stored model of `framework` from a tag or Model."""
+    model = tag if isinstance(tag, Model) else get(tag, home=home)
+    check_framework(model, framework)
+    return model
+
+
+def thread_count() -> int | None:
+    """The thread budget the resource strategy gave this worker, if any."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def _class_name(base: type[ModelRunnable], tag: str, home: str) -> str:
+    return f"_{base.__name__}__{json.dumps([tag, home]).encode().hex()}"
+
+
+def runnable_class_for(base: type[ModelRunnable], model: Model) -> type[ModelRunnable]:
+    """The Runnable class serving `model`, with one method per signature."""
+    return _build(base.__module__, base.__qualname__, f"{model.name}:{model.version}", str(model.home))
+
+
+@functools.cache
+def _build(module_name: str, base_name: str, tag: str, home: str) -> type[ModelRunnable]:
+    # Cached so that pickling finds the very class object the Runner holds.
+    base = getattr(importlib.import_module(module_name), base_name)
+    model = get(tag, home=home)
+    check_framework(model, base.FRAMEWORK)
+    qualname = _class_name(base, tag, home)
+    cls: type[ModelRunnable] = type(
+        qualname, (base,), {"__module__": module_name, "__qualname__": qualname, "__doc__": base.__doc__}
+    )
+    cls.__name__ = base.__name__
+    for method, options in model.signatures.items():
+        cls.add_method(
+            _method(method),
+            method,
+            batchable=bool(options.get("batchable", False)),
+            batch_dim=signature_batch_dim(options),
+        )
+    return cls
+
+
+def _method(name: str) -> Any:
+    def method(self: ModelRunnable, *args: Any, **kwargs: Any) -> Any:
+        return self.invoke(name, args, kwargs)
+
+    method.__name__ = name
+    method.__doc__ = f"Call the stored model's {name!r} signature."
+    return method
+
+
+def class_from_name(base: type[ModelRunnable], attr: str) -> type[ModelRunnable]:
+    """Rebuild a per-model class from its name (an adapter module's ``__getattr__``)."""
+    prefix = f"_{base.__name__}__"
+    if not attr.startswith(prefix):
+        raise AttributeError(f"module {base.__module__!r} has no attribute {attr!r}")
+    try:
+        tag, home = json.loads(bytes.fromhex(attr[len(prefix):]))
+    except ValueError:
+        raise AttributeError(f"module {base.__module__!r} has no attribute {attr!r}") from None
+    return _build(base.__module__, base.__qualname__, str(tag), str(home))

@@ -1,0 +1,117 @@
+"""Generic adapter for plain Python callables and objects:
+``shmserve.picklable.save_model / load_model / get``.
+
+Objects are saved with cloudpickle when it is installed (so functions and
+classes defined in ``__main__`` or a notebook survive), else with pickle.
+Loading runs pickle: load only from a store you trust (the manifest marks it
+``options.trusted_only``).
+
+Signature ``__call__`` calls the object itself; ``predict`` calls the
+object's ``predict`` method when it has one and the object itself otherwise;
+any other name calls that method. The default is
+``{"predict": {"batchable": False}}``.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+from typing import Any, ClassVar
+
+from .adapter import ModelRunnable, class_from_name, resolve, runnable_class_for
+from .store import Model, Tag, create, normalize_signatures
+from .store import get as _get
+
+FRAMEWORK = "picklable"
+DEFAULT_SIGNATURES: dict[str, Any] = {"predict": {"batchable": False}}
+MODEL_FILE = "model.pkl"
+
+
+def _serializer() -> tuple[str, Any]:
+    try:
+        import cloudpickle
+    except ImportError:
+        return "pickle", pickle
+    return "cloudpickle", cloudpickle
+
+
+def _target(obj: Any, method: str) -> Any:
+    if method == "__call__" or (method == "predict" and not callable(getattr(obj, "predict", None))):
+        if not callable(obj):
+            raise TypeError(f"{type(obj).__name__} object is not callable; name one of its methods in signatures")
+        return obj
+    fn = getattr(obj, method, None)
+    if not callable(fn):
+        raise AttributeError(f"{type(obj).__name__} has no method {method!r} named in signatures")
+    return fn
+
+
+def save_model(
+    name: str,
+    model: Any,
+    *,
+    signatures: dict[str, Any] | None = None,
+    labels: dict[str, str] | None = None,
+    metadata: dict[str, Any] | None = None,
+    home: str | os.PathLike[str] | None = None,
+) -> Model:
+    """Save any picklable callable or object as a new version of `name`."""
+    sigs = normalize_signatures(signatures, DEFAULT_SIGNATURES)
+    for method in sigs:
+        _target(model, method)  # fail at save time, not in the worker
+    kind, serializer = _serializer()
+    with create(
+        name,
+        framework=FRAMEWORK,
+        framework_version=f"{kind} (python {sys.version_info.major}.{sys.version_info.minor})",
+        signatures=sigs,
+        labels=labels,
+        metadata=metadata,
+        options={"format": kind, "file": MODEL_FILE, "trusted_only": True},
+        home=home,
+    ) as draft:
+        with open(draft.path / MODEL_FILE, "wb") as f:
+            serializer.dump(model, f, protocol=pickle.HIGHEST_PROTOCOL)
+    assert draft.model is not None
+    return draft.model
+
+
+def load_model(tag: "str | Tag | Model", *, home: str | os.PathLike[str] | None = None) -> Any:
+    """Load a stored object (pickle: only from a trusted store)."""
+    stored = resolve(tag, FRAMEWORK, home)
+    if stored.options.get("format") == "cloudpickle":
+        try:
+            import cloudpickle  # noqa: F401  (its objects need it importable)
+        except ImportError as exc:
+            raise ImportError(f"model {stored} was saved with cloudpickle: pip install cloudpickle") from exc
+    with open(stored.path_of(str(stored.options.get("file", MODEL_FILE))), "rb") as f:
+        return pickle.load(f)
+
+
+def get(tag: "str | Tag", *, home: str | os.PathLike[str] | None = None) -> Model:
+    """The stored picklable model for `tag`; call ``.to_runner()`` on it to serve it."""
+    return resolve(_get(tag, home=home), FRAMEWORK)
+
+
+def runnable_class(model: Model) -> type[ModelRunnable]:
+    """The Runnable class serving `model` (used by ``Model.to_runner``)."""
+    return runnable_class_for(PicklableRunnable, model)
+
+
+class PicklableRunnable(ModelRunnable):
+    """Hosts one stored Python object; methods come from its signatures."""
+
+    SUPPORTED_RESOURCES: ClassVar[tuple[str, ...]] = ("cpu",)
+    SUPPORTS_CPU_MULTI_THREADING: ClassVar[bool] = False
+    FRAMEWORK: ClassVar[str] = FRAMEWORK
+
+    def setup(self, model: Model) -> None:
+        self.model = load_model(model)
+
+    def invoke(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return _target(self.model, method)(*args, **kwargs)
+
+
+def __getattr__(attr: str) -> Any:
+    # Spawned workers find per-model Runnable classes by name through here.
+    return class_from_name(PicklableRunnable, attr)

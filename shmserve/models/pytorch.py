@@ -1,0 +1,234 @@
+"""PyTorch adapter: ``shmserve.pytorch.save_model / load_model / get``.
+
+Formats (recorded in the manifest as ``options.format``):
+
+* ``"pickle"`` (any ``torch.nn.Module``): the whole module pickled with
+  ``torch.save``. Loading it runs ``torch.load(weights_only=False)``, which can
+  execute code: load such models only from a store you trust, and keep the
+  module's class importable where the model is loaded. The state dict is saved
+  beside it as ``weights.pt``; ``load_model(tag, module=MyNet())`` loads only
+  that, with ``weights_only=True``, into a module you construct yourself.
+* ``"torchscript"`` (a ``torch.jit.ScriptModule``): ``torch.jit.save``; no
+  Python pickle is loaded. TorchScript is deprecated upstream.
+* ``"export"`` (a ``torch.export.ExportedProgram``): ``torch.export.save``;
+  no Python pickle is loaded. The runner calls ``program.module()``.
+
+The runner uses the GPU when CUDA is available to its worker (the resource
+strategy gives each GPU worker one device and hides GPUs from CPU workers),
+runs every call under ``torch.inference_mode()`` with the module in eval mode,
+takes its thread count from ``OMP_NUM_THREADS`` (set by the strategy), accepts
+numpy arrays or torch tensors, and returns torch tensors when given torch
+tensors, numpy arrays otherwise. Signatures ``predict`` and ``__call__`` call
+the module itself (``forward``); any other name calls that method.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, ClassVar
+
+from .adapter import ModelRunnable, class_from_name, resolve, runnable_class_for, thread_count
+from .store import Model, Tag, create, normalize_signatures
+from .store import get as _get
+
+FRAMEWORK = "pytorch"
+DEFAULT_SIGNATURES: dict[str, Any] = {"predict": {"batchable": False}}
+_CALL_NAMES = ("predict", "__call__", "forward")
+_FILES = {"pickle": "model.pt", "torchscript": "model.ts", "export": "model.pt2"}
+WEIGHTS_FILE = "weights.pt"
+
+
+def _torch() -> Any:
+    try:
+        import torch
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("shmserve.pytorch needs PyTorch: pip install torch") from exc
+    return torch
+
+
+def save_model(
+    name: str,
+    model: Any,
+    *,
+    signatures: dict[str, Any] | None = None,
+    labels: dict[str, str] | None = None,
+    metadata: dict[str, Any] | None = None,
+    home: str | os.PathLike[str] | None = None,
+) -> Model:
+    """Save a ``torch.nn.Module``, ScriptModule or ExportedProgram as a new version of `name`.
+
+    `signatures` maps method names to ``{"batchable": bool, "batch_dim": int}``;
+    the default is ``{"predict": {"batchable": False}}``.
+    """
+    torch = _torch()
+    sigs = normalize_signatures(signatures, DEFAULT_SIGNATURES)
+    if isinstance(model, torch.export.ExportedProgram):
+        fmt = "export"
+    elif isinstance(model, torch.jit.ScriptModule):
+        fmt = "torchscript"
+    elif isinstance(model, torch.nn.Module):
+        fmt = "pickle"
+    else:
+        raise TypeError(
+            f"shmserve.pytorch.save_model needs a torch.nn.Module, ScriptModule or ExportedProgram, "
+            f"got {type(model).__name__}; for other callables use shmserve.picklable.save_model"
+        )
+    if fmt != "pickle":
+        extra = sorted(m for m in sigs if m not in _CALL_NAMES)
+        if extra:
+            raise ValueError(f"a {fmt} model can only serve its forward (signature 'predict' or '__call__'), not {extra}")
+    else:
+        missing = sorted(m for m in sigs if m not in _CALL_NAMES and not callable(getattr(model, m, None)))
+        if missing:
+            raise ValueError(f"{type(model).__name__} has no methods {missing} named in signatures")
+    options: dict[str, Any] = {"format": fmt, "file": _FILES[fmt], "trusted_only": fmt == "pickle"}
+    if fmt == "pickle":
+        options["weights"] = WEIGHTS_FILE
+    with create(
+        name,
+        framework=FRAMEWORK,
+        framework_version=str(torch.__version__),
+        signatures=sigs,
+        labels=labels,
+        metadata=metadata,
+        options=options,
+        home=home,
+    ) as draft:
+        path = draft.path / _FILES[fmt]
+        if fmt == "export":
+            torch.export.save(model, str(path))
+        elif fmt == "torchscript":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                torch.jit.save(model, str(path))
+        else:
+            torch.save(model, path)
+            torch.save(model.state_dict(), draft.path / WEIGHTS_FILE)
+    assert draft.model is not None
+    return draft.model
+
+
+def load_model(
+    tag: "str | Tag | Model",
+    *,
+    module: Any = None,
+    device: Any = "cpu",
+    home: str | os.PathLike[str] | None = None,
+) -> Any:
+    """Load a stored PyTorch model onto `device`.
+
+    With `module` (an instance of the saved module's class) only the state
+    dict is read, with ``torch.load(weights_only=True)``, and `module` is
+    returned. Otherwise the saved format decides; ``"pickle"`` models load
+    with ``weights_only=False`` and must come from a trusted store.
+    """
+    torch = _torch()
+    stored = resolve(tag, FRAMEWORK, home)
+    options = stored.options
+    fmt = options.get("format")
+    if module is not None:
+        weights = options.get("weights")
+        if weights is None:
+            raise ValueError(f"model {stored} ({fmt} format) has no separate state dict; call load_model without module=")
+        state = torch.load(stored.path_of(weights), map_location=device, weights_only=True)
+        module.load_state_dict(state)
+        return module.to(device)
+    path = stored.path_of(str(options.get("file", _FILES.get(str(fmt), ""))))
+    if fmt == "export":
+        return torch.export.load(str(path))
+    if fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return torch.jit.load(str(path), map_location=device)
+    if fmt == "pickle":
+        return torch.load(path, map_location=device, weights_only=False)
+    raise ValueError(f"model {stored}: unknown pytorch format {fmt!r} in its manifest; re-save it with this shmserve")
+
+
+def get(tag: "str | Tag", *, home: str | os.PathLike[str] | None = None) -> Model:
+    """The stored PyTorch model for `tag`; call ``.to_runner()`` on it to serve it."""
+    return resolve(_get(tag, home=home), FRAMEWORK)
+
+
+def runnable_class(model: Model) -> type[ModelRunnable]:
+    """The Runnable class serving `model` (used by ``Model.to_runner``)."""
+    return runnable_class_for(PyTorchRunnable, model)
+
+
+class PyTorchRunnable(ModelRunnable):
+    """Hosts one stored PyTorch model; methods come from its signatures."""
+
+    SUPPORTED_RESOURCES: ClassVar[tuple[str, ...]] = ("cpu", "nvidia.com/gpu")
+    SUPPORTS_CPU_MULTI_THREADING: ClassVar[bool] = True
+    FRAMEWORK: ClassVar[str] = FRAMEWORK
+
+    def setup(self, model: Model) -> None:
+        torch = _torch()
+        self.torch = torch
+        threads = thread_count()
+        if threads is not None:
+            torch.set_num_threads(threads)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        loaded = load_model(model, device=self.device)
+        if model.options.get("format") == "export":
+            loaded = loaded.module().to(self.device)
+        else:
+            loaded.eval()
+        self.model = loaded
+
+    def invoke(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        torch = self.torch
+        fn = self.model if method in _CALL_NAMES else getattr(self.model, method)
+        state: dict[str, Any] = {"torch": False, "device": None}
+        args = tuple(self._to_device(a, state) for a in args)
+        kwargs = {k: self._to_device(v, state) for k, v in kwargs.items()}
+        with torch.inference_mode():
+            out = fn(*args, **kwargs)
+        return self._from_device(out, state)
+
+    def _to_device(self, value: Any, state: dict[str, Any]) -> Any:
+        torch = self.torch
+        if isinstance(value, torch.Tensor):
+            state["torch"] = True
+            if state["device"] is None:
+                state["device"] = value.device
+            return value.to(self.device)
+        np = _numpy()
+        if isinstance(value, np.ndarray):
+            if not value.flags.writeable:
+                # Batches read from shared memory are read-only views; the model
+                # runs under inference_mode and never writes its inputs.
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    tensor = torch.from_numpy(value)
+            else:
+                tensor = torch.from_numpy(value)
+            return tensor.to(self.device)
+        if isinstance(value, (list, tuple)):
+            return type(value)(self._to_device(v, state) for v in value)
+        if isinstance(value, dict):
+            return {k: self._to_device(v, state) for k, v in value.items()}
+        return value
+
+    def _from_device(self, value: Any, state: dict[str, Any]) -> Any:
+        torch = self.torch
+        if isinstance(value, torch.Tensor):
+            if state["torch"]:
+                return value.to(state["device"] or "cpu")
+            return value.detach().cpu().numpy()
+        if isinstance(value, (list, tuple)):
+            return type(value)(self._from_device(v, state) for v in value)
+        if isinstance(value, dict):
+            return {k: self._from_device(v, state) for k, v in value.items()}
+        return value
+
+
+def _numpy() -> Any:
+    import numpy
+
+    return numpy
+
+
+def __getattr__(attr: str) -> Any:
+    # Spawned workers find per-model Runnable classes by name through here.
+    return class_from_name(PyTorchRunnable, attr)

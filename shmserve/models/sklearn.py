@@ -1,0 +1,102 @@
+"""scikit-learn adapter: ``shmserve.sklearn.save_model / load_model / get``.
+
+Estimators are saved with joblib (``model.joblib``), which is pickle: loading
+one can execute code, so load only from a store you trust (the manifest marks
+it ``options.trusted_only``). Signatures name estimator methods (``predict``,
+``predict_proba``, ``transform``, ...); each is called with the arguments given
+to the runner method. The default is ``{"predict": {"batchable": False}}``.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar
+
+from .adapter import ModelRunnable, class_from_name, resolve, runnable_class_for, thread_count
+from .store import Model, Tag, create, normalize_signatures
+from .store import get as _get
+
+FRAMEWORK = "sklearn"
+DEFAULT_SIGNATURES: dict[str, Any] = {"predict": {"batchable": False}}
+MODEL_FILE = "model.joblib"
+
+
+def _joblib() -> Any:
+    try:
+        import joblib
+        import sklearn
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("shmserve.sklearn needs scikit-learn: pip install scikit-learn") from exc
+    return joblib, sklearn
+
+
+def save_model(
+    name: str,
+    model: Any,
+    *,
+    signatures: dict[str, Any] | None = None,
+    labels: dict[str, str] | None = None,
+    metadata: dict[str, Any] | None = None,
+    home: str | os.PathLike[str] | None = None,
+) -> Model:
+    """Save a fitted scikit-learn estimator (or pipeline) as a new version of `name`."""
+    joblib, sklearn = _joblib()
+    sigs = normalize_signatures(signatures, DEFAULT_SIGNATURES)
+    missing = sorted(m for m in sigs if not callable(getattr(model, m, None)))
+    if missing:
+        raise ValueError(f"{type(model).__name__} has no methods {missing} named in signatures")
+    with create(
+        name,
+        framework=FRAMEWORK,
+        framework_version=str(sklearn.__version__),
+        signatures=sigs,
+        labels=labels,
+        metadata=metadata,
+        options={"format": "joblib", "file": MODEL_FILE, "trusted_only": True},
+        home=home,
+    ) as draft:
+        joblib.dump(model, draft.path / MODEL_FILE)
+    assert draft.model is not None
+    return draft.model
+
+
+def load_model(tag: "str | Tag | Model", *, home: str | os.PathLike[str] | None = None) -> Any:
+    """Load a stored estimator (pickle: only from a trusted store)."""
+    joblib, _ = _joblib()
+    stored = resolve(tag, FRAMEWORK, home)
+    return joblib.load(stored.path_of(str(stored.options.get("file", MODEL_FILE))))
+
+
+def get(tag: "str | Tag", *, home: str | os.PathLike[str] | None = None) -> Model:
+    """The stored scikit-learn model for `tag`; call ``.to_runner()`` on it to serve it."""
+    return resolve(_get(tag, home=home), FRAMEWORK)
+
+
+def runnable_class(model: Model) -> type[ModelRunnable]:
+    """The Runnable class serving `model` (used by ``Model.to_runner``)."""
+    return runnable_class_for(SklearnRunnable, model)
+
+
+class SklearnRunnable(ModelRunnable):
+    """Hosts one stored scikit-learn estimator; methods come from its signatures."""
+
+    SUPPORTED_RESOURCES: ClassVar[tuple[str, ...]] = ("cpu",)
+    SUPPORTS_CPU_MULTI_THREADING: ClassVar[bool] = True
+    FRAMEWORK: ClassVar[str] = FRAMEWORK
+
+    def setup(self, model: Model) -> None:
+        self.model = load_model(model)
+        threads = thread_count()
+        if threads is not None and hasattr(self.model, "n_jobs"):
+            # Estimators with n_jobs=-1 would otherwise spawn a worker per core.
+            try:
+                self.model.set_params(n_jobs=threads)
+            except (ValueError, AttributeError):
+                pass
+
+    def invoke(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return getattr(self.model, method)(*args, **kwargs)
+
+
+def __getattr__(attr: str) -> Any:
+    # Spawned workers find per-model Runnable classes by name through here.
+    return class_from_name(SklearnRunnable, attr)
