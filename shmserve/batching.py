@@ -152,7 +152,8 @@ class ArrivalModel:
     closed-loop callers arrive in bursts and what matters is the gap inside a burst, which the one
     long gap between bursts would swamp in a mean. The median is divided by ln 2 so that for Poisson
     arrivals it equals the mean gap; inside a burst it stays a burst gap.
-    ``echo_lag``: the typical delay from a batch completing to the first call after it. Closed-loop
+    ``echo_lag``: the typical delay from a batch completing to the first call after it (the median,
+    scaled the same way). Closed-loop
     callers send their next call right after their result arrives, so a completed batch of ``c``
     items is followed, one echo lag later, by up to ``c`` new items; ``echo_ratio`` estimates which
     fraction of them come back within two echo lags.
@@ -172,25 +173,34 @@ class ArrivalModel:
         self._done_items = 0
         self._echo_pending = False
         self._echo_count = 0
+        lag = self.echo_lag
+        self._echo_window = 2.0 * lag if math.isfinite(lag) else 0.0
         self._echo_ratio = 0.0
+        self._echo_window = 0.0
+        self._mean_gap = math.inf
 
     def observe(self, t: float) -> None:
         """Record a call arriving at monotonic time ``t``."""
         if self._last is not None:
-            self._gaps.add(max(0.0, t - self._last))
+            gap = max(0.0, t - self._last)
+            self._gaps.add(gap)
+            self._mean_gap = gap if math.isinf(self._mean_gap) else self._mean_gap + 0.05 * (gap - self._mean_gap)
         self._last = t if self._last is None else max(self._last, t)
         if self._last_done is not None:
             lag = t - self._last_done
             if self._echo_pending:
                 self._echo_lags.add(max(0.0, lag))
                 self._echo_pending = False
-            if lag <= 2.0 * self.echo_lag:
+            if lag <= self._echo_window:
                 self._echo_count += 1
 
     def observe_completion(self, t: float, items: int) -> None:
         """Record that a batch of ``items`` items completed at monotonic time ``t``."""
         if self._last_done is not None and self._done_items > 0:
-            ratio = min(1.0, self._echo_count / self._done_items)
+            # Subtract the calls the window would catch at the average rate anyway: under open-loop
+            # (Poisson) load a completion brings nothing extra, and waiting for it would not pay.
+            baseline = self._echo_window / self._mean_gap if self._mean_gap > 0.0 else 0.0
+            ratio = min(1.0, max(0.0, (self._echo_count - baseline) / self._done_items))
             self._echo_ratio += 0.2 * (ratio - self._echo_ratio)
         self._last_done = t
         self._done_items = items
@@ -209,7 +219,7 @@ class ArrivalModel:
         """Typical delay from a batch completing to the next call, seconds; ``math.inf`` until known."""
         if len(self._echo_lags) < self._min_gaps:
             return math.inf
-        return self._echo_lags.value()
+        return self._echo_lags.value() * self._scale
 
     @property
     def echo_ratio(self) -> float:

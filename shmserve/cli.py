@@ -11,7 +11,7 @@ import sys
 from typing import Sequence
 
 # Modules that define `register(subparsers)`; each adds its own subcommands.
-COMMAND_MODULES: tuple[str, ...] = ("shmserve.models.cli",)
+COMMAND_MODULES: tuple[str, ...] = ("shmserve.models.cli", "shmserve.http.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -81,7 +81,10 @@ class Runner:
             batching delay only; it is not a timeout.
         method_configs: per-method overrides, e.g. ``{"predict": {"max_batch_size": 32}}``.
         workers: number of worker processes; default from the resource strategy.
-        arena_mb: size of each shared-memory data arena (inputs and outputs each).
+        arena_mb: size of each shared-memory data arena (inputs and outputs each,
+            per client process and worker).
+        max_queue_size: most calls one client process may have in flight;
+            beyond it calls fail at once with RunnerOverloaded.
     """
 
     def __init__(
@@ -95,6 +98,7 @@ class Runner:
         method_configs: dict[str, dict[str, Any]] | None = None,
         workers: int | None = None,
         arena_mb: int = DEFAULT_ARENA_MB,
+        max_queue_size: int = 1024,
     ) -> None:
         if not (isinstance(runnable_class, type) and issubclass(runnable_class, Runnable)):
             raise ConfigError(f"Runner needs a shmserve.Runnable subclass, got {runnable_class!r}")
@@ -109,6 +113,7 @@ class Runner:
         _check_positive("max_batch_size", max_batch_size, name)
         _check_positive("max_latency_ms", max_latency_ms, name, allow_zero=True)
         _check_positive("arena_mb", arena_mb, name)
+        _check_positive("max_queue_size", max_queue_size, name)
         if workers is not None:
             _check_positive("workers", workers, name)
         self.runnable_class = runnable_class
@@ -118,6 +123,7 @@ class Runner:
         self.max_latency_ms = float(max_latency_ms)
         self.workers = workers
         self.arena_mb = int(arena_mb)
+        self.max_queue_size = min(int(max_queue_size), 1024)
         method_configs = dict(method_configs or {})
         unknown = set(method_configs) - set(runnable_class.methods)
         if unknown:

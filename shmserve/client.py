@@ -1,0 +1,667 @@
+"""The client side of the transport: calls from any process into runner workers.
+
+A `RunnerClient` serves every thread and event loop of one process for one
+runner. It keeps one *link* per runner worker: a Unix socket (used for the
+attach handshake and to notice the worker's death) and a channel segment
+this process owns (request/response rings and arenas). One response
+semaphore, shared by the links, wakes this process when results arrive.
+
+Waiting for results: a synchronous caller becomes the *leader* and waits on
+the semaphore itself when no other thread does (no thread hand-off on the
+fast path); other callers wait on their own lock and are woken by the
+leader. Async callers are served by one completion thread, which resolves
+their futures in batches with `loop.call_soon_threadsafe`.
+"""
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import socket
+import threading
+import time
+import weakref
+from typing import Any, Callable
+
+import numpy as np
+import orjson
+
+from . import registry
+from .errors import (
+    InvalidInput,
+    RunnerError,
+    RunnerOverloaded,
+    RunnerTimeout,
+    RunnerUnavailable,
+    ShmserveError,
+    TensorTooLarge,
+)
+from .shm import ring
+from .shm.channel import ChannelView
+from .shm.message import Tensor, decode_result, encode_call, layout, view
+from .shm.ring import BLOCK_FREE, MAX_TENSORS, META_INLINE_MAX, U64, ChannelLayout, RingAllocator
+from .shm.segment import Segment
+from .shm.signal import Signal
+from .shm.tensor import wrap
+
+COPY_RESULT_MAX = 64 * 1024  # results up to this size are copied out; larger ones are leased in place
+POLL_S = 0.1  # leader wake-up period: liveness checks of workers with calls in flight
+RECONNECT_EVERY_S = 0.05
+DEFAULT_SLOTS = 1024
+
+TraceHook = Callable[[str, str, dict[str, float]], None]
+_trace_hooks: list[TraceHook] = []
+
+
+def add_trace_hook(fn: TraceHook) -> None:
+    """Call `fn(runner, method, trace)` for every completed call in this process.
+
+    `trace` holds CLOCK_MONOTONIC times: submit, dequeue, batch_start,
+    model_start, model_end, written, complete, and batch_size.
+    """
+    _trace_hooks.append(fn)
+
+
+def remove_trace_hook(fn: TraceHook) -> None:
+    """Stop calling a hook added with `add_trace_hook`."""
+    if fn in _trace_hooks:
+        _trace_hooks.remove(fn)
+
+
+class Pending:
+    """One call in flight."""
+
+    __slots__ = ("seq", "link", "block", "method", "submit", "done", "result", "error", "lock", "future", "loop",
+                 "abandoned")
+
+    def __init__(self, seq: int, link: "WorkerLink", block: list[int], method: str, submit: float) -> None:
+        self.seq = seq
+        self.link = link
+        self.block = block
+        self.method = method
+        self.submit = submit
+        self.done = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.lock: Any = None
+        self.future: asyncio.Future[Any] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.abandoned = False
+
+
+class WorkerLink:
+    """This process's connection to one runner worker."""
+
+    def __init__(self, client: "RunnerClient", index: int, socket_path: str) -> None:
+        self.client = client
+        self.index = index
+        self.socket_path = socket_path
+        self.sock: socket.socket | None = None
+        self.segment: Segment | None = None
+        self.view: ChannelView | None = None
+        self.doorbell: Signal | None = None
+        self.worker_pid = 0
+        self.live = False
+        self.req_head = 0
+        self.resp_tail = 0
+        self.requests: RingAllocator | None = None
+        self.pending: dict[int, Pending] = {}
+        self.last_attempt = 0.0
+        self.methods: dict[str, Any] = {}
+
+    def connect(self, slots: int, arena_bytes: int, timeout: float = 10.0) -> None:
+        """Create this link's channel and attach the worker to it."""
+        chan = ChannelLayout(slots, arena_bytes, arena_bytes)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        segment = None
+        try:
+            sock.connect(self.socket_path)
+            segment = Segment.create(chan.total)
+            chan.write_header(memoryview(segment.buf))
+            sock.sendall(orjson.dumps({"segment": segment.name, "signal": self.client.reply.name,
+                                       "pid": os.getpid()}) + b"\n")
+            answer = orjson.loads(_read_line(sock))
+            if not answer.get("ok"):
+                raise RunnerUnavailable(f"runner {self.client.name!r} worker {self.index} refused the channel: {answer.get('error')}")
+            doorbell = Signal.open(answer["doorbell"])
+        except BaseException:
+            sock.close()
+            if segment is not None:
+                segment.unlink()
+                segment.close()
+            raise
+        finally:
+            if segment is not None:
+                segment.unlink()  # both sides have it mapped: the name is no longer needed
+        sock.setblocking(False)
+        self.sock = sock
+        self.segment = segment
+        self.view = ChannelView(segment, chan)
+        self.doorbell = doorbell
+        self.worker_pid = int(answer["pid"])
+        self.methods = answer["methods"]
+        self.requests = RingAllocator(arena_bytes)
+        self.req_head = 0
+        self.resp_tail = 0
+        self.live = True
+
+    def worker_alive(self) -> bool:
+        """False once the worker's end of the socket is closed (it exited or was killed)."""
+        sock = self.sock
+        if sock is None:
+            return False
+        try:
+            data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        return bool(data)
+
+    def close(self) -> None:
+        self.live = False
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        if self.doorbell is not None:
+            self.doorbell.close()
+            self.doorbell = None
+        if self.view is not None:
+            try:
+                self.view.release()
+            except BufferError:
+                pass  # leased results still point into the segment
+            self.view = None
+        if self.segment is not None:
+            self.segment.close()
+            self.segment = None
+
+
+class RunnerClient:
+    """Calls into the workers of one running runner (the shared-memory backend of a Runner)."""
+
+    def __init__(self, name: str, connect_timeout: float = 10.0) -> None:
+        self.name = name
+        record = registry.lookup(name)
+        self.record = record
+        self.arena_bytes = int(record["arena_mb"]) * 2**20
+        self.max_queue_size = int(record.get("max_queue_size", DEFAULT_SLOTS))
+        self.slots = DEFAULT_SLOTS
+        self.reply = Signal.create()
+        self._lock = threading.Lock()  # submissions, allocator and link state
+        self._reader = threading.Lock()  # held by the one thread reading responses
+        self._followers: list[Pending] = []
+        self._seq = 0
+        self._inflight = 0
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._last_check = 0.0
+        self.links = [WorkerLink(self, w["index"], w["socket"]) for w in record["workers"]]
+        self.methods: dict[str, Any] = {}
+        deadline = time.monotonic() + connect_timeout
+        try:
+            self._connect_all(deadline)
+        except BaseException:
+            self.close()
+            raise
+        self._finalizer = weakref.finalize(self, _close_signal, self.reply)
+
+    # -- connection management -------------------------------------------------------
+    def _connect_all(self, deadline: float) -> None:
+        last_error: BaseException | None = None
+        while True:
+            for link in self.links:
+                if not link.live:
+                    try:
+                        link.connect(self.slots, self.arena_bytes, timeout=max(0.1, deadline - time.monotonic()))
+                        self.methods = link.methods
+                    except (OSError, ShmserveError, ValueError) as exc:
+                        last_error = exc
+            if any(link.live for link in self.links):
+                return
+            if time.monotonic() > deadline:
+                raise RunnerUnavailable(f"could not attach to any worker of runner {self.name!r}: {last_error}")
+            time.sleep(0.05)
+
+    def _pick_link(self) -> WorkerLink:
+        best = None
+        now = time.monotonic()
+        for link in self.links:
+            if not link.live and now - link.last_attempt > RECONNECT_EVERY_S and not link.pending:
+                link.last_attempt = now
+                try:
+                    link.connect(self.slots, self.arena_bytes, timeout=1.0)
+                except (OSError, ShmserveError, ValueError):
+                    pass
+            if link.live and (best is None or len(link.pending) < len(best.pending)):
+                best = link
+        if best is None:
+            raise RunnerUnavailable(f"no live worker of runner {self.name!r} (restarting); retry shortly")
+        return best
+
+    def _fail_link(self, link: WorkerLink, why: str) -> list[tuple[Pending, Any, BaseException | None]]:
+        """The worker behind `link` died: fail its calls and drop the link."""
+        link.live = False
+        failed = list(link.pending.values())
+        link.pending.clear()
+        self._inflight -= len(failed)
+        err = RunnerUnavailable(f"runner {self.name!r} worker {link.index} (pid {link.worker_pid}) {why}")
+        link.close()
+        return [(p, None, err) for p in failed]
+
+    # -- calls ------------------------------------------------------------------------------
+    def _method_index(self, method: str) -> int:
+        info = self.methods.get(method)
+        if info is None:
+            raise InvalidInput(f"runner {self.name!r} has no method {method!r}; it has {sorted(self.methods)}")
+        return int(info["index"])
+
+    def _submit(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None,
+                block_for_space: bool = True) -> Pending:
+        if self._closed:
+            raise RunnerUnavailable(f"the client of runner {self.name!r} is closed")
+        index = self._method_index(method)
+        tensors, meta = encode_call(args, kwargs)
+        if len(tensors) > MAX_TENSORS:
+            raise InvalidInput(f"a call carries at most {MAX_TENSORS} tensor arguments, got {len(tensors)}")
+        offsets, end = layout(tensors, 0)
+        meta_off = (end + 7) & ~7
+        nbytes = meta_off + len(meta) if len(meta) > META_INLINE_MAX else end
+        if nbytes > self.arena_bytes:
+            raise TensorTooLarge(
+                f"input of {nbytes / 2**20:.1f} MB exceeds the {self.arena_bytes / 2**20:.0f} MB arena of runner "
+                f"{self.name!r}; raise Runner(arena_mb=...)"
+            )
+        align = max((t[0].dtype.itemsize for t in tensors), default=8) or 1
+        now = time.monotonic()
+        deadline = now + timeout if timeout is not None else 0.0
+        space_deadline = deadline or now + 30.0
+        while True:
+            with self._lock:
+                if self._inflight >= self.max_queue_size:
+                    raise RunnerOverloaded(
+                        f"runner {self.name!r} has {self._inflight} calls in flight from this process "
+                        f"(max_queue_size {self.max_queue_size}); retry later"
+                    )
+                link = self._pick_link()
+                if len(link.pending) < self.slots:
+                    block = link.requests.alloc(nbytes, align)  # type: ignore[union-attr]
+                    if block is not None:
+                        return self._publish(link, index, method, tensors, offsets, meta, meta_off, block, deadline)
+            # The arena or ring is full: results on their way back will free space.
+            if not block_for_space or time.monotonic() > space_deadline:
+                raise RunnerOverloaded(f"the shared-memory arena of runner {self.name!r} stayed full; retry later")
+            self._wait_for_space()
+
+    def _publish(self, link: WorkerLink, index: int, method: str, tensors: list[Tensor], offsets: list[int],
+                 meta: bytes, meta_off: int, block: list[int], deadline: float) -> Pending:
+        v = link.view
+        assert v is not None
+        arena = v.req_arena
+        base = block[0]
+        try:
+            for (arr, _kind, dtype_str), off in zip(tensors, offsets):
+                dst = view(arena, base + off, arr.nbytes, dtype_str, arr.shape)
+                np.copyto(dst, arr)
+            if len(meta) > META_INLINE_MAX:
+                arena[base + meta_off : base + meta_off + len(meta)] = meta
+        except BaseException:
+            link.requests.release(block)  # type: ignore[union-attr]
+            raise
+        seq = self._seq
+        self._seq += 1
+        submit = time.monotonic()
+        v.write_desc(v.req_slot(link.req_head), (seq, index, base, block[1] - base, base + meta_off,
+                                                  submit, deadline, 0.0, 0.0, 0.0, 0),
+                     tensors, [base + o for o in offsets], meta)
+        link.req_head += 1
+        v.set(ring.H_REQ_HEAD, link.req_head)
+        p = Pending(seq, link, block, method, submit)
+        link.pending[seq] = p
+        self._inflight += 1
+        link.doorbell.post()  # type: ignore[union-attr]
+        return p
+
+    def _wait_for_space(self) -> None:
+        # Let whoever reads responses make progress; take the reader role if nobody does.
+        if self._reader.acquire(timeout=0.001):
+            try:
+                self._poll(0.001)
+            finally:
+                self._reader.release()
+
+    def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
+        """Call `method` and wait for its result (the Backend interface)."""
+        p = self._submit(method, args, kwargs, timeout)
+        deadline = time.monotonic() + timeout if timeout is not None else None
+        self._wait_sync(p, deadline)
+        if p.error is not None:
+            raise p.error
+        return p.result
+
+    async def async_call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
+        """Call `method` from a coroutine; the event loop never blocks on the semaphore."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._ensure_thread()
+        p = self._submit(method, args, kwargs, timeout, block_for_space=False)
+        p.loop = loop
+        p.future = fut
+        if p.done:  # resolved before the future was attached
+            _settle(fut, p.result, p.error)
+        if timeout is None:
+            return await fut
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            p.abandoned = True
+            raise RunnerTimeout(f"call to {self.name}.{method} timed out after {timeout} s") from None
+
+    # -- waiting for results ---------------------------------------------------------------------
+    def _wait_sync(self, p: Pending, deadline: float | None) -> None:
+        try:
+            while not p.done:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    p.abandoned = True
+                    raise RunnerTimeout(f"call to {self.name}.{p.method} timed out")
+                if self._thread is None and self._reader.acquire(blocking=False):
+                    try:
+                        while not p.done:
+                            remaining = None if deadline is None else deadline - time.monotonic()
+                            if remaining is not None and remaining <= 0:
+                                break
+                            self._poll(POLL_S if remaining is None else min(POLL_S, remaining))
+                    finally:
+                        self._reader.release()
+                        self._wake_a_follower()
+                    continue
+                # Follower: wait to be woken with the result, or to take over as leader.
+                if p.lock is None:
+                    p.lock = threading.Lock()
+                    p.lock.acquire()
+                    with self._lock:
+                        self._followers.append(p)
+                    if p.done:
+                        break
+                p.lock.acquire(timeout=0.05 if remaining is None else min(0.05, max(remaining, 0.0)))
+        finally:
+            if p.lock is not None:
+                with self._lock:
+                    if p in self._followers:
+                        self._followers.remove(p)
+
+    def _wake_a_follower(self) -> None:
+        with self._lock:
+            waiting = [f for f in self._followers if not f.done]
+        if waiting:
+            _unlock(waiting[0].lock)
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    t = threading.Thread(target=self._completion_loop, name=f"shmserve-{self.name}", daemon=True)
+                    self._thread = t
+                    t.start()
+
+    def _completion_loop(self) -> None:
+        with self._reader:
+            while not self._closed:
+                self._poll(POLL_S)
+
+    def _poll(self, timeout: float) -> None:
+        """Wait up to `timeout` for results and deliver everything that arrived (reader only)."""
+        got = self.reply.wait(timeout)
+        if got:
+            self.reply.drain()
+        done: list[tuple[Pending, Any, BaseException | None]] = []
+        now = time.monotonic()
+        with self._lock:
+            for link in self.links:
+                if link.live:
+                    self._read_link(link, done)
+            if not got or now - self._last_check > POLL_S:
+                self._last_check = now
+                for link in self.links:
+                    if link.live and link.pending and not link.worker_alive():
+                        done.extend(self._fail_link(link, "exited while serving this call"))
+        if done:
+            self._deliver(done)
+
+    def _read_link(self, link: WorkerLink, done: list[tuple[Pending, Any, BaseException | None]]) -> None:
+        v = link.view
+        assert v is not None
+        head = v.get(ring.H_RESP_HEAD)
+        if link.resp_tail == head:
+            return
+        complete = time.monotonic()
+        while link.resp_tail < head:
+            fixed, tmetas, meta = v.read_desc(v.resp_slot(link.resp_tail), v.resp_arena)
+            link.resp_tail += 1
+            p = link.pending.pop(fixed[0], None)
+            if p is None:
+                continue
+            self._inflight -= 1
+            link.requests.release(p.block)  # type: ignore[union-attr]
+            code, block_off, block_len = fixed[1], fixed[3], fixed[4]
+            result: Any = None
+            error: BaseException | None = None
+            if code == ring.ST_OK:
+                if p.abandoned:
+                    _free_block(v, block_off, block_len)
+                else:
+                    try:
+                        result = self._decode(link, tmetas, meta, block_off, block_len)
+                    except Exception as exc:  # a result this process cannot rebuild
+                        error = InvalidInput(f"result of {self.name}.{p.method} could not be decoded: {exc}")
+            else:
+                error = _remote_error(self.name, p.method, code, meta)
+                if block_len:
+                    _free_block(v, block_off, block_len)
+            if _trace_hooks:
+                trace = {"submit": p.submit, "dequeue": fixed[8], "batch_start": fixed[9], "model_start": fixed[10],
+                         "model_end": fixed[11], "written": fixed[12], "complete": complete,
+                         "batch_size": fixed[13]}
+                for hook in list(_trace_hooks):
+                    try:
+                        hook(self.name, p.method, trace)
+                    except Exception:
+                        pass
+            done.append((p, result, error))
+        v.set(ring.H_RESP_TAIL, link.resp_tail)
+
+    def _decode(self, link: WorkerLink, tmetas: list[Any], meta: bytes, block_off: int, block_len: int) -> Any:
+        v = link.view
+        assert v is not None and link.segment is not None
+        if not tmetas or block_len <= COPY_RESULT_MAX:
+            tensors = [wrap(np.array(view(v.resp_arena, t.offset, t.nbytes, t.dtype, t.shape)), t.kind, t.dtype)
+                       for t in tmetas]
+            _free_block(v, block_off, block_len)
+            return decode_result(tensors, meta)
+        # Lease the block: the arrays read it in place; it is freed when the last of them dies.
+        base = v.layout.resp_arena + block_off
+        lease = (ctypes.c_char * block_len).from_buffer(link.segment.buf, base)
+        weakref.finalize(lease, _free_block_raw, v.resp_arena, block_off)
+        tensors = [wrap(np.frombuffer(lease, dtype=_np_dtype(t.dtype), count=_count(t), offset=t.offset - block_off)
+                        .reshape(t.shape), t.kind, t.dtype) for t in tmetas]
+        return decode_result(tensors, meta)
+
+    def _deliver(self, done: list[tuple[Pending, Any, BaseException | None]]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]] = {}
+        for p, result, error in done:
+            p.result, p.error = result, error
+            p.done = True
+            if p.future is not None and p.loop is not None:
+                by_loop.setdefault(p.loop, []).append((p.future, result, error))
+            elif p.lock is not None:
+                _unlock(p.lock)
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle_many, items)
+            except RuntimeError:
+                pass  # that loop is closed: nobody waits any more
+
+    # -- lifetime -------------------------------------------------------------------------------
+    def live_workers(self) -> int:
+        """How many worker links are live (used by readiness checks)."""
+        with self._lock:
+            for link in self.links:
+                if link.live and not link.worker_alive():
+                    done = self._fail_link(link, "exited")
+                    self._deliver(done)
+            return sum(1 for link in self.links if link.live)
+
+    def worker_pids(self) -> list[int]:
+        return [link.worker_pid for link in self.links if link.live]
+
+    def close(self) -> None:
+        """Detach from the workers; calls still in flight fail with RunnerUnavailable."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.reply.post()  # wake the completion thread so it sees _closed
+        except Exception:
+            pass
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2.0)
+        with self._lock:
+            failed = []
+            for link in self.links:
+                if link.pending:
+                    failed.extend(self._fail_link(link, "was detached by close()"))
+                link.close()
+        self._deliver(failed)
+        self.reply.unlink()
+        self.reply.close()
+
+
+def _read_line(sock: socket.socket) -> bytes:
+    buf = b""
+    while not buf.endswith(b"\n"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise RunnerUnavailable("the runner worker closed the connection during the handshake")
+        buf += chunk
+    return buf
+
+
+def _np_dtype(dtype_str: str) -> np.dtype:
+    from .shm.tensor import numpy_dtype
+
+    return numpy_dtype(dtype_str)
+
+
+def _count(t: Any) -> int:
+    size = _np_dtype(t.dtype).itemsize
+    return t.nbytes // size if size else 0
+
+
+def _free_block(v: ChannelView, block_off: int, block_len: int) -> None:
+    if block_len:
+        U64.pack_into(v.resp_arena, block_off, BLOCK_FREE)
+
+
+def _free_block_raw(arena: memoryview, block_off: int) -> None:
+    try:
+        U64.pack_into(arena, block_off, BLOCK_FREE)
+    except (ValueError, TypeError):
+        pass  # the link was closed: the worker is gone and nobody reclaims the arena
+
+
+def _unlock(lock: Any) -> None:
+    try:
+        lock.release()
+    except RuntimeError:
+        pass  # already unlocked: the waiter has been woken
+
+
+def _settle(fut: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if fut.done():
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(result)
+
+
+def _settle_many(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for fut, result, error in items:
+        _settle(fut, result, error)
+
+
+def _close_signal(sig: Signal) -> None:
+    sig.unlink()
+    sig.close()
+
+
+_ERRORS: dict[int, type[ShmserveError]] = {
+    ring.ST_BAD_REQUEST: InvalidInput,
+    ring.ST_EXPIRED: RunnerTimeout,
+    ring.ST_TOO_LARGE: TensorTooLarge,
+    ring.ST_UNAVAILABLE: RunnerUnavailable,
+}
+
+
+def _remote_error(runner: str, method: str, code: int, meta: bytes) -> BaseException:
+    try:
+        info = orjson.loads(meta)
+    except ValueError:
+        info = {"type": "Error", "message": meta.decode(errors="replace"), "traceback": ""}
+    message = info.get("message", "")
+    if code == ring.ST_MODEL_ERROR:
+        return RunnerError(f"{runner}.{method} raised {info.get('type')}: {message}", info.get("type", ""),
+                           info.get("traceback", ""))
+    cls = _ERRORS.get(code, RunnerError)
+    return cls(f"{runner}.{method}: {message}")
+
+
+# -- public helpers ---------------------------------------------------------------------------
+class RemoteMethod:
+    """`client.<method>` of a connected runner: `.run()` and `.async_run()`."""
+
+    def __init__(self, client: RunnerClient, name: str) -> None:
+        self._client = client
+        self.name = name
+
+    def run(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        return self._client.call(self.name, args, kwargs, timeout)
+
+    async def async_run(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        return await self._client.async_call(self.name, args, kwargs, timeout)
+
+
+class ConnectedRunner:
+    """What `shmserve.connect(name)` returns: method handles of a runner another process serves."""
+
+    def __init__(self, client: RunnerClient) -> None:
+        self.client = client
+        self.name = client.name
+        for method in client.methods:
+            setattr(self, method, RemoteMethod(client, method))
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> "ConnectedRunner":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<ConnectedRunner {self.name!r} methods={sorted(self.client.methods)}>"
+
+
+def connect(name: str, timeout: float = 10.0) -> ConnectedRunner:
+    """Attach to the running workers of runner `name` (started by any process of this user)."""
+    return ConnectedRunner(RunnerClient(name, connect_timeout=timeout))
+
+
+def attach(runner: Any, timeout: float = 10.0) -> RunnerClient:
+    """Bind a `Runner` object to the running workers of the same name; returns the client."""
+    client = RunnerClient(runner.name, connect_timeout=timeout)
+    runner._bind(client)
+    return client

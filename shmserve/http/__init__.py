@@ -1,0 +1,1 @@
+"""HTTP serving: httptools protocol, routing, the API application, metrics and OpenAPI."""

@@ -1,0 +1,187 @@
+"""The HTTP application of one API worker: route, decode, call the API, encode, reply.
+
+`App.dispatch` is called by `HttpProtocol` for each request, in order. Server
+endpoints (``/livez``, ``/readyz``, ``/metrics``, ``/docs.json``) and errors are
+answered at once; an API call becomes one task (async APIs) or one thread-pool
+job (plain functions), and replies when it finishes. A client that disconnects
+cancels its task, which cancels the runner call it awaits.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import Executor
+from typing import Any, Callable
+
+import orjson
+
+from ..errors import RunnerError, ShmserveError
+from ..service import API, Service
+from .metrics import Metrics
+from .openapi import build_openapi
+from .protocol import HttpProtocol, Request
+from .router import Router
+
+__all__ = ["App", "runner_ready"]
+
+log = logging.getLogger("shmserve.http")
+
+_CT_JSON = b"application/json"
+_CT_TEXT = b"text/plain; charset=utf-8"
+_CT_PROM = b"text/plain; version=0.0.4; charset=utf-8"
+_RETRY_AFTER = b"retry-after: 1\r\n"
+_OTHER = "-"  # metrics label for requests that match no API
+
+
+def runner_ready(runner: Any) -> bool:
+    """True when `runner` is bound and its backend reports a live worker.
+
+    A backend may expose ``ready()`` or ``live_workers()``; one that exposes
+    neither (the in-process ``init_local`` backend) counts as ready once bound.
+    """
+    backend = getattr(runner, "_backend", None)
+    if backend is None:
+        return False
+    for name in ("ready", "is_ready"):
+        probe = getattr(backend, name, None)
+        if callable(probe):
+            return bool(probe())
+    alive = getattr(backend, "live_workers", None) or getattr(backend, "alive_workers", None)
+    if callable(alive):
+        return int(alive()) > 0
+    return True
+
+
+class App:
+    """Serves one Service's APIs; see the module docstring.
+
+    Args:
+        service: the Service whose APIs are served.
+        executor: thread pool for plain-function APIs.
+        version: shown in the OpenAPI document.
+        ready: readiness probe; defaults to every runner being `runner_ready`.
+    """
+
+    def __init__(
+        self,
+        service: Service,
+        executor: Executor | None = None,
+        version: str = "",
+        ready: Callable[[], tuple[bool, str]] | None = None,
+    ) -> None:
+        self.service = service
+        self.executor = executor
+        self.in_flight = 0
+        self.metrics = Metrics(service.name, lambda: self.in_flight)
+        self._ready = ready or self._runners_ready
+        self._openapi = orjson.dumps(build_openapi(service, version))
+        self.router = Router(service, {
+            "/livez": self._livez,
+            "/readyz": self._readyz,
+            "/metrics": self._metrics,
+            "/docs.json": self._docs,
+        })
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # (api, status) -> histogram, kept per API to skip a dict build per request
+        self._ok_hist = {api.name: self.metrics.request_histogram(api.name, 200) for api in service.apis.values()}
+
+    # -- dispatch -------------------------------------------------------------
+    def dispatch(self, request: Request, conn: HttpProtocol) -> None:
+        """Answer `request` on `conn` (now, or from a task)."""
+        route = self.router.resolve(request.path)
+        if route is None:
+            self.metrics.observe_request(_OTHER, 404, 0.0)
+            conn.reply_error(404, "NotFound", f"no route {request.path.decode('latin-1')!r}; "
+                                              "see GET /docs.json for the APIs of this service")
+            return
+        if request.method != route.method:
+            self.metrics.observe_request(_OTHER, 405, 0.0)
+            conn.reply_error(405, "MethodNotAllowed",
+                             f"{request.path.decode('latin-1')} accepts {route.method.decode()} only",
+                             b"allow: " + route.method + b"\r\n")
+            return
+        api = route.api
+        if api is None:
+            assert route.endpoint is not None
+            route.endpoint(request, conn)
+            return
+        start = time.perf_counter()
+        try:
+            value = api.input.decode(request.body, request.headers)
+        except ShmserveError as exc:
+            self._fail(conn, api, start, exc.http_status, exc)
+            return
+        except Exception as exc:  # a custom descriptor's bug: the request is lost, not the worker
+            log.exception("input descriptor of API %r failed", api.name)
+            self._fail(conn, api, start, 500, exc)
+            return
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        conn.task = loop.create_task(self._call(api, value, request, conn, start))
+
+    async def _call(self, api: API, value: Any, request: Request, conn: HttpProtocol, start: float) -> None:
+        # Counted here, not at create_task: a task cancelled before its first step never runs its finally.
+        self.in_flight += 1
+        try:
+            try:
+                if api.is_async:
+                    if api.timeout is None:
+                        result = await api.func(value)
+                    else:
+                        result = await asyncio.wait_for(api.func(value), api.timeout)
+                else:
+                    fut = asyncio.get_running_loop().run_in_executor(self.executor, api.func, value)
+                    result = await (fut if api.timeout is None else asyncio.wait_for(fut, api.timeout))
+                ctype, body, extra = api.output.encode(result, request.headers.get(b"accept", b""))
+            except asyncio.CancelledError:
+                # The client went away; nothing to answer.
+                self.metrics.observe_request(api.name, 499, time.perf_counter() - start)
+                raise
+            except ShmserveError as exc:
+                if isinstance(exc, RunnerError):
+                    log.warning("API %r: runner error: %s", api.name, exc)
+                self._fail(conn, api, start, exc.http_status, exc)
+                return
+            except (asyncio.TimeoutError, TimeoutError):
+                self._fail(conn, api, start, 504, TimeoutError(f"API {api.name!r} did not finish within {api.timeout} s"))
+                return
+            except Exception as exc:
+                log.exception("API %r raised", api.name)
+                self._fail(conn, api, start, 500, exc)
+                return
+        finally:
+            self.in_flight -= 1
+        self._ok_hist[api.name].observe(time.perf_counter() - start)
+        conn.reply(200, ctype, body, extra)
+
+    def _fail(self, conn: HttpProtocol, api: API, start: float, status: int, exc: BaseException) -> None:
+        self.metrics.observe_request(api.name, status, time.perf_counter() - start)
+        # RunnerError's str() carries the remote traceback: log it, do not send it.
+        message = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
+        conn.reply_error(status, type(exc).__name__, message or type(exc).__name__,
+                         _RETRY_AFTER if status == 503 else b"")
+
+    # -- server endpoints -----------------------------------------------------
+    def _livez(self, request: Request, conn: HttpProtocol) -> None:
+        conn.reply(200, _CT_TEXT, b"ok\n")
+
+    def _readyz(self, request: Request, conn: HttpProtocol) -> None:
+        ok, detail = self._ready()
+        if ok:
+            conn.reply(200, _CT_TEXT, b"ready\n")
+        else:
+            conn.reply_error(503, "NotReady", detail, _RETRY_AFTER)
+
+    def _metrics(self, request: Request, conn: HttpProtocol) -> None:
+        conn.reply(200, _CT_PROM, self.metrics.render())
+
+    def _docs(self, request: Request, conn: HttpProtocol) -> None:
+        conn.reply(200, _CT_JSON, self._openapi)
+
+    def _runners_ready(self) -> tuple[bool, str]:
+        missing = [r.name for r in self.service.runners if not runner_ready(r)]
+        if missing:
+            return False, f"runners without a live worker: {', '.join(missing)}"
+        return True, ""

@@ -1,0 +1,524 @@
+"""IO descriptors: how an HTTP body becomes an API function's argument, and back.
+
+Each API of a `shmserve.Service` names an input and an output descriptor::
+
+    @svc.api(input=NumpyNdarray(dtype="float32", shape=(-1, 784), enforce_shape=True),
+             output=NumpyNdarray())
+    async def predict(x): ...
+
+`NumpyNdarray` accepts three request body formats, chosen by ``Content-Type``:
+
+- ``application/json`` (also the default when no Content-Type is sent): a JSON
+  array of numbers, e.g. ``[[0.1, 0.2], [0.3, 0.4]]``.
+- ``application/octet-stream``: the raw C-order bytes of the tensor. The dtype
+  comes from the ``X-Tensor-Dtype`` header (any numpy dtype name, e.g.
+  ``float32`` or ``<f4``), falling back to the descriptor's dtype; the shape
+  from ``X-Tensor-Shape`` (comma-separated, e.g. ``1,784``), falling back to the
+  descriptor's shape (one ``-1`` is inferred) or to one dimension.
+- ``application/x-npy``: a ``.npy`` file (format versions 1 to 3). The header is
+  parsed with literals only; pickled (object dtype) arrays are refused.
+
+Responses follow ``Accept``: ``application/x-npy`` gives a ``.npy`` body,
+``application/octet-stream`` raw bytes with ``X-Tensor-Dtype`` and
+``X-Tensor-Shape`` response headers, anything else JSON. Quality values in
+``Accept`` are not weighed; the first matching media type above wins.
+
+Decoding errors raise `shmserve.errors.InvalidInput` (HTTP 400) with a message
+that says what to send instead.
+"""
+from __future__ import annotations
+
+import ast
+import struct
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import orjson
+
+from .errors import InvalidInput
+
+__all__ = [
+    "IODescriptor",
+    "NumpyNdarray",
+    "JSON",
+    "Text",
+    "UnsupportedMediaType",
+    "DTYPE_HEADER",
+    "SHAPE_HEADER",
+    "parse_npy",
+    "encode_npy",
+]
+
+DTYPE_HEADER = "X-Tensor-Dtype"
+SHAPE_HEADER = "X-Tensor-Shape"
+_DTYPE_KEY = DTYPE_HEADER.lower().encode()
+_SHAPE_KEY = SHAPE_HEADER.lower().encode()
+
+_CT_JSON = b"application/json"
+_CT_NPY = b"application/x-npy"
+_CT_OCTET = b"application/octet-stream"
+_CT_TEXT = b"text/plain; charset=utf-8"
+
+# dtype kinds a tensor may have on the wire: bool, ints, floats, complex, fixed-size strings.
+# Object ('O') and structured/void ('V') dtypes are refused: they would need pickle or carry no layout.
+_ALLOWED_KINDS = frozenset("biufcSU")
+_MAX_NDIM = 32
+_NPY_MAGIC = b"\x93NUMPY"
+_NPY_MAX_HEADER = 10_000  # numpy's own limit for reading untrusted headers
+_CACHE_LIMIT = 256
+
+Headers = Mapping[bytes, bytes]
+
+
+class UnsupportedMediaType(InvalidInput):
+    """The request's Content-Type is not one the API's input descriptor reads."""
+
+    http_status = 415
+
+
+class IODescriptor:
+    """Base class of IO descriptors: decode a request body, encode a result.
+
+    Subclasses implement `decode`, `encode` and the two OpenAPI helpers.
+    """
+
+    #: media types accepted in requests, for the OpenAPI document.
+    request_media_types: tuple[str, ...] = ()
+    #: media types a response may take, for the OpenAPI document.
+    response_media_types: tuple[str, ...] = ()
+
+    def decode(self, body: bytes, headers: Headers) -> Any:
+        """Turn a request body (and its lower-cased header names) into the API argument."""
+        raise NotImplementedError
+
+    def encode(self, value: Any, accept: bytes) -> tuple[bytes, bytes, bytes]:
+        """Return ``(content_type, body, extra_header_lines)`` for an API result.
+
+        `extra_header_lines` is zero or more complete ``name: value\\r\\n`` lines.
+        """
+        raise NotImplementedError
+
+    def openapi_schema(self) -> dict[str, Any]:
+        """The JSON schema of this descriptor's JSON form."""
+        return {}
+
+    def openapi_request_body(self) -> dict[str, Any]:
+        """The OpenAPI ``requestBody`` object."""
+        schema = self.openapi_schema()
+        content: dict[str, Any] = {}
+        for mt in self.request_media_types:
+            content[mt] = {"schema": schema} if mt == "application/json" else {"schema": {"type": "string", "format": "binary"}}
+        return {"required": True, "content": content}
+
+    def openapi_responses(self) -> dict[str, Any]:
+        """The OpenAPI ``content`` object of a successful response."""
+        schema = self.openapi_schema()
+        content: dict[str, Any] = {}
+        for mt in self.response_media_types:
+            content[mt] = {"schema": schema} if mt == "application/json" else {"schema": {"type": "string", "format": "binary"}}
+        return content
+
+
+def _media_type(headers: Headers) -> bytes:
+    ct = headers.get(b"content-type")
+    if not ct:
+        return b""
+    semi = ct.find(b";")
+    if semi >= 0:
+        ct = ct[:semi]
+    return ct.strip().lower()
+
+
+def _check_dtype(dtype: np.dtype) -> np.dtype:
+    if dtype.kind not in _ALLOWED_KINDS:
+        raise InvalidInput(
+            f"dtype {dtype.str!r} cannot be sent: object and structured arrays are refused; "
+            "use a numeric, bool or fixed-size string dtype"
+        )
+    if dtype.itemsize == 0:
+        raise InvalidInput(f"dtype {dtype.str!r} has size 0; give a size, e.g. 'U8' or 'S16'")
+    return dtype
+
+
+def _parse_dtype(text: str) -> np.dtype:
+    try:
+        dtype = np.dtype(text)
+    except (TypeError, ValueError, SyntaxError):
+        raise InvalidInput(f"unknown dtype {text!r}; use a numpy dtype name such as 'float32' or '<f4'") from None
+    return _check_dtype(dtype)
+
+
+def _parse_shape_header(raw: bytes) -> tuple[int, ...]:
+    text = raw.decode("latin-1").strip().strip("()[]")
+    try:
+        shape = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise InvalidInput(f"{SHAPE_HEADER} must be comma-separated integers such as '1,784', got {raw.decode('latin-1')!r}") from None
+    if len(shape) > _MAX_NDIM or any(d < 0 for d in shape):
+        raise InvalidInput(f"{SHAPE_HEADER} {raw.decode('latin-1')!r}: dimensions must be non-negative, at most {_MAX_NDIM} of them")
+    return shape
+
+
+def parse_npy(data: bytes | memoryview, cache: dict[bytes, tuple[np.dtype, tuple[int, ...], bool, int]] | None = None) -> np.ndarray:
+    """Read a ``.npy`` file from memory without pickle; returns a read-only view of `data`.
+
+    Raises `InvalidInput` for a malformed file, a structured or object dtype, or a
+    byte count that does not match the header. `cache` (optional) memoizes parsed
+    headers, since clients tend to send the same header over and over.
+    """
+    mv = memoryview(data)
+    if len(mv) < 10 or bytes(mv[:6]) != _NPY_MAGIC:
+        raise InvalidInput("body is not a .npy file (bad magic); save it with numpy.save or send application/json")
+    major = mv[6]
+    if major == 1:
+        (hlen,) = struct.unpack_from("<H", mv, 8)
+        start = 10
+    elif major in (2, 3):
+        if len(mv) < 12:
+            raise InvalidInput(".npy header is truncated")
+        (hlen,) = struct.unpack_from("<I", mv, 8)
+        start = 12
+    else:
+        raise InvalidInput(f".npy format version {major} is not supported; use version 1, 2 or 3")
+    if hlen > _NPY_MAX_HEADER or start + hlen > len(mv):
+        raise InvalidInput(f".npy header length {hlen} is invalid or exceeds {_NPY_MAX_HEADER} bytes")
+    header = bytes(mv[start:start + hlen])
+    parsed = cache.get(header) if cache is not None else None
+    if parsed is None:
+        parsed = _parse_npy_header(header, major)
+        if cache is not None:
+            if len(cache) >= _CACHE_LIMIT:
+                cache.clear()
+            cache[header] = parsed
+    dtype, shape, fortran, count = parsed
+    offset = start + hlen
+    nbytes = count * dtype.itemsize
+    if len(mv) - offset != nbytes:
+        raise InvalidInput(f".npy body holds {len(mv) - offset} data bytes but its header says {shape} of {dtype.str} ({nbytes} bytes)")
+    arr = np.frombuffer(mv, dtype=dtype, count=count, offset=offset)
+    return arr.reshape(shape, order="F" if fortran else "C")
+
+
+def _parse_npy_header(header: bytes, major: int) -> tuple[np.dtype, tuple[int, ...], bool, int]:
+    try:
+        text = header.decode("utf-8" if major == 3 else "latin-1")
+        # literal_eval builds literals only: no names, calls or attribute access can run.
+        meta = ast.literal_eval(text)
+    except (ValueError, SyntaxError, UnicodeDecodeError, MemoryError, RecursionError):
+        raise InvalidInput(".npy header is not a valid dictionary literal") from None
+    if not isinstance(meta, dict) or set(meta) != {"descr", "fortran_order", "shape"}:
+        raise InvalidInput(".npy header must have exactly the keys 'descr', 'fortran_order' and 'shape'")
+    descr, fortran, shape = meta["descr"], meta["fortran_order"], meta["shape"]
+    if not isinstance(descr, str):
+        raise InvalidInput(".npy files with structured dtypes are refused; send a plain numeric array")
+    if not isinstance(fortran, bool):
+        raise InvalidInput(".npy header 'fortran_order' must be True or False")
+    if (
+        not isinstance(shape, tuple)
+        or len(shape) > _MAX_NDIM
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    ):
+        raise InvalidInput(".npy header 'shape' must be a tuple of non-negative integers")
+    dtype = _parse_dtype(descr)
+    count = 1
+    for d in shape:
+        count *= d
+    return dtype, shape, fortran, count
+
+
+def encode_npy(arr: np.ndarray) -> tuple[bytes, Any]:
+    """Return ``(header, data)`` of a version 1 ``.npy`` file holding `arr` (C order)."""
+    if not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr)
+    dtype = _check_dtype(arr.dtype)
+    shape = arr.shape
+    shape_text = "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+    meta = "{'descr': %r, 'fortran_order': False, 'shape': %s, }" % (dtype.str, shape_text)
+    # Pad so that the data starts on a 64-byte boundary, as numpy does.
+    pad = 63 - (10 + len(meta)) % 64
+    head = meta + " " * pad + "\n"
+    data = arr.view(np.uint8).reshape(-1) if arr.size else b""
+    return _NPY_MAGIC + b"\x01\x00" + struct.pack("<H", len(head)) + head.encode("latin-1"), data
+
+
+def _as_ndarray(value: Any) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value
+    module = type(value).__module__
+    if module.startswith("torch"):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if type(value).__module__.startswith("torch"):
+        return value.detach().cpu().tolist()
+    raise TypeError(f"object of type {type(value).__name__} is not JSON serializable")
+
+
+def _dumps_json(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY, default=_json_default)
+    except orjson.JSONEncodeError:
+        # orjson serializes only C-contiguous native-endian arrays of common dtypes.
+        if isinstance(value, np.ndarray):
+            return orjson.dumps(value.tolist())
+        raise
+
+
+class NumpyNdarray(IODescriptor):
+    """A numpy array, from JSON, raw bytes or ``.npy``; see the module docstring.
+
+    Args:
+        dtype: expected dtype. Without `enforce_dtype`, inputs are cast to it.
+        shape: expected shape; ``-1`` matches any size in that dimension.
+        enforce_dtype: refuse binary inputs of another dtype (HTTP 400), and JSON
+            numbers that do not fit the dtype's kind (floats for an int dtype).
+        enforce_shape: refuse inputs whose shape does not match `shape` (HTTP 400).
+            Without it, an input is reshaped to `shape` when the sizes agree.
+    """
+
+    request_media_types = ("application/json", "application/octet-stream", "application/x-npy")
+    response_media_types = ("application/json", "application/x-npy", "application/octet-stream")
+
+    def __init__(
+        self,
+        dtype: Any = None,
+        shape: Sequence[int] | None = None,
+        enforce_dtype: bool = False,
+        enforce_shape: bool = False,
+    ) -> None:
+        self.dtype: np.dtype | None = _check_dtype(np.dtype(dtype)) if dtype is not None else None
+        self.shape: tuple[int, ...] | None = tuple(int(d) for d in shape) if shape is not None else None
+        if enforce_dtype and self.dtype is None:
+            raise ValueError("NumpyNdarray(enforce_dtype=True) needs a dtype")
+        if enforce_shape and self.shape is None:
+            raise ValueError("NumpyNdarray(enforce_shape=True) needs a shape")
+        if self.shape is not None and sum(1 for d in self.shape if d < 0) > 1 and not enforce_shape:
+            raise ValueError("NumpyNdarray shape may hold at most one -1 unless enforce_shape=True")
+        self.enforce_dtype = bool(enforce_dtype)
+        self.enforce_shape = bool(enforce_shape)
+        self._npy_cache: dict[bytes, tuple[np.dtype, tuple[int, ...], bool, int]] = {}
+        self._dtype_cache: dict[bytes, np.dtype] = {}
+        self._shape_cache: dict[bytes, tuple[int, ...]] = {}
+        # Casting JSON numbers straight to an int/bool dtype would truncate floats silently.
+        self._json_infer_first = self.enforce_dtype and self.dtype is not None and self.dtype.kind in "biu"
+
+    # -- decoding -------------------------------------------------------------
+    def decode(self, body: bytes, headers: Headers) -> np.ndarray:
+        """Decode a JSON, octet-stream or .npy body into an ndarray; see the class docstring."""
+        mt = _media_type(headers)
+        if not mt or mt == _CT_JSON:
+            arr = self._from_json(body)
+        elif mt == _CT_OCTET:
+            arr = self._from_bytes(body, headers)
+        elif mt == _CT_NPY:
+            arr = self._convert_dtype(parse_npy(body, self._npy_cache))
+        else:
+            raise UnsupportedMediaType(
+                f"Content-Type {mt.decode('latin-1')!r} is not supported for this API; "
+                "send application/json, application/octet-stream or application/x-npy"
+            )
+        return self._check_shape(arr)
+
+    def _from_json(self, body: bytes) -> np.ndarray:
+        try:
+            obj = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidInput(f"request body is not valid JSON ({exc}); send a JSON array of numbers") from None
+        if not isinstance(obj, (list, int, float)):
+            raise InvalidInput(f"expected a JSON array of numbers, got a JSON {type(obj).__name__}")
+        try:
+            if self.dtype is not None and not self._json_infer_first:
+                arr = np.asarray(obj, dtype=self.dtype)
+            else:
+                arr = np.asarray(obj)
+        except (ValueError, TypeError) as exc:
+            raise InvalidInput(f"JSON body is not a rectangular array of numbers ({exc})") from None
+        if arr.dtype.kind not in "biufc":
+            raise InvalidInput("JSON array must contain only numbers (or booleans), with equal-length rows")
+        if self._json_infer_first:
+            assert self.dtype is not None
+            if not np.can_cast(arr.dtype, self.dtype, casting="same_kind"):
+                raise InvalidInput(f"JSON values of kind {arr.dtype.name} do not fit dtype {self.dtype.name}; send integers")
+            arr = arr.astype(self.dtype, copy=False)
+        return arr
+
+    def _from_bytes(self, body: bytes, headers: Headers) -> np.ndarray:
+        raw_dtype = headers.get(_DTYPE_KEY)
+        if raw_dtype is not None:
+            dtype = self._dtype_cache.get(raw_dtype)
+            if dtype is None:
+                dtype = _parse_dtype(raw_dtype.decode("latin-1").strip())
+                if len(self._dtype_cache) < _CACHE_LIMIT:
+                    self._dtype_cache[raw_dtype] = dtype
+        elif self.dtype is not None:
+            dtype = self.dtype
+        else:
+            raise InvalidInput(f"application/octet-stream bodies need a {DTYPE_HEADER} header, e.g. '{DTYPE_HEADER}: float32'")
+        itemsize = dtype.itemsize
+        if len(body) % itemsize:
+            raise InvalidInput(f"body of {len(body)} bytes is not a whole number of {dtype.name} items ({itemsize} bytes each)")
+        count = len(body) // itemsize
+        raw_shape = headers.get(_SHAPE_KEY)
+        if raw_shape is not None:
+            shape = self._shape_cache.get(raw_shape)
+            if shape is None:
+                shape = _parse_shape_header(raw_shape)
+                if len(self._shape_cache) < _CACHE_LIMIT:
+                    self._shape_cache[raw_shape] = shape
+            expected = 1
+            for d in shape:
+                expected *= d
+            if expected != count:
+                raise InvalidInput(f"{SHAPE_HEADER} {shape} needs {expected} items of {dtype.name} but the body holds {count}")
+        elif self.shape is not None and sum(1 for d in self.shape if d < 0) <= 1:
+            shape = self.shape
+        else:
+            shape = (count,)
+        arr = np.frombuffer(body, dtype=dtype, count=count)
+        try:
+            arr = arr.reshape(shape)
+        except ValueError:
+            raise InvalidInput(f"body of {count} {dtype.name} items cannot take shape {shape}; send a {SHAPE_HEADER} header") from None
+        return self._convert_dtype(arr)
+
+    def _convert_dtype(self, arr: np.ndarray) -> np.ndarray:
+        want = self.dtype
+        if want is None or arr.dtype == want:
+            return arr
+        if self.enforce_dtype:
+            raise InvalidInput(f"expected dtype {want.name}, got {arr.dtype.name}; send {want.name} data")
+        try:
+            return arr.astype(want)
+        except (ValueError, TypeError):
+            raise InvalidInput(f"cannot convert dtype {arr.dtype.name} to {want.name}") from None
+
+    def _check_shape(self, arr: np.ndarray) -> np.ndarray:
+        want = self.shape
+        if want is None:
+            return arr
+        got = arr.shape
+        if len(got) == len(want):
+            for g, w in zip(got, want):
+                if w >= 0 and g != w:
+                    break
+            else:
+                return arr
+        if self.enforce_shape:
+            raise InvalidInput(f"expected shape {_shape_text(want)}, got {_shape_text(got)}")
+        try:
+            return arr.reshape(want)
+        except ValueError:
+            return arr
+
+    # -- encoding -------------------------------------------------------------
+    def encode(self, value: Any, accept: bytes) -> tuple[bytes, bytes, bytes]:
+        """Encode an array per `accept`: ``.npy``, raw bytes with dtype/shape headers, or JSON."""
+        arr = _as_ndarray(value)
+        if accept:
+            if _CT_NPY in accept:
+                head, data = encode_npy(arr)
+                return _CT_NPY, b"".join((head, data)), b""
+            if _CT_OCTET in accept:
+                if not arr.flags.c_contiguous:
+                    arr = np.ascontiguousarray(arr)
+                _check_dtype(arr.dtype)
+                extra = b"%s: %s\r\n%s: %s\r\n" % (
+                    DTYPE_HEADER.encode(),
+                    arr.dtype.str.encode(),
+                    SHAPE_HEADER.encode(),
+                    ",".join(str(d) for d in arr.shape).encode(),
+                )
+                return _CT_OCTET, arr.tobytes(), extra
+        return _CT_JSON, _dumps_json(arr), b""
+
+    def openapi_schema(self) -> dict[str, Any]:
+        """JSON schema: nested arrays of numbers, one level per dimension of `shape`."""
+        kind = self.dtype.kind if self.dtype is not None else "f"
+        item: dict[str, Any] = {"type": "integer" if kind in "iu" else "boolean" if kind == "b" else "number"}
+        if self.dtype is not None:
+            item["format"] = self.dtype.name
+        if self.shape is None:
+            return {"type": "array", "items": {}, "description": "an array of numbers, nested to any depth"}
+        schema = item
+        for d in reversed(self.shape):
+            schema = {"type": "array", "items": schema}
+            if d >= 0:
+                schema["minItems"] = schema["maxItems"] = d
+        return schema
+
+    def __repr__(self) -> str:
+        return (
+            f"NumpyNdarray(dtype={self.dtype.name if self.dtype is not None else None!r}, shape={self.shape}, "
+            f"enforce_dtype={self.enforce_dtype}, enforce_shape={self.enforce_shape})"
+        )
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    return "(" + ", ".join("*" if d < 0 else str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+class JSON(IODescriptor):
+    """Any JSON value, parsed and written with orjson (numpy values are written as JSON too)."""
+
+    request_media_types = ("application/json",)
+    response_media_types = ("application/json",)
+
+    def decode(self, body: bytes, headers: Headers) -> Any:
+        """Parse the body as JSON; an empty body is ``None``."""
+        if not body:
+            return None
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidInput(f"request body is not valid JSON ({exc})") from None
+
+    def encode(self, value: Any, accept: bytes) -> tuple[bytes, bytes, bytes]:
+        """Write `value` as JSON."""
+        return _CT_JSON, _dumps_json(value), b""
+
+    def openapi_schema(self) -> dict[str, Any]:
+        """Any JSON value."""
+        return {}
+
+    def __repr__(self) -> str:
+        return "JSON()"
+
+
+class Text(IODescriptor):
+    """A UTF-8 string."""
+
+    request_media_types = ("text/plain",)
+    response_media_types = ("text/plain",)
+
+    def decode(self, body: bytes, headers: Headers) -> str:
+        """Decode the body as UTF-8."""
+        try:
+            return body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInput("request body is not valid UTF-8 text") from None
+
+    def encode(self, value: Any, accept: bytes) -> tuple[bytes, bytes, bytes]:
+        """Write `value` (a str, or anything, through str()) as UTF-8 text."""
+        text = value if isinstance(value, str) else str(value)
+        return _CT_TEXT, text.encode("utf-8"), b""
+
+    def openapi_schema(self) -> dict[str, Any]:
+        """A string."""
+        return {"type": "string"}
+
+    def openapi_request_body(self) -> dict[str, Any]:
+        """Plain text."""
+        return {"required": True, "content": {"text/plain": {"schema": {"type": "string"}}}}
+
+    def openapi_responses(self) -> dict[str, Any]:
+        """Plain text."""
+        return {"text/plain": {"schema": {"type": "string"}}}
+
+    def __repr__(self) -> str:
+        return "Text()"

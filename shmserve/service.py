@@ -1,0 +1,160 @@
+"""`Service`: HTTP APIs over runners.
+
+::
+
+    runner = shmserve.Runner(MLPRunnable, name="mlp")
+    svc = shmserve.Service("mlp_service", runners=[runner])
+
+    @svc.api(input=NumpyNdarray(dtype="float32"), output=NumpyNdarray())
+    async def predict(x):
+        return await runner.predict.async_run(x)
+
+Serve it with ``shmserve serve module:svc``. Async API functions run on the
+API worker's event loop; plain functions run in a thread pool so that they
+never block it.
+"""
+from __future__ import annotations
+
+import inspect
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, TypeVar
+
+from .errors import ConfigError
+from .io import IODescriptor
+from .runner import Runner
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Routes the HTTP server answers itself; an API may not take them.
+RESERVED_ROUTES = frozenset({"/livez", "/readyz", "/metrics", "/docs.json"})
+
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
+_ROUTE_RE = re.compile(r"^/[A-Za-z0-9_.~/-]*$")
+
+
+@dataclass(frozen=True)
+class API:
+    """One HTTP API: ``POST route`` decodes with `input`, calls `func`, encodes with `output`."""
+
+    name: str
+    route: str
+    func: Callable[..., Any]
+    input: IODescriptor
+    output: IODescriptor
+    is_async: bool
+    doc: str = ""
+    timeout: float | None = None
+    route_bytes: bytes = field(init=False, repr=False, default=b"")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "route_bytes", self.route.encode("ascii"))
+
+
+class Service:
+    """A named set of HTTP APIs and the runners they call.
+
+    Args:
+        name: the service name (shown in the OpenAPI document and metrics).
+        runners: every runner the APIs call; ``shmserve serve`` starts them.
+    """
+
+    def __init__(self, name: str, runners: Iterable[Runner] | None = None) -> None:
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise ConfigError(f"invalid service name {name!r}: use letters, digits, '_', '.' or '-', starting with a letter")
+        self.name = name
+        self.runners: list[Runner] = []
+        seen: set[str] = set()
+        for runner in runners or ():
+            if not isinstance(runner, Runner):
+                raise ConfigError(f"Service {name!r}: runners must be shmserve.Runner objects, got {runner!r}")
+            if runner.name in seen:
+                raise ConfigError(
+                    f"Service {name!r} has two runners named {runner.name!r}; give each Runner a distinct name="
+                )
+            seen.add(runner.name)
+            self.runners.append(runner)
+        self.apis: dict[str, API] = {}
+
+    def api(
+        self,
+        input: IODescriptor,
+        output: IODescriptor,
+        *,
+        name: str | None = None,
+        route: str | None = None,
+        doc: str | None = None,
+        timeout: float | None = None,
+    ) -> Callable[[F], F]:
+        """Register the decorated function as ``POST /<name>`` (or ``route``).
+
+        `timeout` (seconds), when given, bounds the whole call; past it the client
+        gets HTTP 504. The decorated function is returned unchanged.
+        """
+        if not isinstance(input, IODescriptor) or not isinstance(output, IODescriptor):
+            raise ConfigError("svc.api(input=..., output=...) need IO descriptors such as shmserve.io.NumpyNdarray()")
+        if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+            raise ConfigError(f"svc.api timeout must be a positive number of seconds, got {timeout!r}")
+
+        def register(func: F) -> F:
+            if not callable(func):
+                raise ConfigError(f"svc.api decorates a function, got {func!r}")
+            api_name = name if name is not None else func.__name__
+            if not _NAME_RE.match(api_name):
+                raise ConfigError(f"invalid API name {api_name!r}: use letters, digits, '_', '.' or '-'")
+            api_route = route if route is not None else "/" + api_name
+            if not _ROUTE_RE.match(api_route):
+                raise ConfigError(f"invalid route {api_route!r} for API {api_name!r}: it must start with '/' and use URL-safe characters")
+            if api_route in RESERVED_ROUTES:
+                raise ConfigError(f"route {api_route!r} of API {api_name!r} is reserved by the server; pick another route=")
+            if api_name in self.apis:
+                raise ConfigError(f"Service {self.name!r} already has an API named {api_name!r}")
+            for other in self.apis.values():
+                if other.route == api_route:
+                    raise ConfigError(f"APIs {other.name!r} and {api_name!r} both use route {api_route!r}")
+            self.apis[api_name] = API(
+                name=api_name,
+                route=api_route,
+                func=func,
+                input=input,
+                output=output,
+                is_async=inspect.iscoroutinefunction(func),
+                doc=doc if doc is not None else inspect.getdoc(func) or "",
+                timeout=float(timeout) if timeout is not None else None,
+            )
+            return func
+
+        return register
+
+    def __repr__(self) -> str:
+        return f"<Service {self.name!r} apis={sorted(self.apis)} runners={[r.name for r in self.runners]}>"
+
+
+def load_service(spec: str) -> Service:
+    """Import ``"module:attr"`` (``attr`` defaults to ``svc``) and return the Service it names.
+
+    The caller decides ``sys.path``; ``shmserve serve`` puts the working directory first.
+    """
+    import importlib
+
+    module_name, _, attr = spec.partition(":")
+    attr = attr or "svc"
+    if not module_name:
+        raise ConfigError(f"service {spec!r} must look like 'module:svc' or 'package.module:svc'")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise ConfigError(
+                f"cannot import service module {module_name!r}: run from the folder that holds it, or give a dotted path"
+            ) from exc
+        raise
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ConfigError(f"module {module_name!r} has no attribute {attr!r}; name the Service object after the ':'") from None
+    if not isinstance(obj, Service):
+        raise ConfigError(f"{spec!r} is a {type(obj).__name__}, not a shmserve.Service")
+    return obj

@@ -1,0 +1,156 @@
+"""Calls and results as (tensors, metadata): what crosses a channel.
+
+Tensors travel as raw bytes in an arena, described by TensorHeaders. Every
+other value (scalars, strings, small dicts) and the *structure* of the call
+or result travel as compact orjson metadata, which refers to tensors by
+index. Metadata is never pickled and never holds tensor data: an array nested
+inside a list or dict is refused.
+
+Call metadata: ``{"a": [spec, ...], "k": {name: spec}}``; empty when the call
+is exactly one positional tensor (the hot path).
+Result metadata: a spec. A spec is ``{"T": i}`` (tensor i), ``{"v": value}``,
+``{"t": [spec, ...]}`` (tuple), ``{"l": [spec, ...]}`` (list) or
+``{"d": {key: spec}}`` (dict holding tensors).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+
+from ..errors import InvalidInput
+from .tensor import KIND_NUMPY, as_array, is_torch_tensor, numpy_dtype, wrap
+
+Tensor = tuple[np.ndarray, int, str]  # (array, kind, dtype string)
+
+
+def _is_tensor(x: Any) -> bool:
+    return isinstance(x, np.ndarray) or is_torch_tensor(x)
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if _is_tensor(obj):
+        raise TypeError("tensors are accepted only as top-level arguments or results, not nested in containers")
+    raise TypeError(f"values of type {type(obj).__name__} cannot cross the transport (use tensors or JSON-able values)")
+
+
+def dumps(value: Any, where: str) -> bytes:
+    try:
+        return orjson.dumps(value, default=_default, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError as exc:
+        raise InvalidInput(f"{where}: {exc}") from None
+
+
+def encode_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Tensor], bytes]:
+    """Split a call into tensors and metadata."""
+    if len(args) == 1 and not kwargs and isinstance(args[0], np.ndarray):
+        return [as_array(args[0], "argument 0")], b""
+    tensors: list[Tensor] = []
+
+    def spec(value: Any, where: str) -> dict[str, Any]:
+        if _is_tensor(value):
+            tensors.append(as_array(value, where))
+            return {"T": len(tensors) - 1}
+        return {"v": value}
+
+    meta = {
+        "a": [spec(v, f"argument {i}") for i, v in enumerate(args)],
+        "k": {k: spec(v, f"argument {k!r}") for k, v in kwargs.items()},
+    }
+    return tensors, dumps(meta, "call")
+
+
+def decode_call(tensors: list[Any], meta: bytes) -> tuple[list[Any], dict[str, Any]]:
+    """Rebuild (args, kwargs) from decoded tensors and call metadata."""
+    if not meta:
+        return list(tensors), {}
+    m = orjson.loads(meta)
+    return [_value(s, tensors) for s in m["a"]], {k: _value(s, tensors) for k, s in m["k"].items()}
+
+
+def _value(spec: dict[str, Any], tensors: list[Any]) -> Any:
+    if "T" in spec:
+        return tensors[spec["T"]]
+    return spec["v"]
+
+
+def encode_result(value: Any, where: str = "result") -> tuple[list[Tensor], bytes]:
+    """Split a method's return value into tensors and metadata."""
+    if isinstance(value, np.ndarray):
+        return [as_array(value, where)], b""
+    tensors: list[Tensor] = []
+
+    def spec(v: Any) -> Any:
+        if _is_tensor(v):
+            tensors.append(as_array(v, where))
+            return {"T": len(tensors) - 1}
+        if isinstance(v, tuple) and any(_is_tensor(x) for x in v):
+            return {"t": [spec(x) for x in v]}
+        if isinstance(v, list) and any(_is_tensor(x) for x in v):
+            return {"l": [spec(x) for x in v]}
+        if isinstance(v, dict) and any(_is_tensor(x) for x in v.values()):
+            return {"d": {k: spec(x) for k, x in v.items()}}
+        return {"v": v}
+
+    return tensors, dumps(spec(value), where)
+
+
+def decode_result(tensors: list[Any], meta: bytes) -> Any:
+    """Rebuild a return value from decoded tensors and result metadata."""
+    if not meta:
+        return tensors[0]
+    return _rebuild(orjson.loads(meta), tensors)
+
+
+def _rebuild(spec: dict[str, Any], tensors: list[Any]) -> Any:
+    if "T" in spec:
+        return tensors[spec["T"]]
+    if "v" in spec:
+        return spec["v"]
+    if "t" in spec:
+        return tuple(_rebuild(s, tensors) for s in spec["t"])
+    if "l" in spec:
+        return [_rebuild(s, tensors) for s in spec["l"]]
+    return {k: _rebuild(s, tensors) for k, s in spec["d"].items()}
+
+
+def layout(tensors: list[Tensor], base: int, align_to: int | None = None) -> tuple[list[int], int]:
+    """Offsets (relative to a block starting at `base`) for tensors packed back to back.
+
+    Each tensor starts at a multiple of its item size (or `align_to`), so a
+    tensor of one call directly follows the previous call's when sizes allow.
+    Returns (offsets, end) where end is relative too.
+    """
+    offsets = []
+    pos = 0
+    for arr, _kind, _dt in tensors:
+        a = align_to or max(arr.dtype.itemsize, 1)
+        absolute = base + pos
+        absolute = (absolute + a - 1) // a * a
+        pos = absolute - base
+        offsets.append(pos)
+        pos += arr.nbytes
+    return offsets, pos
+
+
+def view(buf: Any, offset: int, nbytes: int, dtype_str: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A numpy view of `nbytes` at `offset` of `buf`."""
+    dt = numpy_dtype(dtype_str)
+    count = nbytes // dt.itemsize if dt.itemsize else 0
+    return np.frombuffer(buf, dtype=dt, count=count, offset=offset).reshape(shape)
+
+
+__all__ = [
+    "KIND_NUMPY",
+    "Tensor",
+    "encode_call",
+    "decode_call",
+    "encode_result",
+    "decode_result",
+    "layout",
+    "view",
+    "wrap",
+]

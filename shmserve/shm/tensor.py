@@ -1,0 +1,109 @@
+"""Tensor headers: the fixed binary record that describes one tensor in an arena,
+and the conversions between user tensors and numpy views.
+
+TensorHeader layout (96 bytes, little endian, struct ``<QQ8sBB6x8q``)::
+
+    offset size field
+    0      8    offset   byte offset of the data in its arena
+    8      8    nbytes   length of the data
+    16     8    dtype    numpy dtype string, ASCII, NUL padded ('<f4'), or 'bf16'
+    24     1    ndim     number of dimensions (<= 8)
+    25     1    kind     0 numpy ndarray, 1 torch CPU tensor
+    26     6    padding
+    32     64   shape    8 x int64, unused dims zero
+"""
+from __future__ import annotations
+
+import struct
+import sys
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ..errors import InvalidInput
+
+TENSOR_HEADER = struct.Struct("<QQ8sBB6x8q")
+assert TENSOR_HEADER.size == 96
+MAX_NDIM = 8
+
+KIND_NUMPY = 0
+KIND_TORCH = 1
+
+_ALLOWED_KINDS = frozenset("biufc")  # bool, signed, unsigned, float, complex
+
+
+class TensorMeta(NamedTuple):
+    """A decoded TensorHeader."""
+
+    offset: int
+    nbytes: int
+    dtype: str
+    shape: tuple[int, ...]
+    kind: int
+
+
+def pack_header(buf: Any, pos: int, offset: int, arr: np.ndarray, kind: int, dtype_str: str) -> None:
+    shape = arr.shape
+    TENSOR_HEADER.pack_into(
+        buf, pos, offset, arr.nbytes, dtype_str.encode(), len(shape), kind, *shape, *((0,) * (MAX_NDIM - len(shape)))
+    )
+
+
+def unpack_header(buf: Any, pos: int) -> TensorMeta:
+    f = TENSOR_HEADER.unpack_from(buf, pos)
+    ndim = f[3]
+    return TensorMeta(f[0], f[1], f[2].rstrip(b"\0").decode(), tuple(f[5 : 5 + ndim]), f[4])
+
+
+def is_torch_tensor(x: Any) -> bool:
+    """True for a torch.Tensor, without importing torch when it is not loaded."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def as_array(x: Any, where: str) -> tuple[np.ndarray, int, str]:
+    """A user tensor as (numpy array sharing its memory where possible, kind, dtype string).
+
+    Raises InvalidInput for tensors that cannot cross the transport.
+    """
+    if isinstance(x, np.ndarray):
+        arr, kind = x, KIND_NUMPY
+        dtype_str = _dtype_str(arr.dtype, where)
+    else:  # torch CPU tensor (CUDA tensors are routed to shmserve.gpu before this)
+        t = x.detach()
+        if t.device.type != "cpu":
+            raise InvalidInput(f"{where}: a {t.device.type} tensor needs the GPU transport (shmserve.gpu)")
+        kind = KIND_TORCH
+        if str(t.dtype) == "torch.bfloat16":
+            import torch
+
+            arr, dtype_str = t.view(torch.int16).numpy(), "bf16"
+        else:
+            arr = t.numpy()
+            dtype_str = _dtype_str(arr.dtype, where)
+    if arr.ndim > MAX_NDIM:
+        raise InvalidInput(f"{where}: tensors of up to {MAX_NDIM} dimensions are supported, got {arr.ndim}")
+    return arr, kind, dtype_str
+
+
+def _dtype_str(dtype: np.dtype, where: str) -> str:
+    if dtype.kind not in _ALLOWED_KINDS or dtype.fields is not None:
+        raise InvalidInput(
+            f"{where}: dtype {dtype} cannot cross the transport; use a numeric or bool dtype "
+            "(object, string, datetime and structured arrays are refused)"
+        )
+    return dtype.newbyteorder("<").str if dtype.byteorder == ">" else dtype.str
+
+
+def numpy_dtype(dtype_str: str) -> np.dtype:
+    return np.dtype(np.int16) if dtype_str == "bf16" else np.dtype(dtype_str)
+
+
+def wrap(arr: np.ndarray, kind: int, dtype_str: str) -> Any:
+    """The numpy view `arr` as the kind of tensor the caller sent."""
+    if kind == KIND_TORCH:
+        import torch
+
+        t = torch.from_numpy(arr)
+        return t.view(torch.bfloat16) if dtype_str == "bf16" else t
+    return arr

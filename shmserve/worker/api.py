@@ -1,0 +1,136 @@
+"""The API worker process: import the service, bind its runners, serve HTTP on an inherited socket.
+
+Started by the ``shmserve serve`` supervisor (`shmserve.worker.serve`) with the
+spawn start method. Each API worker binds every runner of the service to the
+running runner workers with ``shmserve.client.attach``; with ``local_runners``
+(the ``--local-runners`` debug option) it instead runs each Runnable inside
+itself with ``runner.init_local()``, so no shared memory is involved at all.
+
+It reports ``("ready", pid)`` or ``("error", message)`` on its status pipe, and
+exits when it gets SIGTERM/SIGINT (after in-flight requests finish) or when the
+supervisor's end of the pipe closes (the supervisor died).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any, Iterable
+
+from ..errors import ConfigError
+from ..http.server import HttpConfig
+
+__all__ = ["APIWorkerSpec", "bind_runners", "unbind_runners", "run_api_worker"]
+
+log = logging.getLogger("shmserve.api")
+
+
+@dataclass(frozen=True)
+class APIWorkerSpec:
+    """Everything an API worker process needs; picklable, so it crosses the spawn boundary."""
+
+    service: str
+    cwd: str
+    index: int = 0
+    local_runners: bool = False
+    threads: int = 4
+    attach_timeout: float = 30.0
+    log_level: str = "INFO"
+    http: HttpConfig = field(default_factory=HttpConfig)
+
+
+def bind_runners(runners: Iterable[Any], local: bool, timeout: float = 30.0) -> None:
+    """Bind each runner: to the running runner workers, or in-process when `local`."""
+    if local:
+        for runner in runners:
+            runner.init_local()
+        return
+    runners = list(runners)
+    if not runners:
+        return
+    try:
+        from ..client import attach
+    except ImportError as exc:
+        raise ConfigError(
+            "this build of shmserve has no shared-memory client (shmserve.client); "
+            "run `shmserve serve` with --local-runners to debug with in-process runners"
+        ) from exc
+    for runner in runners:
+        attach(runner, timeout=timeout)
+
+
+def unbind_runners(runners: Iterable[Any]) -> None:
+    """Release every runner binding of this process."""
+    for runner in runners:
+        try:
+            runner._unbind()
+        except Exception:  # closing one binding must not keep the others open
+            log.exception("closing runner %r failed", getattr(runner, "name", runner))
+
+
+def _add_trace_hook(hook: Any) -> bool:
+    try:
+        from ..client import add_trace_hook
+    except ImportError:
+        return False
+    add_trace_hook(hook)
+    return True
+
+
+def run_api_worker(spec: APIWorkerSpec, sock: socket.socket, status: Connection) -> None:
+    """Process main of one API worker (the spawn target)."""
+    logging.basicConfig(level=spec.log_level, format=f"%(asctime)s api[{spec.index}] %(levelname)s %(name)s: %(message)s")
+    # Signals are handled by the event loop; until it runs, a SIGINT from the terminal must not
+    # leave a half-started worker behind a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if spec.cwd not in sys.path:
+        sys.path.insert(0, spec.cwd)
+    from .. import __version__
+    from ..http.app import App
+    from ..http.server import HttpServer
+    from ..service import load_service
+
+    try:
+        svc = load_service(spec.service)
+        bind_runners(svc.runners, spec.local_runners, spec.attach_timeout)
+    except BaseException as exc:
+        status.send(("error", f"{type(exc).__name__}: {exc}"))
+        raise SystemExit(1) from exc
+
+    import uvloop
+
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    executor = ThreadPoolExecutor(max_workers=spec.threads, thread_name_prefix="shmserve-api")
+    app = App(svc, executor=executor, version=__version__)
+    if not _add_trace_hook(app.metrics.on_trace):
+        log.debug("no shmserve.client trace hook: runner metrics stay empty")
+    server = HttpServer(app, spec.http)
+    try:
+        loop.run_until_complete(_serve(server, sock, status))
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
+        unbind_runners(svc.runners)
+        loop.close()
+        status.close()
+
+
+async def _serve(server: Any, sock: socket.socket, status: Connection) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    # EOF on the status pipe means the supervisor is gone: exit instead of serving orphaned.
+    loop.add_reader(status.fileno(), stop.set)
+    await server.start(sock)
+    status.send(("ready", os.getpid()))
+    await stop.wait()
+    loop.remove_reader(status.fileno())
+    log.debug("shutting down: %d connections open", len(server.state.connections))
+    await server.shutdown()

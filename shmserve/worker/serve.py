@@ -1,0 +1,243 @@
+"""The ``shmserve serve`` supervisor: runner workers, N API worker processes, restarts, shutdown.
+
+1. Import the service (``module:svc``, the working directory first on ``sys.path``).
+2. Bind one listening socket; every API worker inherits it, so a restarted
+   worker takes over without losing queued connections.
+3. Start the runners with ``shmserve.start(*svc.runners)`` (skipped with
+   ``local_runners``, where each API worker runs the Runnables itself).
+4. Spawn the API workers (spawn start method) and wait for each to report ready.
+5. Watch: an API worker that exits on its own is restarted (at most
+   `MAX_RESTARTS` in `RESTART_WINDOW_S`, then the server gives up and stops).
+6. On SIGTERM/SIGINT: API workers get SIGTERM, stop accepting and finish their
+   in-flight requests; then the runners stop, which removes their shared memory.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from ..errors import ConfigError
+from ..http.server import HttpConfig
+from .api import APIWorkerSpec, run_api_worker
+
+__all__ = ["ServeOptions", "serve", "MAX_RESTARTS", "RESTART_WINDOW_S"]
+
+log = logging.getLogger("shmserve.serve")
+
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 30.0
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """Options of ``shmserve serve`` (see ``shmserve serve --help``)."""
+
+    service: str
+    host: str = "127.0.0.1"
+    port: int = 3000
+    api_workers: int = 1
+    local_runners: bool = False
+    threads: int = 4
+    startup_timeout: float = 60.0
+    log_level: str = "INFO"
+    http: HttpConfig = field(default_factory=HttpConfig)
+
+
+class _APIWorker:
+    """One API worker process and the supervisor's end of its status pipe."""
+
+    def __init__(self, ctx: Any, spec: APIWorkerSpec, sock: socket.socket) -> None:
+        self.spec = spec
+        self.status, child_end = ctx.Pipe(duplex=False)
+        self.process = ctx.Process(target=run_api_worker, args=(spec, sock, child_end),
+                                   name=f"shmserve-api-{spec.index}", daemon=False)
+        self.process.start()
+        child_end.close()
+        self.ready = False
+        self.started = time.monotonic()
+
+    def poll_status(self) -> tuple[str, Any] | None:
+        """Read one status message if any; None when there is none or the pipe closed."""
+        try:
+            if self.status.poll():
+                msg: tuple[str, Any] = self.status.recv()
+                if msg[0] == "ready":
+                    self.ready = True
+                return msg
+        except (EOFError, OSError):
+            pass
+        return None
+
+    def terminate(self) -> None:
+        """Ask for a graceful stop."""
+        if self.process.is_alive() and self.process.pid is not None:
+            try:
+                os.kill(self.process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def close(self) -> None:
+        """Release the pipe and process handles (after the process exited)."""
+        self.status.close()
+        self.process.close()
+
+
+def _listen(host: str, port: int, backlog: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port or stop what uses it") from None
+    sock.listen(backlog)
+    sock.set_inheritable(True)
+    return sock
+
+
+class _Signals:
+    """SIGTERM/SIGINT set `stop` and wake the supervisor's wait() through a socketpair."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self.read_end, self._write_end = socket.socketpair()
+        self.read_end.setblocking(False)
+        self._write_end.setblocking(False)
+        self._old_fd = signal.set_wakeup_fd(self._write_end.fileno())
+        self._old = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if not self.stop:
+            log.info("got %s: shutting down", signal.Signals(signum).name)
+        self.stop = True
+
+    def drain(self) -> None:
+        """Empty the wake-up socket."""
+        try:
+            while self.read_end.recv(512):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def restore(self) -> None:
+        """Put the previous handlers back."""
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        signal.set_wakeup_fd(self._old_fd)
+        self.read_end.close()
+        self._write_end.close()
+
+
+def serve(options: ServeOptions) -> int:
+    """Run the server until SIGTERM/SIGINT; returns the process exit status."""
+    from ..service import load_service
+
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    svc = load_service(options.service)  # fail here, clearly, before any process starts
+    if options.api_workers < 1:
+        raise ConfigError(f"--api-workers must be at least 1, got {options.api_workers}")
+    signals = _Signals()
+    sock = _listen(options.host, options.port, options.http.backlog)
+    port = sock.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    base = APIWorkerSpec(service=options.service, cwd=cwd, local_runners=options.local_runners,
+                         threads=options.threads, log_level=options.log_level, http=options.http,
+                         attach_timeout=options.startup_timeout)
+    workers: list[_APIWorker] = []
+    handle: Any = None
+    code = 0
+    try:
+        if svc.runners and not options.local_runners:
+            import shmserve
+
+            handle = shmserve.start(*svc.runners)
+        if signals.stop:
+            return 0
+        workers = [_APIWorker(ctx, replace(base, index=i), sock) for i in range(options.api_workers)]
+        if not _wait_ready(workers, signals, options.startup_timeout):
+            return 0 if signals.stop else 1
+        mode = "in-process (--local-runners)" if options.local_runners else "shared memory"
+        print(f"shmserve: serving {svc.name!r} on http://{options.host}:{port} "
+              f"({options.api_workers} API workers, runners: {mode})", flush=True)
+        code = _supervise(ctx, workers, sock, signals)
+    finally:
+        _stop_workers(workers, options.http.graceful_timeout + 5.0)
+        if handle is not None:
+            handle.stop()
+        sock.close()
+        signals.restore()
+        log.info("stopped")
+    return code
+
+
+def _wait_ready(workers: list[_APIWorker], signals: _Signals, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not all(w.ready for w in workers):
+        if signals.stop:
+            return False
+        left = deadline - time.monotonic()
+        if left <= 0:
+            log.error("API workers not ready after %.0f s; raise --startup-timeout if the service is slow to import", timeout)
+            return False
+        pending = [w for w in workers if not w.ready]
+        wait([w.status for w in pending] + [w.process.sentinel for w in pending] + [signals.read_end], min(left, 1.0))
+        signals.drain()
+        for w in pending:
+            msg = w.poll_status()
+            if msg is not None and msg[0] == "error":
+                log.error("API worker %d failed to start: %s", w.spec.index, msg[1])
+                return False
+            if not w.ready and not w.process.is_alive():
+                log.error("API worker %d exited with code %s while starting", w.spec.index, w.process.exitcode)
+                return False
+    return True
+
+
+def _supervise(ctx: Any, workers: list[_APIWorker], sock: socket.socket, signals: _Signals) -> int:
+    restarts: list[float] = []
+    while not signals.stop:
+        wait([w.process.sentinel for w in workers] + [w.status for w in workers if not w.ready] + [signals.read_end], 1.0)
+        signals.drain()
+        if signals.stop:
+            break
+        for i, w in enumerate(workers):
+            if not w.ready:
+                msg = w.poll_status()
+                if msg is not None and msg[0] == "error":
+                    log.error("restarted API worker %d failed to start: %s", w.spec.index, msg[1])
+            if w.process.is_alive():
+                continue
+            log.warning("API worker %d (pid %s) exited with code %s; restarting it",
+                        w.spec.index, w.process.pid, w.process.exitcode)
+            now = time.monotonic()
+            restarts = [t for t in restarts if now - t < RESTART_WINDOW_S] + [now]
+            if len(restarts) > MAX_RESTARTS:
+                log.error("API workers crashed %d times in %.0f s; giving up", len(restarts), RESTART_WINDOW_S)
+                return 1
+            w.close()
+            workers[i] = _APIWorker(ctx, w.spec, sock)
+    return 0
+
+
+def _stop_workers(workers: list[_APIWorker], timeout: float) -> None:
+    for w in workers:
+        w.terminate()
+    deadline = time.monotonic() + timeout
+    for w in workers:
+        w.process.join(max(0.0, deadline - time.monotonic()))
+        if w.process.is_alive():
+            log.warning("API worker %d did not stop within %.0f s; killing it", w.spec.index, timeout)
+            w.process.kill()
+            w.process.join(5.0)
+        w.close()

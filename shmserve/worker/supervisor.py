@@ -1,0 +1,295 @@
+"""Supervisor: spawn runner workers, watch them, restart the dead, clean up everything.
+
+`shmserve.start(*runners)` returns a `RunnerGroup`. It owns, for each runner:
+the registry entry, one doorbell semaphore and one Unix socket per worker,
+and the worker processes. Stopping it (or leaving its `with` block, or
+Ctrl-C, or interpreter exit) terminates the workers and unlinks every name
+it created. Workers exit on their own when the supervisor dies, and the next
+`start()` sweeps names whose creator is dead.
+"""
+from __future__ import annotations
+
+import atexit
+import multiprocessing as mp
+import os
+import threading
+import time
+from multiprocessing.connection import Connection, wait
+from typing import Any, Iterable
+
+import orjson
+
+from .. import registry
+from ..client import RunnerClient
+from ..errors import ConfigError, RunnerError
+from ..runner import Runner
+from ..shm.signal import Signal
+from ..strategy import WorkerPlan, plan_workers
+from . import runner as worker_main
+
+READY_TIMEOUT_S = 120.0
+STOP_GRACE_S = 5.0
+_env_lock = threading.Lock()
+
+
+class WorkerHandle:
+    """One worker slot: its doorbell, socket path and current process."""
+
+    def __init__(self, sup: "RunnerSupervisor", plan: WorkerPlan) -> None:
+        self.sup = sup
+        self.plan = plan
+        self.index = plan.index
+        self.doorbell = Signal.create()
+        self.socket_path = str(registry.runtime_dir() / f"{sup.runner.name}-{plan.index}.sock")
+        self.process: Any = None
+        self.status: Connection | None = None
+        self.restarts = 0
+        self.crash_times: list[float] = []
+
+    def spawn(self) -> None:
+        r = self.sup.runner
+        recv, send = self.sup.ctx.Pipe(duplex=False)
+        spec = worker_main.WorkerSpec(
+            runner_name=r.name,
+            index=self.index,
+            runnable_class=r.runnable_class,
+            init_params=r.runnable_init_params,
+            methods=[(c.signature, c.max_batch_size, c.max_latency_ms) for c in r.method_configs.values()],
+            socket_path=self.socket_path,
+            doorbell_name=self.doorbell.name,
+            status=send,
+            threads=self.plan.threads,
+            parent_pid=os.getpid(),
+        )
+        proc = self.sup.ctx.Process(target=worker_main.main, args=(spec,), name=f"shmserve-{r.name}-{self.index}",
+                                    daemon=True)
+        with _env_lock:  # the child inherits the environment at exec: set its thread and GPU variables
+            saved = {k: os.environ.get(k) for k in self.plan.env}
+            os.environ.update(self.plan.env)
+            try:
+                proc.start()
+            finally:
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
+        send.close()
+        if self.status is not None:
+            self.status.close()
+        self.process, self.status = proc, recv
+
+    def wait_ready(self, deadline: float) -> None:
+        assert self.status is not None
+        name = self.sup.runner.name
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RunnerError(f"runner {name!r} worker {self.index} did not become ready in {READY_TIMEOUT_S:.0f} s")
+            try:
+                if not self.status.poll(min(remaining, 0.5)):
+                    continue
+                msg = orjson.loads(self.status.recv_bytes())
+            except (EOFError, OSError):
+                self.process.join(1.0)
+                raise RunnerError(
+                    f"runner {name!r} worker {self.index} exited with code {self.process.exitcode} before it was "
+                    f"ready; is {self.sup.runner.runnable_class.__qualname__} importable (defined at module level)?"
+                ) from None
+            if msg.get("ready"):
+                return
+            raise RunnerError(f"runner {name!r} failed to start: its Runnable raised during __init__",
+                              "InitError", msg.get("error", ""))
+
+    def terminate(self) -> None:
+        if self.process is not None and self.process.is_alive():
+            self.process.terminate()
+
+    def cleanup(self) -> None:
+        self.doorbell.unlink()
+        self.doorbell.close()
+        if self.status is not None:
+            self.status.close()
+        try:
+            os.unlink(self.socket_path)
+        except OSError:
+            pass
+
+
+class RunnerSupervisor:
+    """The workers of one runner."""
+
+    def __init__(self, runner: Runner, workers: int | None, ctx: Any) -> None:
+        self.runner = runner
+        self.ctx = ctx
+        self.plans = plan_workers(runner.runnable_class, workers if workers is not None else runner.workers)
+        self.handles: list[WorkerHandle] = []
+        self.registered = False
+
+    def start(self) -> None:
+        r = self.runner
+        registry.register(r.name, self._record())
+        self.registered = True
+        self.handles = [WorkerHandle(self, plan) for plan in self.plans]
+        registry.update(r.name, self._record())
+        for h in self.handles:
+            h.spawn()
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        for h in self.handles:
+            h.wait_ready(deadline)
+
+    def _record(self) -> dict[str, Any]:
+        r = self.runner
+        return {
+            "name": r.name,
+            "supervisor_pid": os.getpid(),
+            "arena_mb": r.arena_mb,
+            "max_queue_size": r.max_queue_size,
+            "workers": [{"index": h.index, "socket": h.socket_path} for h in self.handles],
+        }
+
+    def stop(self) -> None:
+        for h in self.handles:
+            h.terminate()
+        deadline = time.monotonic() + STOP_GRACE_S
+        for h in self.handles:
+            if h.process is not None:
+                h.process.join(max(0.0, deadline - time.monotonic()))
+                if h.process.is_alive():
+                    h.process.kill()
+                    h.process.join(2.0)
+        for h in self.handles:
+            h.cleanup()
+        if self.registered:
+            registry.unregister(self.runner.name)
+            self.registered = False
+
+
+class RunnerGroup:
+    """Handle returned by `shmserve.start()`: a context manager with `.stop()`."""
+
+    def __init__(self) -> None:
+        self.supervisors: list[RunnerSupervisor] = []
+        self.runners: list[Runner] = []
+        self._stopping = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+        self._watcher: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.stopped = False
+
+    def worker_pids(self, name: str) -> list[int]:
+        """Pids of the live worker processes of runner `name`."""
+        for sup in self.supervisors:
+            if sup.runner.name == name:
+                return [h.process.pid for h in sup.handles if h.process is not None and h.process.is_alive()]
+        raise KeyError(name)
+
+    def restarts(self, name: str) -> int:
+        """How many times workers of runner `name` have been restarted."""
+        for sup in self.supervisors:
+            if sup.runner.name == name:
+                return sum(h.restarts for h in sup.handles)
+        raise KeyError(name)
+
+    def _watch(self) -> None:
+        """Restart workers that die while the group runs."""
+        while not self._stopping.is_set():
+            with self._lock:
+                handles = [h for s in self.supervisors for h in s.handles if h.process is not None]
+            sentinels = {h.process.sentinel: h for h in handles}
+            ready = wait(list(sentinels) + [self._wake_r], timeout=1.0)
+            if self._stopping.is_set():
+                return
+            for s in ready:
+                h = sentinels.get(s)  # type: ignore[call-overload]
+                if h is None or h.process.is_alive():
+                    continue
+                h.process.join(0)
+                now = time.monotonic()
+                h.crash_times = [t for t in h.crash_times if now - t < 10.0] + [now]
+                backoff = min(5.0, 0.1 * 2 ** max(0, len(h.crash_times) - 3)) if len(h.crash_times) > 3 else 0.0
+                if backoff and self._stopping.wait(backoff):
+                    return
+                with self._lock:
+                    if self._stopping.is_set():
+                        return
+                    try:
+                        os.unlink(h.socket_path)
+                    except OSError:
+                        pass
+                    h.spawn()
+                    h.restarts += 1
+
+    def stop(self) -> None:
+        """Stop every worker and remove every shared-memory name this group created."""
+        with self._lock:
+            if self.stopped:
+                return
+            self.stopped = True
+            self._stopping.set()
+        os.write(self._wake_w, b"x")
+        if self._watcher is not None and self._watcher is not threading.current_thread():
+            self._watcher.join(5.0)
+        for r in self.runners:
+            r._unbind()
+        for sup in reversed(self.supervisors):
+            sup.stop()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        try:
+            atexit.unregister(self.stop)
+        except Exception:
+            pass
+
+    def __enter__(self) -> "RunnerGroup":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<RunnerGroup {[r.name for r in self.runners]} {'stopped' if self.stopped else 'running'}>"
+
+
+def start(*runners: Runner, workers: int | dict[str, int] | None = None, bind: bool = True) -> RunnerGroup:
+    """Spawn worker processes for `runners` and bind them, so their methods go through shared memory.
+
+    `workers` overrides the worker count: an int for every runner or a dict by
+    runner name. Returns a handle to use as a context manager or to `.stop()`.
+    """
+    if mp.parent_process() is not None and mp.current_process().name.startswith("shmserve-"):
+        raise RuntimeError(
+            "shmserve.start() ran inside a runner worker while it imported your main module; "
+            "put the start() call under `if __name__ == \"__main__\":`"
+        )
+    _check_runners(runners)
+    registry.sweep()
+    ctx = mp.get_context("spawn")  # never fork: a forked CUDA or threaded parent is unsafe
+    group = RunnerGroup()
+    atexit.register(group.stop)
+    try:
+        for r in runners:
+            count = workers.get(r.name) if isinstance(workers, dict) else workers
+            sup = RunnerSupervisor(r, count, ctx)
+            group.supervisors.append(sup)
+            sup.start()
+            group.runners.append(r)
+        if bind:
+            for r in runners:
+                r._bind(RunnerClient(r.name))
+    except BaseException:
+        group.stop()
+        raise
+    group._watcher = threading.Thread(target=group._watch, name="shmserve-supervisor", daemon=True)
+    group._watcher.start()
+    return group
+
+
+def _check_runners(runners: Iterable[Runner]) -> None:
+    names: set[str] = set()
+    for r in runners:
+        if not isinstance(r, Runner):
+            raise ConfigError(f"shmserve.start() takes Runner objects, got {r!r}")
+        if r.name in names:
+            raise ConfigError(f"two runners are named {r.name!r}; runner names must be unique")
+        names.add(r.name)

@@ -1,0 +1,57 @@
+"""Runnables used by the tests; module level so spawned workers can import them."""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+import shmserve
+
+
+class EchoRunnable(shmserve.Runnable):
+    SUPPORTED_RESOURCES = ("cpu",)
+    SUPPORTS_CPU_MULTI_THREADING = False
+
+    def __init__(self, scale: float = 1.0) -> None:
+        self.scale = scale
+        self.calls: list[int] = []
+
+    @shmserve.Runnable.method(batchable=True, batch_dim=0)
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return x * self.scale
+
+    @shmserve.Runnable.method(batchable=True, batch_dim=1)
+    def predict_dim1(self, x: np.ndarray) -> np.ndarray:
+        return x * self.scale
+
+    @shmserve.Runnable.method(batchable=True, batch_dim=0)
+    def batch_sizes(self, x: np.ndarray) -> np.ndarray:
+        """Returns, for each item, the size of the batch it was served in."""
+        time.sleep(0.002)
+        return np.full((x.shape[0],), x.shape[0], dtype=np.int64)
+
+    @shmserve.Runnable.method(batchable=False)
+    def describe(self, x: np.ndarray, tag: str = "") -> dict:
+        return {"shape": list(x.shape), "tag": tag, "sum": float(x.sum())}
+
+    @shmserve.Runnable.method(batchable=False)
+    def pair(self, a: np.ndarray, b: np.ndarray) -> tuple:
+        return a + b, (a - b).astype(np.float64)
+
+    @shmserve.Runnable.method(batchable=False)
+    def boom(self, x: np.ndarray) -> np.ndarray:
+        raise ValueError("model exploded on purpose")
+
+    @shmserve.Runnable.method(batchable=False)
+    def sleep(self, seconds: float) -> int:
+        time.sleep(seconds)
+        return os.getpid()
+
+    @shmserve.Runnable.method(batchable=False)
+    def pid(self) -> int:
+        return os.getpid()
+
+    @shmserve.Runnable.method(batchable=False)
+    def big(self, nbytes: int) -> np.ndarray:
+        return np.ones(nbytes, dtype=np.uint8)
