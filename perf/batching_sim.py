@@ -25,6 +25,7 @@ import math
 import random
 import sys
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     scenarios = [Scenario(f"closed {c:>3} callers", closed_callers=int(c)) for c in args.callers.split(",") if c]
     scenarios += [Scenario(f"poisson {float(r) / 1000:>5g}k/s", rate=float(r)) for r in args.rates.split(",") if r]
     max_lat = args.max_latency_ms / 1000.0
-    makers = {
+    makers: dict[str, Callable[[], Policy]] = {
         "adaptive": lambda: BatchPolicy(args.max_batch, max_lat, wait_gaps=args.wait_gaps),
         "fixed": lambda: FixedWindowPolicy(args.max_batch, max_lat),
         "greedy": lambda: GreedyPolicy(args.max_batch),
@@ -209,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         f"cost(n) = {args.a_us:g} us + {args.b_us:g} us * n, max_batch {args.max_batch}, "
         f"max_latency {args.max_latency_ms:g} ms, {args.duration:g} s simulated per run (first 10% dropped)"
     )
-    head = f"{'scenario':<22}" + "".join(f" | {n + ' req/s':>15} {'p50us':>7} {'p99us':>7} {'batch':>5}" for n in makers)
+    head = f"{'scenario':<22}" + "".join(
+        f" | {n + ' req/s':>15} {'p50us':>7} {'p99us':>7} {'batch':>5}" for n in makers
+    )
     print(head)
     print("-" * len(head))
     results: list[Result] = []
@@ -224,9 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(
             json.dumps(
-                {"args": {k: str(v) for k, v in vars(args).items()}, "results": [
-                    {k: v for k, v in vars(r).items() if k != "latencies"} for r in results
-                ]},
+                {
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                    "results": [{k: v for k, v in vars(r).items() if k != "latencies"} for r in results],
+                },
                 indent=1,
             )
         )

@@ -173,8 +173,6 @@ class ArrivalModel:
         self._done_items = 0
         self._echo_pending = False
         self._echo_count = 0
-        lag = self.echo_lag
-        self._echo_window = 2.0 * lag if math.isfinite(lag) else 0.0
         self._echo_ratio = 0.0
         self._echo_window = 0.0
         self._mean_gap = math.inf
@@ -206,6 +204,8 @@ class ArrivalModel:
         self._done_items = items
         self._echo_pending = True
         self._echo_count = 0
+        lag = self.echo_lag
+        self._echo_window = 2.0 * lag if math.isfinite(lag) else 0.0
 
     @property
     def expected_gap(self) -> float:
