@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import ast
 import struct
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import orjson
@@ -233,7 +234,7 @@ def encode_npy(arr: np.ndarray) -> tuple[bytes, Any]:
     dtype = _check_dtype(arr.dtype)
     shape = arr.shape
     shape_text = "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
-    meta = "{'descr': %r, 'fortran_order': False, 'shape': %s, }" % (dtype.str, shape_text)
+    meta = f"{{'descr': {dtype.str!r}, 'fortran_order': False, 'shape': {shape_text}, }}"
     # Pad so that the data starts on a 64-byte boundary, as numpy does.
     pad = 63 - (10 + len(meta)) % 64
     head = meta + " " * pad + "\n"
@@ -404,7 +405,7 @@ class NumpyNdarray(IODescriptor):
             return arr
         got = arr.shape
         if len(got) == len(want):
-            for g, w in zip(got, want):
+            for g, w in zip(got, want, strict=True):
                 if w >= 0 and g != w:
                     break
             else:

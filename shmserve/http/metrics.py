@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import threading
 from bisect import bisect_left
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -58,9 +59,9 @@ class Histogram:
 
     def buckets(self) -> list[tuple[str, float]]:
         """Cumulative ``(le, count)`` pairs, ending with ``+Inf``."""
-        out = []
+        out: list[tuple[str, float]] = []
         acc = 0
-        for bound, n in zip(self.bounds, self.counts):
+        for bound, n in zip(self.bounds, self.counts, strict=False):
             acc += n
             out.append((_fmt(bound), acc))
         out.append(("+Inf", acc + self.counts[-1]))
@@ -153,7 +154,7 @@ class Metrics:
         )
         with self._runner_lock:
             for (runner, method), hs in sorted(self._runner.items()):
-                for fam, h in zip(families, hs):
+                for fam, h in zip(families, hs, strict=True):
                     fam.add_metric([runner, method], h.buckets(), h.sum)
         yield from families
 

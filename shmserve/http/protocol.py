@@ -18,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import httptools
 import orjson

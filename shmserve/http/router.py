@@ -5,8 +5,9 @@ raw path bytes. The query string is ignored.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ..service import API, Service
 

@@ -78,4 +78,4 @@ class HttpServer:
     @property
     def sockets(self) -> Any:
         """The listening sockets."""
-        return self._server.sockets if self._server is not None else ()
+        return getattr(self._server, "sockets", ())

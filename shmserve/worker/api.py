@@ -18,10 +18,11 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import Any, Iterable
+from typing import Any
 
 from ..errors import ConfigError
 from ..http.server import HttpConfig

@@ -21,7 +21,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field, replace
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import wait
 from typing import Any
 
 from ..errors import ConfigError
