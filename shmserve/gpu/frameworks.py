@@ -182,6 +182,6 @@ def byte_extent(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int)
         raise ValueError(f"shape {shape} and strides {strides} differ in length")
     if any(n == 0 for n in shape):
         return 0, 0
-    lo = sum((n - 1) * s for n, s in zip(shape, strides) if s < 0)
-    hi = sum((n - 1) * s for n, s in zip(shape, strides) if s > 0)
+    lo = sum((n - 1) * s for n, s in zip(shape, strides, strict=True) if s < 0)
+    hi = sum((n - 1) * s for n, s in zip(shape, strides, strict=True) if s > 0)
     return lo * itemsize, (hi + 1) * itemsize

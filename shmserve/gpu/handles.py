@@ -17,8 +17,9 @@ import itertools
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from .frameworks import DTYPES, KINDS, byte_extent
 

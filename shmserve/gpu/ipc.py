@@ -253,11 +253,12 @@ def _event_for(st: _State, drv: _driver.Driver, sender: int, handle: bytes) -> i
         raise RuntimeError("a CUDA IPC event handle claims to be ours but is unknown")
     key = (sender, handle)
     with st.lock:
-        event = st.opened_events.get(key)
-    if event is None:
-        event = drv.ipc_open_event(handle)
-        with st.lock:
-            st.opened_events[key] = event
+        cached = st.opened_events.get(key)
+    if cached is not None:
+        return cached
+    event = drv.ipc_open_event(handle)
+    with st.lock:
+        st.opened_events[key] = event
     return event
 
 
