@@ -9,7 +9,7 @@ import time
 from typing import IO, Any
 
 from .archive import export_model, import_model
-from .store import ModelStoreError, Tag, delete, get, list_models
+from .store import ModelStoreError, Tag, delete, get, list_models, resolve_tag
 
 PROGRESS_MIN_BYTES = 16 << 20
 """Archives smaller than this get no progress bar unless ``--progress`` asks for one."""
@@ -134,14 +134,14 @@ def _get(args: argparse.Namespace) -> int:
 
 def _delete(args: argparse.Namespace) -> int:
     try:
-        model = get(args.tag)
+        model = resolve_tag(args.tag)
         if not args.yes:
             if not sys.stdin.isatty():
                 return _fail(ModelStoreError(f"refusing to delete {model} without confirmation; pass --yes"))
             if input(f"delete {model}? [y/N] ").strip().lower() not in ("y", "yes"):
                 print("not deleted")
                 return 1
-        delete(f"{model.name}:{model.version}")
+        delete(model)
     except ModelStoreError as exc:
         return _fail(exc)
     print(f"deleted {model}")

@@ -336,20 +336,29 @@ def _versions(home: Path, name: str) -> list[str]:
     return sorted(v for v in entries if _NAME_RE.match(v) and (home / "models" / name / v / MANIFEST).exists())
 
 
+def resolve_tag(tag: "str | Tag", *, home: str | os.PathLike[str] | None = None) -> Tag:
+    """The exact ``name:version`` a tag names now (``name`` resolves to the newest)."""
+    root = store_home(home)
+    parsed = Tag.parse(tag)
+    if parsed.version is not None:
+        if not (root / "models" / parsed.name / parsed.version).is_dir():
+            raise ModelNotFound(f"model {str(tag)!r} not found in {root / 'models'}; see `shmserve models list`")
+        return parsed
+    versions = _versions(root, parsed.name)
+    if not versions:
+        raise ModelNotFound(
+            f"no model named {parsed.name!r} in {root / 'models'}; "
+            "save one with shmserve.<framework>.save_model() or see `shmserve models list`"
+        )
+    return Tag(parsed.name, versions[-1])
+
+
 def get(tag: "str | Tag", *, home: str | os.PathLike[str] | None = None) -> Model:
     """The stored model for `tag` (``name``, ``name:latest`` or ``name:version``)."""
     root = store_home(home)
-    parsed = Tag.parse(tag)
-    version = parsed.version
-    if version is None:
-        versions = _versions(root, parsed.name)
-        if not versions:
-            raise ModelNotFound(
-                f"no model named {parsed.name!r} in {root / 'models'}; "
-                "save one with shmserve.<framework>.save_model() or see `shmserve models list`"
-            )
-        version = versions[-1]
-    return _read_model(root, parsed.name, version, str(tag))
+    exact = resolve_tag(tag, home=root)
+    assert exact.version is not None
+    return _read_model(root, exact.name, exact.version, str(tag))
 
 
 def list_models(name: str | None = None, *, home: str | os.PathLike[str] | None = None) -> list[Model]:
@@ -571,22 +580,25 @@ def create(
             shutil.rmtree(staged, ignore_errors=True)
 
 
-def delete(tag: "str | Tag", *, home: str | os.PathLike[str] | None = None) -> Model:
-    """Remove one model version (``name`` alone means the newest); returns it.
+def delete(tag: "str | Tag", *, home: str | os.PathLike[str] | None = None) -> Tag:
+    """Remove one model version (``name`` alone means the newest); returns its exact tag.
 
     The version disappears with one rename, so a concurrent reader sees the
-    whole model or none of it.
+    whole model or none of it. A version whose manifest is corrupt can be
+    deleted by its full tag.
     """
     root = store_home(home)
-    model = get(tag, home=root)
-    with name_lock(root, model.name):
+    exact = resolve_tag(tag, home=root)
+    assert exact.version is not None
+    path = root / "models" / exact.name / exact.version
+    with name_lock(root, exact.name):
         trash = root / "models" / _TMP / f"{os.getpid()}-del-{secrets.token_hex(6)}"
         trash.parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.rename(model.path, trash)
+            os.rename(path, trash)
         except FileNotFoundError:
-            raise ModelNotFound(f"model {model} was deleted by another process") from None
+            raise ModelNotFound(f"model {exact.name}:{exact.version} was deleted by another process") from None
         with contextlib.suppress(OSError):
-            os.rmdir(model.path.parent)  # only succeeds when no version is left
+            os.rmdir(path.parent)  # only succeeds when no version is left
     shutil.rmtree(trash, ignore_errors=True)
-    return model
+    return exact
