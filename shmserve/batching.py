@@ -145,37 +145,39 @@ class CostModel:
 
 
 class ArrivalModel:
-    """Online estimate of when the next call arrives.
+    """Online estimate of when the next calls arrive.
 
-    Two estimates. ``expected_gap``: the typical gap between consecutive calls, taken from a
-    quantile (the median by default) of the last ``window`` gaps rather than their mean, because
-    closed-loop callers arrive in bursts and what matters is the gap inside a burst, which the one
-    long gap between bursts would swamp in a mean. The median is divided by ln 2 so that for Poisson
-    arrivals it equals the mean gap; inside a burst it stays a burst gap.
-    ``echo_lag``: the typical delay from a batch completing to the first call after it (the median,
-    scaled the same way). Closed-loop
-    callers send their next call right after their result arrives, so a completed batch of ``c``
-    items is followed, one echo lag later, by up to ``c`` new items; ``echo_ratio`` estimates which
-    fraction of them come back within two echo lags.
-    After a quiet spell the windows still hold short gaps; the policy then waits at most a couple of
-    such short gaps for nothing, which bounds the harm.
+    ``expected_gap``: the typical gap between consecutive calls, from a quantile (the median by
+    default) of the last ``window`` gaps rather than their mean: closed-loop callers arrive in
+    bursts, and what matters is the gap inside a burst, which the one long gap between bursts would
+    swamp in a mean. The median is divided by ln 2 so that for Poisson arrivals it equals the mean
+    gap; inside a burst it stays a burst gap.
+
+    The echo of a completion: closed-loop callers send their next call right after their result
+    arrives, so a completed batch of ``c`` items is followed shortly by up to ``c`` new calls.
+    ``echo_span`` is the 90th percentile of the delay from the latest completion to each arrival,
+    and ``echo_ratio`` the fraction of a completed batch's items that come back within that span,
+    net of the calls the average arrival rate would bring anyway (so Poisson load shows none).
+
+    After a quiet spell the windows still hold short gaps; the policy then waits at most a couple
+    of such short gaps for nothing, which bounds the harm.
     """
 
     def __init__(self, window: int = 32, quantile: float = 0.5, min_gaps: int = 4) -> None:
-        if window < 1 or not 0.0 < quantile <= 1.0:
-            raise ValueError(f"ArrivalModel needs window >= 1 and quantile in (0, 1], got {window}, {quantile}")
+        if window < 1 or not 0.0 < quantile < 1.0:
+            raise ValueError(f"ArrivalModel needs window >= 1 and quantile in (0, 1), got {window}, {quantile}")
         self._gaps = _WindowQuantile(window, quantile)
-        self._echo_lags = _WindowQuantile(16, quantile)
-        self._scale = -1.0 / math.log1p(-quantile) if quantile < 1.0 else 1.0
+        self._echo_lags = _WindowQuantile(256, 0.9)
+        self._scale = -1.0 / math.log1p(-quantile)
         self._min_gaps = max(1, min_gaps)
         self._last: float | None = None
+        self._mean_gap = math.inf
         self._last_done: float | None = None
         self._done_items = 0
-        self._echo_pending = False
+        self._since_done = 0
         self._echo_count = 0
         self._echo_ratio = 0.0
         self._echo_window = 0.0
-        self._mean_gap = math.inf
 
     def observe(self, t: float) -> None:
         """Record a call arriving at monotonic time ``t``."""
@@ -185,10 +187,9 @@ class ArrivalModel:
             self._mean_gap = gap if math.isinf(self._mean_gap) else self._mean_gap + 0.05 * (gap - self._mean_gap)
         self._last = t if self._last is None else max(self._last, t)
         if self._last_done is not None:
-            lag = t - self._last_done
-            if self._echo_pending:
-                self._echo_lags.add(max(0.0, lag))
-                self._echo_pending = False
+            lag = max(0.0, t - self._last_done)
+            self._echo_lags.add(lag)
+            self._since_done += 1
             if lag <= self._echo_window:
                 self._echo_count += 1
 
@@ -202,10 +203,10 @@ class ArrivalModel:
             self._echo_ratio += 0.2 * (ratio - self._echo_ratio)
         self._last_done = t
         self._done_items = items
-        self._echo_pending = True
+        self._since_done = 0
         self._echo_count = 0
-        lag = self.echo_lag
-        self._echo_window = 2.0 * lag if math.isfinite(lag) else 0.0
+        span = self.echo_span
+        self._echo_window = span if math.isfinite(span) else 0.0
 
     @property
     def expected_gap(self) -> float:
@@ -215,15 +216,19 @@ class ArrivalModel:
         return self._gaps.value() * self._scale
 
     @property
-    def echo_lag(self) -> float:
-        """Typical delay from a batch completing to the next call, seconds; ``math.inf`` until known."""
+    def echo_span(self) -> float:
+        """Delay after a completion within which 90% of calls arrive, seconds; ``math.inf`` until known."""
         if len(self._echo_lags) < self._min_gaps:
             return math.inf
-        return self._echo_lags.value() * self._scale
+        return self._echo_lags.value()
 
     @property
     def echo_ratio(self) -> float:
-        """Estimated fraction of a completed batch's items that come back as new calls soon after."""
+        """Estimated fraction of a completed batch's items that come back as new calls within ``echo_span``.
+
+        An EWMA over completions of (calls within the span, less those the average rate would bring
+        in that time) per completed item.
+        """
         return self._echo_ratio
 
     @property
@@ -232,14 +237,9 @@ class ArrivalModel:
         return self._last_done
 
     @property
-    def echo_pending(self) -> bool:
-        """True while no call has arrived since the last completion."""
-        return self._echo_pending
-
-    @property
-    def done_items(self) -> int:
-        """Items in the last completed batch."""
-        return self._done_items
+    def echo_remaining(self) -> float:
+        """Calls still expected back from the last completion (0 when none is known)."""
+        return max(0.0, self._echo_ratio * self._done_items - self._since_done)
 
 
 class _WindowQuantile:
@@ -345,11 +345,11 @@ class BatchPolicy:
         if gap < budget * m:
             wait_until = last_arrival + self.wait_gaps * gap
         arr = self.arrivals
-        if arr.echo_pending and arr.last_done is not None:
-            lag = arr.echo_lag
-            echo_items = min(room, arr.echo_ratio * arr.done_items)
-            if echo_items > 0.0 and arr.last_done + lag - now < budget * echo_items:
-                wait_until = max(wait_until, arr.last_done + self.wait_gaps * lag)
+        if arr.last_done is not None:
+            expected = min(float(room), arr.echo_remaining)
+            echo_end = arr.last_done + arr.echo_span
+            if expected >= 0.5 and echo_end - now < budget * expected:
+                wait_until = max(wait_until, echo_end)
         wait_until = min(wait_until, deadline)
         if wait_until <= now:
             return run_now

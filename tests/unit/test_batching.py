@@ -192,13 +192,20 @@ def test_waits_for_closed_loop_callers_after_a_completion() -> None:
         t += 40 * US
     arr = policy.arrivals
     assert arr.echo_ratio > 0.5
-    assert 10 * US < arr.echo_lag < 40 * US
+    assert 15 * US < arr.echo_span <= 25 * US  # callers return 15 to 25 us after a completion
     # A batch just completed; 8 calls queued long ago; the 16 callers it served will be back soon.
     done = t + 300 * US
     policy.on_batch_done(16, 230 * US, done_at=done)
     d = policy.decide([1] * 8, done - 200 * US, done - 150 * US, done)
     assert not d.run
-    assert d.wait_until == pytest.approx(done + policy.wait_gaps * arr.echo_lag)
+    assert d.wait_until == pytest.approx(done + arr.echo_span)
+    # Once the 16 callers are back, the policy stops waiting for them (bursts aside).
+    for i in range(16):
+        policy.on_arrival(done + 10 * US + i * 0.5 * US, 1)
+    assert policy.arrivals.echo_remaining == 0.0
+    now = done + 20 * US
+    assert now < done + arr.echo_span
+    assert policy.decide([1] * 24, done - 200 * US, done + 17.5 * US, now).run
     # Without the completion time the policy cannot know callers are coming back, and runs.
     plain, _ = trained_policy(fixed=150 * US, per_item=5 * US, gap=300 * US)
     assert plain.decide([1] * 8, done - 200 * US, done - 150 * US, done).run
@@ -287,6 +294,7 @@ def test_arrival_model_unknown_until_enough_gaps() -> None:
         assert arr.expected_gap == math.inf
     arr.observe(4.0)
     assert arr.expected_gap == pytest.approx(1.0 / math.log(2.0))  # the median, scaled to a mean
+    assert arr.echo_span == math.inf and arr.echo_remaining == 0.0  # no completion seen
 
 
 def test_arrival_model_estimates_the_poisson_mean_gap() -> None:
