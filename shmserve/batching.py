@@ -15,12 +15,17 @@ The rule, for a worker that is idle with ``n`` items queued (items are counted a
   raises the batch's throughput from ``n / cost(n)`` to ``(n + m) / (g + cost(n + m))``; with
   ``cost(n) = fixed + per_item * n`` that holds exactly when ``g < fixed * m / n``. So the policy
   waits while the expected gap to the next call is below ``fixed * m / n``, and at most until
-  ``last_arrival + k * gap``: if the call it expects does not come by then, it runs.
+  ``last_arrival + k * gap``: if the call it expects does not come by then, it runs;
+* the same test admits waiting for the echo of a completion: closed-loop callers send their next
+  call right after their result, so just after a batch of ``c`` items completes, up to ``c`` calls
+  are on their way although none has arrived yet. When the loop reports completion times
+  (``on_batch_done(..., done_at=)``) the policy learns how many come back and how soon, and waits
+  for the ones still expected, at most until ``last_done + echo_span``.
 
-At low load the gap is long and batches run at once; in a closed-loop burst (callers resubmitting
-right after a batch completes) the gap is short and the policy collects the burst, then runs
-``k`` gaps after its last call; under open-loop load batches grow while the worker is busy, as in
-greedy batching.
+At low load the gap is long and batches run at once; in a closed-loop burst the policy collects the
+burst, then runs; under open-loop (Poisson) load a completion brings no echo and batches grow while
+the worker is busy, as in greedy batching. ``perf/batching_sim.py`` compares it with a fixed window
+and with greedy batching.
 """
 
 from __future__ import annotations
