@@ -32,7 +32,7 @@ def test_callable_object_methods(home: Path) -> None:
     runner.init_local()
     assert runner.count.run("a,b,c") == 3
     assert runner.predict.run("a,b") == ["a", "b"]  # no .predict method: calls the object
-    assert getattr(runner, "__call__").run("x,y") == ["x", "y"]
+    assert runner.__call__.run("x,y") == ["x", "y"]
     assert shmserve.picklable.load_model("tok").sep == ","
 
 
