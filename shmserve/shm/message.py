@@ -29,11 +29,14 @@ def _is_tensor(x: Any) -> bool:
     return isinstance(x, np.ndarray) or is_torch_tensor(x)
 
 
+_NESTED = "tensors are accepted only as top-level arguments or results, not nested in containers"
+
+
 def _default(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()
     if _is_tensor(obj):
-        raise TypeError("tensors are accepted only as top-level arguments or results, not nested in containers")
+        raise TypeError(_NESTED)
     raise TypeError(f"values of type {type(obj).__name__} cannot cross the transport (use tensors or JSON-able values)")
 
 
@@ -41,6 +44,8 @@ def dumps(value: Any, where: str) -> bytes:
     try:
         return orjson.dumps(value, default=_default, option=orjson.OPT_NON_STR_KEYS)
     except TypeError as exc:
+        if "ndarray" in str(exc):  # orjson refuses arrays itself, before calling `default`
+            raise InvalidInput(f"{where}: {_NESTED}") from None
         raise InvalidInput(f"{where}: {exc}") from None
 
 
