@@ -262,6 +262,9 @@ def _json_default(value: Any) -> Any:
 
 
 def _dumps_json(value: Any) -> bytes:
+    if isinstance(value, np.ndarray) and not value.dtype.isnative:
+        # orjson (3.8) reads the bytes as native order without checking: swap first.
+        value = value.astype(value.dtype.newbyteorder("="))
     try:
         return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY, default=_json_default)
     except orjson.JSONEncodeError:
@@ -339,7 +342,7 @@ class NumpyNdarray(IODescriptor):
             else:
                 arr = np.asarray(obj)
         except (ValueError, TypeError) as exc:
-            raise InvalidInput(f"JSON body is not a rectangular array of numbers ({exc})") from None
+            raise InvalidInput(f"JSON body must be a rectangular array of numbers ({exc})") from None
         if arr.dtype.kind not in "biufc":
             raise InvalidInput("JSON array must contain only numbers (or booleans), with equal-length rows")
         if self._json_infer_first:

@@ -161,12 +161,18 @@ def serve(options: ServeOptions) -> int:
         if svc.runners and not options.local_runners:
             import shmserve
 
-            handle = shmserve.start(*svc.runners)
+            # The supervisor makes no calls itself: the API workers attach on their own.
+            handle = shmserve.start(*svc.runners, bind=False)
         if signals.stop:
             return 0
         workers = [_APIWorker(ctx, replace(base, index=i), sock) for i in range(options.api_workers)]
         if not _wait_ready(workers, signals, options.startup_timeout):
             return 0 if signals.stop else 1
+        if handle is not None:
+            for r in svc.runners:
+                log.info("runner %r workers: pids %s", r.name, handle.worker_pids(r.name))
+        for w in workers:
+            log.info("API worker %d: pid %s", w.spec.index, w.process.pid)
         mode = "in-process (--local-runners)" if options.local_runners else "shared memory"
         print(f"shmserve: serving {svc.name!r} on http://{options.host}:{port} "
               f"({options.api_workers} API workers, runners: {mode})", flush=True)
@@ -227,6 +233,7 @@ def _supervise(ctx: Any, workers: list[_APIWorker], sock: socket.socket, signals
                 return 1
             w.close()
             workers[i] = _APIWorker(ctx, w.spec, sock)
+            log.info("API worker %d: pid %s", w.spec.index, workers[i].process.pid)
     return 0
 
 
