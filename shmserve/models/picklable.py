@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import sys
 from typing import Any, ClassVar
 
 from .adapter import ModelRunnable, class_from_name, resolve, runnable_class_for
@@ -63,7 +62,7 @@ def save_model(
     with create(
         name,
         framework=FRAMEWORK,
-        framework_version=f"{kind} (python {sys.version_info.major}.{sys.version_info.minor})",
+        framework_version=str(getattr(serializer, "__version__", f"protocol {pickle.HIGHEST_PROTOCOL}")),
         signatures=sigs,
         labels=labels,
         metadata=metadata,
