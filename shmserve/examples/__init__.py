@@ -1,0 +1,1 @@
+"""Runnable examples shipped with shmserve (`python -m shmserve.examples.quickstart`)."""
