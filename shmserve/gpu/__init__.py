@@ -50,7 +50,7 @@ from .batch import DeviceBatch, coalesce, split
 from .driver import CudaError, GpuUnavailable, available
 from .handles import DeviceHandle, is_handle_dict
 from .ipc import claim, collect_releases, export_handle, is_device_tensor, open_handle, release, stats, sweep
-from .pinned import PinnedRegion, is_pinned, register_host, to_device, unregister
+from .pinned import PinnedRegion, is_pinned, pin_arena_of, register_host, root_buffer, to_device, unregister
 
 __all__ = [
     "CudaError",
@@ -67,8 +67,10 @@ __all__ = [
     "is_handle_dict",
     "is_pinned",
     "open_handle",
+    "pin_arena_of",
     "register_host",
     "release",
+    "root_buffer",
     "split",
     "stats",
     "sweep",

@@ -69,7 +69,7 @@ class _Registry:
         self.regions: dict[tuple[int, int], PinnedRegion] = {}
         self.lock = threading.Lock()
 
-    def register(self, buffer: Any, device: int, read_only: bool | None) -> PinnedRegion:
+    def register(self, buffer: Any, device: int, read_only: bool | None, keep_export: bool = True) -> PinnedRegion:
         view = memoryview(buffer)
         if not view.c_contiguous:
             raise ValueError("register_host needs a contiguous buffer (an mmap, a SharedMemory.buf or a slice of one)")
@@ -97,7 +97,7 @@ class _Registry:
                         "register each arena exactly once, as a whole"
                     ) from exc
                 raise
-            region = PinnedRegion(ptr, size, device, ro, 1, array)
+            region = PinnedRegion(ptr, size, device, ro, 1, array if keep_export else None)
             self.regions[(ptr, size)] = region
             return region
 
@@ -131,15 +131,50 @@ def _registry() -> _Registry:
     return _registry_for(os.getpid())
 
 
-def register_host(buffer: Any, *, device: int = 0, read_only: bool | None = None) -> PinnedRegion:
+def register_host(
+    buffer: Any, *, device: int = 0, read_only: bool | None = None, keep_export: bool = True
+) -> PinnedRegion:
     """Page-lock `buffer` (an mmap, `SharedMemory.buf`, any contiguous writable or
     read-only buffer) so copies out of it run as DMA. Registering the same range
     again returns the same region with one more reference.
 
+    With `keep_export` (the default) the region holds a buffer export, so the
+    mapping cannot be closed while registered; pass False only for a mapping
+    that lives as long as the process.
+
     Raises ValueError for an empty or non-contiguous buffer, GpuUnavailable on
     a host without CUDA.
     """
-    return _registry().register(buffer, device, read_only)
+    return _registry().register(buffer, device, read_only, keep_export)
+
+
+def root_buffer(array: np.ndarray) -> Any:
+    """The object that owns the memory behind `array` (an mmap, bytearray, ...),
+    found by following `.base` and `memoryview.obj`; None for numpy-owned memory."""
+    obj: Any = array
+    while isinstance(obj, np.ndarray):
+        if obj.base is None:
+            return None
+        obj = obj.base
+    while isinstance(obj, memoryview):
+        obj = obj.obj
+    return obj
+
+
+def pin_arena_of(array: np.ndarray, device: int = 0) -> PinnedRegion | None:
+    """Page-lock the whole shared-memory arena that `array` is a view of, once per process.
+
+    For a runner method that receives batch views and wants DMA copies before
+    the transport registers its arenas itself. Returns None when `array` is not
+    a view of an external buffer. The arena must outlive the process's use of
+    the region (worker arenas do), since no buffer export is held.
+    """
+    root = root_buffer(array)
+    if root is None:
+        return None
+    view = memoryview(root)
+    found = _registry().find(int(np.frombuffer(view, dtype=np.uint8).ctypes.data), view.nbytes)
+    return found if found is not None else register_host(view, device=device, keep_export=False)
 
 
 def unregister(region: PinnedRegion) -> None:

@@ -169,3 +169,15 @@ def test_env_switch_selects_the_method(monkeypatch):
             gpu.coalesce(xs)
     monkeypatch.setenv("SHMSERVE_GPU_BATCH", "cat")
     assert gpu.coalesce(xs).method == "cat"
+
+
+def test_root_buffer_finds_the_mapping_behind_a_batch_view():
+    with mmap.mmap(-1, 1 << 16) as m:
+        arena = np.frombuffer(memoryview(m), dtype=np.float32)
+        batch = arena[256: 256 + 64 * 16].reshape(64, 16)[8:]
+        assert gpu.root_buffer(batch) is m
+        del arena, batch
+    assert gpu.root_buffer(np.zeros(4)) is None
+    assert gpu.root_buffer(np.zeros(4)[1:]) is None
+    raw = bytearray(64)
+    assert gpu.root_buffer(np.frombuffer(raw, dtype=np.uint8)[4:]) is raw
