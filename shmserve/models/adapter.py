@@ -16,6 +16,7 @@ import functools
 import importlib
 import json
 import os
+import threading
 from typing import Any, ClassVar
 
 from ..runnable import Runnable
@@ -76,9 +77,19 @@ def runnable_class_for(base: type[ModelRunnable], model: Model) -> type[ModelRun
     return _build(base.__module__, base.__qualname__, f"{model.name}:{model.version}", str(model.home))
 
 
-@functools.cache
 def _build(module_name: str, base_name: str, tag: str, home: str) -> type[ModelRunnable]:
-    # Cached so that pickling finds the very class object the Runner holds.
+    # One class object per (adapter, tag, store) for the life of the process, so
+    # that pickling by name finds the very class the Runner holds; the lock keeps
+    # two threads from building rival copies.
+    with _BUILD_LOCK:
+        return _build_cached(module_name, base_name, tag, home)
+
+
+_BUILD_LOCK = threading.Lock()
+
+
+@functools.cache
+def _build_cached(module_name: str, base_name: str, tag: str, home: str) -> type[ModelRunnable]:
     base = getattr(importlib.import_module(module_name), base_name)
     model = get(tag, home=home)
     check_framework(model, base.FRAMEWORK)

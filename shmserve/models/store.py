@@ -250,6 +250,10 @@ class Model:
             if size != expect.get("size") or digest != expect.get("sha256"):
                 raise CorruptModel(f"model {self.tag}: file {relpath!r} does not match its manifest checksum; delete and re-save it")
 
+    def load_model(self, **kwargs: Any) -> Any:
+        """The model object, loaded by its framework adapter (e.g. ``shmserve.pytorch.load_model``)."""
+        return adapter_module(self).load_model(self, **kwargs)
+
     def to_runner(
         self,
         name: str | None = None,

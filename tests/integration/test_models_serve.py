@@ -205,6 +205,8 @@ def test_exported_model_serves_after_import(home: Path, tmp_path: Path, monkeypa
     monkeypatch.setenv("SHMSERVE_HOME", str(tmp_path / "other_home"))
     assert shmserve.models.list() == []
     imported = shmserve.models.import_model(archive)
+    # Workers find the model in the store it came from, whatever their own SHMSERVE_HOME says.
+    monkeypatch.setenv("SHMSERVE_HOME", str(tmp_path / "empty_home"))
     x = np.ones((2, 2))
 
     def check(runner: Any) -> None:

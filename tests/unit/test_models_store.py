@@ -306,3 +306,8 @@ def test_cli(home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     captured = capsys.readouterr()
     assert "100.0%" in captured.err and "pickle-based" in captured.err
     assert str(shmserve.models.get("scaler")) == str(m)
+
+
+def test_model_load_model_dispatches_to_its_adapter(home: Path) -> None:
+    picklable.save_model("scaler", Scaler(5.0))
+    assert shmserve.models.get("scaler").load_model().k == 5.0
