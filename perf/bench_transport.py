@@ -1,0 +1,154 @@
+"""Transport round trips: `runner.echo.run(x)` through shared memory, beside its calibration.
+
+Each pass measures, back to back: the bare semaphore ping-pong, memcpy at each
+size, `multiprocessing.Pipe` + pickle round trips and shmserve round trips, so
+the ratios between them are side by side even on a busy machine.
+"""
+from __future__ import annotations
+
+import gc
+import time
+from typing import Any
+
+import numpy as np
+
+from . import calibration as cal
+from .results import Figure, ResultSet
+from .stats import median, percentiles
+
+ECHO_ARENA_MB = 320  # a 128 MB tensor in and out, with room for the allocator's wrap-around
+
+
+def _shm_round_trips(method: Any, size: str, budget_s: float) -> dict[str, float]:
+    x = cal.make_tensor(size)
+
+    def call() -> None:
+        y = method.run(x)
+        del y  # a leased result goes back to the arena here, inside the timed call
+
+    big = cal.nbytes(size) > 64 * 2**20
+    times = cal.timed_loop(call, budget_s, min_n=3 if big else 10, warmup=1 if big else 5)
+    gc.collect()
+    return percentiles(times * 1e6)
+
+
+def verify_echo(method: Any) -> None:
+    """Check the echo path returns what it was given (the correctness part of --check)."""
+    for size in ("3KB", "600KB"):
+        x = cal.make_tensor(size)
+        y = np.asarray(method.run(x))
+        if y.shape != x.shape or y.dtype != x.dtype or not np.array_equal(y, x):
+            raise AssertionError(f"echo of a {size} tensor came back different: {y.shape} {y.dtype}")
+
+
+def run(rs: ResultSet, passes: int, budget_s: float, sizes: tuple[str, ...], pingpong_rounds: int,
+        check_only: bool = False) -> None:
+    """Measure transport figures into `rs` (needs the shared-memory core)."""
+    import shmserve
+
+    from .runnables import EchoRunnable
+
+    runner = shmserve.Runner(EchoRunnable, name="perf_echo", workers=1, arena_mb=ECHO_ARENA_MB,
+                             max_batch_size=1, max_latency_ms=0)
+    raw: dict[str, list[dict[str, float]]] = {}
+
+    def keep(key: str, value: dict[str, float]) -> None:
+        raw.setdefault(key, []).append(value)
+
+    with shmserve.start(runner), cal.PipeEcho() as pipe:
+        verify_echo(runner.echo)
+        if check_only:
+            return
+        for _ in range(passes):
+            keep("pingpong", cal.semaphore_pingpong(pingpong_rounds))
+            keep("pingpong_samecore", _same_core(lambda: cal.semaphore_pingpong(pingpong_rounds)))
+            for size in sizes:
+                keep(f"memcpy_{size}", cal.memcpy_time(size, budget_s / 2))
+                keep(f"pipe_{size}", cal.pipe_round_trips(pipe, size, budget_s))
+                keep(f"shm_{size}", _shm_round_trips(runner.echo, size, budget_s))
+                keep(f"shm_samecore_{size}", _same_core(lambda s=size: _shm_round_trips(runner.echo, s, budget_s / 2),
+                                                        runner_pids=_worker_pids()))
+    _record(rs, raw, sizes)
+
+
+def _worker_pids() -> list[int]:
+    import os
+
+    from .procs import descendants
+
+    # every child of ours: the runner worker(s), and the idle pipe-echo child, which does not matter
+    return descendants(os.getpid())
+
+
+def _same_core(fn: Any, runner_pids: list[int] | None = None) -> Any:
+    """Run `fn` with this process (and, when given, the runner's workers) pinned to CPU 0."""
+    import os
+
+    pids = [0, *(runner_pids or [])]
+    saved = {p: os.sched_getaffinity(p) for p in pids if _alive(p)}
+    try:
+        for p in saved:
+            os.sched_setaffinity(p, {min(os.sched_getaffinity(0))})
+        return fn()
+    finally:
+        for p, cpus in saved.items():
+            if _alive(p):
+                os.sched_setaffinity(p, cpus)
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    if pid == 0:
+        return True
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+def _fig(raw: dict[str, list[dict[str, float]]], key: str, name: str, calib: str | None = None,
+         unit: str = "us") -> Figure:
+    p50s = [r["p50"] for r in raw[key]]
+    p99s = [r["p99"] for r in raw[key]]
+    return Figure.from_passes(name, p50s, unit, "lower", calibration=calib, p99=median(p99s),
+                              detail={"p99_passes": p99s})
+
+
+def _record(rs: ResultSet, raw: dict[str, list[dict[str, float]]], sizes: tuple[str, ...]) -> None:
+    rs.add_calibration(_fig(raw, "pingpong", "calib.pingpong_us"))
+    rs.add_calibration(_fig(raw, "pingpong_samecore", "calib.pingpong_samecore_us"))
+    curve = []
+    for size in sizes:
+        rs.add_calibration(_fig(raw, f"memcpy_{size}", f"calib.memcpy_{size}_us"))
+        rs.add_calibration(_fig(raw, f"pipe_{size}", f"calib.pipe_pickle_rtt_{size}_us"))
+        calib = "calib.pingpong_us" if size == "3KB" else f"calib.memcpy_{size}_us"
+        shm = rs.add(_fig(raw, f"shm_{size}", f"transport.rtt_{size}_us", calib))
+        rs.add(_fig(raw, f"shm_samecore_{size}", f"transport.rtt_samecore_{size}_us",
+                    "calib.pingpong_samecore_us" if size == "3KB" else f"calib.memcpy_{size}_us"))
+        pipe = rs.calibration[f"calib.pipe_pickle_rtt_{size}_us"]
+        speedups = [p / s for p, s in zip(pipe.passes, shm.passes, strict=True)]
+        target = {"600KB": 5.0, "16MB": 10.0}.get(size)
+        fig = Figure.from_passes(f"issue2.pipe_over_shm_{size}", speedups, "x", "higher",
+                                 target=f">= {target:g}x (issue 2)" if target else None)
+        if target:
+            fig.target_met = fig.value >= target
+        rs.add(fig)
+        curve.append({"size": size, "bytes": cal.nbytes(size), "shm_p50_us": shm.value, "shm_p99_us": shm.p99,
+                      "pipe_p50_us": pipe.value, "pipe_p99_us": pipe.p99,
+                      "memcpy_p50_us": rs.calibration[f"calib.memcpy_{size}_us"].value})
+    if "3KB" in sizes:
+        ping = rs.calibration["calib.pingpong_us"]
+        shm = rs.figures["transport.rtt_3KB_us"]
+        ratios = [s / p for s, p in zip(shm.passes, ping.passes, strict=True)]
+        fig = Figure.from_passes("issue2.rtt_3KB_over_pingpong", ratios, "x", "lower",
+                                 target="<= 3x the bare ping-pong (issue 2)")
+        fig.target_met = fig.value <= 3.0
+        rs.add(fig)
+        same = rs.figures["transport.rtt_samecore_3KB_us"]
+        sping = rs.calibration["calib.pingpong_samecore_us"]
+        rs.add(Figure.from_passes("issue2.rtt_3KB_over_pingpong_samecore",
+                                  [s / p for s, p in zip(same.passes, sping.passes, strict=True)], "x", "lower"))
+    rs.extras["transport_curve"] = curve
+    rs.extras["transport_measured_at"] = time.time()
