@@ -20,7 +20,7 @@ import os
 from builtins import list as _list
 
 from .archive import export_model, import_model
-from .store import (
+from .model import (
     CorruptModel,
     Model,
     ModelExists,
@@ -28,11 +28,8 @@ from .store import (
     ModelStoreError,
     Tag,
     UnknownFramework,
-    delete,
-    get,
-    list_models,
-    store_home,
 )
+from .store import delete, get, list_models, store_home
 
 
 def list(name: str | None = None, *, home: str | os.PathLike[str] | None = None) -> _list[Model]:  # noqa: A001
