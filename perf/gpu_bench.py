@@ -1,0 +1,427 @@
+#!/usr/bin/env python3
+"""GPU host measurements of issue 5: IPC hand-off, pinned arenas, batched model end to end.
+
+Run on a host with an NVIDIA GPU, torch (CUDA build) and optionally CuPy::
+
+    python perf/gpu_bench.py              # full run (about 2-4 minutes)
+    python perf/gpu_bench.py --quick      # fewer repetitions, 1,000-call leak check
+    python perf/gpu_bench.py --only ipc,pinned
+
+Every section checks correctness before it times anything (outputs are
+poisoned with NaN first and compared with the same work done in-process),
+then prints one table and writes ``perf/results/gpu_<UTC time>.json``.
+
+Sections and their targets (from the issue):
+
+* ipc     hand-off round trip of a 4 MB and a 256 MB CUDA tensor by IPC
+          handle vs copying through host memory; IPC time independent of
+          size and >= 50x faster at 256 MB. Also 10,000 calls with device
+          memory and outstanding exports checked before and after.
+* pinned  host-to-device copy of a batch view out of a POSIX shm arena, page-
+          locked vs pageable; >= 1.5x the bandwidth.
+* e2e     a batched torch MLP on the GPU through shmserve vs the same batches
+          in-process; within 10 %.
+* batch   device-side coalescing of 64 callers: gather kernel vs torch.cat.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from multiprocessing import shared_memory
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import shmserve  # noqa: E402
+import shmserve.gpu as gpu  # noqa: E402
+
+MB = 1 << 20
+
+
+# -- runnables (module level: spawned workers import them from __mp_main__) ------------
+
+
+class HandoffRunnable(shmserve.Runnable):
+    """Receives a CUDA tensor by handle or by host copy and sends one back."""
+
+    SUPPORTED_RESOURCES = ("nvidia.com/gpu",)
+
+    @shmserve.Runnable.method(batchable=False)
+    def ipc(self, d: dict, op: str, releases: list) -> dict:
+        """Open `d`; return the input itself (op 'view') or input + 1 (op 'add1') by handle."""
+        for token in releases:
+            gpu.release(token)
+        x = gpu.open_handle(d)
+        y = x if op == "view" else x + 1
+        out = gpu.export_handle(y, consumer_pid=d["sender"])
+        del x, y
+        return {"handle": out, "owed": gpu.collect_releases(), "stats": gpu.stats()}
+
+    @shmserve.Runnable.method(batchable=False)
+    def host(self, x: np.ndarray, op: str) -> np.ndarray:
+        """The naive path: host bytes to the GPU, (op), back to host bytes."""
+        import torch
+
+        t = torch.from_numpy(x).cuda()
+        y = t if op == "view" else t + 1
+        return y.cpu().numpy()
+
+
+def build_mlp(seed: int = 0) -> Any:
+    """The common workload's MLP shape (784 -> 1024 -> 10), same weights in every process."""
+    import torch
+
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(784, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, 10))
+    return model.cuda().eval()
+
+
+class GpuMLPRunnable(shmserve.Runnable):
+    """The MLP on the GPU, batchable on dim 0; batch views are DMA'd out of a pinned arena."""
+
+    SUPPORTED_RESOURCES = ("nvidia.com/gpu",)
+
+    def __init__(self, pinned: bool = True) -> None:
+        self.model = build_mlp()
+        self.pinned = pinned
+
+    @shmserve.Runnable.method(batchable=True, batch_dim=0)
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Logits for a (n, 784) float32 batch."""
+        import torch
+
+        if self.pinned:
+            gpu.pin_arena_of(x)
+        with torch.no_grad():
+            y = self.model(gpu.to_device(x, 0))
+        return y.cpu().numpy()  # synchronous: the arena range may be reused after return
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _sync() -> None:
+    import torch
+
+    torch.cuda.synchronize()
+
+
+def _median_ms(samples: list[float]) -> float:
+    return statistics.median(samples) * 1e3
+
+
+class HandoffClient:
+    """The client half of the IPC protocol, done by hand until the transport carries handles."""
+
+    def __init__(self, runner: Any) -> None:
+        self.runner = runner
+        self.owed: list[int] = []  # worker tokens to hand back on the next call
+
+    def call(self, x: Any, op: str) -> Any:
+        d = gpu.export_handle(x)
+        reply = self.runner.ipc.run(d, op, self.owed)
+        self.owed = []
+        result = gpu.open_handle(reply["handle"])
+        for _sender, token in reply["owed"]:
+            gpu.release(token)  # the worker's views of our inputs are gone
+        self.owed = [token for _sender, token in gpu.collect_releases()]
+        self.last_stats = reply["stats"]
+        return result
+
+    def drain(self, deadline_s: float = 10.0) -> dict[str, int]:
+        """Exchange releases until both sides hold no exports (or the deadline)."""
+        import torch
+
+        end = time.monotonic() + deadline_s
+        probe = torch.zeros(1, device="cuda")
+        while time.monotonic() < end:
+            r = self.call(probe, "add1")
+            del r
+            _sync()
+            if self.last_stats["exports"] <= 1 and gpu.stats()["exports"] <= 1:
+                break
+        return {"worker": self.last_stats, "client": gpu.stats()}
+
+
+def section_ipc(args: argparse.Namespace, out: dict[str, Any]) -> None:
+    import torch
+
+    runner = shmserve.Runner(HandoffRunnable, name="gpu-handoff", workers=1, arena_mb=320)
+    with shmserve.start(runner):
+        client = HandoffClient(runner)
+        for size_mb in (4, 256):
+            n = size_mb * MB // 4
+            x = torch.randn(n, device="cuda")
+            # Correctness first, outputs poisoned.
+            for path in ("ipc", "host"):
+                dest = torch.full_like(x, float("nan"))
+                if path == "ipc":
+                    r = client.call(x, "add1")
+                else:
+                    r = torch.from_numpy(runner.host.run(x.cpu().numpy(), "add1")).cuda()
+                dest.copy_(r)
+                del r
+                _sync()
+                if not torch.equal(dest, x + 1):
+                    raise SystemExit(f"{path} hand-off of {size_mb} MB returned wrong values")
+            view = client.call(x, "view")
+            if view.data_ptr() != x.data_ptr():
+                raise SystemExit("IPC 'view' did not come back as the caller's own memory")
+            del view
+            reps = args.reps if size_mb == 4 else max(5, args.reps // 10)
+            for path in ("ipc", "host"):
+                times = []
+                for _ in range(reps + 3):
+                    _sync()
+                    t0 = time.perf_counter()
+                    if path == "ipc":
+                        r = client.call(x, "view")
+                    else:
+                        r = torch.from_numpy(runner.host.run(x.cpu().numpy(), "view")).cuda()
+                    _sync()
+                    times.append(time.perf_counter() - t0)
+                    del r
+                out[f"handoff_{path}_{size_mb}MB_ms"] = _median_ms(times[3:])
+        out["ipc_size_ratio_256_vs_4"] = out["handoff_ipc_256MB_ms"] / out["handoff_ipc_4MB_ms"]
+        out["ipc_speedup_256MB"] = out["handoff_host_256MB_ms"] / out["handoff_ipc_256MB_ms"]
+
+        # Leak check: many calls, device memory and export tables before and after.
+        x = torch.randn(MB, device="cuda")  # 4 MB
+        client.drain()
+        _sync()
+        free_before = torch.cuda.mem_get_info()[0]
+        alloc_before = torch.cuda.memory_allocated()
+        for _ in range(args.leak_calls):
+            r = client.call(x, "view")
+            del r
+        state = client.drain()
+        _sync()
+        free_after = torch.cuda.mem_get_info()[0]
+        out["leak_calls"] = args.leak_calls
+        out["leak_device_free_delta_MB"] = (free_before - free_after) / MB
+        out["leak_client_allocated_delta_MB"] = (torch.cuda.memory_allocated() - alloc_before) / MB
+        out["leak_outstanding_exports"] = {"client": state["client"]["exports"], "worker": state["worker"]["exports"]}
+        out["leak_import_opens_worker"] = state["worker"]["import_opens"]
+
+
+def section_pinned(args: argparse.Namespace, out: dict[str, Any]) -> None:
+    import torch
+
+    size = 256 * MB
+    batch_bytes = 64 * MB
+    shm = shared_memory.SharedMemory(name=f"shmserve_gpubench_{os.getpid()}", create=True, size=size)
+    try:
+        arena = np.frombuffer(shm.buf, dtype=np.float32)
+        arena[:] = np.arange(arena.size, dtype=np.float32) % 9973  # pre-faults every page too
+        lo = 3 * MB // 4
+        view = arena[lo: lo + batch_bytes // 4].reshape(-1, 1024)
+
+        def measure(label: str, view: np.ndarray) -> None:
+            poisoned = torch.full(view.shape, float("nan"), device="cuda")
+            poisoned.copy_(gpu.to_device(view, 0))
+            _sync()
+            if not torch.equal(poisoned.cpu(), torch.from_numpy(view)):
+                raise SystemExit(f"{label} host-to-device copy returned wrong values")
+            times = []
+            for _ in range(args.reps // 4 + 3):
+                _sync()
+                t0 = time.perf_counter()
+                t = gpu.to_device(view, 0)
+                _sync()
+                times.append(time.perf_counter() - t0)
+                del t
+            out[f"h2d_{label}_GBps"] = batch_bytes / statistics.median(times[3:]) / 1e9
+
+        measure("pageable", view)
+        t0 = time.perf_counter()
+        region = gpu.register_host(shm.buf)
+        out["register_256MB_ms"] = (time.perf_counter() - t0) * 1e3
+        try:
+            if not gpu.is_pinned(view):
+                raise SystemExit("the batch view is not inside the registered arena")
+            measure("pinned", view)
+        finally:
+            region.unregister()
+        out["pinned_speedup"] = out["h2d_pinned_GBps"] / out["h2d_pageable_GBps"]
+        del arena, view
+    finally:
+        shm.close()
+        shm.unlink()
+
+
+def section_e2e(args: argparse.Namespace, out: dict[str, Any]) -> None:
+    import torch
+
+    rng = np.random.default_rng(0)
+    inputs = rng.standard_normal((256, 1, 784), dtype=np.float32)
+    model = build_mlp()
+    with torch.no_grad():
+        expected = model(torch.from_numpy(inputs.reshape(256, 784)).cuda()).cpu().numpy()
+    runner = shmserve.Runner(GpuMLPRunnable, name="gpu-mlp", workers=1, max_batch_size=64, max_latency_ms=10)
+    batches: dict[float, int] = {}
+
+    def hook(name: str, method: str, trace: dict[str, float]) -> None:
+        # Every call of one batch carries the same batch_start: one entry per batch.
+        if name == "gpu-mlp":
+            batches[trace.get("batch_start", trace.get("complete", 0.0))] = int(trace.get("batch_size", 1))
+
+    from shmserve import client as client_mod
+
+    with shmserve.start(runner):
+        got = np.full((256, 10), np.nan, dtype=np.float32)
+        for i in range(256):
+            got[i] = runner.predict.run(inputs[i])[0]
+        if not np.allclose(got, expected, atol=1e-4, rtol=1e-4):
+            raise SystemExit(f"shmserve MLP outputs differ from in-process: max |d| {np.nanmax(np.abs(got - expected))}")
+
+        async def load(concurrency: int, seconds: float) -> int:
+            stop = time.monotonic() + seconds
+            done = 0
+
+            async def one(i: int) -> None:
+                nonlocal done
+                while time.monotonic() < stop:
+                    await runner.predict.async_run(inputs[i % 256])
+                    done += 1
+
+            await asyncio.gather(*(one(i) for i in range(concurrency)))
+            return done
+
+        asyncio.run(load(args.concurrency, 1.0))  # warm-up
+        client_mod.add_trace_hook(hook)
+        t0 = time.perf_counter()
+        items = asyncio.run(load(args.concurrency, args.seconds))
+        elapsed = time.perf_counter() - t0
+        client_mod.remove_trace_hook(hook)
+    out["e2e_shmserve_items_per_s"] = items / elapsed
+    out["e2e_concurrency"] = args.concurrency
+    seq = [batches[k] for k in sorted(batches)]
+    out["e2e_mean_batch"] = float(np.mean(seq)) if seq else 0.0
+    x_all = np.ascontiguousarray(rng.standard_normal((64, 784), dtype=np.float32))
+    with torch.no_grad():
+        _sync()
+        t0 = time.perf_counter()
+        for b in seq:
+            model(torch.from_numpy(x_all[:b]).cuda()).cpu().numpy()
+        in_process = sum(seq) / (time.perf_counter() - t0)
+    out["e2e_inprocess_items_per_s"] = in_process
+    out["e2e_ratio"] = out["e2e_shmserve_items_per_s"] / in_process
+
+
+def section_batch(args: argparse.Namespace, out: dict[str, Any]) -> None:
+    import torch
+
+    xs = [torch.randn(1, 784, device="cuda") for _ in range(64)]
+    reference = torch.cat(xs)
+    methods = ["cat"]
+    try:
+        import cupy  # noqa: F401
+
+        methods.append("kernel")
+    except ImportError:
+        out["batch_kernel_skipped"] = "cupy not installed"
+    for method in methods:
+        b = gpu.coalesce(xs, method=method)
+        if not torch.equal(b.tensor, reference):
+            raise SystemExit(f"coalesce({method}) built a wrong batch")
+        times = []
+        for _ in range(args.reps + 10):
+            _sync()
+            t0 = time.perf_counter()
+            gpu.coalesce(xs, method=method)
+            _sync()
+            times.append(time.perf_counter() - t0)
+        out[f"coalesce64_{method}_us"] = statistics.median(times[10:]) * 1e6
+
+
+def environment() -> dict[str, Any]:
+    import torch
+
+    meta: dict[str, Any] = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "gpu": torch.cuda.get_device_name(0),
+        "gpu_count": torch.cuda.device_count(),
+        "host": platform.node(),
+    }
+    try:
+        import cupy
+
+        meta["cupy"] = cupy.__version__
+    except ImportError:
+        meta["cupy"] = None
+    try:
+        sys.path.insert(0, str(REPO))
+        from perf.env import git_info
+
+        meta["git"] = git_info()
+    except Exception as exc:  # the suite's helpers are optional here
+        meta["git"] = f"unavailable: {exc}"
+    return meta
+
+
+TARGETS = [
+    ("ipc_size_ratio_256_vs_4", "<=", 2.0, "IPC round trip independent of size (256 MB / 4 MB)"),
+    ("ipc_speedup_256MB", ">=", 50.0, "IPC vs host copy at 256 MB"),
+    ("pinned_speedup", ">=", 1.5, "pinned vs pageable H2D bandwidth"),
+    ("e2e_ratio", ">=", 0.9, "shmserve vs in-process throughput"),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="fewer repetitions, 1,000-call leak check")
+    p.add_argument("--only", default="ipc,pinned,e2e,batch", help="comma-separated sections")
+    p.add_argument("--out", default=str(REPO / "perf" / "results"), help="folder for the JSON result")
+    args = p.parse_args(argv)
+    args.reps = 20 if args.quick else 100
+    args.leak_calls = 1000 if args.quick else 10_000
+    args.seconds = 3.0 if args.quick else 10.0
+    args.concurrency = 32
+    try:
+        gpu.frameworks.require("torch")
+    except gpu.GpuUnavailable as exc:
+        print(f"gpu_bench needs a CUDA GPU and a CUDA build of torch: {exc}", file=sys.stderr)
+        return 2
+    results: dict[str, Any] = {}
+    sections = {"ipc": section_ipc, "pinned": section_pinned, "e2e": section_e2e, "batch": section_batch}
+    for name in args.only.split(","):
+        print(f"[gpu_bench] {name} ...", flush=True)
+        sections[name.strip()](args, results)
+    verdicts = []
+    for key, op, bound, what in TARGETS:
+        if key in results:
+            ok = results[key] <= bound if op == "<=" else results[key] >= bound
+            verdicts.append({"figure": key, "what": what, "value": results[key], "target": f"{op} {bound}", "met": ok})
+    print(f"\n{'figure':40} {'value':>14}")
+    for key, value in results.items():
+        shown = f"{value:14.3f}" if isinstance(value, float) else f"{value!s:>14}"
+        print(f"{key:40} {shown}")
+    print(f"\n{'target':55} {'value':>10} {'target':>10}  met")
+    for v in verdicts:
+        print(f"{v['what']:55} {v['value']:10.2f} {v['target']:>10}  {'yes' if v['met'] else 'NO'}")
+    folder = Path(args.out)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"gpu_{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.json"
+    path.write_text(json.dumps({"meta": environment(), "figures": results, "targets": verdicts,
+                                "settings": vars(args)}, indent=2, default=str))
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
