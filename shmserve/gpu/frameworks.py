@@ -32,9 +32,10 @@ DTYPES: dict[str, tuple[str, int]] = {
     "float64": ("<f8", 8),
     "complex64": ("<c8", 8),
     "complex128": ("<c16", 16),
-    "bfloat16": ("<u2", 2),
-    "float8_e4m3fn": ("|u1", 1),
-    "float8_e5m2": ("|u1", 1),
+    # int16/int8 rather than uint: every torch version reads those from the interface.
+    "bfloat16": ("<i2", 2),
+    "float8_e4m3fn": ("|i1", 1),
+    "float8_e5m2": ("|i1", 1),
 }
 NEEDS_VIEW = frozenset({"bfloat16", "float8_e4m3fn", "float8_e5m2"})
 

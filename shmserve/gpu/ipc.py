@@ -120,6 +120,8 @@ def export_handle(x: Any, *, consumer_pid: int | None = None) -> dict[str, Any]:
     `claim()` once known.
     """
     info = describe(x)
+    if any(n == 0 for n in info.shape):
+        raise ValueError(f"an empty CUDA tensor (shape {info.shape}) has no memory to share; send its shape instead")
     drv = _driver.load()
     drv.ensure_context(info.device)
     st = _state()

@@ -262,3 +262,8 @@ def test_a_gpu_this_process_cannot_see_is_named(fake):
     d["device_uuid"] = ipc.DeviceHandle.from_dict(d).to_dict()["device_uuid"].replace("R", "S")
     with pytest.raises(GpuUnavailable, match="cannot see"):
         ipc.open_handle(d)
+
+
+def test_empty_tensors_are_refused_with_advice(fake):
+    with pytest.raises(ValueError, match="empty CUDA tensor"):
+        ipc.export_handle(FakeTensor(0x7000_0000, shape=(0, 8)))
