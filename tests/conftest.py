@@ -15,12 +15,26 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+# Every shmserve name created by this test session (and the processes it starts,
+# which inherit the environment) carries this tag, so leak checks ignore other
+# processes on the machine.
+NAME_TAG = "t" + uuid.uuid4().hex[:7]
+os.environ["SHMSERVE_NAME_TAG"] = NAME_TAG
+
+
 def shm_entries() -> set[str]:
-    """shmserve names in /dev/shm created by this process tree's tests."""
+    """shmserve names in /dev/shm created by this test session."""
     try:
-        return {n for n in os.listdir("/dev/shm") if "shmserve_" in n}
+        names = os.listdir("/dev/shm")
     except OSError:
         return set()
+    out = set()
+    for n in names:
+        base = n[4:] if n.startswith("sem.") else n
+        parts = base.split("_")
+        if len(parts) == 3 and parts[0] == "shmserve" and parts[2].startswith(NAME_TAG):
+            out.add(n)
+    return out
 
 
 @pytest.fixture(scope="session", autouse=True)

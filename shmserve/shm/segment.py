@@ -19,8 +19,15 @@ PAGE = mmap.PAGESIZE
 
 
 def new_name(pid: int | None = None) -> str:
-    """A fresh, unguessable POSIX IPC name owned by `pid` (default: this process)."""
-    return f"/{PREFIX}{pid if pid is not None else os.getpid()}_{secrets.token_hex(16)}"
+    """A fresh, unguessable POSIX IPC name owned by `pid` (default: this process).
+
+    ``$SHMSERVE_NAME_TAG`` (up to 8 letters or digits), when set, starts the
+    random part, so a test session can tell its names from other processes'.
+    """
+    tag = os.environ.get("SHMSERVE_NAME_TAG", "")
+    if not (tag.isalnum() and len(tag) <= 8):
+        tag = ""
+    return f"/{PREFIX}{pid if pid is not None else os.getpid()}_{tag}{secrets.token_hex(16)}"
 
 
 def owner_pid(name: str) -> int | None:

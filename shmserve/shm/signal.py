@@ -42,6 +42,10 @@ class Signal:
         except posix_ipc.BusyError:
             return False
 
+    def value(self) -> int:
+        """Posts not yet taken (no syscall in glibc)."""
+        return int(self._sem.value)
+
     def drain(self) -> int:
         """Take every pending post without blocking; returns how many."""
         n = 0

@@ -531,7 +531,8 @@ def main(spec: WorkerSpec) -> None:
                 doorbell.wait(timeout)
             except Exception:  # interrupted by a signal: re-check the flags
                 pass
-            doorbell.drain()
+            if doorbell.value():
+                doorbell.drain()
             dispatcher.intake()
             wake = dispatcher.step()
             if os.getppid() != spec.parent_pid:
