@@ -4,8 +4,10 @@ Formats (recorded in the manifest as ``options.format``):
 
 * ``"pickle"`` (any ``torch.nn.Module``): the whole module pickled with
   ``torch.save``. Loading it runs ``torch.load(weights_only=False)``, which can
-  execute code: load such models only from a store you trust, and keep the
-  module's class importable where the model is loaded. The state dict is saved
+  execute code: load such models only from a store you trust. Module classes
+  are pickled by reference (keep them importable where the model is loaded),
+  except classes defined in ``__main__``, which are saved by value with
+  cloudpickle when it is installed. The state dict is saved
   beside it as ``weights.pt``; ``load_model(tag, module=MyNet())`` loads only
   that, with ``weights_only=True``, into a module you construct yourself.
 * ``"torchscript"`` (a ``torch.jit.ScriptModule``): ``torch.jit.save``; no
@@ -82,8 +84,10 @@ def save_model(
         if missing:
             raise ValueError(f"{type(model).__name__} has no methods {missing} named in signatures")
     options: dict[str, Any] = {"format": fmt, "file": _FILES[fmt], "trusted_only": fmt == "pickle"}
+    pickler: Any = None
     if fmt == "pickle":
         options["weights"] = WEIGHTS_FILE
+        pickler = _pickler_for(model, options)
     with create(
         name,
         framework=FRAMEWORK,
@@ -102,10 +106,31 @@ def save_model(
                 warnings.simplefilter("ignore", DeprecationWarning)
                 torch.jit.save(model, str(path))
         else:
-            torch.save(model, path)
+            torch.save(model, path, pickle_module=pickler)
             torch.save(model.state_dict(), draft.path / WEIGHTS_FILE)
     assert draft.model is not None
     return draft.model
+
+
+def _pickler_for(model: Any, options: dict[str, Any]) -> Any:
+    """pickle, or cloudpickle when a module class lives in ``__main__`` (a script or
+    notebook), which plain pickle can only save by a name other processes lack."""
+    import pickle
+
+    if any(type(m).__module__ == "__main__" for m in model.modules()):
+        try:
+            import cloudpickle
+        except ImportError:
+            warnings.warn(
+                f"{type(model).__name__} is defined in __main__: only processes that run this same script "
+                "can load it. Move the class into a module, or pip install cloudpickle to save it by value.",
+                stacklevel=3,
+            )
+        else:
+            options["serializer"] = "cloudpickle"
+            return cloudpickle
+    options["serializer"] = "pickle"
+    return pickle
 
 
 def load_model(

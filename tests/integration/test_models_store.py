@@ -140,3 +140,37 @@ def test_concurrent_saves_of_one_name(home: Path, tmp_path: Path) -> None:
     assert list((home / "models" / ".tmp").iterdir()) == []
     with pytest.raises(ModelNotFound):
         shmserve.models.get("shared:19990101-000000-000000-0000")
+
+
+def test_torch_module_defined_in_main_loads_elsewhere(home: Path, tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("cloudpickle")
+    out = tmp_path / "expected.pt"
+    proc = _spawn(
+        f"""
+        import torch, shmserve
+
+        class Doubler(torch.nn.Module):          # lives in __main__: no other process can import it
+            def __init__(self):
+                super().__init__()
+                self.lin = torch.nn.Linear(3, 2)
+            def forward(self, x):
+                return 2 * self.lin(x)
+
+        torch.manual_seed(0)
+        m = Doubler()
+        stored = shmserve.pytorch.save_model("main_made", m)
+        assert stored.options["serializer"] == "cloudpickle", stored.options
+        with torch.no_grad():
+            torch.save(m(torch.ones(4, 3)), {str(out)!r})
+        """,
+        home,
+    )
+    try:
+        assert proc.wait(timeout=120) == 0, proc.stderr.read().decode() if proc.stderr else ""
+    finally:
+        _kill(proc)
+    loaded = shmserve.pytorch.load_model("main_made")
+    assert type(loaded).__name__ == "Doubler"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(torch.ones(4, 3)), torch.load(out, weights_only=True))

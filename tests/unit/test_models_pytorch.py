@@ -47,6 +47,7 @@ def test_save_load_pickle_format(home: Path) -> None:
     assert stored.framework == "pytorch"
     assert stored.info["framework"]["version"] == torch.__version__
     assert stored.options["format"] == "pickle" and stored.options["trusted_only"] is True
+    assert stored.options["serializer"] == "pickle"  # TwoHeads is importable: saved by reference
     x = torch.randn(5, 8)
     loaded = shmserve.pytorch.load_model("two_heads:latest")
     assert isinstance(loaded, TwoHeads)
