@@ -40,7 +40,7 @@ def register(subparsers: Any) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Entry point of ``shmserve serve``."""
-    from ..errors import ConfigError
+    from ..errors import ShmserveError
     from ..worker.serve import ServeOptions, serve
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s serve %(levelname)s %(name)s: %(message)s")
@@ -61,6 +61,6 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     try:
         return serve(options)
-    except ConfigError as exc:
-        logging.getLogger("shmserve.serve").error("%s", exc)
+    except ShmserveError as exc:  # configuration, name clashes, runners that cannot start
+        logging.getLogger("shmserve.serve").error("%s: %s", type(exc).__name__, exc)
         return 2

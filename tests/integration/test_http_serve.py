@@ -494,3 +494,12 @@ def test_concurrent_clients(server: Server) -> None:
     for t in threads:
         t.join(60)
     assert not errors, errors[0]
+
+
+def test_second_server_with_the_same_runner_names_fails_clearly(server: Server) -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HTTP_TEST_SUFFIX=server.suffix)
+    out = subprocess.run([sys.executable, "-m", "shmserve.cli", "serve", "http_test_service:svc", "--port", "0"],
+                         cwd=server.workdir, env=env, capture_output=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert b"RunnerNameClash" in out.stderr and b"already served by process" in out.stderr
+    assert post_json(server, "/predict", [[1, 2, 3]])[0] == 200  # the first server is untouched
