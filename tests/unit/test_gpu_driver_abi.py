@@ -273,7 +273,7 @@ def test_export_and_open_through_the_real_binding(drv, monkeypatch):
     assert ipc.collect_releases() == []  # marker not done in the fake until we say so
     assert ipc.stats()["pending_releases"] == 1
     st = ipc._state()
-    for (_item, (device, marker)) in list(st.pending._items):
+    for _item, (_device, marker) in list(st.pending._items):
         drv.lib.fake_event_set_done(marker)
     assert ipc.collect_releases() == [(os.getppid(), d["token"])]
     assert ipc.release(d["token"])
