@@ -47,7 +47,6 @@ from .shm.tensor import wrap
 COPY_RESULT_MAX = 64 * 1024  # results up to this size are copied out; larger ones are leased in place
 POLL_S = 0.1  # leader wake-up period: liveness checks of workers with calls in flight
 RECONNECT_EVERY_S = 0.05
-SPIN_S = float(os.environ.get("SHMSERVE_SPIN_US", "0")) / 1e6
 DEFAULT_SLOTS = 1024
 
 TraceHook = Callable[[str, str, dict[str, float]], None]
@@ -414,19 +413,7 @@ class RunnerClient:
 
     def _poll(self, timeout: float) -> None:
         """Wait up to `timeout` for results and deliver everything that arrived (reader only)."""
-        got = False
-        if SPIN_S:
-            # Spin briefly on the response heads: when the worker runs on another idle core this
-            # skips the futex sleep and wake-up on both sides.
-            end = time.perf_counter() + SPIN_S
-            links = [lk for lk in self.links if lk.live and lk.pending]
-            while not got and time.perf_counter() < end:
-                for lk in links:
-                    if lk.view.get(ring.H_RESP_HEAD) != lk.resp_tail:  # type: ignore[union-attr]
-                        got = True
-                        break
-        if not got:
-            got = self.reply.wait(timeout)
+        got = self.reply.wait(timeout)
         if got and self.reply.value():
             self.reply.drain()
         done: list[tuple[Pending, Any, BaseException | None]] = []

@@ -143,9 +143,7 @@ def layout(tensors: list[Tensor], base: int, align_to: int | None = None) -> tup
 
 def view(buf: Any, offset: int, nbytes: int, dtype_str: str, shape: tuple[int, ...]) -> np.ndarray:
     """A numpy view of `nbytes` at `offset` of `buf`."""
-    dt = numpy_dtype(dtype_str)
-    count = nbytes // dt.itemsize if dt.itemsize else 0
-    return np.frombuffer(buf, dtype=dt, count=count, offset=offset).reshape(shape)
+    return np.ndarray(shape, numpy_dtype(dtype_str), buf, offset)
 
 
 __all__ = [

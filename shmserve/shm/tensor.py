@@ -95,8 +95,17 @@ def _dtype_str(dtype: np.dtype, where: str) -> str:
     return dtype.newbyteorder("<").str if dtype.byteorder == ">" else dtype.str
 
 
+_DTYPES: dict[str, np.dtype] = {}
+
+
 def numpy_dtype(dtype_str: str) -> np.dtype:
-    return np.dtype(np.int16) if dtype_str == "bf16" else np.dtype(dtype_str)
+    """The numpy dtype for a header's dtype string (cached: this is on the hot path)."""
+    dt = _DTYPES.get(dtype_str)
+    if dt is None:
+        dt = np.dtype(np.int16) if dtype_str == "bf16" else np.dtype(dtype_str)
+        if len(_DTYPES) < 256:
+            _DTYPES[dtype_str] = dt
+    return dt
 
 
 def wrap(arr: np.ndarray, kind: int, dtype_str: str) -> Any:

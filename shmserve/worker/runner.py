@@ -148,7 +148,7 @@ class WorkerChannel:
             arena = v.resp_arena
             for (arr, _kind, dtype_str), off in zip(tensors, offsets):
                 dst = view(arena, base + off, arr.nbytes, dtype_str, arr.shape)
-                np.copyto(dst, arr, casting="no") if arr.dtype == dst.dtype else np.copyto(dst, arr)
+                np.copyto(dst, arr)
         if len(meta) > ring.META_INLINE_MAX and block is not None:
             v.resp_arena[base + meta_off : base + meta_off + len(meta)] = meta
         abs_offsets = [base + o for o in offsets]
@@ -206,6 +206,7 @@ class Dispatcher:
         ]
         self.channels: list[WorkerChannel] = []
         self.stopping = False
+        self.busy: dict[int, MethodSlot] = {}  # methods with queued calls, by index
 
     # -- intake ----------------------------------------------------------------
     def intake(self) -> None:
@@ -250,6 +251,7 @@ class Dispatcher:
         q = m.queues.get(key)
         if q is None:
             q = m.queues[key] = deque()
+            self.busy[m.index] = m
         q.append(req)
         if key is not None:
             m.policy.on_arrival(req.submit, req.items)
@@ -259,7 +261,7 @@ class Dispatcher:
     def step(self) -> float:
         """Run every batch that is due; return the time to re-decide at the latest."""
         wake = time.monotonic() + POLL_S
-        for m in self.methods:
+        for m in list(self.busy.values()):
             for key, q in list(m.queues.items()):
                 while q:
                     now = time.monotonic()
@@ -277,6 +279,8 @@ class Dispatcher:
                     self.intake()  # calls that arrived while the model ran join the next decision
                 if not q:
                     del m.queues[key]
+            if not m.queues:
+                self.busy.pop(m.index, None)
         self._flush()  # errors written during intake
         return wake
 
@@ -294,13 +298,14 @@ class Dispatcher:
                     else:
                         self._run(m, _take(q, m.max_batch_size), batched=True)
             m.queues.clear()
+        self.busy.clear()
         self._flush()
 
     # -- execution ---------------------------------------------------------------
     def _run(self, m: MethodSlot, batch: list[Request], batched: bool) -> None:
         t_batch = time.monotonic()
-        live = [r for r in batch if not r.deadline or r.deadline > t_batch]
-        if len(live) != len(batch):
+        if any(r.deadline and r.deadline <= t_batch for r in batch):
+            live = [r for r in batch if not r.deadline or r.deadline > t_batch]
             expired = [r for r in batch if r not in live]
             self._fail(expired, ring.ST_EXPIRED, "RunnerTimeout", "the call's deadline passed before it ran", "")
             batch = live
