@@ -278,3 +278,17 @@ def test_export_and_open_through_the_real_binding(drv, monkeypatch):
     assert ipc.collect_releases() == [(os.getppid(), d["token"])]
     assert ipc.release(d["token"])
     ipc._state().imports.close_all()
+
+
+def test_pin_arena_of_registers_the_whole_mapping_once(drv):
+    import mmap
+
+    with mmap.mmap(-1, 1 << 16) as m:
+        arena = np.frombuffer(memoryview(m), dtype=np.float32)
+        a = pinned.pin_arena_of(arena[64:128].reshape(8, 8))
+        b = pinned.pin_arena_of(arena[1024:2048])
+        assert a is b and a.size == 1 << 16 and drv.lib.fake_registered() == 1
+        assert pinned.pin_arena_of(np.zeros(8, dtype=np.float32)) is None
+        a.unregister()
+        assert drv.lib.fake_registered() == 0
+        del arena  # no export held by the region: the mapping closes normally

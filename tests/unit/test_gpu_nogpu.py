@@ -181,3 +181,13 @@ def test_root_buffer_finds_the_mapping_behind_a_batch_view():
     assert gpu.root_buffer(np.zeros(4)[1:]) is None
     raw = bytearray(64)
     assert gpu.root_buffer(np.frombuffer(raw, dtype=np.uint8)[4:]) is raw
+
+
+def test_cuda_array_interface_describes_strides_in_bytes():
+    from shmserve.gpu.frameworks import _CudaArray
+
+    owner = object()
+    holder = _CudaArray(0x1000, (4, 3), (1, 4), "<f4", 4, owner)
+    cai = holder.__cuda_array_interface__
+    assert cai["strides"] == (4, 16) and cai["shape"] == (4, 3) and cai["data"] == (0x1000, False)
+    assert cai["version"] == 3 and cai["typestr"] == "<f4" and holder.owner is owner
