@@ -31,6 +31,12 @@ class EchoRunnable(shmserve.Runnable):
         time.sleep(0.002)
         return np.full((x.shape[0],), x.shape[0], dtype=np.int64)
 
+    @shmserve.Runnable.method(batchable=True, batch_dim=0)
+    def batch_info(self, x: np.ndarray) -> np.ndarray:
+        """Per item: [batch size, 1 if the batch owns its memory (a gather copy) else 0]."""
+        time.sleep(0.002)
+        return np.tile(np.array([x.shape[0], int(x.flags.owndata)], np.int64), (x.shape[0], 1))
+
     @shmserve.Runnable.method(batchable=False)
     def describe(self, x: np.ndarray, tag: str = "") -> dict:
         return {"shape": list(x.shape), "tag": tag, "sum": float(x.sum())}

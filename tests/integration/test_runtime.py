@@ -123,6 +123,18 @@ def test_concurrent_calls_are_batched(echo):
     assert max(results) > 1, "no two concurrent calls were ever batched"
 
 
+def test_batch_of_adjacent_calls_is_a_view_not_a_copy(echo):
+    r, _ = echo
+
+    async def main():
+        return await asyncio.gather(*[r.batch_info.async_run(np.full((1, 8), i, np.float32)) for i in range(32)])
+
+    infos = np.concatenate(asyncio.run(main()))
+    batched = infos[infos[:, 0] > 1]
+    assert len(batched), "the 32 concurrent calls were never batched"
+    assert (batched[:, 1] == 0).all(), "calls adjacent in one arena were copied instead of viewed"
+
+
 def test_batches_count_items_and_split_back(echo):
     r, _ = echo
 
