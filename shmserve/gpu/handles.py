@@ -187,6 +187,7 @@ class Export:
     event: Any
     consumer_pid: int | None
     created: float
+    span: tuple[int, int] = (0, 0)  # absolute [lo, hi) device addresses the tensor covers
 
 
 class ReleaseTable:
@@ -200,11 +201,13 @@ class ReleaseTable:
 
     def add(
         self, obj: Any, mem_handle: bytes, base: int, alloc_size: int, device: int,
-        event: Any = None, consumer_pid: int | None = None,
+        event: Any = None, consumer_pid: int | None = None, span: tuple[int, int] = (0, 0),
     ) -> Export:
-        """Keep `obj` alive under a new token."""
+        """Keep `obj` alive under a new token; `span` is the address range it covers."""
         with self._lock:
-            entry = Export(next(self._tokens), obj, mem_handle, base, alloc_size, device, event, consumer_pid, self._clock())
+            entry = Export(
+                next(self._tokens), obj, mem_handle, base, alloc_size, device, event, consumer_pid, self._clock(), span
+            )
             self._entries[entry.token] = entry
         return entry
 
@@ -228,11 +231,16 @@ class ReleaseTable:
                 del self._entries[e.token]
         return dead
 
-    def find_by_handle(self, mem_handle: bytes) -> Export | None:
-        """Any live export of the allocation named by `mem_handle` (for hand-backs to ourselves)."""
+    def find_covering(self, mem_handle: bytes, lo: int, hi: int) -> Export | None:
+        """A live export in allocation `mem_handle` whose tensor covers bytes [lo, hi)
+        counted from the allocation base.
+
+        Used when our own memory comes back: the view must keep alive the
+        tensor it points into, not merely another tensor of the same block.
+        """
         with self._lock:
             for e in self._entries.values():
-                if e.mem_handle == mem_handle:
+                if e.mem_handle == mem_handle and e.span[0] - e.base <= lo and hi <= e.span[1] - e.base:
                     return e
         return None
 

@@ -33,7 +33,7 @@ from typing import Any
 
 from . import driver as _driver
 from .driver import CudaError, GpuUnavailable
-from .frameworks import current_stream, describe, empty, from_pointer, tensor_kind
+from .frameworks import DTYPES, byte_extent, current_stream, describe, empty, from_pointer, tensor_kind
 from .handles import DeviceHandle, ImportCache, PendingReleases, ReleaseTable
 
 
@@ -145,7 +145,10 @@ def export_handle(x: Any, *, consumer_pid: int | None = None) -> dict[str, Any]:
             ) from exc
     event = _pooled_event(st, drv, info.device)
     drv.event_record(event, current_stream(info.kind, info.device))
-    entry = st.exports.add(x, mem_handle, base, size, info.device, event=event, consumer_pid=consumer_pid)
+    lo, hi = byte_extent(info.shape, info.strides, info.itemsize)
+    entry = st.exports.add(
+        x, mem_handle, base, size, info.device, event=event, consumer_pid=consumer_pid, span=(info.ptr + lo, info.ptr + hi)
+    )
     return DeviceHandle(
         kind=info.kind,
         pid=owner_pid,
@@ -215,7 +218,8 @@ def open_handle(d: dict[str, Any] | DeviceHandle, *, copy: bool = False) -> Any:
         drv.stream_wait_event(stream, _event_for(st, drv, h.sender, h.event_handle))
     if h.pid == st.pid:
         # Our own memory coming back (e.g. a runner returned its input).
-        entry = st.exports.find_by_handle(h.mem_handle)
+        lo, hi = byte_extent(h.shape, h.strides, DTYPES[h.dtype][1])
+        entry = st.exports.find_covering(h.mem_handle, h.offset + lo, h.offset + hi)
         if entry is None:
             raise RuntimeError(
                 "a CUDA tensor came back whose memory this process no longer exports; "

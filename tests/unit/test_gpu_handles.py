@@ -107,9 +107,11 @@ def test_release_table_keeps_objects_until_released_and_sweeps_dead_consumers():
     table = ReleaseTable(clock=lambda: 1.0)
     a = table.add(object(), b"h" * 64, 0x1000, 4096, 0, event=11, consumer_pid=100)
     b = table.add(object(), b"h" * 64, 0x1000, 4096, 0, event=12)
-    c = table.add(object(), b"g" * 64, 0x9000, 4096, 0, event=13, consumer_pid=200)
+    c = table.add(object(), b"g" * 64, 0x9000, 4096, 0, event=13, consumer_pid=200, span=(0x9100, 0x9200))
     assert len({a.token, b.token, c.token}) == 3
-    assert table.find_by_handle(b"g" * 64) is c
+    assert table.find_covering(b"g" * 64, 0x100, 0x200) is c
+    assert table.find_covering(b"g" * 64, 0x100, 0x201) is None
+    assert table.find_covering(b"g" * 64, 0xFF, 0x180) is None
     table.claim(b.token, 100)
     dead = table.sweep(lambda pid: pid != 100)
     assert sorted(e.token for e in dead) == sorted([a.token, b.token])

@@ -232,6 +232,18 @@ def test_own_memory_handed_back_is_viewed_without_an_ipc_open(fake):
     assert view.owner is t  # the view alone keeps the tensor alive now
 
 
+def test_own_memory_coming_back_is_held_by_the_tensor_it_lies_in(fake):
+    a = FakeTensor(0x7000_0000)  # 4x8 float32 = 128 bytes each, one caching-allocator block
+    b = FakeTensor(0x7000_0000 + 128)
+    ipc.export_handle(a)
+    db = ipc.export_handle(b)
+    view = ipc.open_handle(db)
+    assert view.owner is b, "the view must keep alive the tensor it points into"
+    straddling = dict(db, offset=64)  # half in a, half in b: no single export covers it
+    with pytest.raises(RuntimeError, match="no longer exports"):
+        ipc.open_handle(straddling)
+
+
 def test_own_memory_released_too_early_is_reported(fake):
     d = ipc.export_handle(FakeTensor(0x7000_0000))
     ipc.release(d["token"])
