@@ -21,7 +21,8 @@ import socket
 import threading
 import time
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import orjson
@@ -42,7 +43,7 @@ from .shm.message import Tensor, decode_result, encode_call, layout, view
 from .shm.ring import BLOCK_FREE, MAX_TENSORS, META_INLINE_MAX, U64, ChannelLayout, RingAllocator
 from .shm.segment import Segment
 from .shm.signal import Signal
-from .shm.tensor import wrap
+from .shm.tensor import numpy_dtype, wrap
 
 COPY_RESULT_MAX = 64 * 1024  # results up to this size are copied out; larger ones are leased in place
 POLL_S = 0.1  # leader wake-up period: liveness checks of workers with calls in flight
@@ -476,16 +477,16 @@ class RunnerClient:
         v = link.view
         assert v is not None and link.segment is not None
         if not tmetas or block_len <= COPY_RESULT_MAX:
-            tensors = [wrap(np.array(view(v.resp_arena, t.offset, t.nbytes, t.dtype, t.shape)), t.kind, t.dtype)
+            tensors = [wrap(view(v.resp_arena, t.offset, t.nbytes, t.dtype, t.shape).copy(), t.kind, t.dtype)
                        for t in tmetas]
             _free_block(v, block_off, block_len)
             return decode_result(tensors, meta)
         # Lease the block: the arrays read it in place; it is freed when the last of them dies.
         base = v.layout.resp_arena + block_off
-        lease = (ctypes.c_char * block_len).from_buffer(link.segment.buf, base)
+        lease: Any = (ctypes.c_char * block_len).from_buffer(link.segment.buf, base)
         weakref.finalize(lease, _free_block_raw, v.resp_arena, block_off)
-        tensors = [wrap(np.frombuffer(lease, dtype=_np_dtype(t.dtype), count=_count(t), offset=t.offset - block_off)
-                        .reshape(t.shape), t.kind, t.dtype) for t in tmetas]
+        tensors = [wrap(np.ndarray(t.shape, numpy_dtype(t.dtype), lease, t.offset - block_off), t.kind, t.dtype)
+                   for t in tmetas]
         return decode_result(tensors, meta)
 
     def _deliver(self, done: list[tuple[Pending, Any, BaseException | None]]) -> None:
@@ -546,17 +547,6 @@ def _read_line(sock: socket.socket) -> bytes:
             raise RunnerUnavailable("the runner worker closed the connection during the handshake")
         buf += chunk
     return buf
-
-
-def _np_dtype(dtype_str: str) -> np.dtype:
-    from .shm.tensor import numpy_dtype
-
-    return numpy_dtype(dtype_str)
-
-
-def _count(t: Any) -> int:
-    size = _np_dtype(t.dtype).itemsize
-    return t.nbytes // size if size else 0
 
 
 def _free_block(v: ChannelView, block_off: int, block_len: int) -> None:

@@ -30,4 +30,4 @@ class LocalBackend:
         return self._method(method)(*args, **kwargs)
 
     def close(self) -> None:
-        self.instance = None
+        self.instance = None  # type: ignore[assignment]

@@ -101,7 +101,7 @@ def sweep() -> list[str]:
     Called at every start, so a run that was killed (SIGKILL, power loss of a
     container) leaves nothing behind for long. Returns the names removed.
     """
-    removed = []
+    removed: list[str] = []
     try:
         entries = list(DEV_SHM.iterdir())
     except OSError:

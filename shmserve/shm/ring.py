@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 MAGIC = 0x3130565253484D53  # b"SHMSRV01" little endian
 VERSION = 1

@@ -556,7 +556,8 @@ def main(spec: WorkerSpec) -> None:
 
 
 def _take(q: deque[Request], max_items: int) -> list[Request]:
-    batch, taken = [], 0
+    batch: list[Request] = []
+    taken = 0
     while q and (not batch or taken + q[0].items <= max_items):
         r = q.popleft()
         batch.append(r)

@@ -14,8 +14,9 @@ import multiprocessing as mp
 import os
 import threading
 import time
+from collections.abc import Iterable
 from multiprocessing.connection import Connection, wait
-from typing import Any, Iterable
+from typing import Any
 
 import orjson
 
