@@ -70,6 +70,16 @@ class HandoffRunnable(shmserve.Runnable):
         return {"handle": out, "owed": gpu.collect_releases(), "stats": gpu.stats()}
 
     @shmserve.Runnable.method(batchable=False)
+    def flush(self, releases: list) -> dict:
+        """Take back released tokens; report what we owe and what we still hold."""
+        import torch
+
+        for token in releases:
+            gpu.release(token)
+        torch.cuda.synchronize()
+        return {"owed": gpu.collect_releases(), "stats": gpu.stats()}
+
+    @shmserve.Runnable.method(batchable=False)
     def host(self, x: np.ndarray, op: str) -> np.ndarray:
         """The naive path: host bytes to the GPU, (op), back to host bytes."""
         import torch
@@ -140,19 +150,23 @@ class HandoffClient:
         self.last_stats = reply["stats"]
         return result
 
-    def drain(self, deadline_s: float = 10.0) -> dict[str, int]:
-        """Exchange releases until both sides hold no exports (or the deadline)."""
-        import torch
-
+    def drain(self, deadline_s: float = 10.0) -> dict[str, Any]:
+        """Exchange releases until neither side holds an export or a pending release."""
         end = time.monotonic() + deadline_s
-        probe = torch.zeros(1, device="cuda")
-        while time.monotonic() < end:
-            r = self.call(probe, "add1")
-            del r
+        while True:
+            reply = self.runner.flush.run(self.owed)
+            self.owed = []
+            for _sender, token in reply["owed"]:
+                gpu.release(token)
             _sync()
-            if self.last_stats["exports"] <= 1 and gpu.stats()["exports"] <= 1:
-                break
-        return {"worker": self.last_stats, "client": gpu.stats()}
+            self.owed = [token for _sender, token in gpu.collect_releases()]
+            mine = gpu.stats()
+            theirs = reply["stats"]
+            settled = not self.owed and not reply["owed"] and all(
+                s["exports"] == 0 and s["pending_releases"] == 0 for s in (mine, theirs)
+            )
+            if settled or time.monotonic() > end:
+                return {"worker": theirs, "client": mine, "settled": settled}
 
 
 def section_ipc(args: argparse.Namespace, out: dict[str, Any]) -> None:
@@ -212,7 +226,8 @@ def section_ipc(args: argparse.Namespace, out: dict[str, Any]) -> None:
         out["leak_calls"] = args.leak_calls
         out["leak_device_free_delta_MB"] = (free_before - free_after) / MB
         out["leak_client_allocated_delta_MB"] = (torch.cuda.memory_allocated() - alloc_before) / MB
-        out["leak_outstanding_exports"] = {"client": state["client"]["exports"], "worker": state["worker"]["exports"]}
+        out["leak_outstanding_exports"] = state["client"]["exports"] + state["worker"]["exports"]
+        out["leak_settled"] = state["settled"]
         out["leak_import_opens_worker"] = state["worker"]["import_opens"]
 
 
@@ -379,6 +394,8 @@ TARGETS = [
     ("ipc_speedup_256MB", ">=", 50.0, "IPC vs host copy at 256 MB"),
     ("pinned_speedup", ">=", 1.5, "pinned vs pageable H2D bandwidth"),
     ("e2e_ratio", ">=", 0.9, "shmserve vs in-process throughput"),
+    ("leak_outstanding_exports", "<=", 0, "exports left after the leak check (both sides)"),
+    ("leak_device_free_delta_MB", "<=", 16.0, "device memory lost over the leak check (MB)"),
 ]
 
 
