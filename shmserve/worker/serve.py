@@ -181,6 +181,7 @@ def serve(options: ServeOptions) -> int:
         _stop_workers(workers, options.http.graceful_timeout + 5.0)
         if handle is not None:
             handle.stop()
+        _sweep_dead()
         sock.close()
         signals.restore()
         log.info("stopped")
@@ -232,9 +233,23 @@ def _supervise(ctx: Any, workers: list[_APIWorker], sock: socket.socket, signals
                 log.error("API workers crashed %d times in %.0f s; giving up", len(restarts), RESTART_WINDOW_S)
                 return 1
             w.close()
+            _sweep_dead()  # the dead worker's client channels and semaphores
             workers[i] = _APIWorker(ctx, w.spec, sock)
             log.info("API worker %d: pid %s", w.spec.index, workers[i].process.pid)
     return 0
+
+
+def _sweep_dead() -> None:
+    """Remove shared memory left by processes that died without cleaning up (a killed API worker)."""
+    try:
+        from .. import registry
+
+        removed = registry.sweep()
+    except Exception:  # cleanup must never mask the real outcome
+        log.exception("sweeping shared memory of dead processes failed")
+        return
+    if removed:
+        log.info("removed %d shared-memory names left by dead processes", len(removed))
 
 
 def _stop_workers(workers: list[_APIWorker], timeout: float) -> None:
