@@ -58,26 +58,28 @@ class HandoffRunnable(shmserve.Runnable):
 
     SUPPORTED_RESOURCES = ("nvidia.com/gpu",)
 
-    @shmserve.Runnable.method(batchable=False)
-    def ipc(self, d: dict, op: str, releases: list) -> dict:
-        """Open `d`; return the input itself (op 'view') or input + 1 (op 'add1') by handle."""
-        for token in releases:
-            gpu.release(token)
-        x = gpu.open_handle(d)
-        y = x if op == "view" else x + 1
-        out = gpu.export_handle(y, consumer_pid=d["sender"])
-        del x, y
-        return {"handle": out, "owed": gpu.collect_releases(), "stats": gpu.stats()}
+    def __init__(self) -> None:
+        self.ledger = gpu.HandoffLedger()
 
     @shmserve.Runnable.method(batchable=False)
-    def flush(self, releases: list) -> dict:
+    def ipc(self, payload: dict, op: str, releases: list) -> dict:
+        """Open `payload`; return the input itself (op 'view') or input + 1 (op 'add1') by handle."""
+        self.ledger.take_back(releases)
+        x = self.ledger.decode(payload)
+        y = x if op == "view" else x + 1
+        client = payload["sender"]
+        out = self.ledger.encode(y, client)
+        del x, y
+        return {"handle": out, "releases": self.ledger.owed_to(client), "stats": gpu.stats(), "pid": os.getpid()}
+
+    @shmserve.Runnable.method(batchable=False)
+    def flush(self, releases: list, client: int) -> dict:
         """Take back released tokens; report what we owe and what we still hold."""
         import torch
 
-        for token in releases:
-            gpu.release(token)
+        self.ledger.take_back(releases)
         torch.cuda.synchronize()
-        return {"owed": gpu.collect_releases(), "stats": gpu.stats()}
+        return {"releases": self.ledger.owed_to(client), "stats": gpu.stats(), "pid": os.getpid()}
 
     @shmserve.Runnable.method(batchable=False)
     def host(self, x: np.ndarray, op: str) -> np.ndarray:
@@ -133,36 +135,31 @@ def _median_ms(samples: list[float]) -> float:
 
 
 class HandoffClient:
-    """The client half of the IPC protocol, done by hand until the transport carries handles."""
+    """The client half of the protocol through `HandoffLedger`, by hand until the transport carries handles."""
 
     def __init__(self, runner: Any) -> None:
         self.runner = runner
-        self.owed: list[int] = []  # worker tokens to hand back on the next call
+        self.ledger = gpu.HandoffLedger()
+        self.worker = 0  # learnt from the first reply
 
     def call(self, x: Any, op: str) -> Any:
-        d = gpu.export_handle(x)
-        reply = self.runner.ipc.run(d, op, self.owed)
-        self.owed = []
-        result = gpu.open_handle(reply["handle"])
-        for _sender, token in reply["owed"]:
-            gpu.release(token)  # the worker's views of our inputs are gone
-        self.owed = [token for _sender, token in gpu.collect_releases()]
-        self.last_stats = reply["stats"]
-        return result
+        payload = self.ledger.encode(x, self.worker or None)
+        owed = self.ledger.owed_to(self.worker) if self.worker else []
+        reply = self.runner.ipc.run(payload, op, owed)
+        self.worker = reply["pid"]
+        self.ledger.take_back(reply["releases"])
+        return self.ledger.decode(reply["handle"])
 
     def drain(self, deadline_s: float = 10.0) -> dict[str, Any]:
         """Exchange releases until neither side holds an export or a pending release."""
         end = time.monotonic() + deadline_s
         while True:
-            reply = self.runner.flush.run(self.owed)
-            self.owed = []
-            for _sender, token in reply["owed"]:
-                gpu.release(token)
             _sync()
-            self.owed = [token for _sender, token in gpu.collect_releases()]
-            mine = gpu.stats()
-            theirs = reply["stats"]
-            settled = not self.owed and not reply["owed"] and all(
+            reply = self.runner.flush.run(self.ledger.owed_to(self.worker), os.getpid())
+            self.ledger.take_back(reply["releases"])
+            _sync()
+            mine, theirs = gpu.stats(), reply["stats"]
+            settled = not reply["releases"] and not self.ledger.peers() and all(
                 s["exports"] == 0 and s["pending_releases"] == 0 for s in (mine, theirs)
             )
             if settled or time.monotonic() > end:

@@ -8,41 +8,33 @@ the host cannot provide it.
 Transport integration points (what the shared-memory transport calls)
 ----------------------------------------------------------------------
 
-Client, sending a call::
+One `HandoffLedger` per process does the protocol; per message::
 
-    if is_device_tensor(arg):
-        d = export_handle(arg, consumer_pid=worker_pid)   # JSON-able dict; put it in the
-                                                          # descriptor's non-tensor args
-    # d["token"] is kept with the request
+    # client sending a call / worker sending results
+    args = ledger.encode(args, peer_pid)           # device tensors -> JSON-able handle dicts
+    meta["releases"] = ledger.owed_to(peer_pid)    # peer's tokens we are done with
 
-Runner worker, receiving a batch::
+    # worker receiving a call / client receiving results
+    ledger.take_back(meta["releases"])             # release our tensors the peer is done with
+    args = ledger.decode(args)                     # handle dicts -> tensors, no copy
 
-    tensors = [open_handle(d) for d in handle_dicts]      # is_handle_dict(d) spots them
-    batch = coalesce(tensors, dim=input_dim)              # one device tensor (kernel or cat)
-    out = method(batch.tensor)
-    parts = batch.split(out, dim=output_dim)              # per-caller views, no copy
-    replies = [export_handle(p, consumer_pid=caller_pid) for p in parts]
-    del tensors, batch                                    # views of the inputs die here
+    # worker, between decode and encode, for a batchable method
+    batch = coalesce(tensors, dim=input_dim)       # one device tensor (gather kernel or cat)
+    parts = batch.split(method(batch.tensor), dim=output_dim)   # per-caller views
 
-Client, receiving the result::
+    sweep(); ledger.forget(pid)                    # when a peer process died
 
-    result = open_handle(reply)            # or open_handle(reply, copy=True)
-    release(token) for its input tokens    # AFTER opening the result (a runner
-                                           # may hand back a view of an input)
-
-Both sides, regularly (each call or each completion pass)::
-
-    for sender_pid, token in collect_releases():
-        send "release token" to sender_pid, which calls release(token)
-    sweep()                                # when a peer process died
+Underneath: `export_handle` / `open_handle` / `release` / `collect_releases`
+(see `shmserve.gpu.ipc`). A peer that sends nothing for a while still gets
+its releases if the transport sends `owed_to(pid)` on an idle timer.
 
 CPU tensors headed for a GPU model: the runner page-locks each arena once
 with `register_host(arena_buffer)` and moves batch views with
 `to_device(view, device)`; it unregisters before unmapping.
 
 Rules the transport must keep: spawn (never fork) processes once CUDA is
-initialised; release input tokens only after opening the results; a token is
-released to the process that sent the descriptor (`d["sender"]`).
+initialised; a token is released to the process that sent the descriptor
+(`d["sender"]`), which `HandoffLedger` does for you.
 """
 from __future__ import annotations
 
@@ -50,6 +42,7 @@ from .batch import DeviceBatch, coalesce, split
 from .driver import CudaError, GpuUnavailable, available
 from .handles import DeviceHandle, is_handle_dict
 from .ipc import claim, collect_releases, export_handle, is_device_tensor, open_handle, release, stats, sweep
+from .ledger import HandoffLedger
 from .pinned import PinnedRegion, is_pinned, pin_arena_of, register_host, root_buffer, to_device, unregister
 
 __all__ = [
@@ -57,6 +50,7 @@ __all__ = [
     "DeviceBatch",
     "DeviceHandle",
     "GpuUnavailable",
+    "HandoffLedger",
     "PinnedRegion",
     "available",
     "claim",

@@ -279,3 +279,29 @@ def test_a_gpu_this_process_cannot_see_is_named(fake):
 def test_empty_tensors_are_refused_with_advice(fake):
     with pytest.raises(ValueError, match="empty CUDA tensor"):
         ipc.export_handle(FakeTensor(0x7000_0000, shape=(0, 8)))
+
+
+def test_ledger_walks_values_and_routes_releases(fake, monkeypatch):
+    from shmserve.gpu.handles import is_handle_dict
+    from shmserve.gpu.ledger import HandoffLedger
+
+    monkeypatch.setattr(ipc, "is_device_tensor", lambda v: isinstance(v, FakeTensor))
+    ledger = HandoffLedger()
+    t1, t2 = FakeTensor(0x7000_0000), FakeTensor(0x9000_0000)
+    payload = ledger.encode((t1, {"mask": t2, "k": 3}, [1, "x"]), peer_pid=os.getppid())
+    assert is_handle_dict(payload[0]) and is_handle_dict(payload[1]["mask"])
+    assert payload[1]["k"] == 3 and payload[2] == [1, "x"]
+    assert ipc.stats()["exports"] == 2
+    # A peer's results arrive: decoding opens them; dropping them makes tokens owed.
+    incoming = [foreign_handle(fake, token=41), {"y": foreign_handle(fake, token=42, offset=4096)}]
+    opened = ledger.decode(incoming)
+    assert isinstance(opened[0], FakeView) and isinstance(opened[1]["y"], FakeView)
+    assert ledger.owed_to(os.getppid()) == []
+    del opened
+    gc.collect()
+    fake.finish_all()
+    assert ledger.peers() == [os.getppid()]
+    assert sorted(ledger.owed_to(os.getppid())) == [41, 42]
+    assert ledger.owed_to(os.getppid()) == []
+    ledger.take_back([payload[0]["token"], payload[1]["mask"]["token"]])
+    assert ipc.stats()["exports"] == 0
