@@ -13,8 +13,9 @@ runner exposes::
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, TypeVar, Union, overload
+from typing import Any, ClassVar, TypeVar, Union, overload
 
 from .errors import ConfigError
 

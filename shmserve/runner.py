@@ -7,16 +7,12 @@ A Runner is only configuration until it is bound to a backend:
 """
 from __future__ import annotations
 
-
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from .errors import ConfigError, RunnerNotStarted
 from .runnable import MethodSignature, Runnable
-
-if TYPE_CHECKING:
-    from .client import RunnerClient
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 

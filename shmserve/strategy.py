@@ -11,8 +11,8 @@ Follows BentoML's default strategy:
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from .errors import ConfigError
 from .runnable import Runnable
