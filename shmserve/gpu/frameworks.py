@@ -149,7 +149,10 @@ def from_pointer(
     mod = require(kind)
     holder = _CudaArray(ptr, shape, strides, typestr, itemsize, owner)
     if kind == "torch":
-        t = mod.as_tensor(holder, device=f"cuda:{device}")
+        # Older torch builds the tensor on the *current* device rather than the
+        # pointer's: make that the right one.
+        with mod.cuda.device(device):
+            t = mod.as_tensor(holder, device=f"cuda:{device}")
         return t.view(getattr(mod, dtype)) if dtype in NEEDS_VIEW else t
     if dtype in NEEDS_VIEW:
         raise ValueError(f"CuPy has no {dtype} dtype; receive it as a torch tensor instead")
