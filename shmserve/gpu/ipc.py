@@ -23,7 +23,6 @@ All state is per process and created on first use.
 """
 from __future__ import annotations
 
-import functools
 import os
 import sys
 import threading
@@ -59,8 +58,11 @@ class _State:
     uuids: dict[int, bytes] = field(default_factory=dict)
 
 
-@functools.lru_cache(maxsize=1)
-def _state_for(pid: int) -> _State:
+_STATES: dict[int, _State] = {}  # by pid, filled on first GPU use: a forked child starts empty
+_STATES_LOCK = threading.Lock()
+
+
+def _new_state(pid: int) -> _State:
     drv = _driver.load()
 
     def open_mem(handle: bytes, device: int) -> int:
@@ -85,7 +87,20 @@ def _marker_done(drv: _driver.Driver, marker: tuple[int, int]) -> bool:
 
 
 def _state() -> _State:
-    return _state_for(os.getpid())
+    """This process's state, created (loading the driver) on first use."""
+    pid = os.getpid()
+    st = _STATES.get(pid)
+    if st is None:
+        with _STATES_LOCK:
+            st = _STATES.get(pid)
+            if st is None:
+                st = _STATES[pid] = _new_state(pid)
+    return st
+
+
+def _existing() -> _State | None:
+    """This process's state if it ever used the GPU path, else None (no driver load)."""
+    return _STATES.get(os.getpid())
 
 
 def _uuid(st: _State, drv: _driver.Driver, device: int) -> bytes:
@@ -185,7 +200,9 @@ def release(token: int) -> bool:
 
     Idempotent; returns False for an unknown or already released token.
     """
-    st = _state()
+    st = _existing()
+    if st is None:
+        return False
     entry = st.exports.release(token)
     if entry is None:
         return False
@@ -196,7 +213,9 @@ def release(token: int) -> bool:
 
 def claim(token: int, consumer_pid: int) -> None:
     """Record the process that took exported tensor `token` (for `sweep`)."""
-    _state().exports.claim(token, consumer_pid)
+    st = _existing()
+    if st is not None:
+        st.exports.claim(token, consumer_pid)
 
 
 def open_handle(d: dict[str, Any] | DeviceHandle, *, copy: bool = False) -> Any:
@@ -290,9 +309,12 @@ def collect_releases() -> list[tuple[int, int]]:
 
     The transport sends each token back to its sender, which calls
     `release(token)`. Mappings whose last view is gone become idle here (and
-    are unmapped beyond the idle bound).
+    are unmapped beyond the idle bound). A no-op (empty list) in a process
+    that never used the GPU path, so transports may call it unconditionally.
     """
-    st = _state()
+    st = _existing()
+    if st is None:
+        return []
     out = []
     for sender, token, imported in st.pending.ready():
         if imported is not None:
@@ -309,9 +331,12 @@ def sweep() -> int:
     """Drop exports claimed by consumers that died, and mappings of producers that died.
 
     Returns how many exports were dropped. Call it when the supervisor
-    reports a dead worker, or periodically.
+    reports a dead worker, or periodically; a no-op in a process that never
+    used the GPU path.
     """
-    st = _state()
+    st = _existing()
+    if st is None:
+        return 0
     dead = st.exports.sweep(_pid_alive)
     with st.lock:
         for entry in dead:
@@ -327,7 +352,9 @@ def sweep() -> int:
 
 def stats() -> dict[str, int]:
     """Counts for leak checks and metrics: outstanding exports, mapped imports, pending releases."""
-    st = _state()
+    st = _existing()
+    if st is None:
+        return {"exports": 0, "imports": 0, "import_opens": 0, "pending_releases": 0, "pooled_events": 0}
     return {
         "exports": len(st.exports),
         "imports": len(st.imports),

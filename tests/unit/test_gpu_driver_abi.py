@@ -157,7 +157,7 @@ def fake_lib_path(tmp_path_factory) -> Path:
 def drv(fake_lib_path, monkeypatch):
     monkeypatch.setattr(driver_mod, "_LIB_NAMES", (str(fake_lib_path),))
     driver_mod._load_for_pid.cache_clear()
-    ipc._state_for.cache_clear()
+    ipc._STATES.clear()
     pinned._registry_for.cache_clear()
     d = driver_mod.load()
     fake = d.lib
@@ -169,7 +169,7 @@ def drv(fake_lib_path, monkeypatch):
         getattr(fake, name).argtypes = [ctypes.c_void_p]
     yield d
     driver_mod._load_for_pid.cache_clear()
-    ipc._state_for.cache_clear()
+    ipc._STATES.clear()
     pinned._registry_for.cache_clear()
 
 

@@ -133,9 +133,9 @@ def fake(monkeypatch):
     monkeypatch.setattr(
         ipc, "from_pointer", lambda kind, ptr, shape, strides, dtype, device, owner: FakeView(ptr, shape, strides, owner)
     )
-    ipc._state_for.cache_clear()
+    ipc._STATES.clear()
     yield drv
-    ipc._state_for.cache_clear()
+    ipc._STATES.clear()
 
 
 def foreign_handle(drv: FakeDriver, token: int = 5, pid: int | None = None, offset: int = 1024) -> dict[str, Any]:

@@ -191,3 +191,17 @@ def test_cuda_array_interface_describes_strides_in_bytes():
     cai = holder.__cuda_array_interface__
     assert cai["strides"] == (4, 16) and cai["shape"] == (4, 3) and cai["data"] == (0x1000, False)
     assert cai["version"] == 3 and cai["typestr"] == "<f4" and holder.owner is owner
+
+
+def test_release_paths_are_no_ops_where_the_gpu_was_never_used():
+    # A transport may call these on every message, GPU host or not.
+    from shmserve.gpu import ipc
+
+    ipc._STATES.pop(__import__("os").getpid(), None)
+    assert gpu.collect_releases() == [] and gpu.sweep() == 0 and gpu.release(123) is False
+    gpu.claim(1, 2)
+    assert gpu.stats()["exports"] == 0
+    ledger = gpu.HandoffLedger()
+    assert ledger.owed_to(1) == [] and ledger.peers() == []
+    assert ledger.encode((np.zeros(2), {"a": 1}), 5)[1] == {"a": 1}
+    assert ledger.decode([1, {"b": "x"}]) == [1, {"b": "x"}]
