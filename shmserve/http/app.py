@@ -19,7 +19,7 @@ import orjson
 
 from ..errors import RunnerError, ShmserveError
 from ..service import API, Service
-from .metrics import Metrics
+from .metrics import Metrics, MetricsExchange
 from .openapi import build_openapi
 from .protocol import HttpProtocol, Request
 from .router import Router
@@ -62,6 +62,8 @@ class App:
         executor: thread pool for plain-function APIs.
         version: shown in the OpenAPI document.
         ready: readiness probe; defaults to every runner being `runner_ready`.
+        metrics_dir: folder shared with the other API workers of this server, so that
+            ``/metrics`` shows all of them (see `shmserve.http.metrics`).
     """
 
     def __init__(
@@ -70,11 +72,13 @@ class App:
         executor: Executor | None = None,
         version: str = "",
         ready: Callable[[], tuple[bool, str]] | None = None,
+        metrics_dir: str | None = None,
     ) -> None:
         self.service = service
         self.executor = executor
         self.in_flight = 0
-        self.metrics = Metrics(service.name, lambda: self.in_flight)
+        exchange = MetricsExchange(metrics_dir) if metrics_dir else None
+        self.metrics = Metrics(service.name, lambda: self.in_flight, exchange)
         self._ready = ready or self._runners_ready
         self._openapi = orjson.dumps(build_openapi(service, version))
         self.router = Router(service, {

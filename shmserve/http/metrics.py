@@ -2,9 +2,14 @@
 
 The hot path only bumps plain Python counters (a list index and two adds per
 request); prometheus-client turns them into its text format when ``/metrics``
-is scraped. Each API worker process keeps its own numbers, and a scrape is
-answered by whichever worker accepted the connection: label-free sums across
-workers need a scrape per worker (or ``--api-workers 1``).
+is scraped.
+
+Several API workers share one port, so a scrape reaches whichever worker
+accepted the connection. To still show the whole server, each worker writes a
+snapshot of its numbers to a shared folder once a second (`MetricsExchange`),
+and a scrape sums the answering worker's live numbers with its peers'
+snapshots (at most about a second old). Snapshots of workers that died stay
+in the sum, so counters keep rising across API worker restarts.
 
 Metrics:
 
@@ -24,20 +29,25 @@ The runner histograms are fed by ``shmserve.client.add_trace_hook``.
 """
 from __future__ import annotations
 
+import os
 import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
+import orjson
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-__all__ = ["Histogram", "Metrics", "LATENCY_BUCKETS", "BATCH_BUCKETS"]
+__all__ = ["Histogram", "Metrics", "MetricsExchange", "LATENCY_BUCKETS", "BATCH_BUCKETS"]
 
 LATENCY_BUCKETS: tuple[float, ...] = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )
 BATCH_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+# batch size, queue wait, compute, call round trip
+_RUNNER_BOUNDS = (BATCH_BUCKETS, LATENCY_BUCKETS, LATENCY_BUCKETS, LATENCY_BUCKETS)
 
 
 class Histogram:
@@ -67,6 +77,28 @@ class Histogram:
         out.append(("+Inf", acc + self.counts[-1]))
         return out
 
+    def snapshot(self) -> list[Any]:
+        """Plain data for `MetricsExchange`: ``[counts, sum]``."""
+        return [list(self.counts), self.sum]
+
+    def add(self, snap: list[Any]) -> None:
+        """Add a peer's `snapshot()` (same bounds) into this histogram."""
+        counts, total = snap
+        if len(counts) != len(self.counts):
+            return  # another version's bucket layout: skip rather than mis-add
+        for i, n in enumerate(counts):
+            self.counts[i] += n
+        self.sum += total
+        self.count += sum(counts)
+
+    def copy(self) -> "Histogram":
+        """An independent copy."""
+        h = Histogram(self.bounds)
+        h.counts = list(self.counts)
+        h.sum = self.sum
+        h.count = self.count
+        return h
+
 
 def _fmt(bound: float) -> str:
     return str(int(bound)) if float(bound).is_integer() and bound >= 1 else repr(float(bound))
@@ -75,11 +107,14 @@ def _fmt(bound: float) -> str:
 class Metrics:
     """Request and runner metrics of this process; `render()` gives the Prometheus text."""
 
-    def __init__(self, service: str, in_flight: Callable[[], int] = lambda: 0) -> None:
+    def __init__(
+        self, service: str, in_flight: Callable[[], int] = lambda: 0, exchange: "MetricsExchange | None" = None
+    ) -> None:
         self.service = service
         self._in_flight = in_flight
+        self.exchange = exchange
         self._requests: dict[tuple[str, int], Histogram] = {}
-        self._runner: dict[tuple[str, str], tuple[Histogram, Histogram, Histogram, Histogram]] = {}
+        self._runner: dict[tuple[str, str], tuple[Histogram, ...]] = {}
         self._runner_lock = threading.Lock()  # the trace hook may run on a transport thread
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)  # type: ignore[arg-type]
@@ -106,12 +141,8 @@ class Metrics:
         with self._runner_lock:
             hs = self._runner.get(key)
             if hs is None:
-                hs = self._runner[key] = (
-                    Histogram(BATCH_BUCKETS),
-                    Histogram(LATENCY_BUCKETS),
-                    Histogram(LATENCY_BUCKETS),
-                    Histogram(LATENCY_BUCKETS),
-                )
+                hs = tuple(Histogram(b) for b in _RUNNER_BOUNDS)
+                self._runner[key] = hs
             batch, wait, compute, call = hs
             size = trace.get("batch_size")
             if size is not None:
@@ -128,19 +159,59 @@ class Metrics:
                 call.observe(max(0.0, complete - submit))
 
     # -- prometheus-client collector protocol -----------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """This process's numbers as plain data (for `MetricsExchange`)."""
+        with self._runner_lock:
+            runner = [[r, m, [h.snapshot() for h in hs]] for (r, m), hs in self._runner.items()]
+        return {
+            "requests": [[api, status, h.snapshot()] for (api, status), h in list(self._requests.items())],
+            "runner": runner,
+            "in_flight": self._in_flight(),
+        }
+
+    def publish(self) -> None:
+        """Write this process's snapshot for its peers (called once a second)."""
+        if self.exchange is not None:
+            self.exchange.publish(self.snapshot())
+
+    def _merged(self) -> tuple[dict[tuple[str, int], Histogram], dict[tuple[str, str], list[Histogram]], int]:
+        requests = {k: h.copy() for k, h in list(self._requests.items())}
+        with self._runner_lock:
+            runner = {k: [h.copy() for h in hs] for k, hs in self._runner.items()}
+        in_flight = self._in_flight()
+        if self.exchange is None:
+            return requests, runner, in_flight
+        for snap, live in self.exchange.peers():
+            for api, status, hsnap in snap.get("requests", ()):
+                key = (api, int(status))
+                h = requests.get(key)
+                if h is None:
+                    h = requests[key] = Histogram(LATENCY_BUCKETS)
+                h.add(hsnap)
+            for name, method, hsnaps in snap.get("runner", ()):
+                hs = runner.get((name, method))
+                if hs is None:
+                    hs = runner[(name, method)] = [Histogram(b) for b in _RUNNER_BOUNDS]
+                for h, hsnap in zip(hs, hsnaps, strict=False):
+                    h.add(hsnap)
+            if live:
+                in_flight += int(snap.get("in_flight", 0))
+        return requests, runner, in_flight
+
     def collect(self) -> Iterator[Any]:
         """Yield metric families (called by the registry at scrape time)."""
+        requests, runner_hists, in_flight = self._merged()
         total = CounterMetricFamily("shmserve_http_requests", "HTTP responses sent, per API and status.",
                                     labels=["api", "status"])
         dur = HistogramMetricFamily("shmserve_http_request_duration_seconds",
                                     "Time from dispatch to response, per API and status.", labels=["api", "status"])
-        for (api, status), h in sorted(self._requests.items()):
+        for (api, status), h in sorted(requests.items()):
             labels = [api, str(status)]
             total.add_metric(labels, h.count)
             dur.add_metric(labels, h.buckets(), h.sum)
         yield total
         yield dur
-        yield GaugeMetricFamily("shmserve_http_in_flight_requests", "API calls being served now.", value=self._in_flight())
+        yield GaugeMetricFamily("shmserve_http_in_flight_requests", "API calls being served now.", value=in_flight)
         families = (
             HistogramMetricFamily("shmserve_runner_batch_size", "Size of the batch that served each runner call.",
                                   labels=["runner", "method"]),
@@ -152,12 +223,61 @@ class Metrics:
             HistogramMetricFamily("shmserve_runner_call_seconds", "Runner call round trip seen by this process.",
                                   labels=["runner", "method"]),
         )
-        with self._runner_lock:
-            for (runner, method), hs in sorted(self._runner.items()):
-                for fam, h in zip(families, hs, strict=True):
-                    fam.add_metric([runner, method], h.buckets(), h.sum)
+        for (runner, method), hs in sorted(runner_hists.items()):
+            for fam, h in zip(families, hs, strict=True):
+                fam.add_metric([runner, method], h.buckets(), h.sum)
         yield from families
 
     def render(self) -> bytes:
         """The Prometheus text exposition of this process's metrics."""
         return generate_latest(self.registry)
+
+
+class MetricsExchange:
+    """Snapshot files of the API workers of one server, in a folder the supervisor owns.
+
+    Each worker writes ``<dir>/worker-<pid>.json`` (atomically: temp file, then
+    rename). `peers()` reads every other worker's file.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], pid: int | None = None) -> None:
+        self.directory = Path(directory)
+        self.pid = os.getpid() if pid is None else pid
+        self.path = self.directory / f"worker-{self.pid}.json"
+
+    def publish(self, snapshot: dict[str, Any]) -> None:
+        """Replace this worker's snapshot file."""
+        tmp = self.path.with_suffix(".tmp")
+        try:
+            tmp.write_bytes(orjson.dumps(snapshot))
+            os.replace(tmp, self.path)
+        except OSError:
+            pass  # the folder went away (shutdown): nothing to share any more
+
+    def peers(self) -> list[tuple[dict[str, Any], bool]]:
+        """``(snapshot, alive)`` of every other worker that published one."""
+        out: list[tuple[dict[str, Any], bool]] = []
+        try:
+            paths = list(self.directory.glob("worker-*.json"))
+        except OSError:
+            return out
+        for path in paths:
+            if path == self.path:
+                continue
+            try:
+                pid = int(path.stem.split("-", 1)[1])
+                snap = orjson.loads(path.read_bytes())
+            except (OSError, ValueError):
+                continue
+            out.append((snap, _pid_alive(pid)))
+        return out
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -50,6 +50,7 @@ class HttpServer:
 
     def _tick(self) -> None:
         self.state.tick()
+        self.app.metrics.publish()
         assert self._loop is not None
         self._ticker = self._loop.call_later(1.0, self._tick)
 
@@ -69,6 +70,7 @@ class HttpServer:
                 task.cancel()
         if self._ticker is not None:
             self._ticker.cancel()
+        self.app.metrics.publish()  # final numbers, kept by the peers' sums
         if self._server is not None:
             try:
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)

@@ -44,6 +44,8 @@ class APIWorkerSpec:
     attach_timeout: float = 30.0
     log_level: str = "INFO"
     http: HttpConfig = field(default_factory=HttpConfig)
+    #: folder where API workers share metric snapshots (None: each reports only itself)
+    metrics_dir: str | None = None
 
 
 def bind_runners(runners: Iterable[Any], local: bool, timeout: float = 30.0) -> None:
@@ -109,7 +111,7 @@ def run_api_worker(spec: APIWorkerSpec, sock: socket.socket, status: Connection)
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     executor = ThreadPoolExecutor(max_workers=spec.threads, thread_name_prefix="shmserve-api")
-    app = App(svc, executor=executor, version=__version__)
+    app = App(svc, executor=executor, version=__version__, metrics_dir=spec.metrics_dir)
     if not _add_trace_hook(app.metrics.on_trace):
         log.debug("no shmserve.client trace hook: runner metrics stay empty")
     server = HttpServer(app, spec.http)

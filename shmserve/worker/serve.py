@@ -16,9 +16,11 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import wait
@@ -151,9 +153,10 @@ def serve(options: ServeOptions) -> int:
     sock = _listen(options.host, options.port, options.http.backlog)
     port = sock.getsockname()[1]
     ctx = mp.get_context("spawn")
+    metrics_dir = tempfile.mkdtemp(prefix="shmserve-metrics-")
     base = APIWorkerSpec(service=options.service, cwd=cwd, local_runners=options.local_runners,
                          threads=options.threads, log_level=options.log_level, http=options.http,
-                         attach_timeout=options.startup_timeout)
+                         attach_timeout=options.startup_timeout, metrics_dir=metrics_dir)
     workers: list[_APIWorker] = []
     handle: Any = None
     code = 0
@@ -182,6 +185,7 @@ def serve(options: ServeOptions) -> int:
         if handle is not None:
             handle.stop()
         _sweep_dead()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
         sock.close()
         signals.restore()
         log.info("stopped")

@@ -503,3 +503,22 @@ def test_second_server_with_the_same_runner_names_fails_clearly(server: Server) 
     assert out.returncode == 2, out.stderr
     assert b"RunnerNameClash" in out.stderr and b"already served by process" in out.stderr
     assert post_json(server, "/predict", [[1, 2, 3]])[0] == 200  # the first server is untouched
+
+
+def test_metrics_sum_every_api_worker(server: Server) -> None:
+    def total() -> int:
+        text = call(server, "GET", "/metrics")[2].decode()
+        m = re.search(r'shmserve_http_requests_total\{api="info",status="200"\} (\S+)', text)
+        return int(float(m.group(1))) if m else 0
+
+    before = total()
+    pids: dict[int, int] = {}
+    sent = 0
+    while sent < 20 or (len(pids) < 2 and sent < 500):  # separate connections, until both workers served some
+        status, _, out = post_json(server, "/info", {})
+        assert status == 200
+        pids[out["pid"]] = pids.get(out["pid"], 0) + 1
+        sent += 1
+    assert len(pids) == 2, "the kernel gave every connection to one API worker"
+    # Each scrape sums the answering worker with the others' snapshots (refreshed once a second).
+    wait_until(lambda: total() - before == sent, 10, f"the /metrics sum over both API workers ({pids})")

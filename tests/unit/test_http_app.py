@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -313,3 +314,27 @@ def test_openapi_document_describes_apis_and_headers() -> None:
     assert doc["info"] == {"title": "test_svc", "version": "1.2", "description": "shmserve service 'test_svc'"}
     assert {"/livez", "/readyz", "/metrics", "/docs.json"} <= set(doc["paths"])
     orjson.dumps(doc)  # serializable
+
+
+def test_metrics_exchange_sums_peer_workers_and_keeps_dead_ones(tmp_path) -> None:
+    from shmserve.http.metrics import Metrics, MetricsExchange
+
+    me = Metrics("svc", lambda: 1, MetricsExchange(tmp_path, pid=os.getpid()))
+    peer = Metrics("svc", lambda: 5, MetricsExchange(tmp_path, pid=2**22 + 12345))  # no such pid: a dead worker
+    me.observe_request("predict", 200, 0.001)
+    for _ in range(3):
+        peer.observe_request("predict", 200, 0.002)
+    peer.observe_request("predict", 503, 0.0)
+    peer.on_trace("r", "predict", {"submit": 1.0, "model_start": 1.001, "model_end": 1.002, "complete": 1.003,
+                                   "batch_size": 4})
+    peer.publish()
+    me.publish()
+    text = me.render().decode()
+    assert 'shmserve_http_requests_total{api="predict",status="200"} 4.0' in text
+    assert 'shmserve_http_requests_total{api="predict",status="503"} 1.0' in text
+    assert 'shmserve_runner_batch_size_count{method="predict",runner="r"} 1.0' in text
+    assert "shmserve_http_in_flight_requests 1.0" in text  # the dead peer's in-flight is not counted
+    # The peer's own view sums ours too (and our pid is alive, so our in-flight counts).
+    text = peer.render().decode()
+    assert 'shmserve_http_requests_total{api="predict",status="200"} 4.0' in text
+    assert "shmserve_http_in_flight_requests 6.0" in text
