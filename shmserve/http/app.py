@@ -139,7 +139,6 @@ class App:
                 else:
                     fut = asyncio.get_running_loop().run_in_executor(self.executor, api.func, value)
                     result = await (fut if api.timeout is None else asyncio.wait_for(fut, api.timeout))
-                ctype, body, extra = api.output.encode(result, request.headers.get(b"accept", b""))
             except asyncio.CancelledError:
                 # The client went away; nothing to answer.
                 self.metrics.observe_request(api.name, 499, time.perf_counter() - start)
@@ -158,6 +157,13 @@ class App:
                 return
         finally:
             self.in_flight -= 1
+        try:
+            ctype, body, extra = api.output.encode(result, request.headers.get(b"accept", b""))
+        except Exception as exc:  # the API returned something its output descriptor cannot write
+            log.exception("API %r: encoding the result failed", api.name)
+            self._fail(conn, api, start, 500, RuntimeError(
+                f"API {api.name!r} returned a {type(result).__name__} that {api.output!r} cannot encode: {exc}"))
+            return
         self._ok_hist[api.name].observe(time.perf_counter() - start)
         conn.reply(200, ctype, body, extra)
 

@@ -70,6 +70,10 @@ def build_service() -> tuple[shmserve.Service, list[shmserve.Runner], dict]:
         }
         raise errors[body["kind"]]
 
+    @svc.api(input=JSON(), output=NumpyNdarray())
+    async def unencodable(body: object) -> object:
+        return np.array([{"a": 1}], dtype=object)
+
     @svc.api(input=JSON(), output=JSON(), timeout=0.05)
     async def slow(body: object) -> None:
         await asyncio.sleep(5)
@@ -189,6 +193,7 @@ def test_text_api_on_a_custom_route(h: Harness) -> None:
     (post(b"/fail", b'{"kind": "large"}'), 413, "TensorTooLarge"),
     (post(b"/fail", b'{"kind": "bug"}'), 500, "ZeroDivisionError"),
     (post(b"/slow", b"{}"), 504, "TimeoutError"),
+    (post(b"/unencodable", b"{}", b"Accept: application/x-npy\r\n"), 500, "RuntimeError"),
 ])
 def test_errors_are_json_with_the_mapped_status(h: Harness, raw: bytes, status: int, error: str) -> None:
     (got_status, headers, body), = h.exchange(raw)
