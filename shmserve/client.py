@@ -198,6 +198,7 @@ class RunnerClient:
         self._closed = False
         self._thread: threading.Thread | None = None
         self._last_check = 0.0
+        self._gpu: Any = None  # shmserve.gpu.HandoffLedger, created when a CUDA tensor first crosses
         self.links = [WorkerLink(self, w["index"], w["socket"]) for w in record["workers"]]
         self.methods: dict[str, Any] = {}
         deadline = time.monotonic() + connect_timeout
@@ -248,6 +249,11 @@ class RunnerClient:
         link.pending.clear()
         self._inflight -= len(failed)
         err = RunnerUnavailable(f"runner {self.name!r} worker {link.index} (pid {link.worker_pid}) {why}")
+        if self._gpu is not None:
+            from .gpu import sweep
+
+            sweep()  # drop CUDA exports the dead worker held
+            self._gpu.forget(link.worker_pid)
         link.close()
         return [(p, None, err) for p in failed]
 
@@ -263,7 +269,14 @@ class RunnerClient:
         if self._closed:
             raise RunnerUnavailable(f"the client of runner {self.name!r} is closed")
         index = self._method_index(method)
-        tensors, meta = encode_call(args, kwargs)
+        hint: WorkerLink | None = None
+        releases = None
+        if self._gpu is not None:
+            # CUDA hand-offs the chosen worker gave us and we no longer use ride back on this call.
+            with self._lock:
+                hint = self._pick_link()
+            releases = self._gpu.owed_to(hint.worker_pid) or None
+        tensors, meta = encode_call(args, kwargs, self._device, releases)
         if len(tensors) > MAX_TENSORS:
             raise InvalidInput(f"a call carries at most {MAX_TENSORS} tensor arguments, got {len(tensors)}")
         offsets, end = layout(tensors, 0)
@@ -285,7 +298,7 @@ class RunnerClient:
                         f"runner {self.name!r} has {self._inflight} calls in flight from this process "
                         f"(max_queue_size {self.max_queue_size}); retry later"
                     )
-                link = self._pick_link()
+                link = hint if hint is not None and hint.live else self._pick_link()
                 if len(link.pending) < self.slots:
                     block = link.requests.alloc(nbytes, align)  # type: ignore[union-attr]
                     if block is not None:
@@ -294,6 +307,14 @@ class RunnerClient:
             if not block_for_space or time.monotonic() > space_deadline:
                 raise RunnerOverloaded(f"the shared-memory arena of runner {self.name!r} stayed full; retry later")
             self._wait_for_space()
+
+    def _device(self) -> Any:
+        """The CUDA hand-off ledger of this client (imports shmserve.gpu on first use)."""
+        if self._gpu is None:
+            from .gpu import HandoffLedger
+
+            self._gpu = HandoffLedger()
+        return self._gpu
 
     def _publish(self, link: WorkerLink, index: int, method: str, tensors: list[Tensor], offsets: list[int],
                  meta: bytes, meta_off: int, block: list[int], deadline: float) -> Pending:
@@ -480,14 +501,14 @@ class RunnerClient:
             tensors = [wrap(view(v.resp_arena, t.offset, t.nbytes, t.dtype, t.shape).copy(), t.kind, t.dtype)
                        for t in tmetas]
             _free_block(v, block_off, block_len)
-            return decode_result(tensors, meta)
+            return decode_result(tensors, meta, self._device)
         # Lease the block: the arrays read it in place; it is freed when the last of them dies.
         base = v.layout.resp_arena + block_off
         lease: Any = (ctypes.c_char * block_len).from_buffer(link.segment.buf, base)
         weakref.finalize(lease, _free_block_raw, v.resp_arena, block_off)
         tensors = [wrap(np.ndarray(t.shape, numpy_dtype(t.dtype), lease, t.offset - block_off), t.kind, t.dtype)
                    for t in tmetas]
-        return decode_result(tensors, meta)
+        return decode_result(tensors, meta, self._device)
 
     def _deliver(self, done: list[tuple[Pending, Any, BaseException | None]]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]] = {}

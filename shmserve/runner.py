@@ -81,6 +81,9 @@ class Runner:
             per client process and worker).
         max_queue_size: most calls one client process may have in flight;
             beyond it calls fail at once with RunnerOverloaded.
+        gpus: GPU ids for this runner's workers (one worker per id unless
+            `workers` says otherwise); default: every visible GPU when the
+            Runnable declares ``"nvidia.com/gpu"``.
     """
 
     def __init__(
@@ -95,6 +98,7 @@ class Runner:
         workers: int | None = None,
         arena_mb: int = DEFAULT_ARENA_MB,
         max_queue_size: int = 1024,
+        gpus: list[str] | None = None,
     ) -> None:
         if not (isinstance(runnable_class, type) and issubclass(runnable_class, Runnable)):
             raise ConfigError(f"Runner needs a shmserve.Runnable subclass, got {runnable_class!r}")
@@ -120,6 +124,7 @@ class Runner:
         self.workers = workers
         self.arena_mb = int(arena_mb)
         self.max_queue_size = min(int(max_queue_size), 1024)
+        self.gpus = [str(g) for g in gpus] if gpus is not None else None
         method_configs = dict(method_configs or {})
         unknown = set(method_configs) - set(runnable_class.methods)
         if unknown:

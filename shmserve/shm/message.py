@@ -8,13 +8,18 @@ inside a list or dict is refused.
 
 Call metadata: ``{"a": [spec, ...], "k": {name: spec}}``; empty when the call
 is exactly one positional tensor (the hot path).
-Result metadata: a spec. A spec is ``{"T": i}`` (tensor i), ``{"v": value}``,
+Result metadata: ``{"s": spec}``.
+A spec is ``{"T": i}`` (shared-memory tensor i), ``{"G": handle}`` (a CUDA
+tensor sent as an IPC handle, see `shmserve.gpu`), ``{"v": value}``,
 ``{"t": [spec, ...]}`` (tuple), ``{"l": [spec, ...]}`` (list) or
-``{"d": {key: spec}}`` (dict holding tensors).
+``{"d": {key: spec}}`` (dict holding tensors). Either side may add
+``"r": [token, ...]``: CUDA hand-offs of the peer it no longer uses.
 """
 from __future__ import annotations
 
-from typing import Any
+import sys
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
@@ -22,11 +27,35 @@ import orjson
 from ..errors import InvalidInput
 from .tensor import KIND_NUMPY, as_array, is_torch_tensor, numpy_dtype, wrap
 
+_NO_GPU = "CUDA tensors need the GPU transport, which this process could not load"
+
 Tensor = tuple[np.ndarray, int, str]  # (array, kind, dtype string)
 
 
+class DeviceCodec(Protocol):
+    """What carries CUDA tensors: `shmserve.gpu.HandoffLedger`."""
+
+    def encode(self, value: Any, peer_pid: int | None = None) -> Any: ...
+
+    def decode(self, value: Any, copy: bool = False) -> Any: ...
+
+    def take_back(self, tokens: list[int]) -> None: ...
+
+
+DeviceGetter = Callable[[], DeviceCodec]
+
+
+def is_device_tensor(x: Any) -> bool:
+    """A torch CUDA tensor or a CuPy array (without importing either)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        return x.device.type == "cuda"
+    cupy = sys.modules.get("cupy")
+    return cupy is not None and isinstance(x, cupy.ndarray)
+
+
 def _is_tensor(x: Any) -> bool:
-    return isinstance(x, np.ndarray) or is_torch_tensor(x)
+    return isinstance(x, np.ndarray) or is_torch_tensor(x) or is_device_tensor(x)
 
 
 _NESTED = "tensors are accepted only as top-level arguments or results, not nested in containers"
@@ -49,47 +78,84 @@ def dumps(value: Any, where: str) -> bytes:
         raise InvalidInput(f"{where}: {exc}") from None
 
 
-def encode_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Tensor], bytes]:
-    """Split a call into tensors and metadata."""
-    if len(args) == 1 and not kwargs and isinstance(args[0], np.ndarray):
+def encode_call(
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    device: DeviceGetter | None = None,
+    releases: list[int] | None = None,
+) -> tuple[list[Tensor], bytes]:
+    """Split a call into tensors and metadata.
+
+    `device` supplies the codec for CUDA tensors (created on first use);
+    `releases` are hand-off tokens to return to the peer.
+    """
+    if len(args) == 1 and not kwargs and not releases and isinstance(args[0], np.ndarray):
         return [as_array(args[0], "argument 0")], b""
     tensors: list[Tensor] = []
 
     def spec(value: Any, where: str) -> dict[str, Any]:
         if _is_tensor(value):
+            if is_device_tensor(value):
+                if device is None:
+                    raise InvalidInput(f"{where}: {_NO_GPU}")
+                return {"G": device().encode(value)}
             tensors.append(as_array(value, where))
             return {"T": len(tensors) - 1}
         return {"v": value}
 
-    meta = {
+    meta: dict[str, Any] = {
         "a": [spec(v, f"argument {i}") for i, v in enumerate(args)],
         "k": {k: spec(v, f"argument {k!r}") for k, v in kwargs.items()},
     }
+    if releases:
+        meta["r"] = releases
     return tensors, dumps(meta, "call")
 
 
-def decode_call(tensors: list[Any], meta: bytes) -> tuple[list[Any], dict[str, Any]]:
+def decode_call(
+    tensors: list[Any], meta: bytes, device: DeviceGetter | None = None
+) -> tuple[list[Any], dict[str, Any]]:
     """Rebuild (args, kwargs) from decoded tensors and call metadata."""
     if not meta:
         return list(tensors), {}
     m = orjson.loads(meta)
-    return [_value(s, tensors) for s in m["a"]], {k: _value(s, tensors) for k, s in m["k"].items()}
+    if m.get("r") and device is not None:
+        device().take_back(m["r"])
+    return (
+        [_value(s, tensors, device) for s in m["a"]],
+        {k: _value(s, tensors, device) for k, s in m["k"].items()},
+    )
 
 
-def _value(spec: dict[str, Any], tensors: list[Any]) -> Any:
+def _value(spec: dict[str, Any], tensors: list[Any], device: DeviceGetter | None) -> Any:
     if "T" in spec:
         return tensors[spec["T"]]
+    if "G" in spec:
+        if device is None:
+            raise InvalidInput(_NO_GPU)
+        return device().decode(spec["G"])
     return spec["v"]
 
 
-def encode_result(value: Any, where: str = "result") -> tuple[list[Tensor], bytes]:
+def call_has_device_tensors(meta: bytes) -> bool:
+    """Whether call metadata carries CUDA hand-offs (such calls run alone, unbatched)."""
+    return b'"G":' in meta
+
+
+def encode_result(
+    value: Any, where: str = "result", device: DeviceGetter | None = None, releases: list[int] | None = None
+) -> tuple[list[Tensor], bytes]:
     """Split a method's return value into tensors and metadata."""
-    if isinstance(value, np.ndarray):
+    if isinstance(value, np.ndarray) and not releases:
         return [as_array(value, where)], b""
     tensors: list[Tensor] = []
 
     def spec(v: Any) -> Any:
         if _is_tensor(v):
+            if is_device_tensor(v):
+                if device is None:
+                    raise InvalidInput(f"{where}: {_NO_GPU}")
+                return {"G": device().encode(v)}
             tensors.append(as_array(v, where))
             return {"T": len(tensors) - 1}
         if isinstance(v, tuple) and any(_is_tensor(x) for x in v):
@@ -100,26 +166,36 @@ def encode_result(value: Any, where: str = "result") -> tuple[list[Tensor], byte
             return {"d": {k: spec(x) for k, x in v.items()}}
         return {"v": v}
 
-    return tensors, dumps(spec(value), where)
+    meta: dict[str, Any] = {"s": spec(value)}
+    if releases:
+        meta["r"] = releases
+    return tensors, dumps(meta, where)
 
 
-def decode_result(tensors: list[Any], meta: bytes) -> Any:
+def decode_result(tensors: list[Any], meta: bytes, device: DeviceGetter | None = None) -> Any:
     """Rebuild a return value from decoded tensors and result metadata."""
     if not meta:
         return tensors[0]
-    return _rebuild(orjson.loads(meta), tensors)
+    m = orjson.loads(meta)
+    if m.get("r") and device is not None:
+        device().take_back(m["r"])
+    return _rebuild(m["s"], tensors, device)
 
 
-def _rebuild(spec: dict[str, Any], tensors: list[Any]) -> Any:
+def _rebuild(spec: dict[str, Any], tensors: list[Any], device: DeviceGetter | None = None) -> Any:
     if "T" in spec:
         return tensors[spec["T"]]
     if "v" in spec:
         return spec["v"]
+    if "G" in spec:
+        if device is None:
+            raise InvalidInput(_NO_GPU)
+        return device().decode(spec["G"])
     if "t" in spec:
-        return tuple(_rebuild(s, tensors) for s in spec["t"])
+        return tuple(_rebuild(s, tensors, device) for s in spec["t"])
     if "l" in spec:
-        return [_rebuild(s, tensors) for s in spec["l"]]
-    return {k: _rebuild(s, tensors) for k, s in spec["d"].items()}
+        return [_rebuild(s, tensors, device) for s in spec["l"]]
+    return {k: _rebuild(s, tensors, device) for k, s in spec["d"].items()}
 
 
 def layout(tensors: list[Tensor], base: int, align_to: int | None = None) -> tuple[list[int], int]:

@@ -72,7 +72,7 @@ def as_array(x: Any, where: str) -> tuple[np.ndarray, int, str]:
     else:  # torch CPU tensor (CUDA tensors are routed to shmserve.gpu before this)
         t = x.detach()
         if t.device.type != "cpu":
-            raise InvalidInput(f"{where}: a {t.device.type} tensor needs the GPU transport (shmserve.gpu)")
+            raise InvalidInput(f"{where}: only CPU and CUDA tensors can cross the transport, got a {t.device.type} tensor")
         kind = KIND_TORCH
         if str(t.dtype) == "torch.bfloat16":
             import torch

@@ -56,6 +56,7 @@ class WorkerSpec:
     status: Any  # multiprocessing Connection; carries orjson bytes, never pickles
     threads: int
     parent_pid: int
+    gpu: str | None = None  # the GPU this worker was given (CUDA_VISIBLE_DEVICES), if any
 
 
 class Request:
@@ -77,8 +78,10 @@ class Request:
 class WorkerChannel:
     """The worker's side of one client channel."""
 
-    def __init__(self, segment: Segment, sock: socket.socket, reply: Signal) -> None:
+    def __init__(self, segment: Segment, sock: socket.socket, reply: Signal, client_pid: int = 0) -> None:
         self.view = ChannelView(segment, ChannelLayout.read_header(memoryview(segment.buf)))
+        self.client_pid = client_pid
+        self.pinned: Any = None  # page-locked request arena of a GPU worker
         self.segment = segment
         self.sock = sock
         self.reply = reply
@@ -170,6 +173,12 @@ class WorkerChannel:
 
     def close(self) -> None:
         self.closed = True
+        if self.pinned is not None:
+            try:
+                self.pinned.unregister()
+            except Exception:
+                pass
+            self.pinned = None
         try:
             self.sock.close()
         except OSError:
@@ -206,6 +215,7 @@ class Dispatcher:
         ]
         self.channels: list[WorkerChannel] = []
         self.stopping = False
+        self._gpu: Any = None  # shmserve.gpu.HandoffLedger, created when a CUDA tensor first crosses
         self.busy: dict[int, MethodSlot] = {}  # methods with queued calls, by index
 
     # -- intake ----------------------------------------------------------------
@@ -222,7 +232,20 @@ class Dispatcher:
         if len(live) != len(self.channels):
             self.channels = live
 
+    def device(self) -> Any:
+        """The CUDA hand-off ledger of this worker (imports shmserve.gpu on first use)."""
+        if self._gpu is None:
+            from ..gpu import HandoffLedger
+
+            self._gpu = HandoffLedger()
+        return self._gpu
+
     def _drop(self, ch: WorkerChannel) -> None:
+        if self._gpu is not None:
+            from ..gpu import sweep
+
+            sweep()
+            self._gpu.forget(ch.client_pid)
         for m in self.methods:
             for q in m.queues.values():
                 if any(r.channel is ch for r in q):
@@ -330,7 +353,10 @@ class Dispatcher:
             m.policy.on_batch_done(total, t_done - t_model, done_at=t_done)
         try:
             parts = self._split(m, out, batch) if batched and len(batch) > 1 else [out]
-            encoded = [encode_result(p) for p in parts]
+            gpu = self._gpu
+            encoded = [encode_result(p, device=self.device,
+                                     releases=gpu.owed_to(r.channel.client_pid) if gpu is not None else None)
+                       for p, r in zip(parts, batch)]
         except Exception as exc:
             self._fail(batch, ring.ST_MODEL_ERROR, type(exc).__name__, str(exc), traceback.format_exc())
             return
@@ -341,12 +367,12 @@ class Dispatcher:
         first = batch[0]
         if len(batch) == 1:
             tensors = [wrap(first.channel.input_view(t), t.kind, t.dtype) for t in first.tensors]
-            return decode_call(tensors, first.meta)
+            return decode_call(tensors, first.meta, self.device)
         dim = m.sig.input_dim
         tensors = []
         for j, t0 in enumerate(first.tensors):
             tensors.append(wrap(_join([r.channel for r in batch], [r.tensors[j] for r in batch], dim), t0.kind, t0.dtype))
-        return decode_call(tensors, first.meta)
+        return decode_call(tensors, first.meta, self.device)
 
     def _split(self, m: MethodSlot, out: Any, batch: list[Request]) -> list[Any]:
         dim = m.sig.output_dim
@@ -440,7 +466,9 @@ class ControlServer(threading.Thread):
             segment = Segment.attach(req["segment"])
             try:
                 reply = Signal.open(req["signal"])
-                channel = WorkerChannel(segment, sock, reply)
+                channel = WorkerChannel(segment, sock, reply, int(req.get("pid", 0)))
+                if self.spec.gpu:
+                    channel.pinned = _pin(channel)
             except BaseException:
                 segment.close()
                 raise
@@ -485,6 +513,18 @@ def _read_line(sock: socket.socket, limit: int = 65536) -> bytes:
 
 
 # -- process main ----------------------------------------------------------------------
+def _pin(channel: WorkerChannel) -> Any:
+    """Page-lock a GPU worker's request arena so batch views reach the device by DMA."""
+    try:
+        from ..gpu import register_host
+
+        return register_host(channel.view.req_arena, keep_export=False)
+    except Exception as exc:  # no usable CUDA here: serve from pageable memory
+        print(f"shmserve: could not pin the request arena ({exc}); host-to-device copies will stage",
+              file=sys.stderr)
+        return None
+
+
 def _status(conn: Any, **msg: Any) -> None:
     try:
         conn.send_bytes(orjson.dumps(msg))

@@ -61,6 +61,7 @@ class WorkerHandle:
             status=send,
             threads=self.plan.threads,
             parent_pid=os.getpid(),
+            gpu=self.plan.gpu,
         )
         proc = self.sup.ctx.Process(target=worker_main.main, args=(spec,), name=f"shmserve-{r.name}-{self.index}",
                                     daemon=True)
@@ -123,7 +124,8 @@ class RunnerSupervisor:
     def __init__(self, runner: Runner, workers: int | None, ctx: Any) -> None:
         self.runner = runner
         self.ctx = ctx
-        self.plans = plan_workers(runner.runnable_class, workers if workers is not None else runner.workers)
+        self.plans = plan_workers(runner.runnable_class, workers if workers is not None else runner.workers,
+                                  gpus=runner.gpus)
         self.handles: list[WorkerHandle] = []
         self.registered = False
 

@@ -73,3 +73,56 @@ def test_torch_tensor_kind():
     assert kind == 1 and dtype == "<f4" and arr.shape == (2, 2)
     arr, kind, dtype = as_array(torch.ones(2, dtype=torch.bfloat16), "x")
     assert dtype == "bf16" and arr.dtype == np.int16
+
+
+class FakeLedger:
+    """Stands in for shmserve.gpu.HandoffLedger: device tensors become handle dicts."""
+
+    def __init__(self):
+        self.encoded, self.taken = [], []
+
+    def encode(self, value, peer_pid=None):
+        self.encoded.append(value)
+        return {"handle": len(self.encoded) - 1}
+
+    def decode(self, value, copy=False):
+        return ("opened", value["handle"])
+
+    def take_back(self, tokens):
+        self.taken.extend(tokens)
+
+
+@pytest.fixture
+def meta_is_device(monkeypatch):
+    """Treat torch 'meta' tensors as CUDA tensors, so the hand-off path runs without a GPU."""
+    from shmserve.shm import message
+
+    real = message.is_device_tensor
+    monkeypatch.setattr(message, "is_device_tensor", lambda x: getattr(getattr(x, "device", None), "type", "") == "meta" or real(x))
+
+
+def test_device_tensors_travel_as_handles_never_as_bytes(meta_is_device):
+    torch = pytest.importorskip("torch")
+    dev = torch.empty(2, 3, device="meta")  # not a CPU tensor: must take the hand-off path
+    ledger = FakeLedger()
+    tensors, meta = encode_call((dev, np.ones(2)), {"k": 1}, device=lambda: ledger, releases=[7, 8])
+    assert len(tensors) == 1 and ledger.encoded == [dev]  # only the CPU array is copied
+    worker = FakeLedger()
+    args, kwargs = decode_call(["cpu"], meta, device=lambda: worker)
+    assert args == [("opened", 0), "cpu"] and kwargs == {"k": 1}
+    assert worker.taken == [7, 8]
+    tensors, meta = encode_result((dev, np.zeros(1)), device=lambda: worker, releases=[3])
+    back = decode_result([t[0] for t in tensors], meta, device=lambda: ledger)
+    assert back[0] == ("opened", 0) and ledger.taken == [3]
+
+
+def test_device_tensor_without_gpu_transport_is_a_clear_error(meta_is_device):
+    torch = pytest.importorskip("torch")
+    with pytest.raises(InvalidInput, match="GPU transport"):
+        encode_call((torch.empty(1, device="meta"), 1), {})
+
+
+def test_other_devices_are_refused():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(InvalidInput, match="only CPU and CUDA"):
+        encode_call((torch.empty(1, device="meta"), 1), {})
