@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 # Modules that define `register(subparsers)`; each adds its own subcommands.
 COMMAND_MODULES: tuple[str, ...] = ("shmserve.models.cli", "shmserve.http.cli")
