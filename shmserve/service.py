@@ -9,9 +9,12 @@
     async def predict(x):
         return await runner.predict.async_run(x)
 
-Serve it with ``shmserve serve module:svc``. Async API functions run on the
-API worker's event loop; plain functions run in a thread pool so that they
-never block it.
+Serve it with ``shmserve serve module:svc``. An API function takes one
+argument, the request body decoded by its input descriptor, and returns what
+its output descriptor encodes. Async API functions run on the API worker's
+event loop; plain functions run in a thread pool so that they never block it.
+Exceptions map to HTTP statuses through their ``http_status`` (see
+`shmserve.errors`); any other exception is a 500.
 """
 from __future__ import annotations
 
