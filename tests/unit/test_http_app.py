@@ -37,7 +37,7 @@ def build_service() -> tuple[shmserve.Service, list[shmserve.Runner], dict]:
     double = shmserve.Runner(Scale, name="double")
     triple = shmserve.Runner(Scale, name="triple", runnable_init_params={"factor": 3.0})
     svc = shmserve.Service("test_svc", runners=[double, triple])
-    gate: dict = {"event": None, "started": None}
+    gate: dict = {"event": None, "started": None, "release": threading.Event()}
 
     @svc.api(input=NumpyNdarray(dtype="float32", shape=(-1, 3), enforce_shape=True), output=NumpyNdarray())
     async def predict(x: np.ndarray) -> np.ndarray:
@@ -53,6 +53,11 @@ def build_service() -> tuple[shmserve.Service, list[shmserve.Runner], dict]:
     @svc.api(input=JSON(), output=JSON())
     def sync_info(body: object) -> dict:
         return {"thread": threading.current_thread().name, "body": body}
+
+    @svc.api(input=JSON(), output=JSON())
+    def blocking(body: dict) -> str:
+        gate["release"].wait(5)  # a plain function may block: it runs in the thread pool
+        return "released"
 
     @svc.api(input=Text(), output=Text(), route="/v1/upper")
     async def upper(text: str) -> str:
@@ -343,3 +348,25 @@ def test_metrics_exchange_sums_peer_workers_and_keeps_dead_ones(tmp_path) -> Non
     text = peer.render().decode()
     assert 'shmserve_http_requests_total{api="predict",status="200"} 4.0' in text
     assert "shmserve_http_in_flight_requests 6.0" in text
+
+
+def test_a_blocking_sync_api_does_not_stall_other_connections(h: Harness) -> None:
+    slow, slow_tr = h.connect()
+    fast, fast_tr = h.connect()
+
+    async def run() -> None:
+        slow.data_received(post(b"/blocking", b"{}"))
+        fast.data_received(post(b"/predict", b"[[1, 1, 1]]"))
+        for _ in range(400):
+            if fast_tr.data:
+                break
+            await asyncio.sleep(0.005)
+        assert responses(fast_tr.data)[0][0] == 200 and slow_tr.data == b""
+        h.gate["release"].set()
+        for _ in range(400):
+            if slow_tr.data:
+                break
+            await asyncio.sleep(0.005)
+
+    h.loop.run_until_complete(run())
+    assert orjson.loads(responses(slow_tr.data)[0][2]) == "released"
