@@ -248,12 +248,17 @@ class ArrivalModel:
 
 
 class _WindowQuantile:
-    """A quantile over the last ``size`` values, kept as a sorted list (the windows are small)."""
+    """A quantile over the last ``size`` values, kept as a sorted list (the windows are small).
+
+    The quantile is cached between additions: the dispatch loop reads it several
+    times per call, and it changes only when a value is added.
+    """
 
     def __init__(self, size: int, quantile: float) -> None:
         self._values: deque[float] = deque(maxlen=size)
         self._sorted: list[float] = []
         self._quantile = quantile
+        self._cached: float | None = None
 
     def __len__(self) -> int:
         return len(self._values)
@@ -263,10 +268,14 @@ class _WindowQuantile:
             del self._sorted[bisect.bisect_left(self._sorted, self._values[0])]
         self._values.append(v)
         bisect.insort(self._sorted, v)
+        self._cached = None
 
     def value(self) -> float:
-        n = len(self._sorted)
-        return self._sorted[min(n - 1, int(self._quantile * n))]
+        cached = self._cached
+        if cached is None:
+            n = len(self._sorted)
+            cached = self._cached = self._sorted[min(n - 1, int(self._quantile * n))]
+        return cached
 
 
 class BatchPolicy:
