@@ -37,7 +37,7 @@ from .errors import (
     ShmserveError,
     TensorTooLarge,
 )
-from .shm import ring
+from .shm import handshake, ring
 from .shm.channel import ChannelView
 from .shm.message import Tensor, decode_result, encode_call, layout, view
 from .shm.ring import BLOCK_FREE, MAX_TENSORS, META_INLINE_MAX, U64, ChannelLayout, RingAllocator
@@ -120,9 +120,8 @@ class WorkerLink:
             sock.connect(self.socket_path)
             segment = Segment.create(chan.total)
             chan.write_header(memoryview(segment.buf))
-            sock.sendall(orjson.dumps({"segment": segment.name, "signal": self.client.reply.name,
-                                       "pid": os.getpid()}) + b"\n")
-            answer = orjson.loads(_read_line(sock))
+            handshake.send(sock, {"segment": segment.name, "signal": self.client.reply.name, "pid": os.getpid()})
+            answer = handshake.receive(sock)
             if not answer.get("ok"):
                 raise RunnerUnavailable(f"runner {self.client.name!r} worker {self.index} refused the channel: {answer.get('error')}")
             doorbell = Signal.open(answer["doorbell"])
@@ -558,16 +557,6 @@ class RunnerClient:
         self._deliver(failed)
         self.reply.unlink()
         self.reply.close()
-
-
-def _read_line(sock: socket.socket) -> bytes:
-    buf = b""
-    while not buf.endswith(b"\n"):
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise RunnerUnavailable("the runner worker closed the connection during the handshake")
-        buf += chunk
-    return buf
 
 
 def _free_block(v: ChannelView, block_off: int, block_len: int) -> None:

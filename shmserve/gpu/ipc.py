@@ -30,6 +30,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..registry import pid_alive as _pid_alive
 from . import driver as _driver
 from .driver import CudaError, GpuUnavailable
 from .frameworks import DTYPES, byte_extent, current_stream, describe, empty, from_pointer, tensor_kind
@@ -364,11 +365,3 @@ def stats() -> dict[str, int]:
     }
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..registry import pid_alive as _pid_alive
 from .model import (  # noqa: F401  (re-exported: the store's public names)
     ADAPTERS,
     MANIFEST,
@@ -170,14 +171,6 @@ def name_lock(home: Path, name: str) -> Iterator[None]:
         os.close(fd)  # closing releases the flock
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def sweep_temp(home: str | os.PathLike[str] | None = None) -> int:

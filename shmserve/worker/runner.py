@@ -30,7 +30,7 @@ import orjson
 
 from ..batching import BatchPolicy
 from ..runnable import MethodSignature, Runnable
-from ..shm import ring
+from ..shm import handshake, ring
 from ..shm.channel import ChannelView
 from ..shm.message import decode_call, encode_result, layout, view
 from ..shm.ring import BLOCK_BUSY, BLOCK_FREE, BLOCK_HEADER, U64, ChannelLayout, RingAllocator
@@ -461,8 +461,7 @@ class ControlServer(threading.Thread):
         sock.settimeout(5.0)
         channel = None
         try:
-            line = _read_line(sock)
-            req = orjson.loads(line)
+            req = handshake.receive(sock)
             segment = Segment.attach(req["segment"])
             try:
                 reply = Signal.open(req["signal"])
@@ -472,11 +471,11 @@ class ControlServer(threading.Thread):
             except BaseException:
                 segment.close()
                 raise
-            sock.sendall(orjson.dumps({"ok": True, "doorbell": self.spec.doorbell_name, "pid": os.getpid(),
-                                       "methods": self.methods_info}) + b"\n")
+            handshake.send(sock, {"ok": True, "doorbell": self.spec.doorbell_name, "pid": os.getpid(),
+                                  "methods": self.methods_info})
         except Exception as exc:
             try:
-                sock.sendall(orjson.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"}) + b"\n")
+                handshake.send(sock, {"ok": False, "error": f"{type(exc).__name__}: {exc}"})
             except OSError:
                 pass
             sock.close()
@@ -498,18 +497,6 @@ class ControlServer(threading.Thread):
             self.sel.unregister(sock)
             channel.closed = True
             self.dispatcher.doorbell.post()
-
-
-def _read_line(sock: socket.socket, limit: int = 65536) -> bytes:
-    buf = b""
-    while not buf.endswith(b"\n"):
-        chunk = sock.recv(4096)
-        if not chunk:
-            raise ConnectionError("peer closed during handshake")
-        buf += chunk
-        if len(buf) > limit:
-            raise ValueError("handshake line too long")
-    return buf
 
 
 # -- process main ----------------------------------------------------------------------
