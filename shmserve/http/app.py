@@ -40,6 +40,9 @@ def runner_ready(runner: Any) -> bool:
 
     A backend may expose ``ready()`` or ``live_workers()``; one that exposes
     neither (the in-process ``init_local`` backend) counts as ready once bound.
+    With no live worker, the backend is asked to re-attach first (a restarted
+    runner worker is otherwise only noticed by the next call), so the probe may
+    block briefly: call it off the event loop.
     """
     backend = getattr(runner, "_backend", None)
     if backend is None:
@@ -48,10 +51,26 @@ def runner_ready(runner: Any) -> bool:
         probe = getattr(backend, name, None)
         if callable(probe):
             return bool(probe())
-    alive = getattr(backend, "live_workers", None) or getattr(backend, "alive_workers", None)
-    if callable(alive):
-        return int(alive()) > 0
-    return True
+    alive = getattr(backend, "live_workers", None)
+    if not callable(alive):
+        return True
+    if int(alive()) > 0:
+        return True
+    # RunnerClient re-attaches to restarted workers when it picks a worker for a call.
+    # TODO(core): a public RunnerClient.reconnect(); `_pick_link` is the interim hook.
+    reconnect = getattr(backend, "reconnect", None) or getattr(backend, "_pick_link", None)
+    if not callable(reconnect):
+        return False
+    try:
+        lock = getattr(backend, "_lock", None)
+        if reconnect.__name__ == "_pick_link" and lock is not None:
+            with lock:  # _pick_link expects the client's lock held, as its callers do
+                reconnect()
+        else:
+            reconnect()
+    except (ShmserveError, OSError):
+        return False
+    return int(alive()) > 0
 
 
 class App:
@@ -179,7 +198,16 @@ class App:
         conn.reply(200, _CT_TEXT, b"ok\n")
 
     def _readyz(self, request: Request, conn: HttpProtocol) -> None:
-        ok, detail = self._ready()
+        loop = asyncio.get_running_loop()
+        conn.task = loop.create_task(self._readyz_task(conn))
+
+    async def _readyz_task(self, conn: HttpProtocol) -> None:
+        # Probing may re-attach to restarted runner workers (socket connects): not on the loop.
+        try:
+            ok, detail = await asyncio.get_running_loop().run_in_executor(self.executor, self._ready)
+        except Exception as exc:
+            log.exception("readiness probe failed")
+            ok, detail = False, f"readiness probe failed: {exc}"
         if ok:
             conn.reply(200, _CT_TEXT, b"ready\n")
         else:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -137,3 +138,20 @@ def test_bad_service_spec_fails_clearly(tmp_path: Path) -> None:
                          cwd=tmp_path, env=env, capture_output=True, timeout=60)
     assert out.returncode == 2
     assert b"cannot import service module 'no_such_module_q'" in out.stderr
+
+
+def test_readyz_recovers_after_a_runner_worker_restart_without_traffic(tmp_path: Path) -> None:
+    srv = Server(tmp_path, api_workers=1)
+    try:
+        # The pid from the supervisor's log, not from an API call: this API worker makes no call at all.
+        m = re.search(rf"runner 'double-{srv.suffix}' workers: pids \[(\d+)", srv.log())
+        assert m, srv.log()
+        victim = int(m.group(1))
+        assert call(srv, "GET", "/readyz")[0] == 200
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: not alive(victim), 10, "the runner worker to die")
+        # Only probes, no API calls: readiness itself must notice the restarted worker.
+        wait_until(lambda: call(srv, "GET", "/readyz")[0] == 200, 30, "/readyz to recover")
+        assert post_json(srv, "/runner_pid", {})[2] != victim
+    finally:
+        assert srv.stop() == 0
