@@ -12,6 +12,13 @@ and call it::
     curl -s -X POST localhost:3000/predict -H 'content-type: application/json' \
          -d "[$(python3 -c 'print(",".join(["0.1"]*784))')]"
     curl -s -X POST localhost:3000/info -d '{}'
+    python3 -c 'import numpy as np; np.save("x.npy", np.ones((2, 784), np.float32))'
+    curl -s -X POST localhost:3000/predict --data-binary @x.npy \
+         -H 'content-type: application/x-npy' -H 'accept: application/x-npy' -o y.npy
+
+Raw bytes work too: ``content-type: application/octet-stream`` with the
+``X-Tensor-Dtype: float32`` and ``X-Tensor-Shape: 2,784`` headers. The API
+list with schemas is at ``GET /docs.json``; Prometheus metrics at ``/metrics``.
 
 Set OMP_NUM_THREADS=1 (and OPENBLAS_/MKL_) to match the benchmark settings.
 """

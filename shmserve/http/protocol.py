@@ -156,11 +156,13 @@ class HttpProtocol(asyncio.Protocol):
         self._rejected = False
 
     # -- asyncio callbacks -----------------------------------------------------
-    def connection_made(self, transport: Any) -> None:  # noqa: D102
+    def connection_made(self, transport: Any) -> None:
+        """Remember the transport and join the server's connection set."""
         self.transport = transport
         self.state.connections.add(self)
 
-    def connection_lost(self, exc: Exception | None) -> None:  # noqa: D102
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Drop queued requests and cancel the one being served."""
         self.closed = True
         self.state.connections.discard(self)
         self.queue.clear()
@@ -169,7 +171,8 @@ class HttpProtocol(asyncio.Protocol):
             self.task = None
             task.cancel()
 
-    def data_received(self, data: bytes) -> None:  # noqa: D102
+    def data_received(self, data: bytes) -> None:
+        """Parse `data`; serve whatever complete requests it finished."""
         if self._discard:
             return
         self.idle_ticks = 0
@@ -187,17 +190,20 @@ class HttpProtocol(asyncio.Protocol):
         if not self.busy:
             self._drain()
 
-    def pause_writing(self) -> None:  # noqa: D102
+    def pause_writing(self) -> None:
+        """The peer is not reading: stop reading its next requests."""
         self._writing_paused = True
         self._pause_reading()
 
-    def resume_writing(self) -> None:  # noqa: D102
+    def resume_writing(self) -> None:
+        """The peer reads again: resume reading unless the pipeline is full."""
         self._writing_paused = False
         if len(self.queue) < _PIPELINE_LOW:
             self._resume_reading()
 
     # -- httptools callbacks ---------------------------------------------------
-    def on_message_begin(self) -> None:  # noqa: D102
+    def on_message_begin(self) -> None:
+        """httptools: a new request starts."""
         self._in_message = True
         self._url = b""
         self._headers = {}
@@ -206,15 +212,18 @@ class HttpProtocol(asyncio.Protocol):
         self._header_len = 0
         self._rejected = False
 
-    def on_url(self, url: bytes) -> None:  # noqa: D102
+    def on_url(self, url: bytes) -> None:
+        """httptools: (part of) the request target."""
         self._url = self._url + url if self._url else url
         self._header_len += len(url)
 
-    def on_header(self, name: bytes, value: bytes) -> None:  # noqa: D102
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """httptools: one header; names are stored lower-cased."""
         self._header_len += len(name) + len(value)
         self._headers[name.lower()] = value
 
-    def on_headers_complete(self) -> None:  # noqa: D102
+    def on_headers_complete(self) -> None:
+        """httptools: check limits, answer ``Expect: 100-continue``."""
         if self._discard:
             return
         state = self.state
@@ -239,7 +248,8 @@ class HttpProtocol(asyncio.Protocol):
             else:
                 self.transport.write(_CONTINUE)
 
-    def on_body(self, body: bytes) -> None:  # noqa: D102
+    def on_body(self, body: bytes) -> None:
+        """httptools: a body chunk (already de-chunked); enforce the size limit."""
         if self._rejected or self._discard:
             return
         self._body_len += len(body)
@@ -255,7 +265,8 @@ class HttpProtocol(asyncio.Protocol):
         else:
             self._body = [current, body]
 
-    def on_message_complete(self) -> None:  # noqa: D102
+    def on_message_complete(self) -> None:
+        """httptools: the request is complete; queue it."""
         self._in_message = False
         self._continue_wanted = False
         if self._rejected or self._discard:
