@@ -10,7 +10,7 @@ Run it from this folder::
 and call it::
 
     curl -s -X POST localhost:3000/predict -H 'content-type: application/json' \
-         -d "[$(python3 -c 'print(",".join(["0.1"]*784))')]"
+         -d "[[$(python3 -c 'print(",".join(["0.1"]*784))')]]"
     curl -s -X POST localhost:3000/info -d '{}'
     python3 -c 'import numpy as np; np.save("x.npy", np.ones((2, 784), np.float32))'
     curl -s -X POST localhost:3000/predict --data-binary @x.npy \
