@@ -41,6 +41,10 @@ class Signal:
             return True
         except posix_ipc.BusyError:
             return False
+        except posix_ipc.SignalError:
+            # Interrupted (e.g. Ctrl-C): report no post; Python runs the signal's
+            # handler (KeyboardInterrupt) as soon as we return.
+            return False
 
     def value(self) -> int:
         """Posts not yet taken (no syscall in glibc)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import multiprocessing as mp
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterable
@@ -179,6 +180,26 @@ class RunnerGroup:
         self._watcher: threading.Thread | None = None
         self._lock = threading.Lock()
         self.stopped = False
+        self._old_sigterm: Any = None
+
+    def _install_sigterm(self) -> None:
+        """Turn SIGTERM into SystemExit (like Ctrl-C into KeyboardInterrupt) so `with` blocks
+        and atexit clean up; only when nobody else handles SIGTERM and we are the main thread."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return
+
+        def on_term(signo: int, _frame: Any) -> None:
+            raise SystemExit(128 + signo)
+
+        signal.signal(signal.SIGTERM, on_term)
+        self._old_sigterm = signal.SIG_DFL
+
+    def _restore_sigterm(self) -> None:
+        if self._old_sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._old_sigterm)
+            self._old_sigterm = None
 
     def worker_pids(self, name: str) -> list[int]:
         """Pids of the live worker processes of runner `name`."""
@@ -239,6 +260,7 @@ class RunnerGroup:
             sup.stop()
         os.close(self._wake_r)
         os.close(self._wake_w)
+        self._restore_sigterm()
         try:
             atexit.unregister(self.stop)
         except Exception:
@@ -270,6 +292,7 @@ def start(*runners: Runner, workers: int | dict[str, int] | None = None, bind: b
     ctx = mp.get_context("spawn")  # never fork: a forked CUDA or threaded parent is unsafe
     group = RunnerGroup()
     atexit.register(group.stop)
+    group._install_sigterm()
     try:
         for r in runners:
             count = workers.get(r.name) if isinstance(workers, dict) else workers

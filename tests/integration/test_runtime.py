@@ -342,6 +342,13 @@ def test_ctrl_c_cleans_up(unique_name, tmp_path, shm_clean):
     wait_for(lambda: not any(_alive(p) for p in workers), what="workers to exit")
 
 
+def test_sigterm_cleans_up(unique_name, tmp_path, shm_clean):
+    proc, workers = _serve_in_subprocess(unique_name, tmp_path)
+    proc.terminate()
+    assert proc.wait(20) == 143  # SystemExit(128 + SIGTERM) after the with block cleaned up
+    wait_for(lambda: not any(_alive(p) for p in workers), what="workers to exit")
+
+
 def test_killed_supervisor_is_swept_on_next_start(unique_name, tmp_path, shm_clean):
     proc, workers = _serve_in_subprocess(unique_name, tmp_path)
     proc.kill()
