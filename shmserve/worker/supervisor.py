@@ -180,7 +180,7 @@ class RunnerGroup:
         self._watcher: threading.Thread | None = None
         self._lock = threading.Lock()
         self.stopped = False
-        self._old_sigterm: Any = None
+        self._old_sigterm: Any = None  # our SIGTERM handler, while installed
 
     def _install_sigterm(self) -> None:
         """Turn SIGTERM into SystemExit (like Ctrl-C into KeyboardInterrupt) so `with` blocks
@@ -194,12 +194,14 @@ class RunnerGroup:
             raise SystemExit(128 + signo)
 
         signal.signal(signal.SIGTERM, on_term)
-        self._old_sigterm = signal.SIG_DFL
+        self._old_sigterm = on_term
 
     def _restore_sigterm(self) -> None:
-        if self._old_sigterm is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._old_sigterm)
-            self._old_sigterm = None
+        ours = self._old_sigterm
+        self._old_sigterm = None
+        if ours is not None and threading.current_thread() is threading.main_thread():
+            if signal.getsignal(signal.SIGTERM) is ours:  # nobody replaced it since
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     def worker_pids(self, name: str) -> list[int]:
         """Pids of the live worker processes of runner `name`."""
