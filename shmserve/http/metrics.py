@@ -40,6 +40,8 @@ import orjson
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from ..registry import pid_alive
+
 __all__ = ["Histogram", "Metrics", "MetricsExchange", "LATENCY_BUCKETS", "BATCH_BUCKETS"]
 
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -269,15 +271,5 @@ class MetricsExchange:
                 snap = orjson.loads(path.read_bytes())
             except (OSError, ValueError):
                 continue
-            out.append((snap, _pid_alive(pid)))
+            out.append((snap, pid_alive(pid)))
         return out
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
