@@ -131,11 +131,7 @@ class Metrics:
 
     def observe_request(self, api: str, status: int, seconds: float) -> None:
         """Count one response of `api` with `status` that took `seconds`."""
-        key = (api, status)
-        h = self._requests.get(key)
-        if h is None:
-            h = self._requests[key] = Histogram(LATENCY_BUCKETS)
-        h.observe(seconds)
+        self.request_histogram(api, status).observe(seconds)
 
     def on_trace(self, runner: str, method: str, trace: dict[str, Any]) -> None:
         """Trace hook for ``shmserve.client.add_trace_hook``: one completed runner call."""
@@ -160,7 +156,7 @@ class Metrics:
             if submit is not None and complete is not None:
                 call.observe(max(0.0, complete - submit))
 
-    # -- prometheus-client collector protocol -----------------------------------
+    # -- sharing with the other API workers -------------------------------------
     def snapshot(self) -> dict[str, Any]:
         """This process's numbers as plain data (for `MetricsExchange`)."""
         with self._runner_lock:
@@ -200,6 +196,7 @@ class Metrics:
                 in_flight += int(snap.get("in_flight", 0))
         return requests, runner, in_flight
 
+    # -- prometheus-client collector protocol -----------------------------------
     def collect(self) -> Iterator[Any]:
         """Yield metric families (called by the registry at scrape time)."""
         requests, runner_hists, in_flight = self._merged()
