@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("baseline")
     cmp_.add_argument("current")
     cmp_.add_argument("--tolerances", default=None, help="tolerance file (default perf/tolerances.json)")
+    cmp_.add_argument("--strict", action="store_true",
+                      help="do not widen tolerances to the figures' measured spread across passes")
     rep = sub.add_parser("report", help="write the Markdown + PNG report of a result file")
     rep.add_argument("result")
     rep.add_argument("--out", default=None, help="Markdown path (default: beside the result, .md)")
@@ -46,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "compare":
         from .compare import main as compare_main
 
-        return compare_main(args.baseline, args.current, args.tolerances)
+        return compare_main(args.baseline, args.current, args.tolerances, args.strict)
     if args.command == "report":
         from pathlib import Path
 

@@ -144,6 +144,11 @@ def memory_tree(root: int, known: dict[int, str] | None = None) -> list[dict[str
     rows = []
     for pid in [root, *descendants(root)]:
         mem = memory_of(pid)
+        for _ in range(3):  # /proc reads can fail transiently while the process maps memory
+            if mem:
+                break
+            time.sleep(0.05)
+            mem = memory_of(pid)
         if mem:
             rows.append({"pid": pid, "role": _role(pid, root, known or {}), "cmd": cmdline(pid)[:160], **mem})
     return rows
@@ -281,6 +286,7 @@ def run(rs: ResultSet, plan: HttpPlan, peers: tuple[str, ...], check_only: bool 
     rs.extras["codec_costs_us"] = codec_costs()
     for name in peers:
         _run_peer(rs, name, plan)
+    _issue3(rs)  # after the peers: the Mosec ratio uses Mosec measured in this run when there is one
 
 
 def _wrk_figures(rs: ResultSet, prefix: str, key: str, res: list[wrk.WrkResult], calib_key: str | None) -> None:
@@ -310,7 +316,9 @@ def _record(rs: ResultSet, runs: dict[str, list[wrk.WrkResult]], plan: HttpPlan,
             continue
         _, body, conns = key.split(".")
         c = int(conns[1:])
-        _wrk_figures(rs, "http", f"{body}.{conns}", res, conns if c in plan.connections else None)
+        # sweep points (one pass, for the curve) are kept apart from the gated matrix
+        prefix = "http" if c in plan.connections else "http_sweep"
+        _wrk_figures(rs, prefix, f"{body}.{conns}", res, conns if c in plan.connections else None)
         curve.append({"system": "shmserve", "body": body, "connections": c, "rps": median([r.rps for r in res]),
                       **{m: median([r.latency_ms.get(m, np.nan) for r in res]) for m in ("p50", "p75", "p90", "p99")}})
     rs.extras.setdefault("http_curve", []).extend(curve)
@@ -319,11 +327,12 @@ def _record(rs: ResultSet, runs: dict[str, list[wrk.WrkResult]], plan: HttpPlan,
     if breakdowns:
         keys = breakdowns[0].keys()
         rs.extras["http_breakdown_ms"] = {k: median([b.get(k, np.nan) for b in breakdowns]) for k in keys}
-    _issue3(rs)
 
 
 def _record_memory(rs: ResultSet, mem_rows: list[list[dict[str, Any]]]) -> None:
+    mem_rows = [rows for rows in mem_rows if rows]
     if not mem_rows:
+        rs.skip("memory", "could not read /proc/<pid>/smaps_rollup of the service's processes")
         return
     rs.extras["memory_processes"] = mem_rows[-1]
     by_role: dict[str, list[list[float]]] = {}
@@ -398,7 +407,8 @@ def _run_peer(rs: ResultSet, name: str, plan: HttpPlan) -> None:
         stop(proc, group=True)
     for key, res in matrix.items():
         c = int(key.split(".c")[1])
-        _wrk_figures(rs, f"peers.{name}", key, [res], f"c{c}" if c in plan.connections else None)
+        _wrk_figures(rs, f"peers.{name}" if c in plan.connections else f"peers_sweep.{name}", key, [res],
+                     f"c{c}" if c in plan.connections else None)
         rs.extras.setdefault("http_curve", []).append(
             {"system": name, "body": key.split(".")[0], "connections": c, "rps": res.rps,
              **{m: res.latency_ms.get(m, np.nan) for m in ("p50", "p75", "p90", "p99")}})

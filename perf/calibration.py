@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -62,9 +63,11 @@ def timed_loop(fn: Callable[[], object], budget_s: float, min_n: int = 5, max_n:
     return np.asarray(times)
 
 
-def semaphore_pingpong(rounds: int = 20_000) -> dict[str, float]:
-    """Round-trip µs of a bare two-process POSIX semaphore ping-pong."""
+def semaphore_pingpong(rounds: int = 20_000, cpus: tuple[int, int] | None = None) -> dict[str, float]:
+    """Round-trip µs of a bare two-process POSIX semaphore ping-pong; `cpus` pins (this side, other side)."""
     import posix_ipc
+
+    from .pinning import pinned
 
     tag = secrets.token_hex(6)
     ping = posix_ipc.Semaphore(f"/perfcal_{tag}_a", posix_ipc.O_CREX, 0o600, 0)
@@ -74,16 +77,10 @@ def semaphore_pingpong(rounds: int = 20_000) -> dict[str, float]:
     child = ctx.Process(target=_children.semaphore_echo, args=(ping.name, pong.name, rounds + warm), daemon=True)
     try:
         child.start()
-        clock = time.perf_counter_ns
+        assert child.pid is not None
         out = np.empty(rounds, dtype=np.int64)
-        for _ in range(warm):
-            ping.release()
-            pong.acquire(10.0)
-        for i in range(rounds):
-            t0 = clock()
-            ping.release()
-            pong.acquire(5.0)
-            out[i] = clock() - t0
+        with pinned(cpus, [child.pid]):
+            _pingpong_rounds(ping, pong, rounds, warm, out)
         child.join(10)
     finally:
         if child.is_alive():
@@ -93,6 +90,18 @@ def semaphore_pingpong(rounds: int = 20_000) -> dict[str, float]:
             sem.unlink()
             sem.close()
     return percentiles(out / 1e3)
+
+
+def _pingpong_rounds(ping: Any, pong: Any, rounds: int, warm: int, out: np.ndarray) -> None:
+    clock = time.perf_counter_ns
+    for _ in range(warm):
+        ping.release()
+        pong.acquire(10.0)
+    for i in range(rounds):
+        t0 = clock()
+        ping.release()
+        pong.acquire(5.0)
+        out[i] = clock() - t0
 
 
 def memcpy_time(size: str, budget_s: float = 0.3) -> dict[str, float]:

@@ -4,7 +4,10 @@ A figure regresses when its ratio (value / calibration measured in the same
 run) moved the wrong way by more than its tolerance: 15% unless the
 tolerance file (perf/tolerances.json) says otherwise. Patterns there are
 fnmatch globs over figure names; the first matching pattern wins; a
-tolerance of null means "report, never fail".
+tolerance of null means "report, never fail". Unless `--strict`, a
+tolerance widens to the figure's own spread across passes in either run
+((max - min) / median): on a shared machine, a change inside the noise the
+run itself measured is not called a regression.
 """
 from __future__ import annotations
 
@@ -66,10 +69,15 @@ class Row:
     change: float | None  # relative change of the ratio, + means larger
     tolerance: float | None
     status: str  # ok, REGRESSED, improved, new, missing, unchecked
+    widened: bool = False  # the tolerance was widened to the measured spread
 
 
-def judge(base: Figure | None, cur: Figure | None, tol: float | None) -> Row:
-    """Compare one figure of the baseline with the same figure of the current run."""
+def judge(base: Figure | None, cur: Figure | None, tol: float | None, noise_aware: bool = True) -> Row:
+    """Compare one figure of the baseline with the same figure of the current run.
+
+    With `noise_aware`, the tolerance widens to the figure's own spread across
+    passes (in either run): a change smaller than the noise the run itself
+    measured is not called a regression."""
     ref = cur or base
     assert ref is not None
     row = Row(ref.name, ref.unit, base.value if base else None, cur.value if cur else None,
@@ -84,6 +92,11 @@ def judge(base: Figure | None, cur: Figure | None, tol: float | None) -> Row:
         row.status = "unchecked"
         return row
     assert base.ratio is not None and cur.ratio is not None
+    if tol is not None and noise_aware:
+        noise = max(base.spread or 0.0, cur.spread or 0.0)
+        if noise > tol:
+            row.tolerance = tol = noise
+            row.widened = True
     row.change = cur.ratio / base.ratio - 1.0
     worse = row.change if ref.better == "lower" else -row.change
     if tol is None:
@@ -99,10 +112,10 @@ def _finite(x: float | None) -> bool:
     return x is not None and math.isfinite(x)
 
 
-def compare(base: ResultSet, cur: ResultSet, tolerances: Tolerances) -> list[Row]:
+def compare(base: ResultSet, cur: ResultSet, tolerances: Tolerances, noise_aware: bool = True) -> list[Row]:
     """Rows for every figure in either run, in the current run's order."""
     names = list(cur.figures) + [n for n in base.figures if n not in cur.figures]
-    return [judge(base.figures.get(n), cur.figures.get(n), tolerances.for_figure(n)) for n in names]
+    return [judge(base.figures.get(n), cur.figures.get(n), tolerances.for_figure(n), noise_aware) for n in names]
 
 
 def _num(x: float | None, digits: int = 3) -> str:
@@ -117,21 +130,22 @@ def format_rows(rows: list[Row]) -> str:
     lines = [header, "-" * len(header)]
     for r in rows:
         change = "-" if r.change is None else f"{r.change * 100:+.1f}%"
-        tol = "-" if r.tolerance is None else f"{r.tolerance * 100:.0f}%"
+        tol = "-" if r.tolerance is None else f"{'~' if r.widened else ''}{r.tolerance * 100:.0f}%"
         lines.append(f"{r.name:44} {r.unit:8} {_num(r.base):>10} {_num(r.cur):>10} {change:>9} {tol:>5}  {r.status}")
     return "\n".join(lines)
 
 
-def main(base_path: str, cur_path: str, tolerance_path: str | None) -> int:
+def main(base_path: str, cur_path: str, tolerance_path: str | None, strict: bool = False) -> int:
     """Print the comparison; return 1 when any figure regressed past its tolerance."""
     base = ResultSet.load(base_path)
     cur = ResultSet.load(cur_path)
     path = tolerance_path if tolerance_path is not None else (TOLERANCES_FILE if TOLERANCES_FILE.exists() else None)
     tolerances = Tolerances.load(path)
-    rows = compare(base, cur, tolerances)
+    rows = compare(base, cur, tolerances, noise_aware=not strict)
     print(f"baseline: {base_path} ({base.meta.get('date', '?')}, {base.meta.get('git', {}).get('commit', '?')[:10]})")
     print(f"current:  {cur_path} ({cur.meta.get('date', '?')}, {cur.meta.get('git', {}).get('commit', '?')[:10]})")
-    print("judged on ratio = figure / its calibration measured in the same run\n")
+    print("judged on ratio = figure / its calibration measured in the same run; "
+          + ("tolerances as given (--strict)\n" if strict else "~ = tolerance widened to the figure's own spread across passes\n"))
     print(format_rows(rows))
     bad = [r for r in rows if r.status == "REGRESSED"]
     missing = [r for r in rows if r.status == "missing"]

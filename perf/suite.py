@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import shutil
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -81,6 +83,18 @@ def run_suite(mode: str, only: str = "", peers: str | None = None, out: str | No
     sys.path.insert(0, str(bench_dir()))  # the common workload's `workload` module
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), str(bench_dir()),
                                                            os.environ.get("PYTHONPATH", "")) if p)
+    # A runtime directory of our own: runner names are unique per runtime directory, and other
+    # people's servers on this host (a runner called "mlp", say) must not clash with ours.
+    runtime_dir = tempfile.mkdtemp(prefix="shmserve-perf-")
+    os.environ["SHMSERVE_RUNTIME_DIR"] = runtime_dir
+    try:
+        return _run(mode, plan, sections, peers, out, report)
+    finally:
+        shutil.rmtree(runtime_dir, ignore_errors=True)
+
+
+def _run(mode: str, plan: Plan, sections: tuple[str, ...], peers: str | None, out: str | None,
+         report: bool) -> int:
     check = mode == "check"
     t_start = time.monotonic()
     rs = ResultSet(mode, metadata(mode))

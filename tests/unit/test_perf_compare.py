@@ -104,10 +104,12 @@ def test_compare_main_exit_code_and_tolerance_file(tmp_path, capsys) -> None:
     base = _run(36.0, 12.0, 9000.0, 90000.0).save(tmp_path / "base.json")
     worse = _run(36.0 * 1.5, 12.0, 9000.0, 90000.0).save(tmp_path / "worse.json")
     same = _run(37.0, 12.0, 9100.0, 90000.0).save(tmp_path / "same.json")
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps({"default": 0.15}))
     loose = tmp_path / "tol.json"
     loose.write_text(json.dumps({"default": 0.15, "figures": {"transport.*": 0.6}}))
-    assert main(str(base), str(same), None) == 0
-    assert main(str(base), str(worse), None) == 1
+    assert main(str(base), str(same), str(plain)) == 0
+    assert main(str(base), str(worse), str(plain)) == 1
     assert "REGRESSED" in capsys.readouterr().out
     assert main(str(base), str(worse), str(loose)) == 0
 
@@ -117,3 +119,14 @@ def test_bad_tolerance_file_is_a_clear_error(tmp_path) -> None:
     bad.write_text("{not json")
     with pytest.raises(SystemExit, match="not valid JSON"):
         Tolerances.load(bad)
+
+
+def test_tolerance_widens_to_measured_spread_unless_strict() -> None:
+    base = ResultSet("quick")
+    cur = ResultSet("quick")
+    base.add(Figure.from_passes("http.json.c32_p99_ms", [10.0, 10.0, 10.0], "ms", "lower"))
+    cur.add(Figure.from_passes("http.json.c32_p99_ms", [8.0, 13.0, 20.0], "ms", "lower"))  # +30%, spread 92%
+    noisy = compare(base, cur, Tolerances())[0]
+    assert noisy.status == "ok" and noisy.widened and noisy.tolerance == pytest.approx(12 / 13)
+    strict = compare(base, cur, Tolerances(), noise_aware=False)[0]
+    assert strict.status == "REGRESSED" and not strict.widened
