@@ -534,6 +534,22 @@ class RunnerClient:
                     self._deliver(done)
             return sum(1 for link in self.links if link.live)
 
+    def reconnect(self) -> int:
+        """Attach to workers whose links are down (restarted since); returns how many are live."""
+        with self._lock:
+            for link in self.links:
+                if not link.live and not link.pending:
+                    link.last_attempt = time.monotonic()
+                    try:
+                        link.connect(self.slots, self.arena_bytes, timeout=1.0)
+                    except (OSError, ShmserveError, ValueError):
+                        pass
+        return self.live_workers()
+
+    def ready(self) -> bool:
+        """True when at least one worker can take calls (re-attaching restarted ones first)."""
+        return self.live_workers() > 0 or self.reconnect() > 0
+
     def worker_pids(self) -> list[int]:
         return [link.worker_pid for link in self.links if link.live]
 

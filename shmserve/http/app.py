@@ -38,39 +38,16 @@ _OTHER = "-"  # metrics label for requests that match no API
 def runner_ready(runner: Any) -> bool:
     """True when `runner` is bound and its backend reports a live worker.
 
-    A backend may expose ``ready()`` or ``live_workers()``; one that exposes
-    neither (the in-process ``init_local`` backend) counts as ready once bound.
-    With no live worker, the backend is asked to re-attach first (a restarted
-    runner worker is otherwise only noticed by the next call), so the probe may
-    block briefly: call it off the event loop.
+    The shared-memory backend's ``ready()`` re-attaches to restarted workers
+    first (otherwise only the next call would notice them), so the probe may
+    block briefly: call it off the event loop. A backend without ``ready()``
+    (the in-process ``init_local`` one) counts as ready once bound.
     """
     backend = getattr(runner, "_backend", None)
     if backend is None:
         return False
-    for name in ("ready", "is_ready"):
-        probe = getattr(backend, name, None)
-        if callable(probe):
-            return bool(probe())
-    alive = getattr(backend, "live_workers", None)
-    if not callable(alive):
-        return True
-    if int(alive()) > 0:
-        return True
-    # RunnerClient re-attaches to restarted workers when it picks a worker for a call.
-    # TODO(core): a public RunnerClient.reconnect(); `_pick_link` is the interim hook.
-    reconnect = getattr(backend, "reconnect", None) or getattr(backend, "_pick_link", None)
-    if not callable(reconnect):
-        return False
-    try:
-        lock = getattr(backend, "_lock", None)
-        if reconnect.__name__ == "_pick_link" and lock is not None:
-            with lock:  # _pick_link expects the client's lock held, as its callers do
-                reconnect()
-        else:
-            reconnect()
-    except (ShmserveError, OSError):
-        return False
-    return int(alive()) > 0
+    probe = getattr(backend, "ready", None)
+    return bool(probe()) if callable(probe) else True
 
 
 class App:

@@ -264,8 +264,8 @@ def test_runner_ready_asks_the_backend() -> None:
         def __init__(self, n: int) -> None:
             self.n = n
 
-        def live_workers(self) -> int:
-            return self.n
+        def ready(self) -> bool:
+            return self.n > 0
 
     class FakeRunner:
         _backend: object = None
