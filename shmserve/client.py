@@ -226,6 +226,9 @@ class RunnerClient:
             time.sleep(0.05)
 
     def _pick_link(self) -> WorkerLink:
+        links = self.links
+        if len(links) == 1 and links[0].live:  # one worker: nothing to choose
+            return links[0]
         best = None
         now = time.monotonic()
         for link in self.links:
@@ -278,7 +281,12 @@ class RunnerClient:
         tensors, meta = encode_call(args, kwargs, self._device, releases)
         if len(tensors) > MAX_TENSORS:
             raise InvalidInput(f"a call carries at most {MAX_TENSORS} tensor arguments, got {len(tensors)}")
-        offsets, end = layout(tensors, 0)
+        if len(tensors) == 1:
+            offsets, end = [0], tensors[0][0].nbytes
+            align = tensors[0][0].dtype.itemsize or 1
+        else:
+            offsets, end = layout(tensors, 0)
+            align = max((t[0].dtype.itemsize for t in tensors), default=8) or 1
         meta_off = (end + 7) & ~7
         nbytes = meta_off + len(meta) if len(meta) > META_INLINE_MAX else end
         if nbytes > self.arena_bytes:
@@ -286,7 +294,6 @@ class RunnerClient:
                 f"input of {nbytes / 2**20:.1f} MB exceeds the {self.arena_bytes / 2**20:.0f} MB arena of runner "
                 f"{self.name!r}; raise Runner(arena_mb=...)"
             )
-        align = max((t[0].dtype.itemsize for t in tensors), default=8) or 1
         now = time.monotonic()
         deadline = now + timeout if timeout is not None else 0.0
         space_deadline = deadline or now + 30.0

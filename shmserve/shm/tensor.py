@@ -86,13 +86,22 @@ def as_array(x: Any, where: str) -> tuple[np.ndarray, int, str]:
     return arr, kind, dtype_str
 
 
+_DTYPE_STRS: dict[np.dtype, str] = {}
+
+
 def _dtype_str(dtype: np.dtype, where: str) -> str:
+    known = _DTYPE_STRS.get(dtype)
+    if known is not None:
+        return known
     if dtype.kind not in _ALLOWED_KINDS or dtype.fields is not None:
         raise InvalidInput(
             f"{where}: dtype {dtype} cannot cross the transport; use a numeric or bool dtype "
             "(object, string, datetime and structured arrays are refused)"
         )
-    return dtype.newbyteorder("<").str if dtype.byteorder == ">" else dtype.str
+    text = dtype.newbyteorder("<").str if dtype.byteorder == ">" else dtype.str
+    if len(_DTYPE_STRS) < 256:
+        _DTYPE_STRS[dtype] = text
+    return text
 
 
 _DTYPES: dict[str, np.dtype] = {}

@@ -131,7 +131,10 @@ class WorkerChannel:
                      batch_size: int) -> None:
         """Write one response (descriptor + data block) and publish it; the post comes later."""
         v = self.view
-        offsets, end = layout(tensors, 0, 64)
+        if len(tensors) == 1:
+            offsets, end = [0], tensors[0][0].nbytes
+        else:
+            offsets, end = layout(tensors, 0, 64)
         meta_off = end
         nbytes = end + (len(meta) if len(meta) > ring.META_INLINE_MAX else 0)
         block = self.alloc_result(nbytes)
@@ -259,16 +262,21 @@ class Dispatcher:
             self._fail([req], ring.ST_BAD_REQUEST, "BadRequest", f"unknown method index {req.method}", "")
             return
         m = self.methods[req.method]
-        if m.sig.batchable and req.tensors:
+        tensors = req.tensors
+        if m.sig.batchable and tensors:
             dim = m.sig.input_dim
-            first = req.tensors[0]
-            if not all(len(t.shape) > dim for t in req.tensors) or len({t.shape[dim] for t in req.tensors}) != 1:
+            first = tensors[0]
+            if len(first.shape) <= dim or (len(tensors) > 1 and (
+                    not all(len(t.shape) > dim for t in tensors) or len({t.shape[dim] for t in tensors}) != 1)):
                 self._fail([req], ring.ST_BAD_REQUEST, "InvalidInput",
                            f"method {m.sig.name!r} batches along dim {dim}: every tensor argument needs that "
                            f"dim with the same size, got shapes {[t.shape for t in req.tensors]}", "")
                 return
             req.items = first.shape[dim]
-            key: Any = (req.meta, tuple((t.dtype, t.shape[:dim] + t.shape[dim + 1:], t.kind) for t in req.tensors))
+            if len(tensors) == 1:
+                key: Any = (req.meta, first.dtype, first.shape[:dim] + first.shape[dim + 1:], first.kind)
+            else:
+                key = (req.meta, tuple((t.dtype, t.shape[:dim] + t.shape[dim + 1:], t.kind) for t in tensors))
         else:
             key = None  # not joinable: runs alone, in arrival order
         q = m.queues.get(key)
