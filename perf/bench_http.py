@@ -335,22 +335,25 @@ def _record_memory(rs: ResultSet, mem_rows: list[list[dict[str, Any]]]) -> None:
         rs.skip("memory", "could not read /proc/<pid>/smaps_rollup of the service's processes")
         return
     rs.extras["memory_processes"] = mem_rows[-1]
-    by_role: dict[str, list[list[float]]] = {}
-    for rows in mem_rows:
-        per: dict[str, list[float]] = {}
-        for row in rows:
-            per.setdefault(row["role"], []).append(row["pss_mb"])
-        for role, values in per.items():
-            by_role.setdefault(role, []).append(values)
-    for role, passes in by_role.items():
-        if role in ("resource_tracker", "other"):
-            continue
-        rs.add(Figure.from_passes(f"memory.{role}_pss_mb", [float(np.mean(v)) for v in passes], "MB", "lower",
-                                  calibration="calib.python_numpy_pss_mb",
-                                  detail={"processes": len(passes[-1])}))
+    for metric in ("pss_mb", "uss_mb", "rss_mb"):
+        by_role: dict[str, list[list[float]]] = {}
+        for rows in mem_rows:
+            per: dict[str, list[float]] = {}
+            for row in rows:
+                per.setdefault(row["role"], []).append(row[metric])
+            for role, values in per.items():
+                by_role.setdefault(role, []).append(values)
+        for role, passes in by_role.items():
+            if role in ("resource_tracker", "other"):
+                continue
+            # an idle python's RSS is steady; its PSS is not (shared pages are split with every
+            # other python on the host), so every memory figure is divided by the RSS
+            calib = "calib.python_numpy_rss_mb"
+            rs.add(Figure.from_passes(f"memory.{role}_{metric}", [float(np.mean(v)) for v in passes], "MB", "lower",
+                                      calibration=calib, detail={"processes": len(passes[-1])}))
     totals = [sum(r["pss_mb"] for r in rows) for rows in mem_rows]
     rs.add(Figure.from_passes("memory.service_total_pss_mb", totals, "MB", "lower",
-                              calibration="calib.python_numpy_pss_mb"))
+                              calibration="calib.python_numpy_rss_mb"))
 
 
 def _issue3(rs: ResultSet) -> None:
@@ -415,7 +418,7 @@ def _run_peer(rs: ResultSet, name: str, plan: HttpPlan) -> None:
     rs.add(Figure.from_passes(f"peers.{name}.startup_s", [startup], "s", "lower",
                               calibration="calib.python_numpy_start_s"))
     rs.add(Figure.from_passes(f"peers.{name}.memory_total_pss_mb", [sum(r["pss_mb"] for r in mem)], "MB", "lower",
-                              calibration="calib.python_numpy_pss_mb"))
+                              calibration="calib.python_numpy_rss_mb"))
     rs.meta.setdefault("peers", {})[name] = spec.version()
 
 

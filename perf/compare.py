@@ -5,9 +5,9 @@ run) moved the wrong way by more than its tolerance: 15% unless the
 tolerance file (perf/tolerances.json) says otherwise. Patterns there are
 fnmatch globs over figure names; the first matching pattern wins; a
 tolerance of null means "report, never fail". Unless `--strict`, a
-tolerance widens to the figure's own spread across passes in either run
-((max - min) / median): on a shared machine, a change inside the noise the
-run itself measured is not called a regression.
+tolerance widens to the spread of the figure's ratio across passes in either
+run ((max - min) / median): on a shared machine, a change inside the noise
+the run itself measured is not called a regression.
 """
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ def judge(base: Figure | None, cur: Figure | None, tol: float | None, noise_awar
         return row
     assert base.ratio is not None and cur.ratio is not None
     if tol is not None and noise_aware:
-        noise = max(base.spread or 0.0, cur.spread or 0.0)
+        noise = max(base.ratio_spread or 0.0, cur.ratio_spread or 0.0)
         if noise > tol:
             row.tolerance = tol = noise
             row.widened = True
@@ -144,6 +144,8 @@ def main(base_path: str, cur_path: str, tolerance_path: str | None, strict: bool
     rows = compare(base, cur, tolerances, noise_aware=not strict)
     print(f"baseline: {base_path} ({base.meta.get('date', '?')}, {base.meta.get('git', {}).get('commit', '?')[:10]})")
     print(f"current:  {cur_path} ({cur.meta.get('date', '?')}, {cur.meta.get('git', {}).get('commit', '?')[:10]})")
+    if base.mode != cur.mode:
+        print(f"note: comparing a {base.mode!r} run with a {cur.mode!r} run: shorter runs are noisier")
     print("judged on ratio = figure / its calibration measured in the same run; "
           + ("tolerances as given (--strict)\n" if strict else "~ = tolerance widened to the figure's own spread across passes\n"))
     print(format_rows(rows))

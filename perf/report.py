@@ -25,6 +25,8 @@ def _fmt(x: float | None, digits: int = 3) -> str:
 def _target_row(f: Figure) -> str:
     met = {True: "met", False: "**missed**", None: "-"}[f.target_met]
     spread = f"{f.spread * 100:.0f}%" if f.passes and len(f.passes) > 1 else "-"
+    if f.target_met is not None and f.spread > 0.5:
+        met += " (passes disagree: noisy)"
     return f"| {f.name} | {_fmt(f.value)} {f.unit} | {f.target or '-'} | {met} | {spread} |"
 
 
@@ -64,15 +66,19 @@ def markdown(rs: ResultSet, plots: dict[str, str]) -> str:
         lines.append(f"| {f.name} | {_fmt(f.value)} | {_fmt(f.p99)} | {f.unit} | {f.spread * 100:.0f}% | "
                      f"{', '.join(_fmt(p) for p in f.passes)} |")
     lines += ["", "## All figures", "",
-              "| figure | median | p99 | unit | ratio | calibration | spread | passes |", "|---|---|---|---|---|---|---|---|"]
+              "| figure | median | p99 | unit | ratio | calibration | spread (value / ratio) | passes |",
+              "|---|---|---|---|---|---|---|---|"]
     for f in rs.figures.values():
         errors = f.detail.get("errors") if f.detail else None
         note = f" ({errors} errors)" if errors else ""
         lines.append(f"| {f.name}{note} | {_fmt(f.value)} | {_fmt(f.p99)} | {f.unit} | {_fmt(f.ratio)} | "
-                     f"{f.calibration or '-'} | {f.spread * 100:.0f}% | {', '.join(_fmt(p) for p in f.passes)} |")
+                     f"{f.calibration or '-'} | {f.spread * 100:.0f}% / {f.ratio_spread * 100:.0f}% | "
+                     f"{', '.join(_fmt(p) for p in f.passes)} |")
     mem = rs.extras.get("memory_processes")
     if mem:
         lines += ["", "## Memory of the service's processes (last pass, after load)", "",
+                  "PSS splits each shared page (the shared-memory arenas, numpy's libraries) between the "
+                  "processes that map it; USS is what the process alone holds.", "",
                   "| pid | role | RSS MB | PSS MB | USS MB | command |", "|---|---|---|---|---|---|"]
         for r in mem:
             lines.append(f"| {r['pid']} | {r['role']} | {_fmt(r['rss_mb'])} | {_fmt(r['pss_mb'])} | "

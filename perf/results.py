@@ -37,6 +37,7 @@ class Figure:
     spread: float = 0.0
     calibration: str | None = None
     ratio: float | None = None
+    ratio_spread: float = 0.0
     p99: float | None = None
     detail: dict[str, Any] = field(default_factory=dict)
     target: str | None = None
@@ -95,19 +96,30 @@ class ResultSet:
 
     def add(self, fig: Figure) -> Figure:
         """Record a figure; its ratio is computed from its calibration figure, if any."""
-        fig.ratio = self.ratio_of(fig)
+        fig.ratio, fig.ratio_spread = self.ratio_of(fig)
         self.figures[fig.name] = fig
         return fig
 
-    def ratio_of(self, fig: Figure) -> float | None:
-        """value / calibration value; a figure without calibration is its own ratio
-        (it is already a side-by-side ratio, like a speed-up)."""
+    def ratio_of(self, fig: Figure) -> tuple[float | None, float]:
+        """(ratio, its spread across passes).
+
+        When the figure and its calibration were measured in the same passes,
+        the ratio is the median of the per-pass ratios (each pass's two numbers
+        were taken side by side, so machine noise cancels within a pass) and its
+        spread is theirs. Otherwise value / calibration value, with the two
+        spreads added. A figure without calibration is its own ratio (it is
+        already a side-by-side ratio, like a speed-up)."""
         if fig.calibration is None:
-            return fig.value if math.isfinite(fig.value) else None
+            return (fig.value if math.isfinite(fig.value) else None), fig.spread
         cal = self.calibration.get(fig.calibration)
         if cal is None or not math.isfinite(cal.value) or cal.value == 0 or not math.isfinite(fig.value):
-            return None
-        return fig.value / cal.value
+            return None, fig.spread
+        if fig.passes and len(fig.passes) == len(cal.passes):
+            per_pass = [f / c for f, c in zip(fig.passes, cal.passes, strict=True)
+                        if f is not None and c and math.isfinite(f) and math.isfinite(c)]
+            if per_pass:
+                return median(per_pass), spread(per_pass)
+        return fig.value / cal.value, fig.spread + cal.spread
 
     def skip(self, what: str, why: str) -> None:
         """Note that a part of the suite did not run, and why."""

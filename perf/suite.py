@@ -168,6 +168,8 @@ def summary(rs: ResultSet) -> str:
         tgt = ""
         if f.target:
             tgt = f"{f.target} -> {'met' if f.target_met else 'MISSED' if f.target_met is False else '?'}"
+            if f.target_met is not None and f.spread > 0.5:
+                tgt += " (noisy)"
         lines.append(f"{f.name:44} {_fmt(f.value):>10} {_fmt(f.p99):>10} {f.unit:8} {_fmt(f.ratio):>8} "
                      f"{f.spread * 100:6.0f}%  {tgt}")
     for what, why in rs.skipped.items():

@@ -130,3 +130,21 @@ def test_tolerance_widens_to_measured_spread_unless_strict() -> None:
     assert noisy.status == "ok" and noisy.widened and noisy.tolerance == pytest.approx(12 / 13)
     strict = compare(base, cur, Tolerances(), noise_aware=False)[0]
     assert strict.status == "REGRESSED" and not strict.widened
+
+
+def test_ratio_is_median_of_per_pass_ratios_when_measured_side_by_side() -> None:
+    rs = ResultSet("quick")
+    # the machine slowed down in pass 2: figure and calibration both doubled
+    rs.add_calibration(Figure.from_passes("calib.pingpong_us", [10.0, 20.0, 10.0], "us", "lower"))
+    fig = rs.add(Figure.from_passes("t", [30.0, 60.0, 31.0], "us", "lower", calibration="calib.pingpong_us"))
+    assert fig.spread > 0.9
+    assert fig.ratio == pytest.approx(3.0)
+    assert fig.ratio_spread == pytest.approx(0.1 / 3.0)
+
+
+def test_ratio_falls_back_to_medians_when_passes_differ() -> None:
+    rs = ResultSet("quick")
+    rs.add_calibration(Figure.from_passes("calib.rss", [20.0, 20.0], "MB", "lower"))
+    fig = rs.add(Figure.from_passes("m", [40.0, 40.0, 40.0], "MB", "lower", calibration="calib.rss"))
+    assert fig.ratio == pytest.approx(2.0)
+    assert fig.ratio_spread == 0.0
