@@ -16,7 +16,7 @@ from .runnable import MethodSignature, Runnable
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 
-DEFAULT_ARENA_MB = 64
+DEFAULT_ARENA_MB = 32
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,9 @@ class Runner:
         method_configs: per-method overrides, e.g. ``{"predict": {"max_batch_size": 32}}``.
         workers: number of worker processes; default from the resource strategy.
         arena_mb: size of each shared-memory data arena (inputs and outputs each,
-            per client process and worker).
+            per client process and worker; pre-faulted, so it is real memory:
+            2 x arena_mb per client process per worker). The largest call or
+            result must fit; a larger one is a clear TensorTooLarge error.
         max_queue_size: most calls one client process may have in flight;
             beyond it calls fail at once with RunnerOverloaded.
         gpus: GPU ids for this runner's workers (one worker per id unless
