@@ -33,13 +33,12 @@ from __future__ import annotations
 import bisect
 import math
 from collections import deque
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["ArrivalModel", "BatchPolicy", "CostModel", "Decision", "fifo_prefix"]
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     """What the dispatch loop should do now.
 
     ``run``: run a batch now. ``items``: items (along ``batch_dim``) in the FIFO prefix the batch

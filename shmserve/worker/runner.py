@@ -335,10 +335,14 @@ class Dispatcher:
     # -- execution ---------------------------------------------------------------
     def _run(self, m: MethodSlot, batch: list[Request], batched: bool) -> None:
         t_batch = time.monotonic()
-        if any(r.deadline and r.deadline <= t_batch for r in batch):
+        if len(batch) == 1:
+            expired = bool(batch[0].deadline) and batch[0].deadline <= t_batch
+        else:
+            expired = any(r.deadline and r.deadline <= t_batch for r in batch)
+        if expired:
             live = [r for r in batch if not r.deadline or r.deadline > t_batch]
-            expired = [r for r in batch if r not in live]
-            self._fail(expired, ring.ST_EXPIRED, "RunnerTimeout", "the call's deadline passed before it ran", "")
+            self._fail([r for r in batch if r not in live], ring.ST_EXPIRED, "RunnerTimeout",
+                       "the call's deadline passed before it ran", "")
             batch = live
             if not batch:
                 return
@@ -356,12 +360,18 @@ class Dispatcher:
         finally:
             del args, kwargs
         t_done = time.monotonic()
-        total = sum(r.items for r in batch)
+        total = batch[0].items if len(batch) == 1 else sum(r.items for r in batch)
         if batched:
             m.policy.on_batch_done(total, t_done - t_model, done_at=t_done)
+        gpu = self._gpu
         try:
-            parts = self._split(m, out, batch) if batched and len(batch) > 1 else [out]
-            gpu = self._gpu
+            if len(batch) == 1:
+                r = batch[0]
+                releases = gpu.owed_to(r.channel.client_pid) if gpu is not None else None
+                tensors, meta = encode_result(out, device=self.device, releases=releases)
+                r.channel.write_result(r, ring.ST_OK, tensors, meta, (r.dequeue, t_batch, t_model, t_done), total)
+                return
+            parts = self._split(m, out, batch) if batched else [out]
             encoded = [encode_result(p, device=self.device,
                                      releases=gpu.owed_to(r.channel.client_pid) if gpu is not None else None)
                        for p, r in zip(parts, batch)]
