@@ -9,6 +9,7 @@ process, stop it. The trivial server's runs are interleaved with each pass.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -74,10 +75,23 @@ def start_shmserve(port: int, log: Path) -> tuple[subprocess.Popen, float]:
     return proc, time.monotonic() - t0
 
 
+def calibration_cpus() -> tuple[int | None, int | None]:
+    """(wrk's CPU, the trivial server's CPU) for the calibration runs.
+
+    At one connection a request is a wake-up ping-pong between wrk and the
+    server, and on this VM that costs ~15 µs on one CPU and ~50 µs across two,
+    whichever the scheduler picks. Pinned to two CPUs the calibration is
+    steady and matches a multi-process server, whose hops cross CPUs."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return (cpus[0], cpus[1]) if len(cpus) > 1 else (None, None)
+
+
 def start_trivial(port: int) -> subprocess.Popen:
-    """Start the calibration server and wait for its 'ready' line."""
+    """Start the calibration server (pinned, see `calibration_cpus`) and wait for its 'ready' line."""
+    server_cpu = calibration_cpus()[1]
+    pin = (lambda: os.sched_setaffinity(0, {server_cpu})) if server_cpu is not None else None
     proc = subprocess.Popen([sys.executable, "-m", "perf.trivial_server", str(port)], cwd=REPO, env=child_env(),
-                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=pin)
     assert proc.stdout is not None
     if not proc.stdout.readline().startswith("ready"):
         stop(proc)
@@ -263,7 +277,8 @@ def run(rs: ResultSet, plan: HttpPlan, peers: tuple[str, ...], check_only: bool 
             json_path, json_ctype = wrk.bodies()["json"]
             for c in plan.connections:
                 runs.setdefault(f"trivial.c{c}", []).append(
-                    wrk.run(f"http://127.0.0.1:{trivial_port}/", json_path, json_ctype, c, plan.trivial_duration_s))
+                    wrk.run(f"http://127.0.0.1:{trivial_port}/", json_path, json_ctype, c, plan.trivial_duration_s,
+                            cpu=calibration_cpus()[0]))
             port = free_port()
             proc, startup = start_shmserve(port, LOG_DIR / f"serve_pass{i}.log")
             startups.append(startup)

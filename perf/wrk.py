@@ -67,8 +67,9 @@ def parse(output: str) -> WrkResult:
 
 
 def run(url: str, body: Path, ctype: str, connections: int, duration_s: float, threads: int = 1,
-        timeout_s: float = 5.0) -> WrkResult:
-    """POST `body` to `url` with wrk for `duration_s` over `connections` connections."""
+        timeout_s: float = 5.0, cpu: int | None = None) -> WrkResult:
+    """POST `body` to `url` with wrk for `duration_s` over `connections` connections
+    (wrk pinned to `cpu` when given)."""
     if not available():
         raise RuntimeError("wrk is not installed: apt-get install wrk")
     env = child_env(BODY=str(body), CTYPE=ctype)
@@ -76,7 +77,8 @@ def run(url: str, body: Path, ctype: str, connections: int, duration_s: float, t
         "wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration_s))}s", "--latency",
         f"--timeout={timeout_s:g}s", "-s", str(bench_dir() / "post.lua"), url,
     ]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=duration_s + 60)
+    pin = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=duration_s + 60, preexec_fn=pin)
     if out.returncode != 0:
         raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr.strip() or out.stdout.strip()}")
     return parse(out.stdout)
