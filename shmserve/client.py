@@ -15,6 +15,7 @@ their futures in batches with `loop.call_soon_threadsafe`.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import ctypes
 import os
 import socket
@@ -53,6 +54,13 @@ DEFAULT_SLOTS = 1024
 TraceHook = Callable[[str, str, dict[str, float]], None]
 _trace_hooks: list[TraceHook] = []
 
+#: While set (to a list), every runner call made in this context appends
+#: ``(runner, method, trace)`` to it: how one HTTP request learns its own
+#: runner timestamps (see `shmserve.http.app`, header ``X-Shmserve-Trace``).
+call_traces: contextvars.ContextVar[list[tuple[str, str, dict[str, float]]] | None] = contextvars.ContextVar(
+    "shmserve_call_traces", default=None
+)
+
 
 def add_trace_hook(fn: TraceHook) -> None:
     """Call `fn(runner, method, trace)` for every completed call in this process.
@@ -73,7 +81,7 @@ class Pending:
     """One call in flight."""
 
     __slots__ = ("seq", "link", "block", "method", "submit", "done", "result", "error", "lock", "future", "loop",
-                 "abandoned")
+                 "abandoned", "sink")
 
     def __init__(self, seq: int, link: "WorkerLink", block: list[int], method: str, submit: float) -> None:
         self.seq = seq
@@ -88,6 +96,7 @@ class Pending:
         self.future: asyncio.Future[Any] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.abandoned = False
+        self.sink: list[tuple[str, str, dict[str, float]]] | None = call_traces.get()
 
 
 class WorkerLink:
@@ -488,10 +497,12 @@ class RunnerClient:
                 error = _remote_error(self.name, p.method, code, meta)
                 if block_len:
                     _free_block(v, block_off, block_len)
-            if _trace_hooks:
+            if _trace_hooks or p.sink is not None:
                 trace = {"submit": p.submit, "dequeue": fixed[8], "batch_start": fixed[9], "model_start": fixed[10],
                          "model_end": fixed[11], "written": fixed[12], "complete": complete,
                          "batch_size": fixed[13]}
+                if p.sink is not None:
+                    p.sink.append((self.name, p.method, trace))
                 for hook in list(_trace_hooks):
                     try:
                         hook(self.name, p.method, trace)

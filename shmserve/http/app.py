@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from ..client import call_traces
 from ..errors import RunnerError, ShmserveError
 from ..service import API, Service
 from .metrics import Metrics, MetricsExchange
@@ -32,6 +33,7 @@ _CT_JSON = b"application/json"
 _CT_TEXT = b"text/plain; charset=utf-8"
 _CT_PROM = b"text/plain; version=0.0.4; charset=utf-8"
 _RETRY_AFTER = b"retry-after: 1\r\n"
+_TRACE_HEADER = b"x-shmserve-trace"
 _OTHER = "-"  # metrics label for requests that match no API
 
 
@@ -120,9 +122,26 @@ class App:
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
+        if _TRACE_HEADER in request.headers:
+            conn.task = loop.create_task(self._traced_call(api, value, request, conn, start))
+            return
         conn.task = loop.create_task(self._call(api, value, request, conn, start))
 
-    async def _call(self, api: API, value: Any, request: Request, conn: HttpProtocol, start: float) -> None:
+    async def _traced_call(self, api: API, value: Any, request: Request, conn: HttpProtocol, start: float) -> None:
+        """`_call` for a request that asked for its timeline (header ``X-Shmserve-Trace``).
+
+        The response carries ``x-shmserve-trace``: orjson of CLOCK_MONOTONIC times
+        along the path — ``begin`` (first byte parsed), ``parsed``, ``decoded``
+        (body decoded into the API's argument), the runner calls' own traces
+        (``runners``: submit, dequeue, batch_start, model_start, model_end,
+        written, complete, batch_size), ``api_done`` and ``encoded``.
+        """
+        call_traces.set([])  # this task's context only: the runner client appends to it
+        timeline: dict[str, Any] = {"begin": request.t_begin, "parsed": request.t_parsed, "decoded": time.monotonic()}
+        await self._call(api, value, request, conn, start, timeline)
+
+    async def _call(self, api: API, value: Any, request: Request, conn: HttpProtocol, start: float,
+                    timeline: dict[str, Any] | None = None) -> None:
         # Counted here, not at create_task: a task cancelled before its first step never runs its finally.
         self.in_flight += 1
         try:
@@ -153,6 +172,8 @@ class App:
                 return
         finally:
             self.in_flight -= 1
+        if timeline is not None:
+            timeline["api_done"] = time.monotonic()
         try:
             ctype, body, extra = api.output.encode(result, request.headers.get(b"accept", b""))
         except Exception as exc:  # the API returned something its output descriptor cannot write
@@ -161,6 +182,10 @@ class App:
                 f"API {api.name!r} returned a {type(result).__name__} that {api.output!r} cannot encode: {exc}"))
             return
         self._ok_hist[api.name].observe(time.perf_counter() - start)
+        if timeline is not None:
+            timeline["encoded"] = time.monotonic()
+            timeline["runners"] = [{"runner": r, "method": m, **t} for r, m, t in call_traces.get() or ()]
+            extra += b"x-shmserve-trace: " + orjson.dumps(timeline) + b"\r\n"
         conn.reply(200, ctype, body, extra)
 
     def _fail(self, conn: HttpProtocol, api: API, start: float, status: int, exc: BaseException) -> None:

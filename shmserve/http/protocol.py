@@ -36,7 +36,7 @@ _PIPELINE_LOW = 4
 class Request:
     """One parsed HTTP request. Header names are lower-cased bytes."""
 
-    __slots__ = ("method", "path", "url", "headers", "body", "keep_alive", "error")
+    __slots__ = ("method", "path", "url", "headers", "body", "keep_alive", "error", "t_begin", "t_parsed")
 
     def __init__(
         self,
@@ -46,8 +46,12 @@ class Request:
         body: bytes,
         keep_alive: bool,
         error: tuple[int, str] | None = None,
+        t_begin: float = 0.0,
     ) -> None:
         self.method = method
+        #: CLOCK_MONOTONIC times: first byte of the request parsed, request complete.
+        self.t_begin = t_begin
+        self.t_parsed = time.monotonic()
         self.url = url
         q = url.find(b"?")
         self.path = url if q < 0 else url[:q]
@@ -148,6 +152,7 @@ class HttpProtocol(asyncio.Protocol):
         self._continue_wanted = False
         self._in_message = False
         # The message being parsed.
+        self._t_begin = 0.0
         self._url = b""
         self._headers: dict[bytes, bytes] = {}
         self._body: Any = None
@@ -204,6 +209,7 @@ class HttpProtocol(asyncio.Protocol):
     # -- httptools callbacks ---------------------------------------------------
     def on_message_begin(self) -> None:
         """httptools: a new request starts."""
+        self._t_begin = time.monotonic()
         self._in_message = True
         self._url = b""
         self._headers = {}
@@ -277,7 +283,8 @@ class HttpProtocol(asyncio.Protocol):
         elif isinstance(body, list):
             body = b"".join(body)
         parser = self.parser
-        self.queue.append(Request(parser.get_method(), self._url, self._headers, body, parser.should_keep_alive()))
+        self.queue.append(Request(parser.get_method(), self._url, self._headers, body, parser.should_keep_alive(),
+                                  None, self._t_begin))
         if len(self.queue) > _PIPELINE_HIGH:
             self._pause_reading()
 

@@ -522,3 +522,20 @@ def test_metrics_sum_every_api_worker(server: Server) -> None:
     assert len(pids) == 2, "the kernel gave every connection to one API worker"
     # Each scrape sums the answering worker with the others' snapshots (refreshed once a second).
     wait_until(lambda: total() - before == sent, 10, f"the /metrics sum over both API workers ({pids})")
+
+
+def test_traced_request_reports_its_timeline(server: Server) -> None:
+    status, headers, body = call(server, "POST", "/predict", b"[[1, 2, 3]]",
+                                 {"Content-Type": "application/json", "X-Shmserve-Trace": "1"})
+    assert status == 200, body
+    assert orjson.loads(body) == [[2, 4, 6]]
+    t = orjson.loads(headers["x-shmserve-trace"])
+    (runner,) = t["runners"]
+    assert runner["method"] == "predict" and runner["batch_size"] >= 1
+    path = [t["begin"], t["parsed"], t["decoded"], runner["submit"], runner["dequeue"], runner["batch_start"],
+            runner["model_start"], runner["model_end"], runner["written"], runner["complete"], t["api_done"],
+            t["encoded"]]
+    assert path == sorted(path), path
+    # without the header there is no trace
+    status, headers, _ = call(server, "POST", "/predict", b"[[1, 2, 3]]", {"Content-Type": "application/json"})
+    assert status == 200 and "x-shmserve-trace" not in headers
