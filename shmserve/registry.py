@@ -31,6 +31,7 @@ def runtime_dir() -> Path:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie — exited, not yet reaped — counts as dead)."""
     if pid <= 0:
         return False
     try:
@@ -39,7 +40,11 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True  # no procfs: trust kill(0)
 
 
 def register(name: str, record: dict[str, Any]) -> Path:

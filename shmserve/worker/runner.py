@@ -29,13 +29,14 @@ import numpy as np
 import orjson
 
 from ..batching import BatchPolicy
+from ..registry import pid_alive
 from ..runnable import MethodSignature, Runnable
 from ..shm import handshake, ring
 from ..shm.channel import ChannelView
 from ..shm.message import decode_call, encode_result, layout, view
 from ..shm.ring import BLOCK_BUSY, BLOCK_FREE, BLOCK_HEADER, U64, ChannelLayout, RingAllocator
 from ..shm.segment import Segment
-from ..shm.signal import Signal
+from ..shm.signal import Signal, unlink_semaphore
 from ..shm.tensor import TensorMeta, wrap
 
 POLL_S = 0.25  # longest sleep between checks of the stop flag and the parent's liveness
@@ -515,6 +516,9 @@ class ControlServer(threading.Thread):
             self.sel.unregister(sock)
             channel.closed = True
             self.dispatcher.doorbell.post()
+            if channel.client_pid and not pid_alive(channel.client_pid):
+                # A client killed outright cannot unlink its reply semaphore; its name is ours to remove.
+                unlink_semaphore(channel.reply.name)
 
 
 # -- process main ----------------------------------------------------------------------

@@ -359,3 +359,25 @@ def test_killed_supervisor_is_swept_on_next_start(unique_name, tmp_path, shm_cle
     r = shmserve.Runner(EchoRunnable, name=unique_name, arena_mb=4)
     with shmserve.start(r, workers=1):
         np.testing.assert_array_equal(r.predict.run(np.ones(2)), [1, 1])
+
+
+def test_killed_client_leaves_nothing(echo):
+    r, _ = echo
+    before = shm_entries()
+    script = textwrap.dedent(f"""
+        import time, numpy as np, shmserve
+        c = shmserve.connect({r.name!r})
+        c.predict.run(np.ones(2))
+        print("attached", flush=True)
+        time.sleep(60)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert proc.stdout.readline().strip() == "attached"
+        assert shm_entries() - before, "expected the client's reply semaphore while it runs"
+    finally:
+        proc.kill()
+        proc.wait(10)
+    # The worker sees the client's socket close, finds it dead and removes its semaphore.
+    wait_for(lambda: not (shm_entries() - before), what="the killed client's names to go")
+    np.testing.assert_array_equal(r.predict.run(np.ones(2)), [2, 2])
