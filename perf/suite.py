@@ -148,7 +148,7 @@ def _run(mode: str, plan: Plan, sections: tuple[str, ...], peers: str | None, ou
     path = Path(out) if out else RESULTS / f"{stamp}_{mode}.json"
     rs.save(path)
     print(f"[perf] results: {path}")
-    if report:
+    if report and out is None:  # an explicit --out (a baseline, say) gets no report beside it
         from .report import write
 
         md = write(rs, path.with_suffix(".md"))
