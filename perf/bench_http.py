@@ -216,6 +216,55 @@ def metrics_breakdown(before: dict[str, tuple[float, float]], after: dict[str, t
     return out
 
 
+TRACE_STAGES = (
+    ("HTTP parse", "begin", "parsed"),
+    ("decode body", "parsed", "decoded"),
+    ("API code to runner call", "decoded", "r.submit"),
+    ("queue + wake-up (to worker)", "r.submit", "r.dequeue"),
+    ("dispatch (intake + policy)", "r.dequeue", "r.batch_start"),
+    ("batch assembly", "r.batch_start", "r.model_start"),
+    ("model", "r.model_start", "r.model_end"),
+    ("result write", "r.model_end", "r.written"),
+    ("wake-up + read (to API worker)", "r.written", "r.complete"),
+    ("future resolved, API returns", "r.complete", "api_done"),
+    ("encode", "api_done", "encoded"),
+)
+
+
+def traced_breakdown(url: str, body: bytes, ctype: str, n: int = 300, warmup: int = 50) -> dict[str, float]:
+    """p50 of each stage of one request (ms), from the timestamps the server records along the path.
+
+    Sends `n` sequential requests on one keep-alive connection with ``X-Shmserve-Trace: 1``; the
+    API worker answers with its parse/decode/encode times and the runner call's own trace.
+    """
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    samples: dict[str, list[float]] = {name: [] for name, _, _ in TRACE_STAGES}
+    samples["total in server"] = []
+    try:
+        for i in range(n + warmup):
+            conn.request("POST", parts.path, body, {"Content-Type": ctype, "X-Shmserve-Trace": "1"})
+            resp = conn.getresponse()
+            resp.read()
+            header = resp.getheader("x-shmserve-trace")
+            if i < warmup or header is None:
+                continue
+            t = json.loads(header)
+            if not t.get("runners"):
+                continue
+            points = dict(t)
+            points.update({f"r.{k}": v for k, v in t["runners"][0].items() if isinstance(v, float)})
+            for name, a, b in TRACE_STAGES:
+                samples[name].append((points[b] - points[a]) * 1e3)
+            samples["total in server"].append((points["encoded"] - points["begin"]) * 1e3)
+    finally:
+        conn.close()
+    return {k: median(v) for k, v in samples.items() if v}
+
+
 def codec_costs(reps: int = 2000) -> dict[str, float]:
     """µs of the API path's decode/encode operations, measured here (no server involved)."""
     import io
@@ -274,6 +323,7 @@ def run(rs: ResultSet, plan: HttpPlan, peers: tuple[str, ...], check_only: bool 
     startups: list[float] = []
     mem_rows: list[list[dict[str, Any]]] = []
     breakdowns: list[dict[str, float]] = []
+    traced: list[dict[str, float]] = []
     try:
         for i in range(plan.passes):
             json_path, json_ctype = wrk.bodies()["json"]
@@ -292,6 +342,7 @@ def run(rs: ResultSet, plan: HttpPlan, peers: tuple[str, ...], check_only: bool 
                 before = scrape(metrics_url)
                 one = wrk.run(url, json_path, json_ctype, 1, plan.duration_s)
                 breakdowns.append(metrics_breakdown(before, scrape(metrics_url), one.latency_ms.get("mean", 0.0)))
+                traced.append(traced_breakdown(url, Path(json_path).read_bytes(), json_ctype))
                 for key, res in _load_matrix(url, plan, bodies, sweep=(i == 0)).items():
                     runs.setdefault(f"shmserve.{key}", []).append(res)
                 mem_rows.append(memory_tree(proc.pid, roles_from_log(LOG_DIR / f"serve_pass{i}.log")))
@@ -300,6 +351,8 @@ def run(rs: ResultSet, plan: HttpPlan, peers: tuple[str, ...], check_only: bool 
     finally:
         stop(trivial)
     _record(rs, runs, plan, startups, mem_rows, breakdowns)
+    if traced:
+        rs.extras["http_trace_breakdown_ms"] = {k: median([t.get(k, np.nan) for t in traced]) for k in traced[0]}
     rs.extras["codec_costs_us"] = codec_costs()
     for name in peers:
         _run_peer(rs, name, plan)

@@ -94,14 +94,19 @@ def _breakdown_tables(rs: ResultSet) -> list[str]:
         out += ["### Runner call, one caller, from trace hook timestamps (µs)", "", "| segment | p50 | p99 |",
                 "|---|---|---|"]
         out += [f"| {k} | {_fmt(v['p50_us'])} | {_fmt(v['p99_us'])} |" for k, v in one["breakdown"].items()] + [""]
+    traced = rs.extras.get("http_trace_breakdown_ms")
+    if traced:
+        out += ["### HTTP request at one connection, JSON body: p50 of timestamps recorded along the path (ms)", "",
+                "From `X-Shmserve-Trace` responses: the API worker's parse/decode/encode times and the runner "
+                "call's own trace, for the same request.", "", "| stage | p50 ms |", "|---|---|"]
+        out += [f"| {k} | {_fmt(v)} |" for k, v in traced.items()] + [""]
     http = rs.extras.get("http_breakdown_ms")
     if http:
         out += ["### HTTP request at one connection, JSON body: means from /metrics deltas (ms)", "",
                 "| stage | mean ms |", "|---|---|"]
         out += [f"| {k} | {_fmt(v)} |" for k, v in http.items()] + [""]
-        out += ["The API worker does not expose per-request timestamps for HTTP parse, decode, and encode, so "
-                "those stages are the difference between its request-duration histogram and the runner-call "
-                "histogram. The same decode/encode operations timed alone:", ""]
+        out += ["These means come from /metrics histograms over a whole wrk run (a cross-check of the traced "
+                "figures). The same decode/encode operations timed alone:", ""]
     codec = rs.extras.get("codec_costs_us")
     if codec:
         out += ["| operation | µs |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in codec.items()] + [""]
@@ -193,13 +198,17 @@ def plot_all(rs: ResultSet, folder: Path, stem: str) -> dict[str, str]:
 
     one = next((r for r in batching if r["mode"] == "batching" and r["callers"] == 1), None)
     http_bd = rs.extras.get("http_breakdown_ms") or {}
-    if (one and one.get("breakdown")) or http_bd:
+    traced_bd = rs.extras.get("http_trace_breakdown_ms") or {}
+    if (one and one.get("breakdown")) or http_bd or traced_bd:
         fig, ax = plt.subplots(figsize=(10, 3.8))
         bars: list[tuple[str, list[tuple[str, float]]]] = []
         if one and one.get("breakdown"):
             segs = [(k, max(0.0, v["p50_us"]) / 1e3) for k, v in one["breakdown"].items() if not k.startswith("total")]
             bars.append(("runner call\n(trace hook, p50)", segs))
-        if http_bd:
+        if traced_bd:
+            segs = [(k, max(0.0, v)) for k, v in traced_bd.items() if not k.startswith("total")]
+            bars.append(("HTTP request, 1 conn\n(traced, p50)", segs))
+        elif http_bd:
             segs = [(k, max(0.0, v)) for k, v in http_bd.items() if not k.startswith("client-observed")]
             bars.append(("HTTP request, 1 conn\n(/metrics means)", segs))
         colors = [plt.get_cmap("tab20")(i) for i in range(20)]
