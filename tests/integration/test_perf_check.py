@@ -10,6 +10,11 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.integration
 
 
+BENCH = os.environ.get("SHMSERVE_BENCH_DIR") or str(ROOT.parent / "shared" / "bench")
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(BENCH, "workload.py")),
+                    reason=f"the common benchmark workload is not at {BENCH}")
 def test_perf_check_mode_passes():
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     out = subprocess.run([sys.executable, "-m", "perf", "run", "--check"], capture_output=True, text=True,
