@@ -154,6 +154,19 @@ class WorkerLink:
         self.req_head = 0
         self.resp_tail = 0
         self.live = True
+        if self.client.loop_wake is not None:
+            self.send_loop_wake(self.client.loop_wake)
+
+    def send_loop_wake(self, fd: int) -> None:
+        """Give the worker an eventfd to signal along with the reply semaphore (SCM_RIGHTS)."""
+        if self.sock is not None:
+            try:
+                self.sock.setblocking(True)
+                socket.send_fds(self.sock, [b"W"], [fd])
+            except OSError:
+                pass  # a dead worker: noticed by the liveness check
+            finally:
+                self.sock.setblocking(False)
 
     def worker_alive(self) -> bool:
         """False once the worker's end of the socket is closed (it exited or was killed)."""
@@ -207,6 +220,10 @@ class RunnerClient:
         self._thread: threading.Thread | None = None
         self._last_check = 0.0
         self._gpu: Any = None  # shmserve.gpu.HandoffLedger, created when a CUDA tensor first crosses
+        # An eventfd the workers also signal, read by the first event loop that calls async_run: its
+        # results are then delivered on the loop itself, without the completion thread's hop.
+        self.loop_wake: int | None = None
+        self._wake_loop: asyncio.AbstractEventLoop | None = None
         self.links = [WorkerLink(self, w["index"], w["socket"]) for w in record["workers"]]
         self.methods: dict[str, Any] = {}
         deadline = time.monotonic() + connect_timeout
@@ -382,6 +399,8 @@ class RunnerClient:
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self._ensure_thread()
+        if self._wake_loop is not loop and (self._wake_loop is None or self._wake_loop.is_closed()):
+            self._listen_on(loop)
         p = self._submit(method, args, kwargs, timeout, block_for_space=False)
         p.loop = loop
         p.future = fut
@@ -434,6 +453,32 @@ class RunnerClient:
             waiting = [f for f in self._followers if not f.done]
         if waiting:
             _unlock(waiting[0].lock)
+
+    def _listen_on(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Read results on `loop` when a worker signals its eventfd (first loop only)."""
+        with self._lock:
+            if self._wake_loop is not None and not self._wake_loop.is_closed():
+                return  # another live loop listens; this one is served by the completion thread
+            self._wake_loop = loop
+            if self.loop_wake is None:
+                self.loop_wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+                for link in self.links:
+                    if link.live:
+                        link.send_loop_wake(self.loop_wake)
+        loop.add_reader(self.loop_wake, self._on_loop_wake)
+
+    def _on_loop_wake(self) -> None:
+        try:
+            os.eventfd_read(self.loop_wake)  # type: ignore[arg-type]
+        except (BlockingIOError, OSError, TypeError):
+            pass
+        done: list[tuple[Pending, Any, BaseException | None]] = []
+        with self._lock:
+            for link in self.links:
+                if link.live:
+                    self._read_link(link, done)
+        if done:
+            self._deliver(done, here=self._wake_loop)
 
     def _ensure_thread(self) -> None:
         if self._thread is None:
@@ -527,7 +572,9 @@ class RunnerClient:
                    for t in tmetas]
         return decode_result(tensors, meta, self._device)
 
-    def _deliver(self, done: list[tuple[Pending, Any, BaseException | None]]) -> None:
+    def _deliver(self, done: list[tuple[Pending, Any, BaseException | None]],
+                 here: asyncio.AbstractEventLoop | None = None) -> None:
+        """Hand results to their callers; `here` is the loop this runs on, if any (no thread hop)."""
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]] = {}
         for p, result, error in done:
             p.result, p.error = result, error
@@ -537,6 +584,9 @@ class RunnerClient:
             elif p.lock is not None:
                 _unlock(p.lock)
         for loop, items in by_loop.items():
+            if loop is here:
+                _settle_many(items)
+                continue
             try:
                 loop.call_soon_threadsafe(_settle_many, items)
             except RuntimeError:
@@ -591,6 +641,15 @@ class RunnerClient:
         self._deliver(failed)
         self.reply.unlink()
         self.reply.close()
+        if self.loop_wake is not None:
+            loop, self._wake_loop = self._wake_loop, None
+            if loop is not None and not loop.is_closed():
+                try:
+                    loop.remove_reader(self.loop_wake)
+                except (RuntimeError, ValueError):
+                    pass
+            os.close(self.loop_wake)
+            self.loop_wake = None
 
 
 def _free_block(v: ChannelView, block_off: int, block_len: int) -> None:

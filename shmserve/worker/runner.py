@@ -91,6 +91,7 @@ class WorkerChannel:
         self.results = RingAllocator(self.view.layout.resp_arena_size)
         self.closed = False  # set by the control thread when the client went away
         self.dirty = False  # results written since the last post
+        self.loop_wake: int | None = None  # eventfd of the client's asyncio loop, when it sent one
 
     def read_new(self, now: float) -> list[Request]:
         v = self.view
@@ -172,11 +173,23 @@ class WorkerChannel:
             self.dirty = False
             try:
                 self.reply.post()
+                efd = self.loop_wake
+                if efd is not None:
+                    os.eventfd_write(efd, 1)
             except Exception:
                 self.closed = True
 
+    def set_loop_wake(self, fd: int) -> None:
+        """The client's event loop listens on this eventfd: signal it with every post."""
+        old, self.loop_wake = self.loop_wake, fd
+        if old is not None:
+            os.close(old)
+
     def close(self) -> None:
         self.closed = True
+        if self.loop_wake is not None:
+            os.close(self.loop_wake)
+            self.loop_wake = None
         if self.pinned is not None:
             try:
                 self.pinned.unregister()
@@ -507,11 +520,18 @@ class ControlServer(threading.Thread):
 
     def _client_event(self, sock: socket.socket, channel: WorkerChannel) -> None:
         try:
-            data = sock.recv(4096)
+            data, fds, _flags, _addr = socket.recv_fds(sock, 64, 4)
         except BlockingIOError:
             return
         except OSError:
-            data = b""
+            data, fds = b"", []
+        for fd in fds[1:]:
+            os.close(fd)
+        if fds:
+            if data.startswith(b"W"):  # the client's event loop wake-up eventfd
+                channel.set_loop_wake(fds[0])
+            else:
+                os.close(fds[0])
         if not data:  # the client closed its end: it exited or detached
             self.sel.unregister(sock)
             channel.closed = True
