@@ -77,6 +77,47 @@ class RunnerTimeout(ShmserveError, TimeoutError):
     http_status = 504
 
 
+class ModelStoreError(ShmserveError):
+    """The model store cannot do what was asked (bad tag, corrupt entry, clash)."""
+
+
+class ModelNotFound(ModelStoreError, LookupError):
+    """No model in the store matches the tag."""
+
+    http_status = 404
+
+
+class CorruptModel(ModelStoreError):
+    """A stored model's manifest or files are unreadable or inconsistent."""
+
+
+class UnknownFramework(ModelStoreError):
+    """A model was saved by a framework adapter this shmserve does not have."""
+
+
+class ModelExists(ModelStoreError):
+    """A model with this exact tag is already in the store (e.g. importing twice)."""
+
+
+class GpuUnavailable(ConfigError):
+    """A GPU feature was used on a host (or in a process) that cannot provide it.
+
+    The message names the missing piece: the NVIDIA driver (libcuda), a visible
+    device, CuPy, or a CUDA build of torch.
+    """
+
+    http_status = 503
+
+
+class CudaError(ShmserveError):
+    """A CUDA driver call failed; `code` is the CUresult and `name` its symbol."""
+
+    def __init__(self, message: str, code: int = -1, name: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.name = name
+
+
 __all__ = [
     "ShmserveError",
     "ConfigError",
@@ -88,4 +129,11 @@ __all__ = [
     "RunnerUnavailable",
     "RunnerOverloaded",
     "RunnerTimeout",
+    "ModelStoreError",
+    "ModelNotFound",
+    "CorruptModel",
+    "UnknownFramework",
+    "ModelExists",
+    "GpuUnavailable",
+    "CudaError",
 ]

@@ -17,7 +17,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ConfigError, ShmserveError
+from ..errors import CudaError, GpuUnavailable, ShmserveError  # noqa: F401  (re-exported: part of shmserve.gpu)
 
 IPC_HANDLE_SIZE = 64  # bytes in CUipcMemHandle and CUipcEventHandle
 CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS = 0x1
@@ -32,25 +32,6 @@ CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED = 712
 CUDA_ERROR_ALREADY_MAPPED = 208
 
 _LIB_NAMES = ("libcuda.so.1", "libcuda.so")
-
-
-class GpuUnavailable(ConfigError):
-    """A GPU feature was used on a host (or in a process) that cannot provide it.
-
-    The message names the missing piece: the NVIDIA driver (libcuda), a visible
-    device, CuPy, or a CUDA build of torch.
-    """
-
-    http_status = 503
-
-
-class CudaError(ShmserveError):
-    """A CUDA driver call failed; `code` is the CUresult and `name` its symbol."""
-
-    def __init__(self, message: str, code: int = -1, name: str = "") -> None:
-        super().__init__(message)
-        self.code = code
-        self.name = name
 
 
 class _IpcHandle(ctypes.Structure):

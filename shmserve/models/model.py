@@ -12,7 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError, ShmserveError
+from ..errors import (  # noqa: F401  (re-exported: the store raises these)
+    ConfigError,
+    CorruptModel,
+    ModelExists,
+    ModelNotFound,
+    ModelStoreError,
+    ShmserveError,
+    UnknownFramework,
+)
 from ..runnable import BatchDim, MethodSignature
 
 if TYPE_CHECKING:
@@ -28,28 +36,6 @@ ADAPTERS: dict[str, str] = {
     "onnx": "shmserve.models.onnx",
     "picklable": "shmserve.models.picklable",
 }
-
-
-class ModelStoreError(ShmserveError):
-    """The model store cannot do what was asked (bad tag, corrupt entry, clash)."""
-
-
-class ModelNotFound(ModelStoreError, LookupError):
-    """No model in the store matches the tag."""
-
-    http_status = 404
-
-
-class CorruptModel(ModelStoreError):
-    """A stored model's manifest or files are unreadable or inconsistent."""
-
-
-class UnknownFramework(ModelStoreError):
-    """A model was saved by a framework adapter this shmserve does not have."""
-
-
-class ModelExists(ModelStoreError):
-    """A model with this exact tag is already in the store (e.g. importing twice)."""
 
 
 # -- tags -----------------------------------------------------------------------
