@@ -86,6 +86,15 @@ def markdown(rs: ResultSet, plots: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _curve(ax: Any, rows: list[dict[str, Any]], p50: str, p99: str, label: str, point: Any) -> None:
+    """p50 (solid) and p99 (dashed) latency against throughput, each point labelled by `point(row)`."""
+    x = [r["rps"] for r in rows]
+    line = ax.plot(x, [r[p50] for r in rows], "o-", label=f"{label} p50")[0]
+    ax.plot(x, [r[p99] for r in rows], "s--", color=line.get_color(), alpha=0.7, label=f"{label} p99")
+    for r in rows:
+        ax.annotate(point(r), (r["rps"], r[p50]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+
+
 def _breakdown_tables(rs: ResultSet) -> list[str]:
     out: list[str] = []
     curve = rs.extras.get("batching_curve", [])
@@ -139,12 +148,7 @@ def plot_all(rs: ResultSet, folder: Path, stem: str) -> dict[str, str]:
             groups.setdefault((row["system"], row["body"]), []).append(row)
         for (system, body), rows in sorted(groups.items()):
             rows.sort(key=lambda r: r["connections"])
-            x = [r["rps"] for r in rows]
-            line = ax.plot(x, [r["p50"] for r in rows], "o-", label=f"{system} {body} p50")[0]
-            ax.plot(x, [r["p99"] for r in rows], "s--", color=line.get_color(), alpha=0.7, label=f"{system} {body} p99")
-            for r in rows:
-                ax.annotate(f"c{r['connections']}", (r["rps"], r["p50"]), fontsize=7, xytext=(3, 3),
-                            textcoords="offset points")
+            _curve(ax, rows, "p50", "p99", f"{system} {body}", lambda r: f"c{r['connections']}")
         ax.set(xscale="log", yscale="log", xlabel="throughput (req/s)", ylabel="latency (ms)",
                title="HTTP: latency vs load (wrk, closed loop; cN = connections)")
         ax.grid(True, which="both", alpha=0.3)
@@ -156,12 +160,7 @@ def plot_all(rs: ResultSet, folder: Path, stem: str) -> dict[str, str]:
                 rows = sorted((r for r in batching if r["mode"] == mode), key=lambda r: r["callers"])
                 if not rows:
                     continue
-                x = [r["rps"] for r in rows]
-                line = ax.plot(x, [r["p50_ms"] for r in rows], "o-", label=f"{mode} p50")[0]
-                ax.plot(x, [r["p99_ms"] for r in rows], "s--", color=line.get_color(), alpha=0.7, label=f"{mode} p99")
-                for r in rows:
-                    ax.annotate(f"{r['callers']}", (r["rps"], r["p50_ms"]), fontsize=7, xytext=(3, 3),
-                                textcoords="offset points")
+                _curve(ax, rows, "p50_ms", "p99_ms", mode, lambda r: f"{r['callers']}")
             ax.set(xscale="log", yscale="log", xlabel="throughput (calls/s)", ylabel="latency (ms)",
                    title="Runner calls from Python (asyncio callers; label = callers)")
             ax.grid(True, which="both", alpha=0.3)

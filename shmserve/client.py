@@ -40,8 +40,8 @@ from .errors import (
 )
 from .shm import handshake, ring
 from .shm.channel import ChannelView
-from .shm.message import Tensor, decode_result, encode_call, layout, view
-from .shm.ring import BLOCK_FREE, MAX_TENSORS, META_INLINE_MAX, U64, ChannelLayout, RingAllocator
+from .shm.message import Tensor, block_align, decode_result, encode_call, layout, view
+from .shm.ring import BLOCK_FREE, BLOCK_HEADER, MAX_TENSORS, META_INLINE_MAX, U64, ChannelLayout, RingAllocator
 from .shm.segment import Segment
 from .shm.signal import Signal
 from .shm.tensor import numpy_dtype, wrap
@@ -157,6 +157,16 @@ class WorkerLink:
         if self.client.loop_wake is not None:
             self.send_loop_wake(self.client.loop_wake)
 
+    def try_connect(self, slots: int, arena_bytes: int, timeout: float) -> BaseException | None:
+        """`connect`, reporting failure instead of raising (the worker may be restarting)."""
+        self.last_attempt = time.monotonic()
+        try:
+            self.connect(slots, arena_bytes, timeout)
+        except (OSError, ShmserveError, ValueError) as exc:
+            return exc
+        self.client.methods = self.methods
+        return None
+
     def send_loop_wake(self, fd: int) -> None:
         """Give the worker an eventfd to signal along with the reply semaphore (SCM_RIGHTS)."""
         if self.sock is not None:
@@ -240,11 +250,8 @@ class RunnerClient:
         while True:
             for link in self.links:
                 if not link.live:
-                    try:
-                        link.connect(self.slots, self.arena_bytes, timeout=max(0.1, deadline - time.monotonic()))
-                        self.methods = link.methods
-                    except (OSError, ShmserveError, ValueError) as exc:
-                        last_error = exc
+                    last_error = link.try_connect(self.slots, self.arena_bytes, max(0.1, deadline - time.monotonic())) \
+                        or last_error
             if any(link.live for link in self.links):
                 return
             if time.monotonic() > deadline:
@@ -252,18 +259,11 @@ class RunnerClient:
             time.sleep(0.05)
 
     def _pick_link(self) -> WorkerLink:
-        links = self.links
-        if len(links) == 1 and links[0].live:  # one worker: nothing to choose
-            return links[0]
         best = None
         now = time.monotonic()
         for link in self.links:
             if not link.live and now - link.last_attempt > RECONNECT_EVERY_S and not link.pending:
-                link.last_attempt = now
-                try:
-                    link.connect(self.slots, self.arena_bytes, timeout=1.0)
-                except (OSError, ShmserveError, ValueError):
-                    pass
+                link.try_connect(self.slots, self.arena_bytes, 1.0)
             if link.live and (best is None or len(link.pending) < len(best.pending)):
                 best = link
         if best is None:
@@ -307,12 +307,8 @@ class RunnerClient:
         tensors, meta = encode_call(args, kwargs, self._device, releases)
         if len(tensors) > MAX_TENSORS:
             raise InvalidInput(f"a call carries at most {MAX_TENSORS} tensor arguments, got {len(tensors)}")
-        if len(tensors) == 1:
-            offsets, end = [0], tensors[0][0].nbytes
-            align = tensors[0][0].dtype.itemsize or 1
-        else:
-            offsets, end = layout(tensors, 0)
-            align = max((t[0].dtype.itemsize for t in tensors), default=8) or 1
+        offsets, end = layout(tensors, 0)
+        align = block_align(tensors)
         meta_off = (end + 7) & ~7
         nbytes = meta_off + len(meta) if len(meta) > META_INLINE_MAX else end
         if nbytes > self.arena_bytes:
@@ -532,7 +528,7 @@ class RunnerClient:
             error: BaseException | None = None
             if code == ring.ST_OK:
                 if p.abandoned:
-                    _free_block(v, block_off, block_len)
+                    _free_block(v.resp_arena, block_off, block_len)
                 else:
                     try:
                         result = self._decode(link, tmetas, meta, block_off, block_len)
@@ -541,7 +537,7 @@ class RunnerClient:
             else:
                 error = _remote_error(self.name, p.method, code, meta)
                 if block_len:
-                    _free_block(v, block_off, block_len)
+                    _free_block(v.resp_arena, block_off, block_len)
             if _trace_hooks or p.sink is not None:
                 trace = {"submit": p.submit, "dequeue": fixed[8], "batch_start": fixed[9], "model_start": fixed[10],
                          "model_end": fixed[11], "written": fixed[12], "complete": complete,
@@ -562,12 +558,12 @@ class RunnerClient:
         if not tmetas or block_len <= COPY_RESULT_MAX:
             tensors = [wrap(view(v.resp_arena, t.offset, t.nbytes, t.dtype, t.shape).copy(), t.kind, t.dtype)
                        for t in tmetas]
-            _free_block(v, block_off, block_len)
+            _free_block(v.resp_arena, block_off, block_len)
             return decode_result(tensors, meta, self._device)
         # Lease the block: the arrays read it in place; it is freed when the last of them dies.
         base = v.layout.resp_arena + block_off
         lease: Any = (ctypes.c_char * block_len).from_buffer(link.segment.buf, base)
-        weakref.finalize(lease, _free_block_raw, v.resp_arena, block_off)
+        weakref.finalize(lease, _free_block, v.resp_arena, block_off)
         tensors = [wrap(np.ndarray(t.shape, numpy_dtype(t.dtype), lease, t.offset - block_off), t.kind, t.dtype)
                    for t in tmetas]
         return decode_result(tensors, meta, self._device)
@@ -607,11 +603,7 @@ class RunnerClient:
         with self._lock:
             for link in self.links:
                 if not link.live and not link.pending:
-                    link.last_attempt = time.monotonic()
-                    try:
-                        link.connect(self.slots, self.arena_bytes, timeout=1.0)
-                    except (OSError, ShmserveError, ValueError):
-                        pass
+                    link.try_connect(self.slots, self.arena_bytes, 1.0)
         return self.live_workers()
 
     def ready(self) -> bool:
@@ -652,16 +644,14 @@ class RunnerClient:
             self.loop_wake = None
 
 
-def _free_block(v: ChannelView, block_off: int, block_len: int) -> None:
-    if block_len:
-        U64.pack_into(v.resp_arena, block_off, BLOCK_FREE)
-
-
-def _free_block_raw(arena: memoryview, block_off: int) -> None:
+def _free_block(arena: memoryview, block_off: int, block_len: int = BLOCK_HEADER) -> None:
+    """Hand a result block back to the worker (it reclaims it when it next allocates)."""
+    if not block_len:
+        return  # the response had no block
     try:
         U64.pack_into(arena, block_off, BLOCK_FREE)
     except (ValueError, TypeError):
-        pass  # the link was closed: the worker is gone and nobody reclaims the arena
+        pass  # the link was closed (a lease outlived it): the worker is gone and nobody reclaims the arena
 
 
 def _unlock(lock: Any) -> None:

@@ -137,11 +137,6 @@ def _value(spec: dict[str, Any], tensors: list[Any], device: DeviceGetter | None
     return spec["v"]
 
 
-def call_has_device_tensors(meta: bytes) -> bool:
-    """Whether call metadata carries CUDA hand-offs (such calls run alone, unbatched)."""
-    return b'"G":' in meta
-
-
 def encode_result(
     value: Any, where: str = "result", device: DeviceGetter | None = None, releases: list[int] | None = None
 ) -> tuple[list[Tensor], bytes]:
@@ -205,6 +200,8 @@ def layout(tensors: list[Tensor], base: int, align_to: int | None = None) -> tup
     tensor of one call directly follows the previous call's when sizes allow.
     Returns (offsets, end) where end is relative too.
     """
+    if len(tensors) == 1 and base == 0:  # the common call: one tensor at the block's start
+        return [0], tensors[0][0].nbytes
     offsets = []
     pos = 0
     for arr, _kind, _dt in tensors:
@@ -215,6 +212,11 @@ def layout(tensors: list[Tensor], base: int, align_to: int | None = None) -> tup
         offsets.append(pos)
         pos += arr.nbytes
     return offsets, pos
+
+
+def block_align(tensors: list[Tensor]) -> int:
+    """Alignment of a call's block: the largest item size among its tensors (8 without tensors)."""
+    return max((t[0].dtype.itemsize for t in tensors), default=8) or 1
 
 
 def view(buf: Any, offset: int, nbytes: int, dtype_str: str, shape: tuple[int, ...]) -> np.ndarray:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ..batching import BatchPolicy
+from ..batching import BatchPolicy, fifo_prefix
 from ..registry import pid_alive
 from ..runnable import MethodSignature, Runnable
 from ..shm import handshake, ring
@@ -133,10 +133,7 @@ class WorkerChannel:
                      batch_size: int) -> None:
         """Write one response (descriptor + data block) and publish it; the post comes later."""
         v = self.view
-        if len(tensors) == 1:
-            offsets, end = [0], tensors[0][0].nbytes
-        else:
-            offsets, end = layout(tensors, 0, 64)
+        offsets, end = layout(tensors, 0, 64)
         meta_off = end
         nbytes = end + (len(meta) if len(meta) > ring.META_INLINE_MAX else 0)
         block = self.alloc_result(nbytes)
@@ -218,7 +215,6 @@ class MethodSlot:
         self.max_batch_size = max_batch_size
         self.policy = BatchPolicy(max_batch_size, max_latency_ms / 1000.0)
         self.queues: dict[Any, deque[Request]] = {}
-        self.last_arrival = 0.0
 
 
 class Dispatcher:
@@ -279,18 +275,18 @@ class Dispatcher:
         tensors = req.tensors
         if m.sig.batchable and tensors:
             dim = m.sig.input_dim
-            first = tensors[0]
-            if len(first.shape) <= dim or (len(tensors) > 1 and (
-                    not all(len(t.shape) > dim for t in tensors) or len({t.shape[dim] for t in tensors}) != 1)):
+            try:
+                sizes = {t.shape[dim] for t in tensors}
+            except IndexError:  # a tensor without the batch dim
+                sizes = set()
+            if len(sizes) != 1:
                 self._fail([req], ring.ST_BAD_REQUEST, "InvalidInput",
                            f"method {m.sig.name!r} batches along dim {dim}: every tensor argument needs that "
-                           f"dim with the same size, got shapes {[t.shape for t in req.tensors]}", "")
+                           f"dim with the same size, got shapes {[t.shape for t in tensors]}", "")
                 return
-            req.items = first.shape[dim]
-            if len(tensors) == 1:
-                key: Any = (req.meta, first.dtype, first.shape[:dim] + first.shape[dim + 1:], first.kind)
-            else:
-                key = (req.meta, tuple((t.dtype, t.shape[:dim] + t.shape[dim + 1:], t.kind) for t in tensors))
+            req.items = tensors[0].shape[dim]
+            # Calls join only with calls of the same non-tensor arguments, dtypes and trailing shapes.
+            key: Any = (req.meta, tuple([(t.dtype, t.shape[:dim] + t.shape[dim + 1:], t.kind) for t in tensors]))
         else:
             key = None  # not joinable: runs alone, in arrival order
         q = m.queues.get(key)
@@ -300,7 +296,6 @@ class Dispatcher:
         q.append(req)
         if key is not None:
             m.policy.on_arrival(req.submit, req.items)
-        m.last_arrival = max(m.last_arrival, req.submit)
 
     # -- decisions ---------------------------------------------------------------
     def step(self) -> float:
@@ -319,7 +314,7 @@ class Dispatcher:
                     if not d.run:
                         wake = min(wake, d.wait_until)
                         break
-                    self._run(m, _take(q, d.items), batched=True)
+                    self._run(m, _take(q, d.calls), batched=True)
                     self._flush()
                     self.intake()  # calls that arrived while the model ran join the next decision
                 if not q:
@@ -341,7 +336,8 @@ class Dispatcher:
                     if key is None:
                         self._run(m, [q.popleft()], batched=False)
                     else:
-                        self._run(m, _take(q, m.max_batch_size), batched=True)
+                        self._run(m, _take(q, fifo_prefix([r.items for r in q], m.max_batch_size)[0]),
+                                  batched=True)
             m.queues.clear()
         self.busy.clear()
         self._flush()
@@ -349,11 +345,7 @@ class Dispatcher:
     # -- execution ---------------------------------------------------------------
     def _run(self, m: MethodSlot, batch: list[Request], batched: bool) -> None:
         t_batch = time.monotonic()
-        if len(batch) == 1:
-            expired = bool(batch[0].deadline) and batch[0].deadline <= t_batch
-        else:
-            expired = any(r.deadline and r.deadline <= t_batch for r in batch)
-        if expired:
+        if any(r.deadline and r.deadline <= t_batch for r in batch):
             live = [r for r in batch if not r.deadline or r.deadline > t_batch]
             self._fail([r for r in batch if r not in live], ring.ST_EXPIRED, "RunnerTimeout",
                        "the call's deadline passed before it ran", "")
@@ -374,18 +366,12 @@ class Dispatcher:
         finally:
             del args, kwargs
         t_done = time.monotonic()
-        total = batch[0].items if len(batch) == 1 else sum(r.items for r in batch)
+        total = sum(r.items for r in batch)
         if batched:
             m.policy.on_batch_done(total, t_done - t_model, done_at=t_done)
         gpu = self._gpu
         try:
-            if len(batch) == 1:
-                r = batch[0]
-                releases = gpu.owed_to(r.channel.client_pid) if gpu is not None else None
-                tensors, meta = encode_result(out, device=self.device, releases=releases)
-                r.channel.write_result(r, ring.ST_OK, tensors, meta, (r.dequeue, t_batch, t_model, t_done), total)
-                return
-            parts = self._split(m, out, batch) if batched else [out]
+            parts = self._split(m, out, batch) if len(batch) > 1 else [out]
             encoded = [encode_result(p, device=self.device,
                                      releases=gpu.owed_to(r.channel.client_pid) if gpu is not None else None)
                        for p, r in zip(parts, batch)]
@@ -469,18 +455,35 @@ class ControlServer(threading.Thread):
         self.methods_info = methods_info
         self.sel = selectors.DefaultSelector()
         self.stop_r, self.stop_w = os.pipe()
+        # Clients whose socket closed while their pid still looked alive (a killed process closes its
+        # files before it turns into a zombie): (pid, reply semaphore name, give-up time).
+        self.departed: list[tuple[int, str, float]] = []
 
     def run(self) -> None:
         self.sel.register(self.listener, selectors.EVENT_READ, None)
         self.sel.register(self.stop_r, selectors.EVENT_READ, "stop")
         while True:
-            for key, _ in self.sel.select():
+            for key, _ in self.sel.select(0.1 if self.departed else None):
                 if key.data == "stop":
                     return
                 if key.data is None:
                     self._accept()
                 else:
                     self._client_event(key.fileobj, key.data)  # type: ignore[arg-type]
+            if self.departed:
+                self._sweep_departed()
+
+    def _sweep_departed(self) -> None:
+        """Remove the reply semaphore of each departed client once it is dead; a client that
+        detached and lives on (or is still alive after 5 s) removes its own."""
+        now = time.monotonic()
+        keep = []
+        for pid, name, give_up in self.departed:
+            if not pid_alive(pid):
+                unlink_semaphore(name)  # a killed client cannot unlink it itself
+            elif now < give_up:
+                keep.append((pid, name, give_up))
+        self.departed = keep
 
     def stop(self) -> None:
         os.write(self.stop_w, b"x")
@@ -536,9 +539,9 @@ class ControlServer(threading.Thread):
             self.sel.unregister(sock)
             channel.closed = True
             self.dispatcher.doorbell.post()
-            if channel.client_pid and not pid_alive(channel.client_pid):
-                # A client killed outright cannot unlink its reply semaphore; its name is ours to remove.
-                unlink_semaphore(channel.reply.name)
+            if channel.client_pid:
+                self.departed.append((channel.client_pid, channel.reply.name, time.monotonic() + 5.0))
+                self._sweep_departed()
 
 
 # -- process main ----------------------------------------------------------------------
@@ -624,14 +627,9 @@ def main(spec: WorkerSpec) -> None:
             ch.flush()
 
 
-def _take(q: deque[Request], max_items: int) -> list[Request]:
-    batch: list[Request] = []
-    taken = 0
-    while q and (not batch or taken + q[0].items <= max_items):
-        r = q.popleft()
-        batch.append(r)
-        taken += r.items
-    return batch
+def _take(q: deque[Request], calls: int) -> list[Request]:
+    """The first `calls` queued calls (the FIFO prefix the batching policy chose)."""
+    return [q.popleft() for _ in range(calls)]
 
 
 def _set_threads(threads: int) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 import shmserve
 from shmserve import client as shm_client
+from shmserve.registry import pid_alive
 from tests.conftest import ROOT, shm_entries
 from tests.runnables import EchoRunnable
 
@@ -295,23 +296,10 @@ def test_stop_leaves_nothing_and_unbinds(unique_name, runtime_dir):
     pids = group.worker_pids(r.name)
     group.stop()
     assert shm_entries() - before == set()
-    assert not any(_alive(p) for p in pids)
+    assert not any(pid_alive(p) for p in pids)
     assert not list(runtime_dir.glob(f"{unique_name}*"))
     with pytest.raises(shmserve.RunnerNotStarted):
         r.predict.run(np.ones(1))
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie still answers kill(0); look at its state
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 SERVE_SCRIPT = """
@@ -339,14 +327,14 @@ def test_ctrl_c_cleans_up(unique_name, tmp_path, shm_clean):
     proc, workers = _serve_in_subprocess(unique_name, tmp_path)
     proc.send_signal(signal.SIGINT)
     proc.wait(20)  # the with block ran its cleanup on KeyboardInterrupt
-    wait_for(lambda: not any(_alive(p) for p in workers), what="workers to exit")
+    wait_for(lambda: not any(pid_alive(p) for p in workers), what="workers to exit")
 
 
 def test_sigterm_cleans_up(unique_name, tmp_path, shm_clean):
     proc, workers = _serve_in_subprocess(unique_name, tmp_path)
     proc.terminate()
     assert proc.wait(20) == 143  # SystemExit(128 + SIGTERM) after the with block cleaned up
-    wait_for(lambda: not any(_alive(p) for p in workers), what="workers to exit")
+    wait_for(lambda: not any(pid_alive(p) for p in workers), what="workers to exit")
 
 
 def test_killed_supervisor_is_swept_on_next_start(unique_name, tmp_path, shm_clean):
@@ -354,7 +342,7 @@ def test_killed_supervisor_is_swept_on_next_start(unique_name, tmp_path, shm_cle
     proc.kill()
     proc.wait(10)
     # Orphaned workers notice their supervisor is gone and exit on their own.
-    wait_for(lambda: not any(_alive(p) for p in workers), what="orphaned workers to exit")
+    wait_for(lambda: not any(pid_alive(p) for p in workers), what="orphaned workers to exit")
     # The killed run left its doorbell semaphores; the next start sweeps them.
     r = shmserve.Runner(EchoRunnable, name=unique_name, arena_mb=4)
     with shmserve.start(r, workers=1):
