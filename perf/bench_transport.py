@@ -3,11 +3,19 @@
 Each pass measures, back to back: the bare semaphore ping-pong, memcpy at each
 size, `multiprocessing.Pipe` + pickle round trips and shmserve round trips, so
 the ratios between them are side by side even on a busy machine.
+
+Waiters poll briefly before they sleep (`shmserve.shm.signal.Spinner`). A
+second echo runner started with ``SHMSERVE_SPIN_US=0`` only sleeps; the
+small sizes are measured on both, with the CPU time both processes spend per
+call, so what the polling buys and what it costs sit side by side.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
+import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -20,7 +28,10 @@ from .stats import median, percentiles
 ECHO_ARENA_MB = 320  # a 128 MB tensor in and out, with room for the allocator's wrap-around
 
 
-def _shm_round_trips(method: Any, size: str, budget_s: float) -> dict[str, float]:
+SLEEP_SIZES = ("3KB", "600KB")  # sizes also measured on the runner whose waits only sleep
+
+
+def _shm_round_trips(method: Any, size: str, budget_s: float, cpu_pids: list[int] | None = None) -> dict[str, float]:
     x = cal.make_tensor(size)
 
     def call() -> None:
@@ -28,9 +39,45 @@ def _shm_round_trips(method: Any, size: str, budget_s: float) -> dict[str, float
         del y  # a leased result goes back to the arena here, inside the timed call
 
     big = cal.nbytes(size) > 64 * 2**20
-    times = cal.timed_loop(call, budget_s, min_n=3 if big else 10, warmup=1 if big else 5)
+    warmup = 1 if big else 5
+    cpu0 = _cpu_s(cpu_pids) if cpu_pids else 0.0
+    times = cal.timed_loop(call, budget_s, min_n=3 if big else 10, warmup=warmup)
+    out = percentiles(times * 1e6)
+    if cpu_pids:
+        out["cpu_us"] = (_cpu_s(cpu_pids) - cpu0) / (len(times) + warmup) * 1e6
     gc.collect()
-    return percentiles(times * 1e6)
+    return out
+
+
+def _cpu_s(worker_pids: list[int]) -> float:
+    """CPU seconds used so far by this process (all threads) and by the given workers (all threads)."""
+    total = time.process_time()
+    for pid in worker_pids:
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0]) / 1e9  # ns on CPU
+            except (OSError, ValueError, IndexError):
+                pass
+    return total
+
+
+@contextlib.contextmanager
+def _spin_off() -> Iterator[None]:
+    """Runners started (and clients made) inside this block never poll: their waits only sleep."""
+    old = os.environ.get("SHMSERVE_SPIN_US")
+    os.environ["SHMSERVE_SPIN_US"] = "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("SHMSERVE_SPIN_US", None)
+        else:
+            os.environ["SHMSERVE_SPIN_US"] = old
 
 
 def verify_echo(method: Any) -> None:
@@ -51,6 +98,8 @@ def run(rs: ResultSet, passes: int, budget_s: float, sizes: tuple[str, ...], pin
 
     runner = shmserve.Runner(EchoRunnable, name="perf_echo", workers=1, arena_mb=ECHO_ARENA_MB,
                              max_batch_size=1, max_latency_ms=0)
+    sleeper = shmserve.Runner(EchoRunnable, name="perf_echo_sleep", workers=1, arena_mb=16,
+                              max_batch_size=1, max_latency_ms=0)
     raw: dict[str, list[dict[str, float]]] = {}
     pairs = cpu_pairs()
 
@@ -58,37 +107,49 @@ def run(rs: ResultSet, passes: int, budget_s: float, sizes: tuple[str, ...], pin
         raw.setdefault(key, []).append(value)
 
     with shmserve.start(runner), cal.PipeEcho() as pipe:
-        verify_echo(runner.echo)
-        if check_only:
-            return
-        workers = _worker_pids()
-        # One unrecorded round of every size first: glibc raises its mmap threshold once a large
-        # block is freed, after which mid-sized pickles stop page-faulting. Measure that steady
-        # state, not whichever pass happened to run before it.
-        for size in sizes:
-            x = cal.make_tensor(size)
-            for _ in range(2):
-                pipe.round_trip(x)
-                y = runner.echo.run(x)
-                del y
-            del x
-        for _ in range(passes):
-            keep("pingpong", cal.semaphore_pingpong(pingpong_rounds))
-            for tag, cpus in pairs.items():
-                keep(f"pingpong_{tag}", cal.semaphore_pingpong(pingpong_rounds, cpus))
-            for size in sizes:
-                keep(f"memcpy_{size}", cal.memcpy_time(size, budget_s / 2))
-                keep(f"pipe_{size}", cal.pipe_round_trips(pipe, size, budget_s))
-                keep(f"shm_{size}", _shm_round_trips(runner.echo, size, budget_s))
-                for tag, cpus in pairs.items():
-                    with pinned(cpus, workers):
-                        keep(f"shm_{tag}_{size}", _shm_round_trips(runner.echo, size, budget_s / 2))
+        with _spin_off():
+            sleeping = shmserve.start(sleeper)
+        with sleeping:
+            verify_echo(runner.echo)
+            verify_echo(sleeper.echo)
+            if check_only:
+                return
+            _measure(runner, sleeper, pipe, keep, passes, budget_s, sizes, pingpong_rounds, pairs)
     _record(rs, raw, sizes, tuple(pairs))
 
 
-def _worker_pids() -> list[int]:
-    import os
+def _measure(runner: Any, sleeper: Any, pipe: Any, keep: Any, passes: int, budget_s: float,
+             sizes: tuple[str, ...], pingpong_rounds: int, pairs: dict[str, tuple[int, int]]) -> None:
+    """Every pass of the transport section: calibrations and shmserve, back to back."""
+    workers = _worker_pids()
+    echo_pids = runner._backend_or_raise().worker_pids()
+    sleep_pids = sleeper._backend_or_raise().worker_pids()
+    # One unrecorded round of every size first: glibc raises its mmap threshold once a large
+    # block is freed, after which mid-sized pickles stop page-faulting. Measure that steady
+    # state, not whichever pass happened to run before it.
+    for size in sizes:
+        x = cal.make_tensor(size)
+        for _ in range(2):
+            pipe.round_trip(x)
+            y = runner.echo.run(x)
+            del y
+        del x
+    for _ in range(passes):
+        keep("pingpong", cal.semaphore_pingpong(pingpong_rounds))
+        for tag, cpus in pairs.items():
+            keep(f"pingpong_{tag}", cal.semaphore_pingpong(pingpong_rounds, cpus))
+        for size in sizes:
+            keep(f"memcpy_{size}", cal.memcpy_time(size, budget_s / 2))
+            keep(f"pipe_{size}", cal.pipe_round_trips(pipe, size, budget_s))
+            keep(f"shm_{size}", _shm_round_trips(runner.echo, size, budget_s, echo_pids))
+            if size in SLEEP_SIZES:
+                keep(f"shm_sleep_{size}", _shm_round_trips(sleeper.echo, size, budget_s, sleep_pids))
+            for tag, cpus in pairs.items():
+                with pinned(cpus, workers):
+                    keep(f"shm_{tag}_{size}", _shm_round_trips(runner.echo, size, budget_s / 2))
 
+
+def _worker_pids() -> list[int]:
     from .procs import descendants
 
     # every child of ours: the runner worker(s), and the idle pipe-echo child, which does not matter
@@ -128,6 +189,18 @@ def _record(rs: ResultSet, raw: dict[str, list[dict[str, float]]], sizes: tuple[
         curve.append({"size": size, "bytes": cal.nbytes(size), "shm_p50_us": shm.value, "shm_p99_us": shm.p99,
                       "pipe_p50_us": pipe.value, "pipe_p99_us": pipe.p99,
                       "memcpy_p50_us": rs.calibration[f"calib.memcpy_{size}_us"].value})
+    for size in SLEEP_SIZES:
+        if f"shm_sleep_{size}" not in raw:
+            continue
+        calib = "calib.pingpong_us" if size == "3KB" else f"calib.memcpy_{size}_us"
+        sleeping = rs.add(_fig(raw, f"shm_sleep_{size}", f"transport.rtt_sleeping_{size}_us", calib))
+        polling = rs.figures[f"transport.rtt_{size}_us"]
+        rs.add(Figure.from_passes(f"transport.sleeping_over_polling_{size}",
+                                  [s / p for s, p in zip(sleeping.passes, polling.passes, strict=True)], "x", "higher"))
+        for key, tag in ((f"shm_{size}", "polling"), (f"shm_sleep_{size}", "sleeping")):
+            cpu = [r["cpu_us"] for r in raw[key] if "cpu_us" in r]
+            if cpu:  # client + worker CPU time per call, all threads
+                rs.add(Figure.from_passes(f"transport.cpu_per_call_{tag}_{size}_us", cpu, "us", "lower"))
     if "3KB" in sizes:
         ping = rs.calibration["calib.pingpong_us"]
         shm = rs.figures["transport.rtt_3KB_us"]

@@ -43,7 +43,7 @@ from .shm.channel import ChannelView
 from .shm.message import Tensor, block_align, decode_result, encode_call, layout, view
 from .shm.ring import BLOCK_FREE, BLOCK_HEADER, MAX_TENSORS, META_INLINE_MAX, U64, ChannelLayout, RingAllocator
 from .shm.segment import Segment
-from .shm.signal import Signal
+from .shm.signal import Signal, Spinner, spin_budget_s
 from .shm.tensor import numpy_dtype, wrap
 
 COPY_RESULT_MAX = 64 * 1024  # results up to this size are copied out; larger ones are leased in place
@@ -221,6 +221,7 @@ class RunnerClient:
         self.max_queue_size = int(record.get("max_queue_size", DEFAULT_SLOTS))
         self.slots = DEFAULT_SLOTS
         self.reply = Signal.create()
+        self._spinner = Spinner(spin_budget_s())  # the sync leader's waits: results of fast calls come in µs
         self._lock = threading.Lock()  # submissions, allocator and link state
         self._reader = threading.Lock()  # held by the one thread reading responses
         self._followers: list[Pending] = []
@@ -424,7 +425,7 @@ class RunnerClient:
                             remaining = None if deadline is None else deadline - time.monotonic()
                             if remaining is not None and remaining <= 0:
                                 break
-                            self._poll(POLL_S if remaining is None else min(POLL_S, remaining))
+                            self._poll(POLL_S if remaining is None else min(POLL_S, remaining), self._spinner)
                     finally:
                         self._reader.release()
                         self._wake_a_follower()
@@ -445,6 +446,8 @@ class RunnerClient:
                         self._followers.remove(p)
 
     def _wake_a_follower(self) -> None:
+        if not self._followers:  # the common case, read without the lock: a new follower re-checks p.done
+            return
         with self._lock:
             waiting = [f for f in self._followers if not f.done]
         if waiting:
@@ -489,9 +492,13 @@ class RunnerClient:
             while not self._closed:
                 self._poll(POLL_S)
 
-    def _poll(self, timeout: float) -> None:
-        """Wait up to `timeout` for results and deliver everything that arrived (reader only)."""
-        got = self.reply.wait(timeout)
+    def _poll(self, timeout: float, spinner: Spinner | None = None) -> None:
+        """Wait up to `timeout` for results and deliver everything that arrived (reader only).
+
+        Only a synchronous caller passes `spinner`: it has nothing else to do while it waits, unlike
+        the completion thread, whose polling would contend for the GIL with the event loop.
+        """
+        got = spinner.wait(self.reply, timeout) if spinner is not None else self.reply.wait(timeout)
         if got and self.reply.value():
             self.reply.drain()
         done: list[tuple[Pending, Any, BaseException | None]] = []

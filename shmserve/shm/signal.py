@@ -4,8 +4,17 @@ A `sem_post` is a full memory barrier, so a producer that writes a
 descriptor and then posts publishes it safely to a consumer that waits.
 glibc only enters the kernel on post when a waiter sleeps, so posting to an
 awake consumer costs an atomic increment.
+
+Waking a sleeping process on another CPU costs ~23 µs on a virtual machine
+(the idle vCPU has to be woken by the host), against ~0.3 µs for a process
+that is polling. `Spinner` polls for a short, bounded while before it
+sleeps, yielding the CPU between polls so a peer on the same CPU still runs,
+and stops spinning while posts keep arriving later than its budget.
 """
 from __future__ import annotations
+
+import os
+import time
 
 import posix_ipc
 
@@ -46,6 +55,21 @@ class Signal:
             # handler (KeyboardInterrupt) as soon as we return.
             return False
 
+    def spin(self, budget_s: float) -> bool:
+        """Poll for a post for up to `budget_s`, yielding the CPU between polls; True if one was taken."""
+        sem = self._sem
+        end = time.monotonic() + budget_s
+        while True:
+            if sem.value:  # sem_getvalue and sem_trywait stay in user space
+                try:
+                    sem.acquire(0)
+                    return True
+                except posix_ipc.BusyError:
+                    pass
+            os.sched_yield()
+            if time.monotonic() > end:
+                return False
+
     def value(self) -> int:
         """Posts not yet taken (no syscall in glibc)."""
         return int(self._sem.value)
@@ -76,6 +100,49 @@ class Signal:
                 self._sem.close()
             except posix_ipc.ExistentialError:
                 pass
+
+
+def spin_budget_s() -> float:
+    """How long a waiter polls before it sleeps: `SHMSERVE_SPIN_US` (0 turns polling off), default 50 µs."""
+    raw = os.environ.get("SHMSERVE_SPIN_US", "")
+    try:
+        return max(0.0, float(raw)) / 1e6 if raw else DEFAULT_SPIN_S
+    except ValueError:
+        raise ValueError(f"SHMSERVE_SPIN_US must be a number of microseconds, got {raw!r}") from None
+
+
+DEFAULT_SPIN_S = 50e-6
+
+
+class Spinner:
+    """Spin-then-sleep waits on one `Signal`, for one waiter at a time.
+
+    A spin that comes up empty is followed by sleeping waits only: 1, then 2,
+    4, ... up to `MAX_SKIP` of them before the next try, so a slow model
+    costs a wasted spin once in every `MAX_SKIP` calls at most.
+    """
+
+    MAX_SKIP = 64
+
+    def __init__(self, budget_s: float) -> None:
+        self.budget_s = budget_s
+        self.skip = 0  # sleeping waits left before the next spin
+        self.backoff = 1
+
+    def wait(self, sig: Signal, timeout: float) -> bool:
+        """Like `sig.wait(timeout)`, polling first unless recent spins came up empty."""
+        budget = self.budget_s
+        if not budget or timeout <= 0:
+            return sig.wait(timeout)
+        if self.skip:
+            self.skip -= 1
+            return sig.wait(timeout)
+        if sig.spin(min(budget, timeout)):
+            self.backoff = 1
+            return True
+        self.skip = self.backoff
+        self.backoff = min(self.backoff * 2, self.MAX_SKIP)
+        return sig.wait(max(timeout - budget, 0.0))
 
 
 def unlink_semaphore(name: str) -> None:

@@ -36,7 +36,7 @@ from ..shm.channel import ChannelView
 from ..shm.message import decode_call, encode_result, layout, view
 from ..shm.ring import BLOCK_BUSY, BLOCK_FREE, BLOCK_HEADER, U64, ChannelLayout, RingAllocator
 from ..shm.segment import Segment
-from ..shm.signal import Signal, unlink_semaphore
+from ..shm.signal import Signal, Spinner, spin_budget_s, unlink_semaphore
 from ..shm.tensor import TensorMeta, wrap
 
 POLL_S = 0.25  # longest sleep between checks of the stop flag and the parent's liveness
@@ -116,7 +116,7 @@ class WorkerChannel:
         total = BLOCK_HEADER + nbytes
         if total > self.results.size:
             return None
-        deadline = time.monotonic() + RESULT_SPACE_WAIT_S
+        deadline = 0.0
         while True:
             self.results.reclaim(self._block_released)
             block = self.results.alloc(total, 64)
@@ -125,7 +125,9 @@ class WorkerChannel:
                 U64.pack_into(arena, block[0], BLOCK_BUSY)
                 U64.pack_into(arena, block[0] + 8, total)
                 return block
-            if self.closed or time.monotonic() > deadline:
+            now = time.monotonic()
+            deadline = deadline or now + RESULT_SPACE_WAIT_S
+            if self.closed or now > deadline:
                 return None
             time.sleep(0.0005)  # the caller frees space as it drops leased results
 
@@ -230,6 +232,7 @@ class Dispatcher:
         self.stopping = False
         self._gpu: Any = None  # shmserve.gpu.HandoffLedger, created when a CUDA tensor first crosses
         self.busy: dict[int, MethodSlot] = {}  # methods with queued calls, by index
+        self.arrived = 0  # calls read since the main loop last reset it
 
     # -- intake ----------------------------------------------------------------
     def intake(self) -> None:
@@ -241,6 +244,7 @@ class Dispatcher:
                 continue
             live.append(ch)
             for req in ch.read_new(now):
+                self.arrived += 1
                 self._enqueue(req)
         if len(live) != len(self.channels):
             self.channels = live
@@ -600,20 +604,33 @@ def main(spec: WorkerSpec) -> None:
     control = ControlServer(listener, dispatcher, spec, methods_info)
     control.start()
     _status(spec.status, ready=True, pid=os.getpid())
+    # A lone caller's next call tends to come within a few tens of µs: poll for it instead of
+    # sleeping, since waking a sleeping process on another CPU is what such a call costs most.
+    # Only after a wake-up that brought one call, though: when calls come in bunches the CPUs are
+    # busy producing them, and polling would take CPU time from the processes that make them.
+    spinner = Spinner(spin_budget_s())
+    check_parent_at = 0.0
     try:
         wake = time.monotonic() + POLL_S
         while not stop.is_set():
             timeout = max(0.0, min(wake - time.monotonic(), POLL_S))
             try:
-                doorbell.wait(timeout)
+                if dispatcher.busy or dispatcher.arrived > 1:  # a batch waits for its window, or load
+                    doorbell.wait(timeout)
+                else:
+                    spinner.wait(doorbell, timeout)
+                dispatcher.arrived = 0
             except Exception:  # interrupted by a signal: re-check the flags
                 pass
             if doorbell.value():
                 doorbell.drain()
             dispatcher.intake()
             wake = dispatcher.step()
-            if os.getppid() != spec.parent_pid:
-                break  # the supervisor is gone (killed): nobody would restart or clean up after us
+            now = time.monotonic()
+            if now > check_parent_at:
+                check_parent_at = now + POLL_S
+                if os.getppid() != spec.parent_pid:
+                    break  # the supervisor is gone (killed): nobody would restart or clean up after us
         # Graceful stop: serve what has already arrived, then exit.
         dispatcher.intake()
         dispatcher.drain_all()
