@@ -140,6 +140,7 @@ def _measure(runner: Any, sleeper: Any, pipe: Any, keep: Any, passes: int, budge
             keep(f"pingpong_{tag}", cal.semaphore_pingpong(pingpong_rounds, cpus))
         for size in sizes:
             keep(f"memcpy_{size}", cal.memcpy_time(size, budget_s / 2))
+            keep(f"two_copies_{size}", cal.two_copies_time(size, budget_s / 2))
             keep(f"pipe_{size}", cal.pipe_round_trips(pipe, size, budget_s))
             keep(f"shm_{size}", _shm_round_trips(runner.echo, size, budget_s, echo_pids))
             if size in SLEEP_SIZES:
@@ -178,6 +179,9 @@ def _record(rs: ResultSet, raw: dict[str, list[dict[str, float]]], sizes: tuple[
         for tag in pinnings:
             rs.add(_fig(raw, f"shm_{tag}_{size}", f"transport.rtt_{tag}_{size}_us",
                         f"calib.pingpong_{tag}_us" if size == "3KB" else f"calib.memcpy_{size}_us"))
+        copies = rs.add_calibration(_fig(raw, f"two_copies_{size}", f"calib.two_copies_{size}_us"))
+        rs.add(Figure.from_passes(f"transport.rtt_over_two_copies_{size}",
+                                  [s / c for s, c in zip(shm.passes, copies.passes, strict=True)], "x", "lower"))
         pipe = rs.calibration[f"calib.pipe_pickle_rtt_{size}_us"]
         speedups = [p / s for p, s in zip(pipe.passes, shm.passes, strict=True)]
         target = {"600KB": 5.0, "16MB": 10.0}.get(size)

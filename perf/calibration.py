@@ -111,6 +111,20 @@ def memcpy_time(size: str, budget_s: float = 0.3) -> dict[str, float]:
     return percentiles(timed_loop(lambda: np.copyto(dst, src), budget_s, min_n=5) * 1e6)
 
 
+def two_copies_time(size: str, budget_s: float = 0.3) -> dict[str, float]:
+    """µs for the two copies any shared-memory round trip of `size` makes: the caller's tensor into
+    a buffer, and that buffer into a second one (the result written back). The floor for big tensors."""
+    src = make_tensor(size)
+    a = np.empty_like(src)
+    b = np.empty_like(src)
+
+    def chain() -> None:
+        np.copyto(a, src)
+        np.copyto(b, a)
+
+    return percentiles(timed_loop(chain, budget_s, min_n=5) * 1e6)
+
+
 def memcpy_bandwidth(mb: int = 64, reps: int = 10) -> float:
     """Best-of-`reps` GB/s of a warm `mb` MB copy."""
     src = np.ones(mb * 2**20, dtype=np.uint8)
