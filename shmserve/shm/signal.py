@@ -9,7 +9,7 @@ Waking a sleeping process on another CPU costs ~23 µs on a virtual machine
 (the idle vCPU has to be woken by the host), against ~0.3 µs for a process
 that is polling. `Spinner` polls for a short, bounded while before it
 sleeps, yielding the CPU between polls so a peer on the same CPU still runs,
-and stops spinning while posts keep arriving later than its budget.
+and backs off from polling while its polls keep coming up empty.
 """
 from __future__ import annotations
 
@@ -102,6 +102,9 @@ class Signal:
                 pass
 
 
+DEFAULT_SPIN_S = 50e-6
+
+
 def spin_budget_s() -> float:
     """How long a waiter polls before it sleeps: `SHMSERVE_SPIN_US` (0 turns polling off), default 50 µs."""
     raw = os.environ.get("SHMSERVE_SPIN_US", "")
@@ -109,9 +112,6 @@ def spin_budget_s() -> float:
         return max(0.0, float(raw)) / 1e6 if raw else DEFAULT_SPIN_S
     except ValueError:
         raise ValueError(f"SHMSERVE_SPIN_US must be a number of microseconds, got {raw!r}") from None
-
-
-DEFAULT_SPIN_S = 50e-6
 
 
 class Spinner:
