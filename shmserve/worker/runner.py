@@ -579,6 +579,7 @@ def main(spec: WorkerSpec) -> None:
     signal.signal(signal.SIGTERM, on_term)
     doorbell = Signal.open(spec.doorbell_name)
     try:
+        spin_s = spin_budget_s()  # a bad SHMSERVE_SPIN_US fails the start, with its message
         instance = spec.runnable_class(**spec.init_params)
         _set_threads(spec.threads)
     except BaseException:
@@ -608,7 +609,7 @@ def main(spec: WorkerSpec) -> None:
     # sleeping, since waking a sleeping process on another CPU is what such a call costs most.
     # Only after a wake-up that brought one call, though: when calls come in bunches the CPUs are
     # busy producing them, and polling would take CPU time from the processes that make them.
-    spinner = Spinner(spin_budget_s())
+    spinner = Spinner(spin_s)
     check_parent_at = 0.0
     try:
         wake = time.monotonic() + POLL_S

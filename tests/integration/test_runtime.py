@@ -265,6 +265,23 @@ def test_init_failure_is_reported(unique_name, shm_clean):
     assert "unexpected keyword argument" in info.value.remote_traceback
 
 
+def test_a_bad_spin_setting_fails_the_start(unique_name, shm_clean, monkeypatch):
+    monkeypatch.setenv("SHMSERVE_SPIN_US", "fast")
+    r = shmserve.Runner(EchoRunnable, name=unique_name)
+    with pytest.raises(shmserve.RunnerError, match="failed to start") as info:
+        shmserve.start(r, workers=1)
+    assert "SHMSERVE_SPIN_US must be a number of microseconds" in info.value.remote_traceback
+
+
+def test_calls_work_with_polling_off(unique_name, shm_clean, monkeypatch):
+    monkeypatch.setenv("SHMSERVE_SPIN_US", "0")
+    r = shmserve.Runner(EchoRunnable, name=unique_name, runnable_init_params={"scale": 2.0}, arena_mb=4)
+    with shmserve.start(r, workers=1):
+        x = np.arange(12, dtype=np.float32).reshape(3, 4)
+        for _ in range(3):
+            np.testing.assert_array_equal(r.predict.run(x), x * 2)
+
+
 def test_two_workers_share_load(unique_name, shm_clean):
     r = shmserve.Runner(EchoRunnable, name=unique_name, arena_mb=4)
     with shmserve.start(r, workers=2) as group:
