@@ -8,8 +8,8 @@ Two ways to coalesce, switchable per call or with ``SHMSERVE_GPU_BATCH``:
   contiguous inputs.
 * ``"cat"``: the framework's own concatenate (``torch.cat`` / ``cupy.concatenate``).
 
-``"auto"`` (the default) takes the kernel when it applies and CuPy is
-installed, else ``cat``. Which is faster is for ``perf/gpu_bench.py`` to say.
+``"auto"`` (the default) takes the kernel when it applies, CuPy is installed
+and ``gather.cu`` is found (`kernel_path`), else ``cat``. Which is faster is for ``perf/gpu_bench.py`` to say.
 Splitting never copies: the per-caller outputs are `narrow` views of the
 batch output.
 """
@@ -88,8 +88,13 @@ def plan(shapes: Sequence[Sequence[int]], dim: int) -> tuple[tuple[int, ...], tu
     return sizes, tuple(out)
 
 
-def choose_method(method: str, kind: str, dim: int, contiguous: bool, have_cupy: bool) -> str:
-    """The coalescing method to use (pure policy, see the module docstring)."""
+def choose_method(method: str, kind: str, dim: int, contiguous: bool, have_cupy: bool,
+                  have_source: bool = True) -> str:
+    """The coalescing method to use (pure policy, see the module docstring).
+
+    `have_source`: whether ``gather.cu`` can be found (`kernel_path`); a wheel
+    install has no ``cuda/`` folder unless ``$SHMSERVE_CUDA_DIR`` points at one.
+    """
     if method not in METHODS:
         raise ValueError(f"unknown batching method {method!r}; use one of {METHODS}")
     kernel_ok = dim == 0 and contiguous
@@ -98,9 +103,12 @@ def choose_method(method: str, kind: str, dim: int, contiguous: bool, have_cupy:
             raise ImportError("the gather kernel needs CuPy: pip install 'shmserve[cupy]', or use method='cat'")
         if not kernel_ok:
             raise ValueError("the gather kernel joins contiguous tensors along dim 0 only; use method='cat'")
+        if not have_source:
+            raise FileNotFoundError(f"CUDA kernel source {kernel_path()} is missing; set SHMSERVE_CUDA_DIR to the "
+                                    f"folder holding {KERNEL_FILE}, or use method='cat'")
         return "kernel"
     if method == "auto":
-        return "kernel" if kernel_ok and have_cupy else "cat"
+        return "kernel" if kernel_ok and have_cupy and have_source else "cat"
     return "cat"
 
 
@@ -125,7 +133,8 @@ def coalesce(tensors: Sequence[Any], dim: int = 0, method: str | None = None) ->
     if len(tensors) == 1:
         return DeviceBatch(tensors[0], sizes, dim, "none")
     contiguous = all(_is_contiguous(t) for t in tensors)
-    chosen = choose_method(method, kind, dim, contiguous, _have_cupy())
+    cupy_ok = _have_cupy()
+    chosen = choose_method(method, kind, dim, contiguous, cupy_ok, cupy_ok and kernel_path().is_file())
     if chosen == "cat":
         mod = sys.modules[kind] if kind in sys.modules else require(kind)
         out = mod.cat(list(tensors), dim) if kind == "torch" else mod.concatenate(list(tensors), axis=dim)

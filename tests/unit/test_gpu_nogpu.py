@@ -124,6 +124,13 @@ def test_choose_method_explains_why_the_kernel_cannot_run():
         batch_mod.choose_method("kernel", "torch", 1, True, True)
     with pytest.raises(ValueError, match="unknown batching method"):
         batch_mod.choose_method("fast", "torch", 0, True, True)
+    with pytest.raises(FileNotFoundError, match="SHMSERVE_CUDA_DIR"):
+        batch_mod.choose_method("kernel", "torch", 0, True, True, have_source=False)
+
+
+def test_auto_falls_back_to_cat_without_the_kernel_source():
+    # A wheel install has no cuda/ folder: "auto" must not pick a kernel it cannot compile.
+    assert batch_mod.choose_method("auto", "torch", 0, True, True, have_source=False) == "cat"
 
 
 def test_split_returns_views_that_share_the_output_memory():
