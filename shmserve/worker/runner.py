@@ -2,11 +2,13 @@
 
 One process hosts one Runnable instance. Two threads:
 
-* the *control* thread accepts client connections on a Unix socket, maps the
-  client's channel segment and watches the socket for the client's exit;
-* the *dispatch* loop (main thread) waits on the doorbell semaphore, reads
-  new descriptors from every channel, asks the batching policy whether to run
-  now, runs the method on a batch view and writes the results back.
+* the *control* thread (`control.py`) accepts client connections on a Unix
+  socket, maps the client's channel segment and watches the socket for the
+  client's exit;
+* the *dispatch* loop (main thread, here) waits on the doorbell semaphore,
+  reads new descriptors from every channel (`channel.py`), asks the batching
+  policy whether to run now, runs the method on a batch view and writes the
+  results back.
 
 Sockets carry only the attach handshake (segment and semaphore names); no
 tensor and nothing from a request ever crosses them.
@@ -14,7 +16,6 @@ tensor and nothing from a request ever crosses them.
 from __future__ import annotations
 
 import os
-import selectors
 import signal
 import socket
 import sys
@@ -29,18 +30,15 @@ import numpy as np
 import orjson
 
 from ..batching import BatchPolicy, fifo_prefix
-from ..registry import pid_alive
 from ..runnable import MethodSignature, Runnable
-from ..shm import handshake, ring
-from ..shm.channel import ChannelView
-from ..shm.message import decode_call, encode_result, layout, view
-from ..shm.ring import BLOCK_BUSY, BLOCK_FREE, BLOCK_HEADER, U64, ChannelLayout, RingAllocator
-from ..shm.segment import Segment
-from ..shm.signal import Signal, Spinner, spin_budget_s, unlink_semaphore
+from ..shm import ring
+from ..shm.message import decode_call, encode_result, view
+from ..shm.signal import Signal, Spinner, spin_budget_s
 from ..shm.tensor import TensorMeta, wrap
+from .channel import Request, WorkerChannel
+from .control import ControlServer
 
 POLL_S = 0.25  # longest sleep between checks of the stop flag and the parent's liveness
-RESULT_SPACE_WAIT_S = 2.0  # how long a result may wait for the caller to free result-arena space
 
 
 @dataclass
@@ -58,153 +56,6 @@ class WorkerSpec:
     threads: int
     parent_pid: int
     gpu: str | None = None  # the GPU this worker was given (CUDA_VISIBLE_DEVICES), if any
-
-
-class Request:
-    __slots__ = ("seq", "channel", "method", "meta", "tensors", "submit", "deadline", "items", "dequeue")
-
-    def __init__(self, seq: int, channel: "WorkerChannel", method: int, meta: bytes,
-                 tensors: list[TensorMeta], submit: float, deadline: float, dequeue: float) -> None:
-        self.seq = seq
-        self.channel = channel
-        self.method = method
-        self.meta = meta
-        self.tensors = tensors
-        self.submit = submit
-        self.deadline = deadline
-        self.dequeue = dequeue
-        self.items = 1
-
-
-class WorkerChannel:
-    """The worker's side of one client channel."""
-
-    def __init__(self, segment: Segment, sock: socket.socket, reply: Signal, client_pid: int = 0) -> None:
-        self.view = ChannelView(segment, ChannelLayout.read_header(memoryview(segment.buf)))
-        self.client_pid = client_pid
-        self.pinned: Any = None  # page-locked request arena of a GPU worker
-        self.segment = segment
-        self.sock = sock
-        self.reply = reply
-        self.req_tail = self.view.get(ring.H_REQ_TAIL)
-        self.resp_head = self.view.get(ring.H_RESP_HEAD)
-        self.results = RingAllocator(self.view.layout.resp_arena_size)
-        self.closed = False  # set by the control thread when the client went away
-        self.dirty = False  # results written since the last post
-        self.loop_wake: int | None = None  # eventfd of the client's asyncio loop, when it sent one
-
-    def read_new(self, now: float) -> list[Request]:
-        v = self.view
-        head = v.get(ring.H_REQ_HEAD)
-        out = []
-        while self.req_tail < head:
-            seq = self.req_tail
-            fixed, tensors, meta = v.read_desc(v.req_slot(seq), v.req_arena)
-            out.append(Request(fixed[0], self, fixed[1], meta, tensors, fixed[8], fixed[9], now))
-            self.req_tail += 1
-        if out:
-            v.set(ring.H_REQ_TAIL, self.req_tail)
-        return out
-
-    def input_view(self, t: TensorMeta) -> np.ndarray:
-        return view(self.view.req_arena, t.offset, t.nbytes, t.dtype, t.shape)
-
-    def _block_released(self, block: list[int]) -> bool:
-        return U64.unpack_from(self.view.resp_arena, block[0])[0] == BLOCK_FREE
-
-    def alloc_result(self, nbytes: int) -> list[int] | None:
-        total = BLOCK_HEADER + nbytes
-        if total > self.results.size:
-            return None
-        deadline = 0.0
-        while True:
-            self.results.reclaim(self._block_released)
-            block = self.results.alloc(total, 64)
-            if block is not None:
-                arena = self.view.resp_arena
-                U64.pack_into(arena, block[0], BLOCK_BUSY)
-                U64.pack_into(arena, block[0] + 8, total)
-                return block
-            now = time.monotonic()
-            deadline = deadline or now + RESULT_SPACE_WAIT_S
-            if self.closed or now > deadline:
-                return None
-            time.sleep(0.0005)  # the caller frees space as it drops leased results
-
-    def write_result(self, req: Request, code: int, tensors: list[Any], meta: bytes, times: tuple[float, ...],
-                     batch_size: int) -> None:
-        """Write one response (descriptor + data block) and publish it; the post comes later."""
-        v = self.view
-        offsets, end = layout(tensors, 0, 64)
-        meta_off = end
-        nbytes = end + (len(meta) if len(meta) > ring.META_INLINE_MAX else 0)
-        block = self.alloc_result(nbytes)
-        if block is None:
-            limit = self.results.size - BLOCK_HEADER
-            what = "exceeds" if BLOCK_HEADER + nbytes > self.results.size else "does not fit (results held by the caller fill)"
-            code = ring.ST_TOO_LARGE
-            tensors, offsets = [], []
-            meta = orjson.dumps({"type": "TensorTooLarge", "message":
-                                 f"result of {nbytes / 2**20:.1f} MB {what} the {limit / 2**20:.0f} MB result arena; "
-                                 "raise Runner(arena_mb=...) or drop leased results sooner", "traceback": ""})
-            meta_off = 0
-            block = self.alloc_result(len(meta)) if len(meta) > ring.META_INLINE_MAX else None
-            base = block[0] + BLOCK_HEADER if block else 0
-        else:
-            base = block[0] + BLOCK_HEADER
-            arena = v.resp_arena
-            for (arr, _kind, dtype_str), off in zip(tensors, offsets):
-                dst = view(arena, base + off, arr.nbytes, dtype_str, arr.shape)
-                np.copyto(dst, arr)
-        if len(meta) > ring.META_INLINE_MAX and block is not None:
-            v.resp_arena[base + meta_off : base + meta_off + len(meta)] = meta
-        abs_offsets = [base + o for o in offsets]
-        block_off = block[0] if block else 0
-        fixed = (req.seq, code, block_off, block[1] - block[0] if block else 0, base + meta_off,
-                 *times, time.monotonic(), batch_size)
-        v.write_desc(v.resp_slot(self.resp_head), fixed, tensors, abs_offsets, meta)
-        self.resp_head += 1
-        v.set(ring.H_RESP_HEAD, self.resp_head)
-        self.dirty = True
-
-    def flush(self) -> None:
-        if self.dirty:
-            self.dirty = False
-            try:
-                self.reply.post()
-                efd = self.loop_wake
-                if efd is not None:
-                    os.eventfd_write(efd, 1)
-            except Exception:
-                self.closed = True
-
-    def set_loop_wake(self, fd: int) -> None:
-        """The client's event loop listens on this eventfd: signal it with every post."""
-        old, self.loop_wake = self.loop_wake, fd
-        if old is not None:
-            os.close(old)
-
-    def close(self) -> None:
-        self.closed = True
-        if self.loop_wake is not None:
-            os.close(self.loop_wake)
-            self.loop_wake = None
-        if self.pinned is not None:
-            try:
-                self.pinned.unregister()
-            except Exception:
-                pass
-            self.pinned = None
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-        self.reply.close()
-        try:
-            self.view.release()
-        except BufferError:
-            pass
-        self.segment.close()
 
 
 class MethodSlot:
@@ -447,120 +298,7 @@ def _join(channels: list[WorkerChannel], metas: list[TensorMeta], dim: int) -> n
     return np.concatenate([c.input_view(t) for c, t in zip(channels, metas)], axis=dim)
 
 
-# -- the control thread --------------------------------------------------------------
-class ControlServer(threading.Thread):
-    """Accepts client channels and notices clients that went away."""
-
-    def __init__(self, listener: socket.socket, dispatcher: Dispatcher, spec: WorkerSpec, methods_info: dict[str, Any]) -> None:
-        super().__init__(name="shmserve-control", daemon=True)
-        self.listener = listener
-        self.dispatcher = dispatcher
-        self.spec = spec
-        self.methods_info = methods_info
-        self.sel = selectors.DefaultSelector()
-        self.stop_r, self.stop_w = os.pipe()
-        # Clients whose socket closed while their pid still looked alive (a killed process closes its
-        # files before it turns into a zombie): (pid, reply semaphore name, give-up time).
-        self.departed: list[tuple[int, str, float]] = []
-
-    def run(self) -> None:
-        self.sel.register(self.listener, selectors.EVENT_READ, None)
-        self.sel.register(self.stop_r, selectors.EVENT_READ, "stop")
-        while True:
-            for key, _ in self.sel.select(0.1 if self.departed else None):
-                if key.data == "stop":
-                    return
-                if key.data is None:
-                    self._accept()
-                else:
-                    self._client_event(key.fileobj, key.data)  # type: ignore[arg-type]
-            if self.departed:
-                self._sweep_departed()
-
-    def _sweep_departed(self) -> None:
-        """Remove the reply semaphore of each departed client once it is dead; a client that
-        detached and lives on (or is still alive after 5 s) removes its own."""
-        now = time.monotonic()
-        keep = []
-        for pid, name, give_up in self.departed:
-            if not pid_alive(pid):
-                unlink_semaphore(name)  # a killed client cannot unlink it itself
-            elif now < give_up:
-                keep.append((pid, name, give_up))
-        self.departed = keep
-
-    def stop(self) -> None:
-        os.write(self.stop_w, b"x")
-
-    def _accept(self) -> None:
-        try:
-            sock, _ = self.listener.accept()
-        except OSError:
-            return
-        sock.settimeout(5.0)
-        channel = None
-        try:
-            req = handshake.receive(sock)
-            segment = Segment.attach(req["segment"])
-            try:
-                reply = Signal.open(req["signal"])
-                channel = WorkerChannel(segment, sock, reply, int(req.get("pid", 0)))
-                if self.spec.gpu:
-                    channel.pinned = _pin(channel)
-            except BaseException:
-                segment.close()
-                raise
-            handshake.send(sock, {"ok": True, "doorbell": self.spec.doorbell_name, "pid": os.getpid(),
-                                  "methods": self.methods_info})
-        except Exception as exc:
-            try:
-                handshake.send(sock, {"ok": False, "error": f"{type(exc).__name__}: {exc}"})
-            except OSError:
-                pass
-            sock.close()
-            if channel is not None:
-                channel.close()
-            return
-        sock.setblocking(False)
-        self.sel.register(sock, selectors.EVENT_READ, channel)
-        self.dispatcher.channels = self.dispatcher.channels + [channel]
-
-    def _client_event(self, sock: socket.socket, channel: WorkerChannel) -> None:
-        try:
-            data, fds, _flags, _addr = socket.recv_fds(sock, 64, 4)
-        except BlockingIOError:
-            return
-        except OSError:
-            data, fds = b"", []
-        for fd in fds[1:]:
-            os.close(fd)
-        if fds:
-            if data.startswith(b"W"):  # the client's event loop wake-up eventfd
-                channel.set_loop_wake(fds[0])
-            else:
-                os.close(fds[0])
-        if not data:  # the client closed its end: it exited or detached
-            self.sel.unregister(sock)
-            channel.closed = True
-            self.dispatcher.doorbell.post()
-            if channel.client_pid:
-                self.departed.append((channel.client_pid, channel.reply.name, time.monotonic() + 5.0))
-                self._sweep_departed()
-
-
 # -- process main ----------------------------------------------------------------------
-def _pin(channel: WorkerChannel) -> Any:
-    """Page-lock a GPU worker's request arena so batch views reach the device by DMA."""
-    try:
-        from ..gpu import register_host
-
-        return register_host(channel.view.req_arena, keep_export=False)
-    except Exception as exc:  # no usable CUDA here: serve from pageable memory
-        print(f"shmserve: could not pin the request arena ({exc}); host-to-device copies will stage",
-              file=sys.stderr)
-        return None
-
-
 def _status(conn: Any, **msg: Any) -> None:
     try:
         conn.send_bytes(orjson.dumps(msg))
