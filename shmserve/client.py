@@ -1,213 +1,52 @@
 """The client side of the transport: calls from any process into runner workers.
 
 A `RunnerClient` serves every thread and event loop of one process for one
-runner. It keeps one *link* per runner worker: a Unix socket (used for the
-attach handshake and to notice the worker's death) and a channel segment
-this process owns (request/response rings and arenas). One response
-semaphore, shared by the links, wakes this process when results arrive.
+runner. It keeps one *link* per runner worker (`shmserve.link`): a Unix
+socket (used for the attach handshake and to notice the worker's death) and
+a channel segment this process owns (request/response rings and arenas). One
+response semaphore, shared by the links, wakes this process when results
+arrive. Completed calls' timelines go to `shmserve.traces`.
 
 Waiting for results: a synchronous caller becomes the *leader* and waits on
 the semaphore itself when no other thread does (no thread hand-off on the
-fast path); other callers wait on their own lock and are woken by the
-leader. Async callers are served by one completion thread, which resolves
-their futures in batches with `loop.call_soon_threadsafe`.
+fast path), polling briefly first; other callers wait on their own lock and
+are woken by the leader. The first event loop that calls `async_run` reads
+results itself, woken by an eventfd the workers signal; other loops are
+served by one completion thread, which resolves their futures in batches
+with `loop.call_soon_threadsafe`.
 """
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import ctypes
 import os
-import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import orjson
 
-from . import registry
+from . import registry, traces
 from .errors import (
     InvalidInput,
-    RunnerError,
     RunnerOverloaded,
     RunnerTimeout,
     RunnerUnavailable,
-    ShmserveError,
     TensorTooLarge,
 )
-from .shm import handshake, ring
-from .shm.channel import ChannelView
+from .link import Pending, WorkerLink, free_block, remote_error
+from .shm import ring
 from .shm.message import Tensor, block_align, decode_result, encode_call, layout, view
-from .shm.ring import BLOCK_FREE, BLOCK_HEADER, MAX_TENSORS, META_INLINE_MAX, U64, ChannelLayout, RingAllocator
-from .shm.segment import Segment
+from .shm.ring import MAX_TENSORS, META_INLINE_MAX
 from .shm.signal import Signal, Spinner, spin_budget_s
 from .shm.tensor import numpy_dtype, wrap
+from .traces import TraceHook, add_trace_hook, call_traces, remove_trace_hook  # noqa: F401  (public here too)
 
 COPY_RESULT_MAX = 64 * 1024  # results up to this size are copied out; larger ones are leased in place
 POLL_S = 0.1  # leader wake-up period: liveness checks of workers with calls in flight
 RECONNECT_EVERY_S = 0.05
 DEFAULT_SLOTS = 1024
-
-TraceHook = Callable[[str, str, dict[str, float]], None]
-_trace_hooks: list[TraceHook] = []
-
-#: While set (to a list), every runner call made in this context appends
-#: ``(runner, method, trace)`` to it: how one HTTP request learns its own
-#: runner timestamps (see `shmserve.http.app`, header ``X-Shmserve-Trace``).
-call_traces: contextvars.ContextVar[list[tuple[str, str, dict[str, float]]] | None] = contextvars.ContextVar(
-    "shmserve_call_traces", default=None
-)
-
-
-def add_trace_hook(fn: TraceHook) -> None:
-    """Call `fn(runner, method, trace)` for every completed call in this process.
-
-    `trace` holds CLOCK_MONOTONIC times: submit, dequeue, batch_start,
-    model_start, model_end, written, complete, and batch_size.
-    """
-    _trace_hooks.append(fn)
-
-
-def remove_trace_hook(fn: TraceHook) -> None:
-    """Stop calling a hook added with `add_trace_hook`."""
-    if fn in _trace_hooks:
-        _trace_hooks.remove(fn)
-
-
-class Pending:
-    """One call in flight."""
-
-    __slots__ = ("seq", "link", "block", "method", "submit", "done", "result", "error", "lock", "future", "loop",
-                 "abandoned", "sink")
-
-    def __init__(self, seq: int, link: "WorkerLink", block: list[int], method: str, submit: float) -> None:
-        self.seq = seq
-        self.link = link
-        self.block = block
-        self.method = method
-        self.submit = submit
-        self.done = False
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self.lock: Any = None
-        self.future: asyncio.Future[Any] | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.abandoned = False
-        self.sink: list[tuple[str, str, dict[str, float]]] | None = call_traces.get()
-
-
-class WorkerLink:
-    """This process's connection to one runner worker."""
-
-    def __init__(self, client: "RunnerClient", index: int, socket_path: str) -> None:
-        self.client = client
-        self.index = index
-        self.socket_path = socket_path
-        self.sock: socket.socket | None = None
-        self.segment: Segment | None = None
-        self.view: ChannelView | None = None
-        self.doorbell: Signal | None = None
-        self.worker_pid = 0
-        self.live = False
-        self.req_head = 0
-        self.resp_tail = 0
-        self.requests: RingAllocator | None = None
-        self.pending: dict[int, Pending] = {}
-        self.last_attempt = 0.0
-        self.methods: dict[str, Any] = {}
-
-    def connect(self, slots: int, arena_bytes: int, timeout: float = 10.0) -> None:
-        """Create this link's channel and attach the worker to it."""
-        chan = ChannelLayout(slots, arena_bytes, arena_bytes)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        segment = None
-        try:
-            sock.connect(self.socket_path)
-            segment = Segment.create(chan.total)
-            chan.write_header(memoryview(segment.buf))
-            handshake.send(sock, {"segment": segment.name, "signal": self.client.reply.name, "pid": os.getpid()})
-            answer = handshake.receive(sock)
-            if not answer.get("ok"):
-                raise RunnerUnavailable(f"runner {self.client.name!r} worker {self.index} refused the channel: {answer.get('error')}")
-            doorbell = Signal.open(answer["doorbell"])
-        except BaseException:
-            sock.close()
-            if segment is not None:
-                segment.unlink()
-                segment.close()
-            raise
-        finally:
-            if segment is not None:
-                segment.unlink()  # both sides have it mapped: the name is no longer needed
-        sock.setblocking(False)
-        self.sock = sock
-        self.segment = segment
-        self.view = ChannelView(segment, chan)
-        self.doorbell = doorbell
-        self.worker_pid = int(answer["pid"])
-        self.methods = answer["methods"]
-        self.requests = RingAllocator(arena_bytes)
-        self.req_head = 0
-        self.resp_tail = 0
-        self.live = True
-        if self.client.loop_wake is not None:
-            self.send_loop_wake(self.client.loop_wake)
-
-    def try_connect(self, slots: int, arena_bytes: int, timeout: float) -> BaseException | None:
-        """`connect`, reporting failure instead of raising (the worker may be restarting)."""
-        self.last_attempt = time.monotonic()
-        try:
-            self.connect(slots, arena_bytes, timeout)
-        except (OSError, ShmserveError, ValueError) as exc:
-            return exc
-        self.client.methods = self.methods
-        return None
-
-    def send_loop_wake(self, fd: int) -> None:
-        """Give the worker an eventfd to signal along with the reply semaphore (SCM_RIGHTS)."""
-        if self.sock is not None:
-            try:
-                self.sock.setblocking(True)
-                socket.send_fds(self.sock, [b"W"], [fd])
-            except OSError:
-                pass  # a dead worker: noticed by the liveness check
-            finally:
-                self.sock.setblocking(False)
-
-    def worker_alive(self) -> bool:
-        """False once the worker's end of the socket is closed (it exited or was killed)."""
-        sock = self.sock
-        if sock is None:
-            return False
-        try:
-            data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return True
-        except OSError:
-            return False
-        return bool(data)
-
-    def close(self) -> None:
-        self.live = False
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-        if self.doorbell is not None:
-            self.doorbell.close()
-            self.doorbell = None
-        if self.view is not None:
-            try:
-                self.view.release()
-            except BufferError:
-                pass  # leased results still point into the segment
-            self.view = None
-        if self.segment is not None:
-            self.segment.close()
-            self.segment = None
 
 
 class RunnerClient:
@@ -535,27 +374,20 @@ class RunnerClient:
             error: BaseException | None = None
             if code == ring.ST_OK:
                 if p.abandoned:
-                    _free_block(v.resp_arena, block_off, block_len)
+                    free_block(v.resp_arena, block_off, block_len)
                 else:
                     try:
                         result = self._decode(link, tmetas, meta, block_off, block_len)
                     except Exception as exc:  # a result this process cannot rebuild
                         error = InvalidInput(f"result of {self.name}.{p.method} could not be decoded: {exc}")
             else:
-                error = _remote_error(self.name, p.method, code, meta)
+                error = remote_error(self.name, p.method, code, meta)
                 if block_len:
-                    _free_block(v.resp_arena, block_off, block_len)
-            if _trace_hooks or p.sink is not None:
-                trace = {"submit": p.submit, "dequeue": fixed[8], "batch_start": fixed[9], "model_start": fixed[10],
-                         "model_end": fixed[11], "written": fixed[12], "complete": complete,
-                         "batch_size": fixed[13]}
-                if p.sink is not None:
-                    p.sink.append((self.name, p.method, trace))
-                for hook in list(_trace_hooks):
-                    try:
-                        hook(self.name, p.method, trace)
-                    except Exception:
-                        pass
+                    free_block(v.resp_arena, block_off, block_len)
+            if traces.wanted(p.sink):
+                traces.deliver(self.name, p.method, {
+                    "submit": p.submit, "dequeue": fixed[8], "batch_start": fixed[9], "model_start": fixed[10],
+                    "model_end": fixed[11], "written": fixed[12], "complete": complete, "batch_size": fixed[13]}, p.sink)
             done.append((p, result, error))
         v.set(ring.H_RESP_TAIL, link.resp_tail)
 
@@ -565,12 +397,12 @@ class RunnerClient:
         if not tmetas or block_len <= COPY_RESULT_MAX:
             tensors = [wrap(view(v.resp_arena, t.offset, t.nbytes, t.dtype, t.shape).copy(), t.kind, t.dtype)
                        for t in tmetas]
-            _free_block(v.resp_arena, block_off, block_len)
+            free_block(v.resp_arena, block_off, block_len)
             return decode_result(tensors, meta, self._device)
         # Lease the block: the arrays read it in place; it is freed when the last of them dies.
         base = v.layout.resp_arena + block_off
         lease: Any = (ctypes.c_char * block_len).from_buffer(link.segment.buf, base)
-        weakref.finalize(lease, _free_block, v.resp_arena, block_off)
+        weakref.finalize(lease, free_block, v.resp_arena, block_off)
         tensors = [wrap(np.ndarray(t.shape, numpy_dtype(t.dtype), lease, t.offset - block_off), t.kind, t.dtype)
                    for t in tmetas]
         return decode_result(tensors, meta, self._device)
@@ -651,16 +483,6 @@ class RunnerClient:
             self.loop_wake = None
 
 
-def _free_block(arena: memoryview, block_off: int, block_len: int = BLOCK_HEADER) -> None:
-    """Hand a result block back to the worker (it reclaims it when it next allocates)."""
-    if not block_len:
-        return  # the response had no block
-    try:
-        U64.pack_into(arena, block_off, BLOCK_FREE)
-    except (ValueError, TypeError):
-        pass  # the link was closed (a lease outlived it): the worker is gone and nobody reclaims the arena
-
-
 def _unlock(lock: Any) -> None:
     try:
         lock.release()
@@ -685,27 +507,6 @@ def _settle_many(items: list[tuple[asyncio.Future[Any], Any, BaseException | Non
 def _close_signal(sig: Signal) -> None:
     sig.unlink()
     sig.close()
-
-
-_ERRORS: dict[int, type[ShmserveError]] = {
-    ring.ST_BAD_REQUEST: InvalidInput,
-    ring.ST_EXPIRED: RunnerTimeout,
-    ring.ST_TOO_LARGE: TensorTooLarge,
-    ring.ST_UNAVAILABLE: RunnerUnavailable,
-}
-
-
-def _remote_error(runner: str, method: str, code: int, meta: bytes) -> BaseException:
-    try:
-        info = orjson.loads(meta)
-    except ValueError:
-        info = {"type": "Error", "message": meta.decode(errors="replace"), "traceback": ""}
-    message = info.get("message", "")
-    if code == ring.ST_MODEL_ERROR:
-        return RunnerError(f"{runner}.{method} raised {info.get('type')}: {message}", info.get("type", ""),
-                           info.get("traceback", ""))
-    cls = _ERRORS.get(code, RunnerError)
-    return cls(f"{runner}.{method}: {message}")
 
 
 # -- public helpers ---------------------------------------------------------------------------

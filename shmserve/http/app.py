@@ -17,9 +17,9 @@ from typing import Any
 
 import orjson
 
-from ..client import call_traces
 from ..errors import RunnerError, ShmserveError
 from ..service import API, Service
+from ..traces import call_traces
 from .metrics import Metrics, MetricsExchange
 from .openapi import build_openapi
 from .protocol import HttpProtocol, Request

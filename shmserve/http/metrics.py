@@ -25,7 +25,7 @@ Metrics:
 - ``shmserve_runner_compute_seconds{runner,method}``: model time of that batch.
 - ``shmserve_runner_call_seconds{runner,method}``: client-side round trip.
 
-The runner histograms are fed by ``shmserve.client.add_trace_hook``.
+The runner histograms are fed by ``shmserve.traces.add_trace_hook``.
 """
 from __future__ import annotations
 
@@ -134,7 +134,7 @@ class Metrics:
         self.request_histogram(api, status).observe(seconds)
 
     def on_trace(self, runner: str, method: str, trace: dict[str, Any]) -> None:
-        """Trace hook for ``shmserve.client.add_trace_hook``: one completed runner call."""
+        """Trace hook for ``shmserve.traces.add_trace_hook``: one completed runner call."""
         key = (runner, method)
         with self._runner_lock:
             hs = self._runner.get(key)

@@ -26,6 +26,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..http.server import HttpConfig
+from ..traces import add_trace_hook
 
 __all__ = ["APIWorkerSpec", "bind_runners", "unbind_runners", "run_api_worker"]
 
@@ -77,15 +78,6 @@ def unbind_runners(runners: Iterable[Any]) -> None:
             log.exception("closing runner %r failed", getattr(runner, "name", runner))
 
 
-def _add_trace_hook(hook: Any) -> bool:
-    try:
-        from ..client import add_trace_hook
-    except ImportError:
-        return False
-    add_trace_hook(hook)
-    return True
-
-
 def run_api_worker(spec: APIWorkerSpec, sock: socket.socket, status: Connection) -> None:
     """Process main of one API worker (the spawn target)."""
     logging.basicConfig(level=spec.log_level, format=f"%(asctime)s api[{spec.index}] %(levelname)s %(name)s: %(message)s")
@@ -112,8 +104,7 @@ def run_api_worker(spec: APIWorkerSpec, sock: socket.socket, status: Connection)
     asyncio.set_event_loop(loop)
     executor = ThreadPoolExecutor(max_workers=spec.threads, thread_name_prefix="shmserve-api")
     app = App(svc, executor=executor, version=__version__, metrics_dir=spec.metrics_dir)
-    if not _add_trace_hook(app.metrics.on_trace):
-        log.debug("no shmserve.client trace hook: runner metrics stay empty")
+    add_trace_hook(app.metrics.on_trace)  # runner batch size, queue wait and compute histograms
     server = HttpServer(app, spec.http)
     try:
         loop.run_until_complete(_serve(server, sock, status))

@@ -1,0 +1,51 @@
+"""Timelines of runner calls, for whoever asks: process-wide hooks and a per-context list.
+
+A trace holds CLOCK_MONOTONIC times along one call's path: submit, dequeue,
+batch_start, model_start, model_end, written, complete, and batch_size. The
+HTTP metrics feed on the hooks; one HTTP request that asks for its own
+timeline (header ``X-Shmserve-Trace``) reads `call_traces`.
+"""
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable
+
+TraceHook = Callable[[str, str, dict[str, float]], None]
+Sink = list[tuple[str, str, dict[str, float]]]
+_trace_hooks: list[TraceHook] = []
+
+#: While set (to a list), every runner call made in this context appends
+#: ``(runner, method, trace)`` to it: how one HTTP request learns its own
+#: runner timestamps (see `shmserve.http.app`, header ``X-Shmserve-Trace``).
+call_traces: contextvars.ContextVar[Sink | None] = contextvars.ContextVar("shmserve_call_traces", default=None)
+
+
+def add_trace_hook(fn: TraceHook) -> None:
+    """Call `fn(runner, method, trace)` for every completed call in this process.
+
+    `trace` holds CLOCK_MONOTONIC times: submit, dequeue, batch_start,
+    model_start, model_end, written, complete, and batch_size.
+    """
+    _trace_hooks.append(fn)
+
+
+def remove_trace_hook(fn: TraceHook) -> None:
+    """Stop calling a hook added with `add_trace_hook`."""
+    if fn in _trace_hooks:
+        _trace_hooks.remove(fn)
+
+
+def wanted(sink: Sink | None) -> bool:
+    """Whether anyone listens for the trace of a call made with `sink` (cheap: checked per call)."""
+    return sink is not None or bool(_trace_hooks)
+
+
+def deliver(runner: str, method: str, trace: dict[str, float], sink: Sink | None) -> None:
+    """Hand one call's trace to its context's list and to every hook (a failing hook is ignored)."""
+    if sink is not None:
+        sink.append((runner, method, trace))
+    for hook in list(_trace_hooks):
+        try:
+            hook(runner, method, trace)
+        except Exception:
+            pass
