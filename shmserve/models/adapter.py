@@ -17,6 +17,7 @@ import importlib
 import json
 import os
 import threading
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from ..runnable import Runnable
@@ -127,3 +128,38 @@ def class_from_name(base: type[ModelRunnable], attr: str) -> type[ModelRunnable]
     except ValueError:
         raise AttributeError(f"module {base.__module__!r} has no attribute {attr!r}") from None
     return _build(base.__module__, base.__qualname__, str(tag), str(home))
+
+
+def require(module: str, hint: str) -> Any:
+    """Import an adapter's optional framework, or raise ImportError with `hint` (how to install it)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(hint) from exc
+
+
+def adapter_functions(
+    base: type[ModelRunnable], what: str
+) -> tuple[Callable[..., Model], Callable[[Model], type[ModelRunnable]], Callable[[str], type[ModelRunnable]]]:
+    """``get``, ``runnable_class`` and the module ``__getattr__`` of the adapter whose Runnable is `base`.
+
+    Every adapter module exports these three, and they differ only in `base`::
+
+        get, runnable_class, __getattr__ = adapter_functions(SklearnRunnable, "scikit-learn model")
+    """
+
+    def get_model(tag: "str | Tag", *, home: str | os.PathLike[str] | None = None) -> Model:
+        return resolve(get(tag, home=home), base.FRAMEWORK)
+
+    def runnable_class(model: Model) -> type[ModelRunnable]:
+        return runnable_class_for(base, model)
+
+    def module_getattr(attr: str) -> type[ModelRunnable]:
+        # Spawned workers find per-model Runnable classes by name through here.
+        return class_from_name(base, attr)
+
+    get_model.__doc__ = f"The stored {what} for `tag`; call ``.to_runner()`` on it to serve it."
+    runnable_class.__doc__ = "The Runnable class serving `model` (used by ``Model.to_runner``)."
+    for fn, name in ((get_model, "get"), (runnable_class, "runnable_class"), (module_getattr, "__getattr__")):
+        fn.__module__, fn.__name__, fn.__qualname__ = base.__module__, name, name
+    return get_model, runnable_class, module_getattr

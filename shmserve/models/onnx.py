@@ -16,9 +16,8 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .adapter import ModelRunnable, class_from_name, resolve, runnable_class_for, thread_count
+from .adapter import ModelRunnable, adapter_functions, require, resolve, thread_count
 from .store import Model, Tag, create, normalize_signatures
-from .store import get as _get
 
 FRAMEWORK = "onnx"
 DEFAULT_SIGNATURES: dict[str, Any] = {"run": {"batchable": False}}
@@ -39,19 +38,11 @@ _ORT_TYPES = {
 
 
 def _onnx() -> Any:
-    try:
-        import onnx
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("shmserve.onnx needs onnx: pip install onnx onnxruntime") from exc
-    return onnx
+    return require("onnx", "shmserve.onnx needs onnx: pip install onnx onnxruntime")
 
 
 def _ort() -> Any:
-    try:
-        import onnxruntime
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("serving ONNX models needs onnxruntime: pip install onnxruntime") from exc
-    return onnxruntime
+    return require("onnxruntime", "serving ONNX models needs onnxruntime: pip install onnxruntime")
 
 
 def save_model(
@@ -126,16 +117,6 @@ def load_session(
     return ort.InferenceSession(str(path), sess_options=options, providers=providers)
 
 
-def get(tag: "str | Tag", *, home: str | os.PathLike[str] | None = None) -> Model:
-    """The stored ONNX model for `tag`; call ``.to_runner()`` on it to serve it."""
-    return resolve(_get(tag, home=home), FRAMEWORK)
-
-
-def runnable_class(model: Model) -> type[ModelRunnable]:
-    """The Runnable class serving `model` (used by ``Model.to_runner``)."""
-    return runnable_class_for(OnnxRunnable, model)
-
-
 class OnnxRunnable(ModelRunnable):
     """Hosts one stored ONNX model in an onnxruntime session."""
 
@@ -177,6 +158,4 @@ class OnnxRunnable(ModelRunnable):
         return arr
 
 
-def __getattr__(attr: str) -> Any:
-    # Spawned workers find per-model Runnable classes by name through here.
-    return class_from_name(OnnxRunnable, attr)
+get, runnable_class, __getattr__ = adapter_functions(OnnxRunnable, "ONNX model")

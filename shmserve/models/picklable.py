@@ -17,9 +17,8 @@ import os
 import pickle
 from typing import Any, ClassVar
 
-from .adapter import ModelRunnable, class_from_name, resolve, runnable_class_for
+from .adapter import ModelRunnable, adapter_functions, resolve
 from .store import Model, Tag, create, normalize_signatures
-from .store import get as _get
 
 FRAMEWORK = "picklable"
 DEFAULT_SIGNATURES: dict[str, Any] = {"predict": {"batchable": False}}
@@ -87,16 +86,6 @@ def load_model(tag: "str | Tag | Model", *, home: str | os.PathLike[str] | None 
         return pickle.load(f)
 
 
-def get(tag: "str | Tag", *, home: str | os.PathLike[str] | None = None) -> Model:
-    """The stored picklable model for `tag`; call ``.to_runner()`` on it to serve it."""
-    return resolve(_get(tag, home=home), FRAMEWORK)
-
-
-def runnable_class(model: Model) -> type[ModelRunnable]:
-    """The Runnable class serving `model` (used by ``Model.to_runner``)."""
-    return runnable_class_for(PicklableRunnable, model)
-
-
 class PicklableRunnable(ModelRunnable):
     """Hosts one stored Python object; methods come from its signatures."""
 
@@ -111,6 +100,4 @@ class PicklableRunnable(ModelRunnable):
         return _target(self.model, method)(*args, **kwargs)
 
 
-def __getattr__(attr: str) -> Any:
-    # Spawned workers find per-model Runnable classes by name through here.
-    return class_from_name(PicklableRunnable, attr)
+get, runnable_class, __getattr__ = adapter_functions(PicklableRunnable, "picklable model")

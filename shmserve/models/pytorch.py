@@ -29,9 +29,8 @@ import os
 import warnings
 from typing import Any, ClassVar
 
-from .adapter import ModelRunnable, class_from_name, resolve, runnable_class_for, thread_count
+from .adapter import ModelRunnable, adapter_functions, require, resolve, thread_count
 from .store import Model, Tag, create, normalize_signatures
-from .store import get as _get
 
 FRAMEWORK = "pytorch"
 DEFAULT_SIGNATURES: dict[str, Any] = {"predict": {"batchable": False}}
@@ -41,11 +40,7 @@ WEIGHTS_FILE = "weights.pt"
 
 
 def _torch() -> Any:
-    try:
-        import torch
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("shmserve.pytorch needs PyTorch: pip install torch") from exc
-    return torch
+    return require("torch", "shmserve.pytorch needs PyTorch: pip install torch")
 
 
 def save_model(
@@ -170,16 +165,6 @@ def load_model(
     raise ValueError(f"model {stored}: unknown pytorch format {fmt!r} in its manifest; re-save it with this shmserve")
 
 
-def get(tag: "str | Tag", *, home: str | os.PathLike[str] | None = None) -> Model:
-    """The stored PyTorch model for `tag`; call ``.to_runner()`` on it to serve it."""
-    return resolve(_get(tag, home=home), FRAMEWORK)
-
-
-def runnable_class(model: Model) -> type[ModelRunnable]:
-    """The Runnable class serving `model` (used by ``Model.to_runner``)."""
-    return runnable_class_for(PyTorchRunnable, model)
-
-
 class PyTorchRunnable(ModelRunnable):
     """Hosts one stored PyTorch model; methods come from its signatures."""
 
@@ -254,6 +239,4 @@ def _numpy() -> Any:
     return numpy
 
 
-def __getattr__(attr: str) -> Any:
-    # Spawned workers find per-model Runnable classes by name through here.
-    return class_from_name(PyTorchRunnable, attr)
+get, runnable_class, __getattr__ = adapter_functions(PyTorchRunnable, "PyTorch model")

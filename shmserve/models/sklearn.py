@@ -11,9 +11,8 @@ from __future__ import annotations
 import os
 from typing import Any, ClassVar
 
-from .adapter import ModelRunnable, class_from_name, resolve, runnable_class_for, thread_count
+from .adapter import ModelRunnable, adapter_functions, require, resolve, thread_count
 from .store import Model, Tag, create, normalize_signatures
-from .store import get as _get
 
 FRAMEWORK = "sklearn"
 DEFAULT_SIGNATURES: dict[str, Any] = {"predict": {"batchable": False}}
@@ -21,12 +20,8 @@ MODEL_FILE = "model.joblib"
 
 
 def _joblib() -> Any:
-    try:
-        import joblib
-        import sklearn
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("shmserve.sklearn needs scikit-learn: pip install scikit-learn") from exc
-    return joblib, sklearn
+    hint = "shmserve.sklearn needs scikit-learn: pip install scikit-learn"
+    return require("joblib", hint), require("sklearn", hint)
 
 
 def save_model(
@@ -66,16 +61,6 @@ def load_model(tag: "str | Tag | Model", *, home: str | os.PathLike[str] | None 
     return joblib.load(stored.path_of(str(stored.options.get("file", MODEL_FILE))))
 
 
-def get(tag: "str | Tag", *, home: str | os.PathLike[str] | None = None) -> Model:
-    """The stored scikit-learn model for `tag`; call ``.to_runner()`` on it to serve it."""
-    return resolve(_get(tag, home=home), FRAMEWORK)
-
-
-def runnable_class(model: Model) -> type[ModelRunnable]:
-    """The Runnable class serving `model` (used by ``Model.to_runner``)."""
-    return runnable_class_for(SklearnRunnable, model)
-
-
 class SklearnRunnable(ModelRunnable):
     """Hosts one stored scikit-learn estimator; methods come from its signatures."""
 
@@ -97,6 +82,4 @@ class SklearnRunnable(ModelRunnable):
         return getattr(self.model, method)(*args, **kwargs)
 
 
-def __getattr__(attr: str) -> Any:
-    # Spawned workers find per-model Runnable classes by name through here.
-    return class_from_name(SklearnRunnable, attr)
+get, runnable_class, __getattr__ = adapter_functions(SklearnRunnable, "scikit-learn model")
