@@ -22,6 +22,7 @@ import numpy as np
 
 from . import calibration as cal
 from .pinning import cpu_pairs, pinned
+from .procs import cpu_seconds
 from .results import Figure, ResultSet
 from .stats import median, percentiles
 
@@ -50,20 +51,8 @@ def _shm_round_trips(method: Any, size: str, budget_s: float, cpu_pids: list[int
 
 
 def _cpu_s(worker_pids: list[int]) -> float:
-    """CPU seconds used so far by this process (all threads) and by the given workers (all threads)."""
-    total = time.process_time()
-    for pid in worker_pids:
-        try:
-            tasks = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            continue
-        for tid in tasks:
-            try:
-                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                    total += int(f.read().split()[0]) / 1e9  # ns on CPU
-            except (OSError, ValueError, IndexError):
-                pass
-    return total
+    """CPU seconds used so far by this process and by the given workers (all threads of each)."""
+    return cpu_seconds(0) + sum(cpu_seconds(pid) for pid in worker_pids)
 
 
 @contextlib.contextmanager

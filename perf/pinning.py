@@ -12,14 +12,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-
-def _tasks(pid: int) -> list[int]:
-    """Thread ids of `pid` (0 means this process)."""
-    real = os.getpid() if pid == 0 else pid
-    try:
-        return [int(t) for t in os.listdir(f"/proc/{real}/task")]
-    except OSError:
-        return []
+from .procs import threads
 
 
 def _set(tid: int, cpus: set[int]) -> None:
@@ -38,7 +31,7 @@ def pinned(cpus: tuple[int, int] | None, others: list[int]) -> Iterator[None]:
     mine, theirs = cpus
     saved: dict[int, set[int]] = {}
     for pid, cpu in [(0, mine)] + [(p, theirs) for p in others]:
-        for tid in _tasks(pid):
+        for tid in threads(pid):
             try:
                 saved[tid] = os.sched_getaffinity(tid)
             except OSError:

@@ -1,4 +1,4 @@
-"""Process helpers: memory of a process tree, waiting on ports and URLs, clean stops."""
+"""Process helpers: threads, CPU time and memory of processes, waiting on ports and URLs, clean stops."""
 from __future__ import annotations
 
 import os
@@ -16,6 +16,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def threads(pid: int) -> list[int]:
+    """Thread ids of `pid` (0 means this process); empty once it is gone."""
+    real = os.getpid() if pid == 0 else pid
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{real}/task")]
+    except OSError:
+        return []
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds the threads of `pid` have run so far (from schedstat, in ns: finer than clock ticks)."""
+    real = os.getpid() if pid == 0 else pid
+    total = 0
+    for tid in threads(real):
+        try:
+            with open(f"/proc/{real}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass  # the thread ended
+    return total / 1e9
 
 
 def memory_of(pid: int) -> dict[str, float]:
