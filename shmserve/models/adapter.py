@@ -18,7 +18,7 @@ import json
 import os
 import threading
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from ..runnable import Runnable
 from .store import Model, ModelStoreError, Tag, get, signature_batch_dim
@@ -128,6 +128,24 @@ def class_from_name(base: type[ModelRunnable], attr: str) -> type[ModelRunnable]
     except ValueError:
         raise AttributeError(f"module {base.__module__!r} has no attribute {attr!r}") from None
     return _build(base.__module__, base.__qualname__, str(tag), str(home))
+
+
+def signature_target(obj: Any, method: str, *, itself: tuple[str, ...] = ("__call__",)) -> Callable[..., Any]:
+    """What a signature name calls on a loaded model (the rule BentoML follows).
+
+    A name in `itself` calls the object (for a torch module ``__call__`` and
+    ``forward``, so its hooks run); ``predict`` calls the object's own
+    ``predict`` when it has one and the object itself otherwise; any other name
+    calls the method of that name.
+    """
+    if method in itself or (method == "predict" and not callable(getattr(obj, "predict", None))):
+        if not callable(obj):
+            raise TypeError(f"{type(obj).__name__} object is not callable; name one of its methods in signatures")
+        return cast("Callable[..., Any]", obj)
+    fn = getattr(obj, method, None)
+    if not callable(fn):
+        raise AttributeError(f"{type(obj).__name__} has no method {method!r} named in signatures")
+    return cast("Callable[..., Any]", fn)
 
 
 def require(module: str, hint: str) -> Any:

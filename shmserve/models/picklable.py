@@ -17,7 +17,7 @@ import os
 import pickle
 from typing import Any, ClassVar
 
-from .adapter import ModelRunnable, adapter_functions, resolve
+from .adapter import ModelRunnable, adapter_functions, resolve, signature_target
 from .store import Model, Tag, create, normalize_signatures
 
 FRAMEWORK = "picklable"
@@ -33,17 +33,6 @@ def _serializer() -> tuple[str, Any]:
     return "cloudpickle", cloudpickle
 
 
-def _target(obj: Any, method: str) -> Any:
-    if method == "__call__" or (method == "predict" and not callable(getattr(obj, "predict", None))):
-        if not callable(obj):
-            raise TypeError(f"{type(obj).__name__} object is not callable; name one of its methods in signatures")
-        return obj
-    fn = getattr(obj, method, None)
-    if not callable(fn):
-        raise AttributeError(f"{type(obj).__name__} has no method {method!r} named in signatures")
-    return fn
-
-
 def save_model(
     name: str,
     model: Any,
@@ -56,7 +45,7 @@ def save_model(
     """Save any picklable callable or object as a new version of `name`."""
     sigs = normalize_signatures(signatures, DEFAULT_SIGNATURES)
     for method in sigs:
-        _target(model, method)  # fail at save time, not in the worker
+        signature_target(model, method)  # fail at save time, not in the worker
     kind, serializer = _serializer()
     with create(
         name,
@@ -97,7 +86,7 @@ class PicklableRunnable(ModelRunnable):
         self.model = load_model(model)
 
     def invoke(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return _target(self.model, method)(*args, **kwargs)
+        return signature_target(self.model, method)(*args, **kwargs)
 
 
 get, runnable_class, __getattr__ = adapter_functions(PicklableRunnable, "picklable model")

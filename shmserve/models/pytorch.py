@@ -20,8 +20,12 @@ strategy gives each GPU worker one device and hides GPUs from CPU workers),
 runs every call under ``torch.inference_mode()`` with the module in eval mode,
 takes its thread count from ``OMP_NUM_THREADS`` (set by the strategy), accepts
 numpy arrays or torch tensors, and returns torch tensors when given torch
-tensors, numpy arrays otherwise. Signatures ``predict`` and ``__call__`` call
-the module itself (``forward``); any other name calls that method.
+tensors, numpy arrays otherwise.
+
+Signature names: ``__call__`` and ``forward`` call the module itself (its
+``forward``, with hooks); ``predict`` calls the module's own ``predict`` when it
+has one and the module itself otherwise; any other name calls the method of
+that name. TorchScript and exported programs serve only their forward.
 """
 from __future__ import annotations
 
@@ -29,12 +33,13 @@ import os
 import warnings
 from typing import Any, ClassVar
 
-from .adapter import ModelRunnable, adapter_functions, require, resolve, thread_count
+from .adapter import ModelRunnable, adapter_functions, require, resolve, signature_target, thread_count
 from .store import Model, Tag, create, normalize_signatures
 
 FRAMEWORK = "pytorch"
 DEFAULT_SIGNATURES: dict[str, Any] = {"predict": {"batchable": False}}
-_CALL_NAMES = ("predict", "__call__", "forward")
+_CALL_NAMES = ("predict", "__call__", "forward")  # what a module without such methods still answers
+_ITSELF = ("__call__", "forward")
 _FILES = {"pickle": "model.pt", "torchscript": "model.ts", "export": "model.pt2"}
 WEIGHTS_FILE = "weights.pt"
 
@@ -188,7 +193,7 @@ class PyTorchRunnable(ModelRunnable):
 
     def invoke(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         torch = self.torch
-        fn = self.model if method in _CALL_NAMES else getattr(self.model, method)
+        fn = signature_target(self.model, method, itself=_ITSELF)
         state: dict[str, Any] = {"torch": False, "device": None}
         args = tuple(self._to_device(a, state) for a in args)
         kwargs = {k: self._to_device(v, state) for k, v in kwargs.items()}

@@ -142,3 +142,32 @@ def test_save_rejects_non_modules_and_missing_methods(home: Path) -> None:
     with pytest.raises(ValueError, match="decode"):
         shmserve.pytorch.save_model("m", make_model(), signatures={"decode": {}})
     assert shmserve.models.list() == []
+
+
+class Classifier(torch.nn.Module):
+    """A module whose own `predict` differs from `forward`, as BentoML users write them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(8, 10)
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        return self.linear(x)
+
+    def predict(self, x):  # type: ignore[no-untyped-def]
+        return self.forward(x).argmax(dim=1)
+
+
+def test_predict_signature_calls_the_modules_own_predict(home: Path) -> None:
+    torch.manual_seed(0)
+    model = Classifier().eval()
+    shmserve.pytorch.save_model("clf", model, signatures={"predict": {"batchable": True}, "forward": {}})
+    runner = shmserve.pytorch.get("clf").to_runner()
+    runner.init_local()
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        want_classes, want_logits = model.predict(x), model(x)
+    got = runner.predict.run(x)
+    assert got.shape == (3,)  # the classes, not forward's (3, 10) logits
+    torch.testing.assert_close(got, want_classes)
+    torch.testing.assert_close(runner.forward.run(x), want_logits)
