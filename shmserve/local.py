@@ -1,20 +1,30 @@
-"""In-process backend for `runner.init_local()`: no processes, no shared memory."""
+"""In-process backend: `runner.init_local()` and embedded runners (no processes, no shared memory)."""
 from __future__ import annotations
 
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError
+from .errors import ConfigError, RunnerTimeout
 
 if TYPE_CHECKING:
     from .runner import Runner
 
 
 class LocalBackend:
-    """Calls the Runnable's methods directly in the calling process."""
+    """Calls the Runnable's methods directly in the calling process.
+
+    Async calls run on one thread of this backend's own, so that a slow method
+    never blocks the event loop, and calls reach the instance one at a time,
+    as they would in a worker process.
+    """
 
     def __init__(self, runner: "Runner") -> None:
         self.runner = runner
         self.instance = runner.runnable_class(**runner.runnable_init_params)
+        self._executor: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
 
     def _method(self, method: str) -> Any:
         if method not in self.runner.method_configs:
@@ -27,7 +37,24 @@ class LocalBackend:
     async def async_call(
         self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
     ) -> Any:
-        return self._method(method)(*args, **kwargs)
+        func = self._method(method)
+        fut = asyncio.get_running_loop().run_in_executor(self._pool(), lambda: func(*args, **kwargs))
+        if timeout is None:
+            return await fut
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            raise RunnerTimeout(f"call to {self.runner.name}.{method} timed out after {timeout} s") from None
+
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"shmserve-{self.runner.name}")
+            return self._executor
 
     def close(self) -> None:
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
         self.instance = None  # type: ignore[assignment]

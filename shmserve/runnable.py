@@ -14,7 +14,7 @@ runner exposes::
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar, Union, overload
 
 from .errors import ConfigError
@@ -22,6 +22,9 @@ from .errors import ConfigError
 F = TypeVar("F", bound=Callable[..., Any])
 
 BatchDim = Union[int, "tuple[int, int]"]
+
+#: Read by the resource strategy from the class before any instance exists.
+_CLASS_ONLY = frozenset({"SUPPORTED_RESOURCES", "SUPPORTS_CPU_MULTI_THREADING"})
 
 
 @dataclass(frozen=True)
@@ -36,9 +39,14 @@ class MethodSignature:
     batchable: bool = False
     input_dim: int = 0
     output_dim: int = 0
+    #: optional IO descriptors describing the method's argument and result (documentation only;
+    #: BentoML's ``input_spec``/``output_spec``). Not compared: two signatures differing only here are equal.
+    input_spec: Any = field(default=None, compare=False)
+    output_spec: Any = field(default=None, compare=False)
 
     @classmethod
-    def make(cls, name: str, batchable: bool = False, batch_dim: BatchDim = 0) -> "MethodSignature":
+    def make(cls, name: str, batchable: bool = False, batch_dim: BatchDim = 0,
+             input_spec: Any = None, output_spec: Any = None) -> "MethodSignature":
         if isinstance(batch_dim, tuple):
             if len(batch_dim) != 2 or not all(isinstance(d, int) for d in batch_dim):
                 raise ConfigError(f"batch_dim of method {name!r} must be an int or (input_dim, output_dim), got {batch_dim!r}")
@@ -47,16 +55,20 @@ class MethodSignature:
             input_dim = output_dim = batch_dim
         else:
             raise ConfigError(f"batch_dim of method {name!r} must be an int or (input_dim, output_dim), got {batch_dim!r}")
-        return cls(name=name, batchable=bool(batchable), input_dim=input_dim, output_dim=output_dim)
+        return cls(name=name, batchable=bool(batchable), input_dim=input_dim, output_dim=output_dim,
+                   input_spec=input_spec, output_spec=output_spec)
 
 
 class _MethodDecl:
     """Marks a function in a Runnable class body as a runner method."""
 
-    def __init__(self, func: Callable[..., Any], batchable: bool, batch_dim: BatchDim) -> None:
+    def __init__(self, func: Callable[..., Any], batchable: bool, batch_dim: BatchDim,
+                 input_spec: Any = None, output_spec: Any = None) -> None:
         self.func = func
         self.batchable = batchable
         self.batch_dim = batch_dim
+        self.input_spec = input_spec
+        self.output_spec = output_spec
         self.__doc__ = func.__doc__
         self.__wrapped__ = func
 
@@ -87,7 +99,8 @@ class Runnable:
         methods = dict(getattr(cls, "methods", {}))
         for attr, value in list(vars(cls).items()):
             if isinstance(value, _MethodDecl):
-                methods[attr] = MethodSignature.make(attr, value.batchable, value.batch_dim)
+                methods[attr] = MethodSignature.make(attr, value.batchable, value.batch_dim,
+                                                     value.input_spec, value.output_spec)
                 setattr(cls, attr, value.func)
         cls.methods = methods
         resources = cls.SUPPORTED_RESOURCES
@@ -96,22 +109,39 @@ class Runnable:
                 f"{cls.__name__}.SUPPORTED_RESOURCES must be a tuple of 'cpu' and/or 'nvidia.com/gpu', got {resources!r}"
             )
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _CLASS_ONLY:
+            raise ConfigError(
+                f"{type(self).__name__}.{name} is a class attribute: set it in the class body "
+                f"(`class {type(self).__name__}(Runnable): {name} = ...`), not on the instance in __init__; "
+                "the worker count is decided from it before any instance exists"
+            )
+        object.__setattr__(self, name, value)
+
     @overload
     @staticmethod
     def method(func: F) -> F: ...
 
     @overload
     @staticmethod
-    def method(*, batchable: bool = False, batch_dim: BatchDim = 0) -> Callable[[F], F]: ...
+    def method(*, batchable: bool = False, batch_dim: BatchDim = 0, input_spec: Any = None,
+               output_spec: Any = None) -> Callable[[F], F]: ...
 
     @staticmethod
-    def method(func: Any = None, *, batchable: bool = False, batch_dim: BatchDim = 0) -> Any:
+    def method(func: Any = None, *, batchable: bool = False, batch_dim: BatchDim = 0, input_spec: Any = None,
+               output_spec: Any = None) -> Any:
         """Expose a method to runners. `batchable=True` lets concurrent calls be
-        joined along `batch_dim` (an int, or ``(input_dim, output_dim)``)."""
+        joined along `batch_dim` (an int, or ``(input_dim, output_dim)``).
+
+        `input_spec` / `output_spec` (IO descriptors such as ``NumpyNdarray()``)
+        document the method's argument and result; they are kept on the method's
+        signature (``Runnable.methods[name].input_spec``) and not enforced.
+        A method named ``__call__`` is the runner's default: ``runner.run(x)``.
+        """
 
         def wrap(f: Callable[..., Any]) -> Any:
             MethodSignature.make(f.__name__, batchable, batch_dim)  # validate early
-            return _MethodDecl(f, batchable, batch_dim)
+            return _MethodDecl(f, batchable, batch_dim, input_spec, output_spec)
 
         if func is not None:
             return wrap(func)

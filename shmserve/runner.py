@@ -7,12 +7,18 @@ A Runner is only configuration until it is bound to a backend:
 """
 from __future__ import annotations
 
+import logging
 import re
+import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .errors import ConfigError, RunnerNotStarted
 from .runnable import MethodSignature, Runnable
+from .strategy import Strategy, as_strategy
+
+log = logging.getLogger("shmserve.runner")
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 
@@ -45,12 +51,19 @@ class Backend(Protocol):
 
 
 class RunnerMethod:
-    """`runner.<method>`: call with `.run(...)` or `await .async_run(...)`."""
+    """`runner.<method>`: call with `.run(...)` or `await .async_run(...)`.
+
+    Calling the handle itself is `.run(...)`: that is what ``runner.run(x)``
+    does when the Runnable's method is named ``run`` (the ONNX adapter's).
+    """
 
     def __init__(self, runner: "Runner", config: MethodConfig) -> None:
         self.runner = runner
         self.config = config
         self.name = config.name
+
+    def __call__(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        return self.run(*args, timeout=timeout, **kwargs)
 
     def run(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         """Call the method and wait for its result. `timeout` is in seconds."""
@@ -86,6 +99,18 @@ class Runner:
         gpus: GPU ids for this runner's workers (one worker per id unless
             `workers` says otherwise); default: every visible GPU when the
             Runnable declares ``"nvidia.com/gpu"``.
+        models: the stored models (`shmserve.models.Model` objects or tags)
+            this runner's Runnable loads; kept on ``runner.models`` and in the
+            runner's registry record, so tools see which models it serves.
+        scheduling_strategy: a `shmserve.strategy.Strategy` subclass or
+            instance deciding the worker count and threads (``strategy=`` is
+            the same, BentoML's older name).
+        embedded: run the Runnable inside the calling process (the API worker
+            under ``shmserve serve``) instead of worker processes: no shared
+            memory, no batching; for cheap pre- and post-processing.
+
+    ``runner.run(...)`` / ``await runner.async_run(...)`` call the default
+    method: ``__call__``, or the Runnable's only method.
     """
 
     def __init__(
@@ -94,24 +119,39 @@ class Runner:
         *,
         name: str | None = None,
         runnable_init_params: dict[str, Any] | None = None,
-        max_batch_size: int = 64,
-        max_latency_ms: float = 10.0,
+        max_batch_size: int | None = None,
+        max_latency_ms: float | None = None,
         method_configs: dict[str, dict[str, Any]] | None = None,
         workers: int | None = None,
         arena_mb: int = DEFAULT_ARENA_MB,
         max_queue_size: int = 1024,
         gpus: list[str] | None = None,
+        models: Iterable[Any] | None = None,
+        scheduling_strategy: type[Strategy] | Strategy | None = None,
+        strategy: type[Strategy] | Strategy | None = None,
+        embedded: bool = False,
     ) -> None:
+        if isinstance(runnable_class, Runnable):
+            raise ConfigError(f"Runner needs the Runnable class, not an instance: use Runner({type(runnable_class).__name__}, "
+                              "runnable_init_params={...}) and the runner creates the instance in its worker")
         if not (isinstance(runnable_class, type) and issubclass(runnable_class, Runnable)):
             raise ConfigError(f"Runner needs a shmserve.Runnable subclass, got {runnable_class!r}")
-        name = name if name is not None else runnable_class.__name__.lower()
-        if not _NAME_RE.match(name):
+        if name is None:
+            name = runnable_class.__name__.lower()
+        elif isinstance(name, str) and name != name.lower():
+            warnings.warn(f"runner name {name!r} is converted to lower case: {name.lower()!r}", UserWarning, stacklevel=2)
+            name = name.lower()
+        if not isinstance(name, str) or not _NAME_RE.match(name):
             raise ConfigError(
                 f"invalid runner name {name!r}: use 1-63 lowercase letters, digits, '_', '.' or '-', "
                 "starting with a letter or digit"
             )
         if not runnable_class.methods:
             raise ConfigError(f"{runnable_class.__name__} exposes no methods; decorate them with @shmserve.Runnable.method")
+        if scheduling_strategy is not None and strategy is not None and scheduling_strategy is not strategy:
+            raise ConfigError(f"runner {name!r}: give scheduling_strategy= or strategy=, not both")
+        max_batch_size = 64 if max_batch_size is None else max_batch_size
+        max_latency_ms = 10.0 if max_latency_ms is None else max_latency_ms
         _check_positive("max_batch_size", max_batch_size, name)
         _check_positive("max_latency_ms", max_latency_ms, name, allow_zero=True)
         _check_positive("arena_mb", arena_mb, name)
@@ -127,6 +167,9 @@ class Runner:
         self.arena_mb = int(arena_mb)
         self.max_queue_size = min(int(max_queue_size), 1024)
         self.gpus = [str(g) for g in gpus] if gpus is not None else None
+        self.strategy = as_strategy(scheduling_strategy if scheduling_strategy is not None else strategy, name)
+        self.embedded = bool(embedded)
+        self.models = check_models(models, f"runner {name!r}")
         method_configs = dict(method_configs or {})
         unknown = set(method_configs) - set(runnable_class.methods)
         if unknown:
@@ -144,15 +187,44 @@ class Runner:
             self.method_configs[mname] = MethodConfig(sig, int(mbs), float(mlat))
         self._backend: Backend | None = None
         for mname, cfg in self.method_configs.items():
-            if hasattr(self, mname):
+            # `run` may be shadowed: its RunnerMethod is callable, so runner.run(x) still works.
+            if mname != "run" and hasattr(self, mname):
                 raise ConfigError(f"method name {mname!r} of runner {name!r} clashes with a Runner attribute")
             setattr(self, mname, RunnerMethod(self, cfg))
 
+    # -- calling the default method -------------------------------------------
+    @property
+    def default_method(self) -> RunnerMethod:
+        """The method ``runner.run`` calls: ``__call__``, or the Runnable's only method."""
+        names = list(self.method_configs)
+        if "__call__" in self.method_configs:
+            return self.__dict__["__call__"]  # type: ignore[no-any-return]
+        if len(names) == 1:
+            return self.__dict__[names[0]]  # type: ignore[no-any-return]
+        raise ConfigError(
+            f"runner {self.name!r} has methods {sorted(names)} and none is __call__, so runner.run() cannot pick "
+            f"one; call runner.<method>.run(...), e.g. runner.{sorted(names)[0]}.run(...)"
+        )
+
+    def run(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        """Call the default method (``__call__``, or the only method) and wait for its result."""
+        return self.default_method.run(*args, timeout=timeout, **kwargs)
+
+    async def async_run(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        """`run` from async code."""
+        return await self.default_method.async_run(*args, timeout=timeout, **kwargs)
+
     # -- binding -------------------------------------------------------------
-    def init_local(self) -> None:
-        """Run the Runnable inside this process (no shared memory), for debugging."""
+    def init_local(self, quiet: bool = False) -> None:
+        """Run the Runnable inside this process (no shared memory), for debugging and tests.
+
+        Logs a warning that this is not how to serve, unless `quiet`.
+        """
         from .local import LocalBackend
 
+        if not quiet and not self.embedded:
+            log.warning("runner %r runs in-process (init_local): for debugging and tests only; serve with "
+                        "shmserve.start() or `shmserve serve`", self.name)
         self._bind(LocalBackend(self))
 
     def _bind(self, backend: Backend) -> None:
@@ -189,6 +261,15 @@ class Runner:
 
     def __repr__(self) -> str:
         return f"<Runner {self.name!r} of {self.runnable_class.__name__}>"
+
+
+def check_models(models: Iterable[Any] | None, owner: str) -> list[Any]:
+    """The `models=` list of a Runner or Service: stored models or their tags."""
+    out = list(models or ())
+    for m in out:
+        if not isinstance(m, str) and not (hasattr(m, "name") and hasattr(m, "version")):
+            raise ConfigError(f"models of {owner} must be stored models (shmserve.models.get(...)) or tags, got {m!r}")
+    return out
 
 
 def _check_positive(what: str, value: Any, runner: str, allow_zero: bool = False) -> None:

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from .errors import ConfigError
 from .io import IODescriptor
-from .runner import Runner
+from .runner import Runner, check_models
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -61,9 +61,11 @@ class Service:
     Args:
         name: the service name (shown in the OpenAPI document and metrics).
         runners: every runner the APIs call; ``shmserve serve`` starts them.
+        models: stored models the APIs use directly (not through a runner);
+            kept on ``svc.models`` so tools see every model the service needs.
     """
 
-    def __init__(self, name: str, runners: Iterable[Runner] | None = None) -> None:
+    def __init__(self, name: str, runners: Iterable[Runner] | None = None, models: Iterable[Any] | None = None) -> None:
         if not isinstance(name, str) or not _NAME_RE.match(name):
             raise ConfigError(f"invalid service name {name!r}: use letters, digits, '_', '.' or '-', starting with a letter")
         self.name = name
@@ -79,6 +81,7 @@ class Service:
             seen.add(runner.name)
             self.runners.append(runner)
         self.apis: dict[str, API] = {}
+        self.models = check_models(models, f"Service {name!r}")
 
     def api(
         self,

@@ -207,11 +207,13 @@ class Model:
         method_configs: dict[str, dict[str, Any]] | None = None,
         workers: int | None = None,
         arena_mb: int | None = None,
+        embedded: bool = False,
     ) -> "Runner":
         """A `Runner` that serves this exact version with its stored signatures.
 
         `name` defaults to the model name. Workers load the model themselves,
-        from this store, when they start.
+        from this store, when they start; with `embedded` the model is loaded
+        and called inside the calling process (see `shmserve.Runner`).
         """
         from ..runner import Runner
 
@@ -230,6 +232,8 @@ class Model:
             runnable_init_params={"tag": f"{self.name}:{self.version}", "home": str(self.home)},
             method_configs=method_configs,
             workers=workers,
+            models=[self],
+            embedded=embedded,
             **kwargs,
         )
 

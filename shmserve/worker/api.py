@@ -50,12 +50,12 @@ class APIWorkerSpec:
 
 
 def bind_runners(runners: Iterable[Any], local: bool, timeout: float = 30.0) -> None:
-    """Bind each runner: to the running runner workers, or in-process when `local`."""
-    if local:
-        for runner in runners:
-            runner.init_local()
-        return
+    """Bind each runner: to the running runner workers, or in-process when `local` or embedded."""
     runners = list(runners)
+    for runner in runners:
+        if local or runner.embedded:
+            runner.init_local(quiet=True)
+    runners = [r for r in runners if not (local or r.embedded)]
     if not runners:
         return
     try:

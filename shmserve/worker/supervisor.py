@@ -26,7 +26,7 @@ from ..client import RunnerClient
 from ..errors import ConfigError, RunnerError
 from ..runner import Runner
 from ..shm.signal import Signal
-from ..strategy import WorkerPlan, plan_workers
+from ..strategy import WorkerPlan
 from . import runner as worker_main
 
 READY_TIMEOUT_S = 120.0
@@ -125,8 +125,8 @@ class RunnerSupervisor:
     def __init__(self, runner: Runner, workers: int | None, ctx: Any) -> None:
         self.runner = runner
         self.ctx = ctx
-        self.plans = plan_workers(runner.runnable_class, workers if workers is not None else runner.workers,
-                                  gpus=runner.gpus)
+        self.plans = runner.strategy.plan(runner.runnable_class, workers if workers is not None else runner.workers,
+                                          gpus=runner.gpus)
         self.handles: list[WorkerHandle] = []
         self.registered = False
 
@@ -149,6 +149,7 @@ class RunnerSupervisor:
             "supervisor_pid": os.getpid(),
             "arena_mb": r.arena_mb,
             "max_queue_size": r.max_queue_size,
+            "models": [m if isinstance(m, str) else f"{m.name}:{m.version}" for m in r.models],
             "workers": [{"index": h.index, "socket": h.socket_path} for h in self.handles],
         }
 
@@ -283,6 +284,8 @@ def start(*runners: Runner, workers: int | dict[str, int] | None = None, bind: b
 
     `workers` overrides the worker count: an int for every runner or a dict by
     runner name. Returns a handle to use as a context manager or to `.stop()`.
+    Embedded runners (``Runner(..., embedded=True)``) get no workers: with
+    `bind` they run in this process, and are released by `.stop()` too.
     """
     if mp.parent_process() is not None and mp.current_process().name.startswith("shmserve-"):
         raise RuntimeError(
@@ -297,6 +300,11 @@ def start(*runners: Runner, workers: int | dict[str, int] | None = None, bind: b
     group._install_sigterm()
     try:
         for r in runners:
+            if r.embedded:
+                if bind:
+                    r.init_local(quiet=True)
+                    group.runners.append(r)
+                continue
             count = workers.get(r.name) if isinstance(workers, dict) else workers
             sup = RunnerSupervisor(r, count, ctx)
             group.supervisors.append(sup)
@@ -304,7 +312,8 @@ def start(*runners: Runner, workers: int | dict[str, int] | None = None, bind: b
             group.runners.append(r)
         if bind:
             for r in runners:
-                r._bind(RunnerClient(r.name))
+                if not r.embedded:
+                    r._bind(RunnerClient(r.name))
     except BaseException:
         group.stop()
         raise
