@@ -286,6 +286,10 @@ class NumpyNdarray(IODescriptor):
             raise InvalidInput(f"body of {count} {dtype.name} items cannot take shape {shape}; send a {SHAPE_HEADER} header") from None
         return self._convert_dtype(arr)
 
+    def from_array(self, arr: np.ndarray) -> np.ndarray:
+        """Apply this descriptor's dtype and shape rules to an array decoded elsewhere (the v2 protocol)."""
+        return self._check_shape(self._convert_dtype(arr))
+
     def _convert_dtype(self, arr: np.ndarray) -> np.ndarray:
         want = self.dtype
         if want is None or arr.dtype == want:

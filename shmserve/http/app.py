@@ -18,12 +18,14 @@ from typing import Any
 import orjson
 
 from ..errors import RunnerError, ShmserveError
+from ..oip.server import InferenceServer
 from ..service import API, Service
 from ..traces import call_traces
 from .metrics import Metrics, MetricsExchange
 from .openapi import build_openapi
 from .protocol import HttpProtocol, Request
 from .router import Router
+from .v2 import V2Routes
 
 __all__ = ["App", "runner_ready"]
 
@@ -62,6 +64,7 @@ class App:
         ready: readiness probe; defaults to every runner being `runner_ready`.
         metrics_dir: folder shared with the other API workers of this server, so that
             ``/metrics`` shows all of them (see `shmserve.http.metrics`).
+        regions: client shared-memory regions of the v2 protocol (None: the extension is off).
     """
 
     def __init__(
@@ -71,6 +74,7 @@ class App:
         version: str = "",
         ready: Callable[[], tuple[bool, str]] | None = None,
         metrics_dir: str | None = None,
+        regions: Any = None,
     ) -> None:
         self.service = service
         self.executor = executor
@@ -86,6 +90,9 @@ class App:
             "/docs.json": self._docs,
         })
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: the Open Inference Protocol (``/v2/...`` here; gRPC uses the same object)
+        self.inference = InferenceServer(service, executor, self.metrics, self._ready, runner_ready, version, regions)
+        self._v2 = V2Routes(self.inference)
         # (api, status) -> histogram, kept per API to skip a dict build per request
         self._ok_hist = {api.name: self.metrics.request_histogram(api.name, 200) for api in service.apis.values()}
 
@@ -94,6 +101,9 @@ class App:
         """Answer `request` on `conn` (now, or from a task)."""
         route = self.router.resolve(request.path)
         if route is None:
+            if request.path.startswith(b"/v2"):
+                self._v2.dispatch(request, conn)
+                return
             self.metrics.observe_request(_OTHER, 404, 0.0)
             conn.reply_error(404, "NotFound", f"no route {request.path.decode('latin-1')!r}; "
                                               "see GET /docs.json for the APIs of this service")

@@ -172,6 +172,10 @@ class Metrics:
         if self.exchange is not None:
             self.exchange.publish(self.snapshot())
 
+    def totals(self) -> tuple[dict[tuple[str, int], Histogram], dict[tuple[str, str], list[Histogram]], int]:
+        """Request histograms, runner histograms and in-flight count summed over every API worker."""
+        return self._merged()
+
     def _merged(self) -> tuple[dict[tuple[str, int], Histogram], dict[tuple[str, str], list[Histogram]], int]:
         requests = {k: h.copy() for k, h in list(self._requests.items())}
         with self._runner_lock:
