@@ -38,7 +38,7 @@ from .errors import (
 from .link import Pending, WorkerLink, free_block, remote_error
 from .shm import ring
 from .shm.message import Tensor, block_align, decode_result, encode_call, layout, view
-from .shm.ring import MAX_TENSORS, META_INLINE_MAX
+from .shm.ring import DEFAULT_SLOTS, MAX_TENSORS, META_INLINE_MAX
 from .shm.signal import Signal, Spinner, spin_budget_s
 from .shm.tensor import numpy_dtype, wrap
 from .traces import TraceHook, add_trace_hook, call_traces, remove_trace_hook  # noqa: F401  (public here too)
@@ -46,7 +46,6 @@ from .traces import TraceHook, add_trace_hook, call_traces, remove_trace_hook  #
 COPY_RESULT_MAX = 64 * 1024  # results up to this size are copied out; larger ones are leased in place
 POLL_S = 0.1  # leader wake-up period: liveness checks of workers with calls in flight
 RECONNECT_EVERY_S = 0.05
-DEFAULT_SLOTS = 1024
 
 
 class RunnerClient:
@@ -154,7 +153,7 @@ class RunnerClient:
         if nbytes > self.arena_bytes:
             raise TensorTooLarge(
                 f"input of {nbytes / 2**20:.1f} MB exceeds the {self.arena_bytes / 2**20:.0f} MB arena of runner "
-                f"{self.name!r}; raise Runner(arena_mb=...)"
+                f"{self.name!r}; raise Runner(arena_mb=...) or runners.{self.name}.arena_mb in the config"
             )
         now = time.monotonic()
         deadline = now + timeout if timeout is not None else 0.0

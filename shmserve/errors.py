@@ -18,6 +18,12 @@ class ConfigError(ShmserveError):
     http_status = 500
 
 
+class SharedMemoryTooSmall(ConfigError):
+    """``/dev/shm`` has less free space than the runners need; the message gives the bytes and the fixes."""
+
+    http_status = 503
+
+
 class RunnerNotStarted(ShmserveError):
     """A runner method was called before `shmserve.start()`, `connect()` or `init_local()`."""
 
@@ -121,6 +127,7 @@ class CudaError(ShmserveError):
 __all__ = [
     "ShmserveError",
     "ConfigError",
+    "SharedMemoryTooSmall",
     "RunnerNotStarted",
     "RunnerNameClash",
     "InvalidInput",

@@ -22,7 +22,9 @@ log = logging.getLogger("shmserve.runner")
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 
-DEFAULT_ARENA_MB = 32
+# 16 MiB arenas make one channel 34 MiB (`shmserve.shm.budget`), so one API worker and one
+# runner worker fit Docker's default 64 MiB /dev/shm with room to spare.
+DEFAULT_ARENA_MB = 16
 
 
 @dataclass(frozen=True)
@@ -90,10 +92,11 @@ class Runner:
             batching delay only; it is not a timeout.
         method_configs: per-method overrides, e.g. ``{"predict": {"max_batch_size": 32}}``.
         workers: number of worker processes; default from the resource strategy.
-        arena_mb: size of each shared-memory data arena (inputs and outputs each,
-            per client process and worker; pre-faulted, so it is real memory:
-            2 x arena_mb per client process per worker). The largest call or
-            result must fit; a larger one is a clear TensorTooLarge error.
+        arena_mb: size of each shared-memory data arena in MiB (inputs and
+            outputs each, per client process and worker; reserved and
+            pre-faulted, so it is real memory: 2 x arena_mb per client process
+            per worker, see `shmserve.shm.budget`). Default 16. The largest
+            call or result must fit; a larger one is a clear TensorTooLarge error.
         max_queue_size: most calls one client process may have in flight;
             beyond it calls fail at once with RunnerOverloaded.
         gpus: GPU ids for this runner's workers (one worker per id unless

@@ -73,6 +73,10 @@ assert TENSORS_OFF + MAX_TENSORS * TENSOR_SLOT == DESC_SIZE
 
 FLAG_META_IN_ARENA = 1
 
+# Descriptor slots per ring of a channel a client creates (so at most this many calls in
+# flight per (client, worker) pair); with DESC_SIZE it sets the rings' share of a segment.
+DEFAULT_SLOTS = 1024
+
 # header word offsets
 H_MAGIC, H_VERSION, H_SLOTS, H_REQ_ARENA, H_RESP_ARENA = 0, 8, 16, 24, 32
 H_REQ_HEAD, H_REQ_TAIL, H_RESP_HEAD, H_RESP_TAIL = 64, 128, 192, 256

@@ -7,15 +7,19 @@ created mode 0600 with O_EXCL.
 """
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import secrets
 
 import posix_ipc
 
+from ..errors import SharedMemoryTooSmall
+
 PREFIX = "shmserve_"
 _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux >= 5.14
 PAGE = mmap.PAGESIZE
+DEV_SHM = "/dev/shm"
 
 
 def new_name(pid: int | None = None) -> str:
@@ -64,6 +68,29 @@ def prefault(buf: mmap.mmap, offset: int = 0, length: int | None = None) -> None
         mv.release()
 
 
+def reserve(fd: int, size: int, name: str) -> None:
+    """Allocate every page of the segment behind `fd` now, or raise `SharedMemoryTooSmall`.
+
+    ``ftruncate`` only sets a size: on a full tmpfs the first write to a page
+    it cannot back kills the process with SIGBUS. ``posix_fallocate`` fails
+    with ENOSPC instead, before anything is mapped.
+    """
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EFBIG):
+            raise
+        from .budget import HEADROOM_MIN_BYTES, fixes
+
+        st = os.statvfs(DEV_SHM)
+        free = st.f_bavail * st.f_frsize
+        at_least = (st.f_blocks - st.f_bfree) * st.f_frsize + size + HEADROOM_MIN_BYTES  # what is used, plus this
+        raise SharedMemoryTooSmall(
+            f"{DEV_SHM} has {free} bytes ({free / 2**20:.1f} MiB) free, too few for shared-memory segment {name} "
+            f"of {size} bytes ({size / 2**20:.1f} MiB); {fixes(-(-at_least // 2**20))}"
+        ) from None
+
+
 class Segment:
     """One mapped POSIX shared-memory segment.
 
@@ -83,6 +110,7 @@ class Segment:
         name = name or new_name()
         shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=size)
         try:
+            reserve(shm.fd, size, name)
             buf = mmap.mmap(shm.fd, size)
         except BaseException:
             shm.unlink()

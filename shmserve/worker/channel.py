@@ -114,7 +114,7 @@ class WorkerChannel:
             tensors, offsets = [], []
             meta = orjson.dumps({"type": "TensorTooLarge", "message":
                                  f"result of {nbytes / 2**20:.1f} MB {what} the {limit / 2**20:.0f} MB result arena; "
-                                 "raise Runner(arena_mb=...) or drop leased results sooner", "traceback": ""})
+                                 "raise Runner(arena_mb=...) (runners.<name>.arena_mb in the config) or drop leased results sooner", "traceback": ""})
             meta_off = 0
             block = self.alloc_result(len(meta)) if len(meta) > ring.META_INLINE_MAX else None
             base = block[0] + BLOCK_HEADER if block else 0

@@ -28,6 +28,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..http.server import HttpConfig
+from ..shm import budget
 from .api import APIWorkerSpec, run_api_worker
 
 __all__ = ["ServeOptions", "serve", "MAX_RESTARTS", "RESTART_WINDOW_S"]
@@ -149,6 +150,8 @@ def serve(options: ServeOptions) -> int:
     svc = load_service(options.service)  # fail here, clearly, before any process starts
     if options.api_workers < 1:
         raise ConfigError(f"--api-workers must be at least 1, got {options.api_workers}")
+    if svc.runners and not options.local_runners:  # every API worker maps a channel to every runner worker
+        budget.check(budget.runners_budget(svc.runners, clients=options.api_workers))
     signals = _Signals()
     sock = _listen(options.host, options.port, options.http.backlog)
     port = sock.getsockname()[1]

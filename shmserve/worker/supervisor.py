@@ -25,6 +25,7 @@ from .. import registry
 from ..client import RunnerClient
 from ..errors import ConfigError, RunnerError
 from ..runner import Runner
+from ..shm import budget
 from ..shm.signal import Signal
 from ..strategy import WorkerPlan
 from . import runner as worker_main
@@ -294,6 +295,8 @@ def start(*runners: Runner, workers: int | dict[str, int] | None = None, bind: b
         )
     _check_runners(runners)
     registry.sweep()
+    # Fail here, with the numbers, rather than in a worker that cannot map its channel.
+    budget.check(budget.runners_budget(runners, clients=1 if bind else 0, workers=workers))
     ctx = mp.get_context("spawn")  # never fork: a forked CUDA or threaded parent is unsafe
     group = RunnerGroup()
     atexit.register(group.stop)
