@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -67,10 +68,10 @@ class RunnerShm:
     @classmethod
     def of(cls, runner: "Runner", workers: int | None = None) -> "RunnerShm":
         """The figures of a `Runner` object; `workers` overrides its count (as ``start(workers=)`` does)."""
-        from ..strategy import plan_workers
-
         count = workers if workers is not None else runner.workers
-        plans = plan_workers(runner.runnable_class, count, gpus=runner.gpus)
+        with warnings.catch_warnings():  # the supervisor's own plan warns (a CPU fallback) once, not this one
+            warnings.simplefilter("ignore")
+            plans = runner.strategy.plan(runner.runnable_class, count, gpus=runner.gpus)
         return cls(runner.name, len(plans), runner.arena_mb)
 
 

@@ -43,6 +43,17 @@ def _request(port: int, method: str, path: str, body: bytes = b"") -> tuple[int,
         conn.close()
 
 
+def _finish(proc: subprocess.Popen[bytes], out: dict[str, object], timeout: float) -> None:
+    """Wait for the server to exit (killing it after `timeout`); record its exit code and output."""
+    try:
+        text, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        text, _ = proc.communicate()
+    out["serve_code"] = proc.returncode
+    out["serve_output"] = text.decode(errors="replace")[-4000:]
+
+
 def refuse() -> dict[str, object]:
     from shmserve.errors import SharedMemoryTooSmall
     from shmserve.shm.segment import Segment
@@ -57,14 +68,7 @@ def refuse() -> dict[str, object]:
         seg.unlink()
         seg.close()
         out["segment_error"] = None
-    proc = _serve(_free_port())
-    try:
-        text, _ = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        text, _ = proc.communicate()
-    out["serve_code"] = proc.returncode
-    out["serve_output"] = text.decode(errors="replace")[-4000:]
+    _finish(_serve(_free_port()), out, 60)
     return out
 
 
@@ -89,13 +93,7 @@ def serve() -> dict[str, object]:
                 if status == 200 else None
     finally:
         proc.send_signal(signal.SIGTERM)
-        try:
-            text, _ = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            text, _ = proc.communicate()
-    out["serve_code"] = proc.returncode
-    out["serve_output"] = text.decode(errors="replace")[-4000:]
+        _finish(proc, out, 30)
     out["shm_left"] = sorted(n for n in os.listdir("/dev/shm") if "shmserve" in n)
     return out
 
