@@ -323,8 +323,11 @@ class BatchPolicy:
         """Record that a batch of ``items`` items took ``seconds`` to run (the model call only).
 
         Pass ``done_at``, the monotonic time the results were handed back: it lets the policy learn
-        that closed-loop callers answer a completion with new calls, and wait for them.
+        that closed-loop callers answer a completion with new calls, and wait for them. A batch of no
+        items (calls of zero rows a method declared it accepts) teaches nothing and is ignored.
         """
+        if items <= 0:
+            return
         self.cost.observe(items, seconds)
         if done_at is not None:
             self.arrivals.observe_completion(done_at, items)
@@ -339,8 +342,8 @@ class BatchPolicy:
         if calls == 0:
             return Decision(False, 0, math.inf, 0)
         run_now = Decision(True, items, now, calls)
-        if items >= self.max_batch_size or calls < len(queue_items):
-            return run_now
+        if items >= self.max_batch_size or calls < len(queue_items) or items == 0:
+            return run_now  # full, or more than one batch queued, or nothing to weigh waiting against
         if not self.cost.known:
             return run_now
         room = self.max_batch_size - items

@@ -32,7 +32,10 @@ class MethodSignature:
     """How a runner calls one Runnable method.
 
     `batch_dim` is the dimension along which concurrent calls are joined
-    (`input_dim`) and the result split back (`output_dim`).
+    (`input_dim`) and the result split back (`output_dim`). A batchable method
+    is given calls of zero items (a tensor whose `input_dim` is 0) only when
+    `accepts_empty` is set; otherwise such a call is refused as InvalidInput
+    (HTTP 400) before it reaches the method.
     """
 
     name: str
@@ -43,10 +46,11 @@ class MethodSignature:
     #: BentoML's ``input_spec``/``output_spec``). Not compared: two signatures differing only here are equal.
     input_spec: Any = field(default=None, compare=False)
     output_spec: Any = field(default=None, compare=False)
+    accepts_empty: bool = False
 
     @classmethod
     def make(cls, name: str, batchable: bool = False, batch_dim: BatchDim = 0,
-             input_spec: Any = None, output_spec: Any = None) -> "MethodSignature":
+             input_spec: Any = None, output_spec: Any = None, accepts_empty: bool = False) -> "MethodSignature":
         if isinstance(batch_dim, tuple):
             if len(batch_dim) != 2 or not all(isinstance(d, int) for d in batch_dim):
                 raise ConfigError(f"batch_dim of method {name!r} must be an int or (input_dim, output_dim), got {batch_dim!r}")
@@ -56,15 +60,16 @@ class MethodSignature:
         else:
             raise ConfigError(f"batch_dim of method {name!r} must be an int or (input_dim, output_dim), got {batch_dim!r}")
         return cls(name=name, batchable=bool(batchable), input_dim=input_dim, output_dim=output_dim,
-                   input_spec=input_spec, output_spec=output_spec)
+                   input_spec=input_spec, output_spec=output_spec, accepts_empty=bool(accepts_empty))
 
 
 class _MethodDecl:
     """Marks a function in a Runnable class body as a runner method."""
 
     def __init__(self, func: Callable[..., Any], batchable: bool, batch_dim: BatchDim,
-                 input_spec: Any = None, output_spec: Any = None) -> None:
+                 input_spec: Any = None, output_spec: Any = None, accepts_empty: bool = False) -> None:
         self.func = func
+        self.accepts_empty = accepts_empty
         self.batchable = batchable
         self.batch_dim = batch_dim
         self.input_spec = input_spec
@@ -100,7 +105,7 @@ class Runnable:
         for attr, value in list(vars(cls).items()):
             if isinstance(value, _MethodDecl):
                 methods[attr] = MethodSignature.make(attr, value.batchable, value.batch_dim,
-                                                     value.input_spec, value.output_spec)
+                                                     value.input_spec, value.output_spec, value.accepts_empty)
                 setattr(cls, attr, value.func)
         cls.methods = methods
         resources = cls.SUPPORTED_RESOURCES
@@ -125,11 +130,11 @@ class Runnable:
     @overload
     @staticmethod
     def method(*, batchable: bool = False, batch_dim: BatchDim = 0, input_spec: Any = None,
-               output_spec: Any = None) -> Callable[[F], F]: ...
+               output_spec: Any = None, accepts_empty: bool = False) -> Callable[[F], F]: ...
 
     @staticmethod
     def method(func: Any = None, *, batchable: bool = False, batch_dim: BatchDim = 0, input_spec: Any = None,
-               output_spec: Any = None) -> Any:
+               output_spec: Any = None, accepts_empty: bool = False) -> Any:
         """Expose a method to runners. `batchable=True` lets concurrent calls be
         joined along `batch_dim` (an int, or ``(input_dim, output_dim)``).
 
@@ -137,11 +142,14 @@ class Runnable:
         document the method's argument and result; they are kept on the method's
         signature (``Runnable.methods[name].input_spec``) and not enforced.
         A method named ``__call__`` is the runner's default: ``runner.run(x)``.
+        `accepts_empty=True` declares that a batchable method handles a call of
+        zero items (it then gets it alone, never joined); without it such calls
+        are refused with InvalidInput.
         """
 
         def wrap(f: Callable[..., Any]) -> Any:
             MethodSignature.make(f.__name__, batchable, batch_dim)  # validate early
-            return _MethodDecl(f, batchable, batch_dim, input_spec, output_spec)
+            return _MethodDecl(f, batchable, batch_dim, input_spec, output_spec, accepts_empty)
 
         if func is not None:
             return wrap(func)
@@ -149,10 +157,11 @@ class Runnable:
 
     @classmethod
     def add_method(
-        cls, func: Callable[..., Any], name: str, *, batchable: bool = False, batch_dim: BatchDim = 0
+        cls, func: Callable[..., Any], name: str, *, batchable: bool = False, batch_dim: BatchDim = 0,
+        accepts_empty: bool = False,
     ) -> None:
         """Add a method after class creation (used by the framework adapters)."""
         setattr(cls, name, func)
         methods = dict(cls.methods)
-        methods[name] = MethodSignature.make(name, batchable, batch_dim)
+        methods[name] = MethodSignature.make(name, batchable, batch_dim, accepts_empty=accepts_empty)
         cls.methods = methods

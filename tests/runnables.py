@@ -61,3 +61,39 @@ class EchoRunnable(shmserve.Runnable):
     @shmserve.Runnable.method(batchable=False)
     def big(self, nbytes: int) -> np.ndarray:
         return np.ones(nbytes, dtype=np.uint8)
+
+
+class GuardedRunnable(shmserve.Runnable):
+    """Methods for the hardening tests: zero-item calls, slow and hung batches, counted calls."""
+
+    SUPPORTED_RESOURCES = ("cpu",)
+    SUPPORTS_CPU_MULTI_THREADING = False
+
+    def __init__(self) -> None:
+        self.ran = 0
+
+    @shmserve.Runnable.method(batchable=True, batch_dim=0)
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        self.ran += len(x)
+        return x * 2
+
+    @shmserve.Runnable.method(batchable=True, batch_dim=0, accepts_empty=True)
+    def rows(self, x: np.ndarray) -> np.ndarray:
+        """Per item, how many rows its batch had; an empty call gets an empty answer."""
+        return np.full((x.shape[0],), x.shape[0], dtype=np.int64)
+
+    @shmserve.Runnable.method(batchable=True, batch_dim=0)
+    def slow(self, x: np.ndarray) -> np.ndarray:
+        """Sleeps x[0, 0] seconds per batch and counts the items it served."""
+        time.sleep(float(x[0, 0]))
+        self.ran += len(x)
+        return x
+
+    @shmserve.Runnable.method(batchable=False)
+    def served(self) -> int:
+        """How many items `predict` and `slow` have run."""
+        return self.ran
+
+    @shmserve.Runnable.method(batchable=False)
+    def pid(self) -> int:
+        return os.getpid()

@@ -96,7 +96,11 @@ class Dispatcher:
             live.append(ch)
             for req in ch.read_new(now):
                 self.arrived += 1
-                self._enqueue(req)
+                try:
+                    self._enqueue(req)
+                except Exception as exc:  # a descriptor this code cannot file: fail the call, not the worker
+                    self._fail([req], ring.ST_BAD_REQUEST, "InvalidInput", f"the call could not be queued: {exc}",
+                               traceback.format_exc())
         if len(live) != len(self.channels):
             self.channels = live
 
@@ -140,8 +144,17 @@ class Dispatcher:
                            f"dim with the same size, got shapes {[t.shape for t in tensors]}", "")
                 return
             req.items = tensors[0].shape[dim]
-            # Calls join only with calls of the same non-tensor arguments, dtypes and trailing shapes.
-            key: Any = (req.meta, tuple([(t.dtype, t.shape[:dim] + t.shape[dim + 1:], t.kind) for t in tensors]))
+            if req.items == 0:
+                if not m.sig.accepts_empty:
+                    self._fail([req], ring.ST_BAD_REQUEST, "InvalidInput",
+                               f"method {m.sig.name!r} got a call of 0 items along batch dim {dim} (shapes "
+                               f"{[t.shape for t in tensors]}); send at least one item, or declare "
+                               "@Runnable.method(..., accepts_empty=True) to receive empty calls", "")
+                    return
+                key: Any = None  # served alone: never joined, and it teaches the batching policy nothing
+            else:
+                # Calls join only with calls of the same non-tensor arguments, dtypes and trailing shapes.
+                key = (req.meta, tuple([(t.dtype, t.shape[:dim] + t.shape[dim + 1:], t.kind) for t in tensors]))
         else:
             key = None  # not joinable: runs alone, in arrival order
         q = m.queues.get(key)
@@ -199,6 +212,14 @@ class Dispatcher:
 
     # -- execution ---------------------------------------------------------------
     def _run(self, m: MethodSlot, batch: list[Request], batched: bool) -> None:
+        """Run one batch; whatever goes wrong fails this batch's calls, never the worker."""
+        try:
+            self._run_batch(m, batch, batched)
+        except Exception as exc:
+            self._fail(batch, ring.ST_MODEL_ERROR, type(exc).__name__,
+                       f"serving the batch failed in the worker: {exc}", traceback.format_exc())
+
+    def _run_batch(self, m: MethodSlot, batch: list[Request], batched: bool) -> None:
         t_batch = time.monotonic()
         if any(r.deadline and r.deadline <= t_batch for r in batch):
             live = [r for r in batch if not r.deadline or r.deadline > t_batch]
