@@ -32,6 +32,10 @@ class ModelRunnable(Runnable):
     """
 
     FRAMEWORK: ClassVar[str] = ""
+    #: The method ``runner.run(x)`` calls. An adapter's class names its usual
+    #: signature (``"__call__"`` or ``"predict"``); each per-model class holds
+    #: the one its stored signatures give (see `default_method`), or None.
+    DEFAULT_METHOD: ClassVar[str | None] = "__call__"
 
     def __init__(self, tag: str, home: str | None = None) -> None:
         self.stored = get(tag, home=home)
@@ -99,6 +103,7 @@ def _build_cached(module_name: str, base_name: str, tag: str, home: str) -> type
         qualname, (base,), {"__module__": module_name, "__qualname__": qualname, "__doc__": base.__doc__}
     )
     cls.__name__ = base.__name__
+    cls.DEFAULT_METHOD = default_method(base.DEFAULT_METHOD, model.signatures)
     for method, options in model.signatures.items():
         cls.add_method(
             _method(method),
@@ -107,6 +112,24 @@ def _build_cached(module_name: str, base_name: str, tag: str, home: str) -> type
             batch_dim=signature_batch_dim(options),
         )
     return cls
+
+
+def default_method(preferred: str | None, signatures: dict[str, Any]) -> str | None:
+    """The signature a runner calls by default: the adapter's `preferred` one, else
+    ``__call__``, else the only one; None when a model has several and none of those."""
+    for name in (preferred, "__call__"):
+        if name is not None and name in signatures:
+            return name
+    return next(iter(signatures)) if len(signatures) == 1 else None
+
+
+def default_signatures(model: Any, method: str) -> dict[str, Any]:
+    """An adapter's signatures when a save names none: `method`, plus ``predict``
+    where the model has its own (so ``runner.predict`` keeps working), not batchable."""
+    signatures: dict[str, Any] = {method: {"batchable": False}}
+    if callable(getattr(model, "predict", None)):
+        signatures.setdefault("predict", {"batchable": False})
+    return signatures
 
 
 def _method(name: str) -> Any:

@@ -22,6 +22,7 @@ from ..errors import (  # noqa: F401  (re-exported: the store raises these)
     UnknownFramework,
 )
 from ..runnable import BatchDim, MethodSignature
+from .objects import load_objects
 
 if TYPE_CHECKING:
     from ..runner import Runner
@@ -120,6 +121,79 @@ def signature_batch_dim(options: dict[str, Any]) -> BatchDim:
 # -- the Model object -----------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ModelContext:
+    """Where a model was saved: its framework and the versions in use then."""
+
+    framework_name: str
+    framework_versions: dict[str, str]
+    shmserve_version: str
+    python_version: str
+
+
+class ModelInfo(dict):  # type: ignore[type-arg]
+    """A stored model's manifest: the ``model.json`` dict, with BentoML's
+    ``ModelInfo`` attributes (`tag`, `module`, `labels`, `metadata`, `options`,
+    `signatures`, `context`, `creation_time`) read from it."""
+
+    @property
+    def tag(self) -> Tag:
+        """``name:version``."""
+        return Tag(str(self["name"]), str(self["version"]))
+
+    @property
+    def name(self) -> str:
+        """The model name."""
+        return str(self["name"])
+
+    @property
+    def version(self) -> str:
+        """The exact version."""
+        return str(self["version"])
+
+    @property
+    def module(self) -> str:
+        """The adapter module that saved it, e.g. ``shmserve.pytorch`` (empty for ``models.create``)."""
+        framework = str(self["framework"]["name"])
+        return f"shmserve.{framework}" if framework in ADAPTERS else ""
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """User labels given at save time."""
+        return dict(self.get("labels") or {})
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """User metadata given at save time."""
+        return dict(self.get("metadata") or {})
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """Adapter options recorded at save time (file format, serializer)."""
+        return dict(self.get("options") or {})
+
+    @property
+    def signatures(self) -> dict[str, dict[str, Any]]:
+        """Method name -> ``{"batchable": bool, "batch_dim": int | [in, out]}``."""
+        return dict(self["signatures"])
+
+    @property
+    def context(self) -> ModelContext:
+        """Framework, shmserve and Python versions at save time."""
+        framework = self["framework"]
+        return ModelContext(
+            framework_name=str(framework["name"]),
+            framework_versions={str(framework["name"]): str(framework.get("version", ""))},
+            shmserve_version=str(self.get("shmserve_version", "")),
+            python_version=str(self.get("python_version", "")),
+        )
+
+    @property
+    def creation_time(self) -> _dt.datetime:
+        """When the model was saved (timezone-aware, UTC)."""
+        return _dt.datetime.fromisoformat(str(self["created_at"]))
+
+
 @dataclass
 class Model:
     """One stored model version: its manifest and its directory.
@@ -130,8 +204,13 @@ class Model:
 
     tag: Tag
     path: Path
-    info: dict[str, Any] = field(repr=False)
+    info: ModelInfo = field(repr=False)
     home: Path = field(repr=False)
+    _custom_objects: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.info, ModelInfo):
+            self.info = ModelInfo(self.info)
 
     @property
     def name(self) -> str:
@@ -152,22 +231,22 @@ class Model:
     @property
     def signatures(self) -> dict[str, dict[str, Any]]:
         """Method name -> ``{"batchable": bool, "batch_dim": int | [in, out]}``."""
-        return dict(self.info["signatures"])
+        return self.info.signatures
 
     @property
     def labels(self) -> dict[str, str]:
         """User labels given at save time."""
-        return dict(self.info.get("labels", {}))
+        return self.info.labels
 
     @property
     def metadata(self) -> dict[str, Any]:
         """User metadata given at save time."""
-        return dict(self.info.get("metadata", {}))
+        return self.info.metadata
 
     @property
     def options(self) -> dict[str, Any]:
         """Adapter options recorded at save time (file format, serializer)."""
-        return dict(self.info.get("options", {}))
+        return self.info.options
 
     @property
     def created_at(self) -> str:
@@ -178,6 +257,22 @@ class Model:
     def size(self) -> int:
         """Total bytes of the model's files (manifest excluded)."""
         return int(self.info.get("size_bytes", 0))
+
+    @property
+    def creation_time(self) -> _dt.datetime:
+        """When the model was saved (timezone-aware, UTC)."""
+        return self.info.creation_time
+
+    @property
+    def custom_objects(self) -> dict[str, Any]:
+        """The ``custom_objects`` saved with the model (``{}`` if none), unpickled on first use.
+
+        Unpickling can run code: read them only from a store you trust.
+        """
+        if self._custom_objects is None:
+            entry = self.info.get("custom_objects")
+            self._custom_objects = load_objects(self.path, entry, str(self)) if entry else {}
+        return self._custom_objects
 
     def path_of(self, relpath: str) -> Path:
         """Absolute path of one of the model's files."""
@@ -247,6 +342,11 @@ def adapter_module(model: Model) -> Any:
 
     framework = model.info.get("framework", {}).get("name")
     module_name = ADAPTERS.get(str(framework))
+    if framework == "custom":
+        raise ModelStoreError(
+            f"model {model} was made with shmserve.models.create and has no adapter to load or serve it; "
+            "read its files from model.path in your own Runnable"
+        )
     if module_name is None:
         raise UnknownFramework(
             f"model {model} was saved by framework {framework!r}, which this shmserve does not know "

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .adapter import ModelRunnable, adapter_functions, require, resolve, thread_count
-from .store import Model, Tag, create, normalize_signatures
+from .store import Model, SaveArgs, Tag, create, normalize_signatures
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 FRAMEWORK = "onnx"
 DEFAULT_SIGNATURES: dict[str, Any] = {"run": {"batchable": False}}
@@ -50,12 +53,13 @@ def save_model(
     model: Any,
     *,
     signatures: dict[str, Any] | None = None,
-    labels: dict[str, str] | None = None,
-    metadata: dict[str, Any] | None = None,
-    home: str | os.PathLike[str] | None = None,
+    **save: Unpack[SaveArgs],
 ) -> Model:
     """Save an ONNX model (``onnx.ModelProto``, serialized bytes, or a path to a
-    ``.onnx`` file) as a new version of `name`. Only the ``run`` signature exists."""
+    ``.onnx`` file) as a new version of `name`. Only the ``run`` signature exists.
+
+    `save` takes `labels`, `metadata`, `custom_objects` and `home` (see `SaveArgs`).
+    """
     onnx = _onnx()
     sigs = normalize_signatures(signatures, DEFAULT_SIGNATURES)
     if set(sigs) != {"run"}:
@@ -75,12 +79,10 @@ def save_model(
         framework=FRAMEWORK,
         framework_version=str(onnx.__version__),
         signatures=sigs,
-        labels=labels,
-        metadata=metadata,
         options={"format": "onnx", "file": MODEL_FILE, "trusted_only": False, "opset": [
             {"domain": o.domain, "version": int(o.version)} for o in proto.opset_import
         ]},
-        home=home,
+        **save,
     ) as draft:
         (draft.path / MODEL_FILE).write_bytes(data)
     assert draft.model is not None
@@ -123,6 +125,7 @@ class OnnxRunnable(ModelRunnable):
     SUPPORTED_RESOURCES: ClassVar[tuple[str, ...]] = ("cpu", "nvidia.com/gpu")
     SUPPORTS_CPU_MULTI_THREADING: ClassVar[bool] = True
     FRAMEWORK: ClassVar[str] = FRAMEWORK
+    DEFAULT_METHOD: ClassVar[str | None] = "run"
 
     def setup(self, model: Model) -> None:
         import numpy as np

@@ -8,29 +8,26 @@ Loading runs pickle: load only from a store you trust (the manifest marks it
 
 Signature ``__call__`` calls the object itself; ``predict`` calls the
 object's ``predict`` method when it has one and the object itself otherwise;
-any other name calls that method. The default is
-``{"predict": {"batchable": False}}``.
+any other name calls that method. Without signatures a callable object gets
+``__call__`` (the runner's default method), plus ``predict`` when it has one;
+an object that is not callable gets ``predict``.
 """
 from __future__ import annotations
 
 import os
 import pickle
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from .adapter import ModelRunnable, adapter_functions, resolve, signature_target
-from .store import Model, Tag, create, normalize_signatures
+from .adapter import ModelRunnable, adapter_functions, default_signatures, resolve, signature_target
+from .objects import pickler, require_unpickler
+from .store import Model, SaveArgs, Tag, create, normalize_signatures
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 FRAMEWORK = "picklable"
-DEFAULT_SIGNATURES: dict[str, Any] = {"predict": {"batchable": False}}
+DEFAULT_SIGNATURES: dict[str, Any] = {"predict": {"batchable": False}}  # for objects that are not callable
 MODEL_FILE = "model.pkl"
-
-
-def _serializer() -> tuple[str, Any]:
-    try:
-        import cloudpickle
-    except ImportError:
-        return "pickle", pickle
-    return "cloudpickle", cloudpickle
 
 
 def save_model(
@@ -38,24 +35,24 @@ def save_model(
     model: Any,
     *,
     signatures: dict[str, Any] | None = None,
-    labels: dict[str, str] | None = None,
-    metadata: dict[str, Any] | None = None,
-    home: str | os.PathLike[str] | None = None,
+    **save: Unpack[SaveArgs],
 ) -> Model:
-    """Save any picklable callable or object as a new version of `name`."""
-    sigs = normalize_signatures(signatures, DEFAULT_SIGNATURES)
+    """Save any picklable callable or object as a new version of `name`.
+
+    Without `signatures`: ``__call__``, plus ``predict`` when the object has one.
+    `save` takes `labels`, `metadata`, `custom_objects` and `home` (see `SaveArgs`).
+    """
+    sigs = normalize_signatures(signatures, default_signatures(model, "__call__") if callable(model) else DEFAULT_SIGNATURES)
     for method in sigs:
         signature_target(model, method)  # fail at save time, not in the worker
-    kind, serializer = _serializer()
+    kind, serializer = pickler()
     with create(
         name,
         framework=FRAMEWORK,
         framework_version=str(getattr(serializer, "__version__", f"protocol {pickle.HIGHEST_PROTOCOL}")),
         signatures=sigs,
-        labels=labels,
-        metadata=metadata,
         options={"format": kind, "file": MODEL_FILE, "trusted_only": True},
-        home=home,
+        **save,
     ) as draft:
         with open(draft.path / MODEL_FILE, "wb") as f:
             serializer.dump(model, f, protocol=pickle.HIGHEST_PROTOCOL)
@@ -66,11 +63,7 @@ def save_model(
 def load_model(tag: "str | Tag | Model", *, home: str | os.PathLike[str] | None = None) -> Any:
     """Load a stored object (pickle: only from a trusted store)."""
     stored = resolve(tag, FRAMEWORK, home)
-    if stored.options.get("format") == "cloudpickle":
-        try:
-            import cloudpickle  # noqa: F401  (its objects need it importable)
-        except ImportError as exc:
-            raise ImportError(f"model {stored} was saved with cloudpickle: pip install cloudpickle") from exc
+    require_unpickler(stored.options.get("format"), f"model {stored}")
     with open(stored.path_of(str(stored.options.get("file", MODEL_FILE))), "rb") as f:
         return pickle.load(f)
 

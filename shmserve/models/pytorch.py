@@ -31,13 +31,23 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from .adapter import ModelRunnable, adapter_functions, require, resolve, signature_target, thread_count
-from .store import Model, Tag, create, normalize_signatures
+from .adapter import (
+    ModelRunnable,
+    adapter_functions,
+    default_signatures,
+    require,
+    resolve,
+    signature_target,
+    thread_count,
+)
+from .store import Model, SaveArgs, Tag, create, normalize_signatures
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 FRAMEWORK = "pytorch"
-DEFAULT_SIGNATURES: dict[str, Any] = {"predict": {"batchable": False}}
 _CALL_NAMES = ("predict", "__call__", "forward")  # what a module without such methods still answers
 _ITSELF = ("__call__", "forward")
 _FILES = {"pickle": "model.pt", "torchscript": "model.ts", "export": "model.pt2"}
@@ -53,17 +63,17 @@ def save_model(
     model: Any,
     *,
     signatures: dict[str, Any] | None = None,
-    labels: dict[str, str] | None = None,
-    metadata: dict[str, Any] | None = None,
-    home: str | os.PathLike[str] | None = None,
+    **save: Unpack[SaveArgs],
 ) -> Model:
     """Save a ``torch.nn.Module``, ScriptModule or ExportedProgram as a new version of `name`.
 
     `signatures` maps method names to ``{"batchable": bool, "batch_dim": int}``;
-    the default is ``{"predict": {"batchable": False}}``.
+    the default is ``__call__`` (the runner's default method), plus ``predict``
+    when the module has its own, neither batchable. `save` takes `labels`,
+    `metadata`, `custom_objects` and `home` (see `SaveArgs`).
     """
     torch = _torch()
-    sigs = normalize_signatures(signatures, DEFAULT_SIGNATURES)
+    sigs = normalize_signatures(signatures, default_signatures(model, "__call__"))
     if isinstance(model, torch.export.ExportedProgram):
         fmt = "export"
     elif isinstance(model, torch.jit.ScriptModule):
@@ -93,10 +103,8 @@ def save_model(
         framework=FRAMEWORK,
         framework_version=str(torch.__version__),
         signatures=sigs,
-        labels=labels,
-        metadata=metadata,
         options=options,
-        home=home,
+        **save,
     ) as draft:
         path = draft.path / _FILES[fmt]
         if fmt == "export":

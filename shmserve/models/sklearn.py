@@ -9,10 +9,13 @@ to the runner method. The default is ``{"predict": {"batchable": False}}``.
 from __future__ import annotations
 
 import os
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .adapter import ModelRunnable, adapter_functions, require, resolve, thread_count
-from .store import Model, Tag, create, normalize_signatures
+from .store import Model, SaveArgs, Tag, create, normalize_signatures
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 FRAMEWORK = "sklearn"
 DEFAULT_SIGNATURES: dict[str, Any] = {"predict": {"batchable": False}}
@@ -29,11 +32,12 @@ def save_model(
     model: Any,
     *,
     signatures: dict[str, Any] | None = None,
-    labels: dict[str, str] | None = None,
-    metadata: dict[str, Any] | None = None,
-    home: str | os.PathLike[str] | None = None,
+    **save: Unpack[SaveArgs],
 ) -> Model:
-    """Save a fitted scikit-learn estimator (or pipeline) as a new version of `name`."""
+    """Save a fitted scikit-learn estimator (or pipeline) as a new version of `name`.
+
+    `save` takes `labels`, `metadata`, `custom_objects` and `home` (see `SaveArgs`).
+    """
     joblib, sklearn = _joblib()
     sigs = normalize_signatures(signatures, DEFAULT_SIGNATURES)
     missing = sorted(m for m in sigs if not callable(getattr(model, m, None)))
@@ -44,10 +48,8 @@ def save_model(
         framework=FRAMEWORK,
         framework_version=str(sklearn.__version__),
         signatures=sigs,
-        labels=labels,
-        metadata=metadata,
         options={"format": "joblib", "file": MODEL_FILE, "trusted_only": True},
-        home=home,
+        **save,
     ) as draft:
         joblib.dump(model, draft.path / MODEL_FILE)
     assert draft.model is not None
@@ -67,6 +69,7 @@ class SklearnRunnable(ModelRunnable):
     SUPPORTED_RESOURCES: ClassVar[tuple[str, ...]] = ("cpu",)
     SUPPORTS_CPU_MULTI_THREADING: ClassVar[bool] = True
     FRAMEWORK: ClassVar[str] = FRAMEWORK
+    DEFAULT_METHOD: ClassVar[str | None] = "predict"
 
     def setup(self, model: Model) -> None:
         self.model = load_model(model)

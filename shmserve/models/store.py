@@ -29,7 +29,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from ..errors import ConfigError
 from ..registry import pid_alive as _pid_alive
@@ -40,6 +40,7 @@ from .model import (  # noqa: F401  (re-exported: the store's public names)
     CorruptModel,
     Model,
     ModelExists,
+    ModelInfo,
     ModelNotFound,
     ModelStoreError,
     Tag,
@@ -51,6 +52,10 @@ from .model import (  # noqa: F401  (re-exported: the store's public names)
     normalize_signatures,
     signature_batch_dim,
 )
+from .objects import save_objects
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 log = logging.getLogger("shmserve.models")
 
@@ -96,7 +101,7 @@ def _read_model(home: Path, name: str, version: str, tag_text: str) -> Model:
         )
     if info.get("name") != name or info.get("version") != version:
         raise CorruptModel(f"model {name}:{version}: manifest names {info.get('name')}:{info.get('version')} instead")
-    return Model(Tag(name, version), path, info, home)
+    return Model(Tag(name, version), path, ModelInfo(info), home)
 
 
 def _versions(home: Path, name: str) -> list[str]:
@@ -256,19 +261,46 @@ def publish(home: Path, staged: Path, info: dict[str, Any], *, version: str | No
         final.parent.mkdir(parents=True, exist_ok=True)
         os.rename(staged, final)
         _fsync_dir(final.parent)
-    return Model(Tag(name, version), final, info, home)
+    return Model(Tag(name, version), final, ModelInfo(info), home)
 
 
 # -- saving -----------------------------------------------------------------------
 
 
+class SaveArgs(TypedDict, total=False):
+    """The keywords every ``save_model`` (and ``shmserve.models.create``) takes.
+
+    `labels` (str -> str) and `metadata` (JSON-serialisable) are kept in the
+    manifest; `custom_objects` are pickled with the model (see `objects`);
+    `home` is the store root (default ``$SHMSERVE_HOME``).
+    """
+
+    labels: dict[str, str] | None
+    metadata: dict[str, Any] | None
+    custom_objects: dict[str, Any] | None
+    home: str | os.PathLike[str] | None
+
+
 @dataclass
 class ModelDraft:
-    """A model being saved: write its files under `path`; it is published on exit."""
+    """A model being saved: write its files under `path`; it is published on exit.
+
+    Its version is chosen when it is published, so `tag` is ``name:latest``
+    inside the ``with`` block and the exact ``name:version`` after it.
+    """
 
     name: str
     path: Path
     model: Model | None = None
+
+    def path_of(self, relpath: str) -> Path:
+        """Where to write one of the model's files."""
+        return self.path / relpath
+
+    @property
+    def tag(self) -> Tag:
+        """The published model's tag (``name:latest`` until the ``with`` block ends)."""
+        return self.model.tag if self.model is not None else Tag(self.name)
 
 
 def python_version() -> str:
@@ -286,6 +318,7 @@ def create(
     labels: dict[str, str] | None = None,
     metadata: dict[str, Any] | None = None,
     options: dict[str, Any] | None = None,
+    custom_objects: dict[str, Any] | None = None,
     home: str | os.PathLike[str] | None = None,
 ) -> Iterator[ModelDraft]:
     """Stage a new model version; adapters write files into ``draft.path``.
@@ -293,6 +326,8 @@ def create(
     On normal exit the files are checksummed, the manifest written and the
     directory renamed into the store (``draft.model`` is then set). If the
     block raises, or the process dies, nothing becomes visible.
+    `custom_objects` are pickled beside the files (see `objects`), which marks
+    the model ``trusted_only``.
     """
     from .. import __version__
 
@@ -306,12 +341,23 @@ def create(
         json.dumps(metadata)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"metadata of model {name!r} must be JSON-serialisable: {exc}") from None
+    try:
+        json.dumps(options or {})
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"options of model {name!r} must be JSON-serialisable: {exc}") from None
+    if custom_objects is not None and not isinstance(custom_objects, dict):
+        raise ConfigError(f"custom_objects of model {name!r} must be a dict like {{'tokenizer': tok}}, got {custom_objects!r}")
     root = store_home(home)
     sweep_temp(root)
     staged = make_temp_dir(root)
     draft = ModelDraft(name, staged)
     try:
         yield draft
+        options = dict(options or {})
+        objects_entry = None
+        if custom_objects:
+            objects_entry = save_objects(staged, custom_objects, name)
+            options["trusted_only"] = True
         files = file_table(staged)
         info = {
             "schema": MANIFEST_SCHEMA,
@@ -322,7 +368,8 @@ def create(
             "signatures": signatures,
             "labels": labels,
             "metadata": metadata,
-            "options": dict(options or {}),
+            "options": options,
+            "custom_objects": objects_entry,
             "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
             "size_bytes": sum(f["size"] for f in files.values()),
             "files": files,
@@ -331,6 +378,42 @@ def create(
     finally:
         if staged.exists():
             shutil.rmtree(staged, ignore_errors=True)
+
+
+CUSTOM_FRAMEWORK = "custom"
+
+
+@contextlib.contextmanager
+def create_model(
+    name: str,
+    *,
+    signatures: dict[str, Any] | None = None,
+    options: dict[str, Any] | None = None,
+    **save: Unpack[SaveArgs],
+) -> Iterator[ModelDraft]:
+    """A new model version whose files you write yourself (``shmserve.models.create``)::
+
+        with shmserve.models.create("my_model", metadata={"acc": 0.9}) as draft:
+            (draft.path / "weights.bin").write_bytes(data)
+        print(draft.tag)                                   # my_model:<version>
+        path = shmserve.models.get("my_model").path_of("weights.bin")
+
+    The folder is published atomically when the block ends, like every save;
+    if the block raises, nothing is stored. Such a model has no adapter: load
+    its files in your own Runnable. `signatures` are only recorded.
+    """
+    from .. import __version__
+
+    sigs = normalize_signatures(signatures, {}) if signatures else {}
+    with create(
+        name,
+        framework=CUSTOM_FRAMEWORK,
+        framework_version=__version__,
+        signatures=sigs,
+        options=options,
+        **save,
+    ) as draft:
+        yield draft
 
 
 def delete(tag: "str | Tag", *, home: str | os.PathLike[str] | None = None) -> Tag:

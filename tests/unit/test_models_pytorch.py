@@ -94,7 +94,7 @@ def test_read_only_batch_view_is_accepted_without_warning(home: Path) -> None:
     x.flags.writeable = False  # batches read from shared memory may be read-only views
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert runner.predict.run(x).shape == (2, 3)
+        assert runner.__call__.run(x).shape == (2, 3)
 
 
 def test_threads_follow_omp_num_threads(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -128,7 +128,7 @@ def test_torchscript_and_export_formats(home: Path) -> None:
     for name in ("ts", "exported"):
         runner = shmserve.pytorch.get(name).to_runner()
         runner.init_local()
-        np.testing.assert_allclose(runner.predict.run(x.numpy()), want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(runner.__call__.run(x.numpy()), want, rtol=1e-5, atol=1e-6)
 
     with pytest.raises(ValueError, match="forward"):
         shmserve.pytorch.save_model("ts", scripted, signatures={"embed": {}})
@@ -171,3 +171,12 @@ def test_predict_signature_calls_the_modules_own_predict(home: Path) -> None:
     assert got.shape == (3,)  # the classes, not forward's (3, 10) logits
     torch.testing.assert_close(got, want_classes)
     torch.testing.assert_close(runner.forward.run(x), want_logits)
+
+
+def test_default_signatures_are_call_plus_the_modules_own_predict(home: Path) -> None:
+    plain = shmserve.pytorch.save_model("two_heads", make_model())
+    assert list(plain.signatures) == ["__call__"]
+    with_predict = shmserve.pytorch.save_model("clf", Classifier())
+    assert sorted(with_predict.signatures) == ["__call__", "predict"]
+    for stored in (plain, with_predict):
+        assert stored.to_runner().runnable_class.DEFAULT_METHOD == "__call__"
