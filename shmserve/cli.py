@@ -1,7 +1,8 @@
 """The `shmserve` command line.
 
 Each command group lives beside the code it drives and registers itself here:
-``serve`` (shmserve.http.cli), ``models`` (shmserve.models.cli).
+``serve`` (shmserve.http.cli), ``models`` (shmserve.models.cli), ``config``
+(shmserve.config.cli).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 # Modules that define `register(subparsers)`; each adds its own subcommands.
-COMMAND_MODULES: tuple[str, ...] = ("shmserve.models.cli", "shmserve.http.cli")
+COMMAND_MODULES: tuple[str, ...] = ("shmserve.models.cli", "shmserve.http.cli", "shmserve.config.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,6 +25,8 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 # 16 MiB arenas make one channel 34 MiB (`shmserve.shm.budget`), so one API worker and one
 # runner worker fit Docker's default 64 MiB /dev/shm with room to spare.
 DEFAULT_ARENA_MB = 16
+DEFAULT_MAX_BATCH_SIZE = 64
+DEFAULT_MAX_LATENCY_MS = 10.0
 
 
 @dataclass(frozen=True)
@@ -68,11 +70,13 @@ class RunnerMethod:
         return self.run(*args, timeout=timeout, **kwargs)
 
     def run(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
-        """Call the method and wait for its result. `timeout` is in seconds."""
+        """Call the method and wait for its result. `timeout` (seconds) defaults to the runner's."""
+        timeout = self.runner.timeout if timeout is None else timeout
         return self.runner._backend_or_raise().call(self.name, args, kwargs, timeout)
 
     async def async_run(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         """Call the method from async code; the event loop is never blocked."""
+        timeout = self.runner.timeout if timeout is None else timeout
         return await self.runner._backend_or_raise().async_call(self.name, args, kwargs, timeout)
 
     def __repr__(self) -> str:
@@ -111,6 +115,11 @@ class Runner:
         embedded: run the Runnable inside the calling process (the API worker
             under ``shmserve serve``) instead of worker processes: no shared
             memory, no batching; for cheap pre- and post-processing.
+        timeout: default seconds a call may take (RunnerTimeout past it);
+            None waits without limit. A call's own ``timeout=`` wins.
+
+    A deployment's ``shmserve.yaml`` (``runners:``) overrides these through
+    `configure` before the runner starts (see `shmserve.config`).
 
     ``runner.run(...)`` / ``await runner.async_run(...)`` call the default
     method: ``__call__``, or the Runnable's only method.
@@ -133,6 +142,7 @@ class Runner:
         scheduling_strategy: type[Strategy] | Strategy | None = None,
         strategy: type[Strategy] | Strategy | None = None,
         embedded: bool = False,
+        timeout: float | None = None,
     ) -> None:
         if isinstance(runnable_class, Runnable):
             raise ConfigError(f"Runner needs the Runnable class, not an instance: use Runner({type(runnable_class).__name__}, "
@@ -153,23 +163,11 @@ class Runner:
             raise ConfigError(f"{runnable_class.__name__} exposes no methods; decorate them with @shmserve.Runnable.method")
         if scheduling_strategy is not None and strategy is not None and scheduling_strategy is not strategy:
             raise ConfigError(f"runner {name!r}: give scheduling_strategy= or strategy=, not both")
-        max_batch_size = 64 if max_batch_size is None else max_batch_size
-        max_latency_ms = 10.0 if max_latency_ms is None else max_latency_ms
-        _check_positive("max_batch_size", max_batch_size, name)
-        _check_positive("max_latency_ms", max_latency_ms, name, allow_zero=True)
-        _check_positive("arena_mb", arena_mb, name)
-        _check_positive("max_queue_size", max_queue_size, name)
-        if workers is not None:
-            _check_positive("workers", workers, name)
+        max_batch_size = DEFAULT_MAX_BATCH_SIZE if max_batch_size is None else max_batch_size
+        max_latency_ms = DEFAULT_MAX_LATENCY_MS if max_latency_ms is None else max_latency_ms
         self.runnable_class = runnable_class
         self.name = name
         self.runnable_init_params = dict(runnable_init_params or {})
-        self.max_batch_size = int(max_batch_size)
-        self.max_latency_ms = float(max_latency_ms)
-        self.workers = workers
-        self.arena_mb = int(arena_mb)
-        self.max_queue_size = min(int(max_queue_size), 1024)
-        self.gpus = [str(g) for g in gpus] if gpus is not None else None
         self.strategy = as_strategy(scheduling_strategy if scheduling_strategy is not None else strategy, name)
         self.embedded = bool(embedded)
         self.models = check_models(models, f"runner {name!r}")
@@ -177,9 +175,64 @@ class Runner:
         unknown = set(method_configs) - set(runnable_class.methods)
         if unknown:
             raise ConfigError(f"method_configs of runner {name!r} names unknown methods {sorted(unknown)}")
+        self._method_overrides = method_configs
         self.method_configs: dict[str, MethodConfig] = {}
-        for mname, sig in runnable_class.methods.items():
-            override = dict(method_configs.get(mname, {}))
+        self._backend: Backend | None = None
+        self.configure(max_batch_size=max_batch_size, max_latency_ms=max_latency_ms, workers=workers,
+                       arena_mb=arena_mb, max_queue_size=max_queue_size, gpus=gpus, timeout=timeout)
+        #: the settings as the code gave them, before any configuration file (`shmserve config show`)
+        self.code_settings: dict[str, Any] = {
+            "max_batch_size": self.max_batch_size, "max_latency_ms": self.max_latency_ms, "workers": workers,
+            "arena_mb": self.arena_mb, "max_queue_size": self.max_queue_size, "gpus": self.gpus, "timeout": timeout,
+        }
+        for mname, cfg in self.method_configs.items():
+            # `run` may be shadowed: its RunnerMethod is callable, so runner.run(x) still works.
+            if mname != "run" and hasattr(self, mname):
+                raise ConfigError(f"method name {mname!r} of runner {name!r} clashes with a Runner attribute")
+            setattr(self, mname, RunnerMethod(self, cfg))
+
+    _UNSET: Any = object()
+
+    def configure(self, *, max_batch_size: int = _UNSET, max_latency_ms: float = _UNSET, workers: int | None = _UNSET,
+                  arena_mb: int = _UNSET, max_queue_size: int = _UNSET, gpus: list[str] | None = _UNSET,
+                  timeout: float | None = _UNSET) -> None:
+        """Change settings before the runner starts; the arguments left out keep their values.
+
+        A new `max_batch_size` or `max_latency_ms` applies to every method, replacing the
+        ``method_configs`` of the code (a deployment's configuration outranks the code).
+        """
+        unset = Runner._UNSET
+        name = self.name
+        if self._backend is not None:
+            raise ConfigError(f"runner {name!r} is already bound; configure it before starting it")
+        for what, value, zero in (("max_batch_size", max_batch_size, False), ("max_latency_ms", max_latency_ms, True),
+                                  ("arena_mb", arena_mb, False), ("max_queue_size", max_queue_size, False)):
+            if value is not unset:
+                _check_positive(what, value, name, allow_zero=zero)
+        optional: tuple[tuple[str, Any], ...] = (("workers", workers), ("timeout", timeout))
+        for what, value in optional:
+            if value is not unset and value is not None:
+                _check_positive(what, value, name)
+        if max_batch_size is not unset:
+            self.max_batch_size = int(max_batch_size)
+        if max_latency_ms is not unset:
+            self.max_latency_ms = float(max_latency_ms)
+        if workers is not unset:
+            self.workers = workers
+        if arena_mb is not unset:
+            self.arena_mb = int(arena_mb)
+        if max_queue_size is not unset:
+            self.max_queue_size = min(int(max_queue_size), 1024)
+        if gpus is not unset:
+            self.gpus = [str(g) for g in gpus] if gpus is not None else None
+        if timeout is not unset:
+            self.timeout = float(timeout) if timeout is not None else None
+        if self.method_configs and max_batch_size is unset and max_latency_ms is unset:
+            return
+        if self.method_configs:  # the configuration replaces the code's per-method batching
+            self._method_overrides = {}
+        for mname, sig in self.runnable_class.methods.items():
+            override = dict(self._method_overrides.get(mname, {}))
             bad = set(override) - {"max_batch_size", "max_latency_ms"}
             if bad:
                 raise ConfigError(f"method_configs[{mname!r}] of runner {name!r}: unknown keys {sorted(bad)}")
@@ -187,13 +240,10 @@ class Runner:
             mlat = override.get("max_latency_ms", self.max_latency_ms)
             _check_positive("max_batch_size", mbs, name)
             _check_positive("max_latency_ms", mlat, name, allow_zero=True)
-            self.method_configs[mname] = MethodConfig(sig, int(mbs), float(mlat))
-        self._backend: Backend | None = None
-        for mname, cfg in self.method_configs.items():
-            # `run` may be shadowed: its RunnerMethod is callable, so runner.run(x) still works.
-            if mname != "run" and hasattr(self, mname):
-                raise ConfigError(f"method name {mname!r} of runner {name!r} clashes with a Runner attribute")
-            setattr(self, mname, RunnerMethod(self, cfg))
+            self.method_configs[mname] = cfg = MethodConfig(sig, int(mbs), float(mlat))
+            method = self.__dict__.get(mname)
+            if isinstance(method, RunnerMethod):
+                method.config = cfg
 
     # -- calling the default method -------------------------------------------
     @property

@@ -3,38 +3,27 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from dataclasses import dataclass
 from typing import Any
 
+from ..config.schema import ApiServerSettings
 from .app import App
 from .protocol import HttpProtocol, ServerState
 
-__all__ = ["HttpConfig", "HttpServer"]
-
-
-@dataclass(frozen=True)
-class HttpConfig:
-    """Limits and timeouts of the HTTP server."""
-
-    #: largest request body accepted; larger ones get 413 and the connection closes
-    max_body_bytes: int = 64 * 1024 * 1024
-    #: largest request line plus headers; larger ones get 431
-    max_header_bytes: int = 64 * 1024
-    #: seconds an idle keep-alive connection stays open
-    keepalive_timeout: float = 5.0
-    #: seconds in-flight requests get to finish on shutdown
-    graceful_timeout: float = 30.0
-    #: listen backlog for sockets this server creates
-    backlog: int = 2048
+__all__ = ["HttpServer"]
 
 
 class HttpServer:
-    """Serve `app` on a listening socket until `shutdown()`."""
+    """Serve `app` on a listening socket until `shutdown()`.
 
-    def __init__(self, app: App, config: HttpConfig | None = None) -> None:
+    `settings` is the validated ``api_server`` section of the configuration: its ``http``
+    limits and timeouts, and ``graceful_shutdown_timeout``.
+    """
+
+    def __init__(self, app: App, settings: ApiServerSettings | None = None) -> None:
         self.app = app
-        self.config = config or HttpConfig()
-        self.state = ServerState(self.config.max_body_bytes, self.config.max_header_bytes, self.config.keepalive_timeout)
+        self.settings = settings or ApiServerSettings()
+        http = self.settings.http
+        self.state = ServerState(http.max_body_bytes, http.max_header_bytes, http.keepalive_timeout)
         self._server: asyncio.AbstractServer | None = None
         self._ticker: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -45,7 +34,7 @@ class HttpServer:
     async def start(self, sock: socket.socket) -> None:
         """Start accepting on `sock` (already bound and listening)."""
         loop = self._loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._protocol, sock=sock, backlog=self.config.backlog)
+        self._server = await loop.create_server(self._protocol, sock=sock, backlog=self.settings.http.backlog)
         self._ticker = loop.call_later(1.0, self._tick)
 
     def _tick(self) -> None:
@@ -55,12 +44,12 @@ class HttpServer:
         self._ticker = self._loop.call_later(1.0, self._tick)
 
     async def shutdown(self) -> None:
-        """Stop accepting, let in-flight requests finish (up to `graceful_timeout`), close connections."""
+        """Stop accepting, let in-flight requests finish (up to `graceful_shutdown_timeout`), close connections."""
         if self._server is not None:
             self._server.close()
         self.state.begin_shutdown()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.graceful_timeout
+        deadline = loop.time() + self.settings.graceful_shutdown_timeout
         while self.state.connections and loop.time() < deadline:
             await asyncio.sleep(0.02)
         for conn in list(self.state.connections):

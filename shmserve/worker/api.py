@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
+from ..config import Config
 from ..errors import ConfigError
-from ..http.server import HttpConfig
 from ..traces import add_trace_hook
 
 __all__ = ["APIWorkerSpec", "bind_runners", "unbind_runners", "run_api_worker"]
@@ -41,10 +41,9 @@ class APIWorkerSpec:
     cwd: str
     index: int = 0
     local_runners: bool = False
-    threads: int = 4
-    attach_timeout: float = 30.0
-    log_level: str = "INFO"
-    http: HttpConfig = field(default_factory=HttpConfig)
+    #: the deployment's configuration: ``config.settings.api_server`` for this process, and the
+    #: runner settings (a runner's call timeout applies on the calling side)
+    config: Config = field(default_factory=Config)
     #: folder where API workers share metric snapshots (None: each reports only itself)
     metrics_dir: str | None = None
 
@@ -80,7 +79,8 @@ def unbind_runners(runners: Iterable[Any]) -> None:
 
 def run_api_worker(spec: APIWorkerSpec, sock: socket.socket, status: Connection) -> None:
     """Process main of one API worker (the spawn target)."""
-    logging.basicConfig(level=spec.log_level, format=f"%(asctime)s api[{spec.index}] %(levelname)s %(name)s: %(message)s")
+    api = spec.config.settings.api_server
+    logging.basicConfig(level=api.logging.level, format=f"%(asctime)s api[{spec.index}] %(levelname)s %(name)s: %(message)s")
     # Signals are handled by the event loop; until it runs, a SIGINT from the terminal must not
     # leave a half-started worker behind a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -93,7 +93,8 @@ def run_api_worker(spec: APIWorkerSpec, sock: socket.socket, status: Connection)
 
     try:
         svc = load_service(spec.service)
-        bind_runners(svc.runners, spec.local_runners, spec.attach_timeout)
+        spec.config.apply(svc.runners)
+        bind_runners(svc.runners, spec.local_runners, api.startup_timeout)
     except BaseException as exc:
         status.send(("error", f"{type(exc).__name__}: {exc}"))
         raise SystemExit(1) from exc
@@ -102,10 +103,10 @@ def run_api_worker(spec: APIWorkerSpec, sock: socket.socket, status: Connection)
 
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
-    executor = ThreadPoolExecutor(max_workers=spec.threads, thread_name_prefix="shmserve-api")
+    executor = ThreadPoolExecutor(max_workers=api.threads, thread_name_prefix="shmserve-api")
     app = App(svc, executor=executor, version=__version__, metrics_dir=spec.metrics_dir)
     add_trace_hook(app.metrics.on_trace)  # runner batch size, queue wait and compute histograms
-    server = HttpServer(app, spec.http)
+    server = HttpServer(app, api)
     try:
         loop.run_until_complete(_serve(server, sock, status))
     finally:

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field, replace
 from multiprocessing.connection import wait
 from typing import Any
 
+from ..config import Config
 from ..errors import ConfigError
-from ..http.server import HttpConfig
 from ..shm import budget
 from .api import APIWorkerSpec, run_api_worker
 
@@ -41,17 +41,12 @@ RESTART_WINDOW_S = 30.0
 
 @dataclass(frozen=True)
 class ServeOptions:
-    """Options of ``shmserve serve`` (see ``shmserve serve --help``)."""
+    """What ``shmserve serve`` runs: the service, its configuration (`shmserve.config`), and the
+    ``--local-runners`` debugging switch."""
 
     service: str
-    host: str = "127.0.0.1"
-    port: int = 3000
-    api_workers: int = 1
+    config: Config = field(default_factory=Config)
     local_runners: bool = False
-    threads: int = 4
-    startup_timeout: float = 60.0
-    log_level: str = "INFO"
-    http: HttpConfig = field(default_factory=HttpConfig)
 
 
 class _APIWorker:
@@ -148,18 +143,17 @@ def serve(options: ServeOptions) -> int:
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
     svc = load_service(options.service)  # fail here, clearly, before any process starts
-    if options.api_workers < 1:
-        raise ConfigError(f"--api-workers must be at least 1, got {options.api_workers}")
+    options.config.apply(svc.runners)  # before the runners start: batching, workers, arenas, queues
+    api = options.config.settings.api_server
     if svc.runners and not options.local_runners:  # every API worker maps a channel to every runner worker
-        budget.check(budget.runners_budget(svc.runners, clients=options.api_workers))
+        budget.check(budget.runners_budget(svc.runners, clients=api.workers))
     signals = _Signals()
-    sock = _listen(options.host, options.port, options.http.backlog)
+    sock = _listen(api.http.host, api.http.port, api.http.backlog)
     port = sock.getsockname()[1]
     ctx = mp.get_context("spawn")
     metrics_dir = tempfile.mkdtemp(prefix="shmserve-metrics-")
     base = APIWorkerSpec(service=options.service, cwd=cwd, local_runners=options.local_runners,
-                         threads=options.threads, log_level=options.log_level, http=options.http,
-                         attach_timeout=options.startup_timeout, metrics_dir=metrics_dir)
+                         config=options.config, metrics_dir=metrics_dir)
     workers: list[_APIWorker] = []
     handle: Any = None
     code = 0
@@ -171,8 +165,8 @@ def serve(options: ServeOptions) -> int:
             handle = shmserve.start(*svc.runners, bind=False)
         if signals.stop:
             return 0
-        workers = [_APIWorker(ctx, replace(base, index=i), sock) for i in range(options.api_workers)]
-        if not _wait_ready(workers, signals, options.startup_timeout):
+        workers = [_APIWorker(ctx, replace(base, index=i), sock) for i in range(api.workers)]
+        if not _wait_ready(workers, signals, api.startup_timeout):
             return 0 if signals.stop else 1
         if handle is not None:
             for r in svc.runners:
@@ -180,11 +174,11 @@ def serve(options: ServeOptions) -> int:
         for w in workers:
             log.info("API worker %d: pid %s", w.spec.index, w.process.pid)
         mode = "in-process (--local-runners)" if options.local_runners else "shared memory"
-        print(f"shmserve: serving {svc.name!r} on http://{options.host}:{port} "
-              f"({options.api_workers} API workers, runners: {mode})", flush=True)
+        print(f"shmserve: serving {svc.name!r} on http://{api.http.host}:{port} "
+              f"({api.workers} API workers, runners: {mode})", flush=True)
         code = _supervise(ctx, workers, sock, signals)
     finally:
-        _stop_workers(workers, options.http.graceful_timeout + 5.0)
+        _stop_workers(workers, api.graceful_shutdown_timeout + 5.0)
         if handle is not None:
             handle.stop()
         _sweep_dead()
@@ -202,7 +196,7 @@ def _wait_ready(workers: list[_APIWorker], signals: _Signals, timeout: float) ->
             return False
         left = deadline - time.monotonic()
         if left <= 0:
-            log.error("API workers not ready after %.0f s; raise --startup-timeout if the service is slow to import", timeout)
+            log.error("API workers not ready after %.0f s; raise api_server.startup_timeout (--startup-timeout) if the service is slow to import", timeout)
             return False
         pending = [w for w in workers if not w.ready]
         wait([w.status for w in pending] + [w.process.sentinel for w in pending] + [signals.read_end], min(left, 1.0))

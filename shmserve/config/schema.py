@@ -1,0 +1,150 @@
+"""The schema of ``shmserve.yaml``: every key, its type, its default and what it means.
+
+Each key is one pydantic field: its type and bounds (``ge=``, ``le=``), its
+default, a ``description`` (shown by ``--help``, ``shmserve config show`` and the
+README table) and, when ``shmserve serve`` has a flag for it, ``flag(...)`` in
+``json_schema_extra``. Nothing else declares a default: the CLI, the supervisor,
+the HTTP server and the Runner overrides all read the validated model.
+
+Every model forbids unknown keys and is frozen, so a value read anywhere is the
+value that was validated.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from .. import runner as _runner
+from ..runner import Runner
+
+__all__ = [
+    "CONFIG_VERSION", "Settings", "ShmserveConfig", "ApiServerSettings", "HttpSettings", "LoggingSettings",
+    "RunnerSettings", "RunnersSettings", "BatchingSettings", "ResourceSettings", "flag",
+]
+
+CONFIG_VERSION: Literal[1] = 1
+
+
+class Settings(BaseModel):
+    """Base of every section: unknown keys are errors, values are typed strictly and frozen."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+
+
+def flag(name: str) -> dict[str, Any]:
+    """``json_schema_extra`` of a key that ``shmserve serve`` also takes as the command-line flag `name`."""
+    return {"flag": name}
+
+
+def _runner_default(param: str) -> Any:
+    # Runner's constructor keeps the code defaults (a Runner built in Python without a config file
+    # behaves the same); the schema reads them so that they are declared once.
+    return inspect.signature(Runner.__init__).parameters[param].default
+
+
+# -- api_server ------------------------------------------------------------------------------------
+
+class LoggingSettings(Settings):
+    """``api_server.logging``: logging of the server processes."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="log level of the supervisor and API workers", json_schema_extra=flag("--log-level"))
+
+
+class HttpSettings(Settings):
+    """``api_server.http``: the HTTP listener, its limits and timeouts."""
+
+    host: str = Field("127.0.0.1", min_length=1, description="address to listen on (0.0.0.0 in a container)",
+                      json_schema_extra=flag("--host"))
+    port: int = Field(3000, ge=0, le=65535, description="port to listen on; 0 picks a free one",
+                      json_schema_extra=flag("--port"))
+    max_body_size: float = Field(64.0, gt=0, description="largest request body in MiB; larger ones get 413",
+                                 json_schema_extra=flag("--max-body-size"))
+    max_header_size: int = Field(64, ge=1, description="largest request line plus headers in KiB; larger ones get 431")
+    keepalive_timeout: float = Field(5.0, gt=0, description="seconds an idle keep-alive connection stays open",
+                                     json_schema_extra=flag("--keepalive-timeout"))
+    backlog: int = Field(2048, ge=1, description="listen backlog of the server socket")
+
+    @property
+    def max_body_bytes(self) -> int:
+        """`max_body_size` in bytes."""
+        return int(self.max_body_size * 1024 * 1024)
+
+    @property
+    def max_header_bytes(self) -> int:
+        """`max_header_size` in bytes."""
+        return self.max_header_size * 1024
+
+
+class ApiServerSettings(Settings):
+    """``api_server``: the API worker processes and their supervisor."""
+
+    workers: int = Field(1, ge=1, description="number of API worker processes sharing the port",
+                         json_schema_extra=flag("--api-workers"))
+    threads: int = Field(4, ge=1, description="thread pool size per API worker for non-async APIs",
+                         json_schema_extra=flag("--threads"))
+    startup_timeout: float = Field(60.0, gt=0, description="seconds API workers get to import the service and "
+                                   "attach to the runners", json_schema_extra=flag("--startup-timeout"))
+    graceful_shutdown_timeout: float = Field(30.0, ge=0, description="seconds in-flight requests get to finish "
+                                             "on SIGTERM", json_schema_extra=flag("--graceful-timeout"))
+    http: HttpSettings = Field(default_factory=HttpSettings, description="the HTTP listener")
+    logging: LoggingSettings = Field(default_factory=LoggingSettings, description="logging")
+
+
+# -- runners ---------------------------------------------------------------------------------------
+
+class BatchingSettings(Settings):
+    """``runners[.NAME].batching``: adaptive batching of batchable methods."""
+
+    enabled: bool = Field(True, description="join concurrent calls into batches; false runs every call alone")
+    max_batch_size: int = Field(_runner.DEFAULT_MAX_BATCH_SIZE, ge=1,
+                                description="most items (along batch_dim) joined in one call")
+    max_latency_ms: float = Field(_runner.DEFAULT_MAX_LATENCY_MS, ge=0,
+                                  description="longest a call waits for a batch to form, in ms (not a timeout)")
+
+
+Cpus = Annotated[float, Field(gt=0)]
+Millicores = Annotated[str, StringConstraints(pattern=r"^[0-9]+(\.[0-9]+)?m?$")]  # "500m", "2"
+GpuCount = Annotated[int, Field(ge=0)]
+GpuIds = list[Union[GpuCount, Annotated[str, StringConstraints(pattern=r"^[0-9A-Za-z-]+$")]]]
+
+
+class ResourceSettings(Settings):
+    """``runners[.NAME].resources``: what each runner may use; decides its worker count (with
+    ``workers_per_resource``) and, in Kubernetes manifests, the container's requests and limits."""
+
+    cpu: Union[Cpus, Millicores, None] = Field(
+        None, description="CPUs for the runner (a number or millicores such as \"500m\")")
+    nvidia_gpu: Union[GpuCount, GpuIds, None] = Field(
+        None, alias="nvidia.com/gpu", description="GPUs for the runner: a count, or a list of GPU ids")
+
+
+class RunnerSettings(Settings):
+    """The settings of one runner (``runners.NAME``), and the defaults of all (``runners``)."""
+
+    batching: BatchingSettings = Field(default_factory=BatchingSettings, description="adaptive batching")
+    timeout: Union[float, None] = Field(_runner_default("timeout"), gt=0,
+                                        description="seconds a call may take before RunnerTimeout; null: no limit")
+    resources: ResourceSettings = Field(default_factory=ResourceSettings, description="resources")
+    workers_per_resource: float = Field(1.0, gt=0, description="worker processes per CPU or GPU in resources")
+    arena_mb: int = Field(_runner.DEFAULT_ARENA_MB, ge=1,
+                          description="MiB of each shared-memory data arena (inputs, outputs) per channel")
+    max_queue_size: int = Field(_runner_default("max_queue_size"), ge=1, le=1024,
+                                description="most calls one API worker may have in flight to the runner")
+
+
+class RunnersSettings(RunnerSettings):
+    """``runners``: the defaults of every runner, then ``NAME: {...}`` sections that override them."""
+
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True, populate_by_name=True)
+    __pydantic_extra__: dict[str, RunnerSettings] = Field(init=False)  # type: ignore[assignment]
+
+
+class ShmserveConfig(Settings):
+    """The whole ``shmserve.yaml``."""
+
+    version: Literal[1] = Field(CONFIG_VERSION, description="version of the configuration format")
+    api_server: ApiServerSettings = Field(default_factory=ApiServerSettings, description="the API server")
+    runners: RunnersSettings = Field(default_factory=RunnersSettings, description="runner defaults and overrides")
