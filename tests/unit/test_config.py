@@ -13,6 +13,7 @@ from shmserve.config import Config, load, parse_options, read_file
 from shmserve.config.flags import flags_layer
 from shmserve.config.layers import Layer, split_key
 from shmserve.errors import ConfigError
+from shmserve.runner import DEFAULT_ARENA_MB
 from tests.runnables import EchoRunnable
 
 
@@ -157,7 +158,7 @@ def test_apply_changes_the_runner_objects():
         (32, 1.0, 16, 3.0, 7, 3)
     assert r.predict.config.max_batch_size == 32  # the file outranks the code's method_configs
     assert r.method_configs["predict"].max_latency_ms == 1.0
-    assert (other.max_batch_size, other.arena_mb, other.timeout, other.workers) == (8, 32, None, None)
+    assert (other.max_batch_size, other.arena_mb, other.timeout, other.workers) == (8, DEFAULT_ARENA_MB, None, None)
 
 
 def test_batching_disabled_runs_each_call_alone():
