@@ -97,3 +97,19 @@ class GuardedRunnable(shmserve.Runnable):
     @shmserve.Runnable.method(batchable=False)
     def pid(self) -> int:
         return os.getpid()
+
+
+class MediaRunnable(shmserve.Runnable):
+    """bytes and PIL images in and out (they cross as raw buffers)."""
+
+    @shmserve.Runnable.method(batchable=True, batch_dim=0)
+    def reverse(self, data: bytes) -> bytes:
+        """Batchable, but calls carrying bytes are never joined: each gets its own bytes."""
+        assert isinstance(data, bytes)
+        return data[::-1]
+
+    @shmserve.Runnable.method
+    def flip(self, img):
+        from PIL import ImageOps
+
+        return ImageOps.mirror(img), img.mode, list(img.size)

@@ -10,7 +10,9 @@ Call metadata: ``{"a": [spec, ...], "k": {name: spec}}``; empty when the call
 is exactly one positional tensor (the hot path).
 Result metadata: ``{"s": spec}``.
 A spec is ``{"T": i}`` (shared-memory tensor i), ``{"G": handle}`` (a CUDA
-tensor sent as an IPC handle, see `shmserve.gpu`), ``{"v": value}``,
+tensor sent as an IPC handle, see `shmserve.gpu`), ``{"B": i}`` (bytes, carried
+as raw tensor i), ``{"P": i, "m": mode}`` (a PIL image: pixel array i and its
+mode; see `shmserve.shm.objects`), ``{"v": value}``,
 ``{"t": [spec, ...]}`` (tuple), ``{"l": [spec, ...]}`` (list) or
 ``{"d": {key: spec}}`` (dict holding tensors). Either side may add
 ``"r": [token, ...]``: CUDA hand-offs of the peer it no longer uses.
@@ -25,6 +27,7 @@ import numpy as np
 import orjson
 
 from ..errors import InvalidInput
+from .objects import CROSSES, KIND_RAW, bytes_array, image_array, image_from_array, is_bytes, is_raw
 from .tensor import KIND_NUMPY, as_array, is_torch_tensor, numpy_dtype, wrap
 
 _NO_GPU = "CUDA tensors need the GPU transport, which this process could not load"
@@ -58,15 +61,21 @@ def _is_tensor(x: Any) -> bool:
     return isinstance(x, np.ndarray) or is_torch_tensor(x) or is_device_tensor(x)
 
 
-_NESTED = "tensors are accepted only as top-level arguments or results, not nested in containers"
+def _carried(x: Any) -> bool:
+    """Travels outside the JSON metadata: a tensor or a raw buffer."""
+    return _is_tensor(x) or is_raw(x)
+
+
+_NESTED = ("tensors, bytes and images are accepted only as top-level arguments or results (or a result's "
+           "top-level tuple, list or dict), not nested deeper")
 
 
 def _default(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()
-    if _is_tensor(obj):
+    if _is_tensor(obj) or is_raw(obj):
         raise TypeError(_NESTED)
-    raise TypeError(f"values of type {type(obj).__name__} cannot cross the transport (use tensors or JSON-able values)")
+    raise TypeError(f"values of type {type(obj).__name__} cannot cross the transport; what crosses: {CROSSES}")
 
 
 def dumps(value: Any, where: str) -> bytes:
@@ -75,7 +84,8 @@ def dumps(value: Any, where: str) -> bytes:
     except TypeError as exc:
         if "ndarray" in str(exc):  # orjson refuses arrays itself, before calling `default`
             raise InvalidInput(f"{where}: {_NESTED}") from None
-        raise InvalidInput(f"{where}: {exc}") from None
+        cause = exc.__cause__  # what `_default` said, when it was called
+        raise InvalidInput(f"{where}: {cause if cause is not None else exc}") from None
 
 
 def encode_call(
@@ -101,6 +111,8 @@ def encode_call(
                 return {"G": device().encode(value)}
             tensors.append(as_array(value, where))
             return {"T": len(tensors) - 1}
+        if is_raw(value):
+            return _raw_spec(value, where, tensors)
         return {"v": value}
 
     meta: dict[str, Any] = {
@@ -127,9 +139,29 @@ def decode_call(
     )
 
 
+def _raw_spec(value: Any, where: str, tensors: list[Tensor]) -> dict[str, Any]:
+    """Append a bytes value or PIL image to `tensors` as a raw buffer; its spec."""
+    if is_bytes(value):
+        tensors.append((bytes_array(value), KIND_RAW, "|u1"))
+        return {"B": len(tensors) - 1}
+    arr, mode = image_array(value, where)
+    pixels, _kind, dtype_str = as_array(arr, where)
+    tensors.append((pixels, KIND_RAW, dtype_str))
+    return {"P": len(tensors) - 1, "m": mode}
+
+
+def _raw_value(spec: dict[str, Any], tensors: list[Any]) -> Any:
+    """Rebuild a raw-buffer value (its data copied out of the arena)."""
+    if "B" in spec:
+        return bytes(tensors[spec["B"]])
+    return image_from_array(tensors[spec["P"]], spec["m"])
+
+
 def _value(spec: dict[str, Any], tensors: list[Any], device: DeviceGetter | None) -> Any:
     if "T" in spec:
         return tensors[spec["T"]]
+    if "B" in spec or "P" in spec:
+        return _raw_value(spec, tensors)
     if "G" in spec:
         if device is None:
             raise InvalidInput(_NO_GPU)
@@ -153,11 +185,13 @@ def encode_result(
                 return {"G": device().encode(v)}
             tensors.append(as_array(v, where))
             return {"T": len(tensors) - 1}
-        if isinstance(v, tuple) and any(_is_tensor(x) for x in v):
+        if is_raw(v):
+            return _raw_spec(v, where, tensors)
+        if isinstance(v, tuple) and any(_carried(x) for x in v):
             return {"t": [spec(x) for x in v]}
-        if isinstance(v, list) and any(_is_tensor(x) for x in v):
+        if isinstance(v, list) and any(_carried(x) for x in v):
             return {"l": [spec(x) for x in v]}
-        if isinstance(v, dict) and any(_is_tensor(x) for x in v.values()):
+        if isinstance(v, dict) and any(_carried(x) for x in v.values()):
             return {"d": {k: spec(x) for k, x in v.items()}}
         return {"v": v}
 
@@ -182,6 +216,8 @@ def _rebuild(spec: dict[str, Any], tensors: list[Any], device: DeviceGetter | No
         return tensors[spec["T"]]
     if "v" in spec:
         return spec["v"]
+    if "B" in spec or "P" in spec:
+        return _raw_value(spec, tensors)
     if "G" in spec:
         if device is None:
             raise InvalidInput(_NO_GPU)
@@ -226,6 +262,7 @@ def view(buf: Any, offset: int, nbytes: int, dtype_str: str, shape: tuple[int, .
 
 __all__ = [
     "KIND_NUMPY",
+    "KIND_RAW",
     "Tensor",
     "encode_call",
     "decode_call",

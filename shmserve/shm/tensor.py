@@ -8,7 +8,7 @@ TensorHeader layout (96 bytes, little endian, struct ``<QQ8sBB6x8q``)::
     8      8    nbytes   length of the data
     16     8    dtype    numpy dtype string, ASCII, NUL padded ('<f4'), or 'bf16'
     24     1    ndim     number of dimensions (<= 8)
-    25     1    kind     0 numpy ndarray, 1 torch CPU tensor
+    25     1    kind     0 numpy ndarray, 1 torch CPU tensor, 2 raw buffer (bytes, image pixels; never batched)
     26     6    padding
     32     64   shape    8 x int64, unused dims zero
 """

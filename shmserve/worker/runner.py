@@ -32,7 +32,7 @@ import orjson
 from ..batching import BatchPolicy, fifo_prefix
 from ..runnable import MethodSignature, Runnable
 from ..shm import ring
-from ..shm.message import decode_call, encode_result, view
+from ..shm.message import KIND_RAW, decode_call, encode_result, view
 from ..shm.signal import Signal, Spinner, spin_budget_s
 from ..shm.tensor import TensorMeta, wrap
 from .channel import Request, WorkerChannel
@@ -132,7 +132,7 @@ class Dispatcher:
             return
         m = self.methods[req.method]
         tensors = req.tensors
-        if m.sig.batchable and tensors:
+        if m.sig.batchable and tensors and not any(t.kind == KIND_RAW for t in tensors):  # bytes/images run alone
             dim = m.sig.input_dim
             try:
                 sizes = {t.shape[dim] for t in tensors}
