@@ -367,30 +367,55 @@ def _shape_text(shape: Sequence[int]) -> str:
 
 
 class JSON(IODescriptor):
-    """Any JSON value, parsed and written with orjson (numpy values are written as JSON too)."""
+    """Any JSON value, parsed and written with orjson (numpy values are written as JSON too).
+
+    With ``pydantic_model=`` (a pydantic v2 ``BaseModel`` subclass), the body is
+    validated into an instance of it (HTTP 400 with pydantic's errors when it does
+    not fit), results that are models are written with ``model_dump(mode="json")``,
+    and ``/docs.json`` shows the model's JSON schema.
+    """
 
     request_media_types = ("application/json",)
     response_media_types = ("application/json",)
 
+    def __init__(self, pydantic_model: Any = None) -> None:
+        if pydantic_model is not None and not (isinstance(pydantic_model, type)
+                                               and hasattr(pydantic_model, "model_validate")):
+            raise ValueError(f"JSON(pydantic_model=...) needs a pydantic v2 BaseModel subclass, got {pydantic_model!r}")
+        self.pydantic_model: Any = pydantic_model
+
     def decode(self, body: bytes, headers: Headers) -> Any:
-        """Parse the body as JSON; an empty body is ``None``."""
-        if not body:
+        """Parse the body as JSON (validated by `pydantic_model`, if any); an empty body is ``None``."""
+        if not body and self.pydantic_model is None:
             return None
         try:
-            return orjson.loads(body)
+            obj = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise InvalidInput(f"request body is not valid JSON ({exc})") from None
+        if self.pydantic_model is None:
+            return obj
+        from pydantic import ValidationError
+
+        try:
+            return self.pydantic_model.model_validate(obj)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())
+            raise InvalidInput(f"request body does not match {self.pydantic_model.__name__}: {problems}") from None
 
     def encode(self, value: Any, accept: bytes) -> tuple[bytes, bytes, bytes]:
-        """Write `value` as JSON."""
+        """Write `value` as JSON (pydantic models through ``model_dump(mode="json")``)."""
+        if hasattr(value, "model_dump") and hasattr(type(value), "model_validate"):
+            value = value.model_dump(mode="json")
         return _CT_JSON, _dumps_json(value), b""
 
     def openapi_schema(self) -> dict[str, Any]:
-        """Any JSON value."""
+        """Any JSON value, or the pydantic model's JSON schema."""
+        if self.pydantic_model is not None:
+            return dict(self.pydantic_model.model_json_schema())
         return {}
 
     def __repr__(self) -> str:
-        return "JSON()"
+        return f"JSON(pydantic_model={self.pydantic_model.__name__})" if self.pydantic_model is not None else "JSON()"
 
 
 class Text(IODescriptor):
@@ -425,3 +450,17 @@ class Text(IODescriptor):
 
     def __repr__(self) -> str:
         return "Text()"
+
+
+#: shmserve.io.Image, File, Multipart and PandasDataFrame (not in __all__: star-imports stay dependency-free)
+_MEDIA = frozenset({"Image", "File", "Multipart", "PandasDataFrame"})
+
+
+def __getattr__(name: str) -> Any:
+    # The media descriptors live in shmserve.io_media; importing them here lazily keeps
+    # `shmserve.io` free of their optional dependencies until one is used.
+    if name in _MEDIA:
+        from . import io_media
+
+        return getattr(io_media, name)
+    raise AttributeError(f"module 'shmserve.io' has no attribute {name!r}")

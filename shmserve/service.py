@@ -11,7 +11,9 @@
 
 Serve it with ``shmserve serve module:svc``. An API function takes one
 argument, the request body decoded by its input descriptor, and returns what
-its output descriptor encodes. Async API functions run on the API worker's
+its output descriptor encodes; a second parameter named ``ctx`` (or annotated
+``shmserve.Context``) gets the request's `shmserve.Context`.
+``@svc.on_startup`` / ``@svc.on_shutdown`` functions run once per API worker. Async API functions run on the API worker's
 event loop; plain functions run in a thread pool so that they never block it.
 Exceptions map to HTTP statuses through their ``http_status`` (see
 `shmserve.errors`); any other exception is a 500.
@@ -49,6 +51,8 @@ class API:
     is_async: bool
     doc: str = ""
     timeout: float | None = None
+    #: the parameter that receives a `shmserve.Context`, when the function declares one
+    ctx_param: str | None = None
     route_bytes: bytes = field(init=False, repr=False, default=b"")
 
     def __post_init__(self) -> None:
@@ -82,6 +86,27 @@ class Service:
             self.runners.append(runner)
         self.apis: dict[str, API] = {}
         self.models = check_models(models, f"Service {name!r}")
+        self.startup_hooks: list[Callable[..., Any]] = []
+        self.shutdown_hooks: list[Callable[..., Any]] = []
+
+    def on_startup(self, func: F) -> F:
+        """Run `func` once in each API worker before it serves (sync or async).
+
+        If it takes an argument it gets a `shmserve.Context` (``ctx.state`` is the
+        worker's shared state). An exception fails the server's start, with its
+        traceback.
+        """
+        self.startup_hooks.append(_hook(func, "on_startup"))
+        return func
+
+    def on_shutdown(self, func: F) -> F:
+        """Run `func` once in each API worker after it stopped serving (sync or async).
+
+        Takes a `shmserve.Context` like `on_startup`; an exception is logged and
+        the remaining hooks still run.
+        """
+        self.shutdown_hooks.append(_hook(func, "on_shutdown"))
+        return func
 
     def api(
         self,
@@ -128,6 +153,7 @@ class Service:
                 is_async=inspect.iscoroutinefunction(func),
                 doc=doc if doc is not None else inspect.getdoc(func) or "",
                 timeout=float(timeout) if timeout is not None else None,
+                ctx_param=_context_parameter(func),
             )
             return func
 
@@ -135,6 +161,26 @@ class Service:
 
     def __repr__(self) -> str:
         return f"<Service {self.name!r} apis={sorted(self.apis)} runners={[r.name for r in self.runners]}>"
+
+
+def _hook(func: Any, what: str) -> Callable[..., Any]:
+    if not callable(func):
+        raise ConfigError(f"svc.{what} decorates a function, got {func!r}")
+    return func  # type: ignore[no-any-return]
+
+
+def _context_parameter(func: Callable[..., Any]) -> str | None:
+    """The name of the parameter an API function takes its `Context` in: ``ctx``, ``context``, or
+    one annotated ``Context``; None when it takes none."""
+    try:
+        params = list(inspect.signature(func).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return None
+    for p in params:
+        annotation = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", "")
+        if p.name in ("ctx", "context") or annotation.rsplit(".", 1)[-1] == "Context":
+            return p.name
+    return None
 
 
 def load_service(spec: str) -> Service:

@@ -9,6 +9,7 @@ cancels its task, which cancels the runner call it awaits.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from ..context import Context, run_hooks
 from ..errors import RunnerError, ShmserveError
 from ..oip.server import InferenceServer
 from ..service import API, Service
@@ -93,8 +95,18 @@ class App:
         #: the Open Inference Protocol (``/v2/...`` here; gRPC uses the same object)
         self.inference = InferenceServer(service, executor, self.metrics, self._ready, runner_ready, version, regions)
         self._v2 = V2Routes(self.inference)
+        #: one per API worker, shared by every request's Context and the startup/shutdown hooks
+        self.state: dict[str, Any] = {}
         # (api, status) -> histogram, kept per API to skip a dict build per request
         self._ok_hist = {api.name: self.metrics.request_histogram(api.name, 200) for api in service.apis.values()}
+
+    async def startup(self) -> None:
+        """Run the service's ``@svc.on_startup`` hooks (an exception propagates: the start fails)."""
+        await run_hooks(self.service.startup_hooks, self.state, stop_on_error=True)
+
+    async def shutdown(self) -> None:
+        """Run the service's ``@svc.on_shutdown`` hooks (exceptions are logged)."""
+        await run_hooks(self.service.shutdown_hooks, self.state, stop_on_error=False)
 
     # -- dispatch -------------------------------------------------------------
     def dispatch(self, request: Request, conn: HttpProtocol) -> None:
@@ -154,15 +166,19 @@ class App:
                     timeline: dict[str, Any] | None = None) -> None:
         # Counted here, not at create_task: a task cancelled before its first step never runs its finally.
         self.in_flight += 1
+        ctx = Context.for_request(request, self.state) if api.ctx_param is not None else None
+        func: Callable[..., Any] = api.func
+        if ctx is not None:
+            func = functools.partial(api.func, **{str(api.ctx_param): ctx})
         try:
             try:
                 if api.is_async:
                     if api.timeout is None:
-                        result = await api.func(value)
+                        result = await func(value)
                     else:
-                        result = await asyncio.wait_for(api.func(value), api.timeout)
+                        result = await asyncio.wait_for(func(value), api.timeout)
                 else:
-                    fut = asyncio.get_running_loop().run_in_executor(self.executor, api.func, value)
+                    fut = asyncio.get_running_loop().run_in_executor(self.executor, func, value)
                     result = await (fut if api.timeout is None else asyncio.wait_for(fut, api.timeout))
             except asyncio.CancelledError:
                 # The client went away; nothing to answer.
@@ -191,12 +207,23 @@ class App:
             self._fail(conn, api, start, 500, RuntimeError(
                 f"API {api.name!r} returned a {type(result).__name__} that {api.output!r} cannot encode: {exc}"))
             return
-        self._ok_hist[api.name].observe(time.perf_counter() - start)
+        status = 200
+        if ctx is not None:
+            try:
+                status, lines = ctx.response.render()
+            except ValueError as exc:
+                self._fail(conn, api, start, 500, exc)
+                return
+            extra += lines
+        if status == 200:
+            self._ok_hist[api.name].observe(time.perf_counter() - start)
+        else:
+            self.metrics.observe_request(api.name, status, time.perf_counter() - start)
         if timeline is not None:
             timeline["encoded"] = time.monotonic()
             timeline["runners"] = [{"runner": r, "method": m, **t} for r, m, t in call_traces.get() or ()]
             extra += b"x-shmserve-trace: " + orjson.dumps(timeline) + b"\r\n"
-        conn.reply(200, ctype, body, extra)
+        conn.reply(status, ctype, body, extra)
 
     def _fail(self, conn: HttpProtocol, api: API, start: float, status: int, exc: BaseException) -> None:
         self.metrics.observe_request(api.name, status, time.perf_counter() - start)

@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import sys
+import traceback
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -108,7 +109,13 @@ def run_api_worker(spec: APIWorkerSpec, sock: socket.socket, status: Connection)
     add_trace_hook(app.metrics.on_trace)  # runner batch size, queue wait and compute histograms
     server = HttpServer(app, api)
     try:
+        try:
+            loop.run_until_complete(app.startup())  # @svc.on_startup hooks, before the first request
+        except BaseException as exc:
+            status.send(("error", f"an on_startup hook raised {type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+            raise SystemExit(1) from exc
         loop.run_until_complete(_serve(server, sock, status))
+        loop.run_until_complete(app.shutdown())
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
         unbind_runners(svc.runners)
