@@ -24,6 +24,10 @@ class SharedMemoryTooSmall(ConfigError):
     http_status = 503
 
 
+class RuntimeDirUnsafe(ConfigError, PermissionError):
+    """The runtime directory is not private to this user (another user's, a symlink, writable by others)."""
+
+
 class RunnerNotStarted(ShmserveError):
     """A runner method was called before `shmserve.start()`, `connect()` or `init_local()`."""
 
@@ -128,6 +132,7 @@ __all__ = [
     "ShmserveError",
     "ConfigError",
     "SharedMemoryTooSmall",
+    "RuntimeDirUnsafe",
     "RunnerNotStarted",
     "RunnerNameClash",
     "InvalidInput",

@@ -1,37 +1,38 @@
-"""The runtime directory: which runners run where, and sweeping what crashed runs left.
+"""The runner registry, and sweeping what crashed runs left behind.
 
-``$SHMSERVE_RUNTIME_DIR`` (default ``/tmp/shmserve-<uid>``, mode 0700) holds
-one ``<runner>.json`` per running runner (its supervisor pid and worker
-sockets) and the workers' Unix sockets. Only the supervisor that registered a
-runner writes its file.
+The runtime directory (`shmserve.lease.runtime_dir`) holds one
+``<runner>.json`` per running runner (its supervisor's lease and pid, and its
+worker sockets) and the workers' Unix sockets. Only the supervisor that
+registered a runner writes its file. A record counts only while the lease it
+names is held (`shmserve.lease`), so a supervisor in another PID namespace,
+or a pid reused after a restart, is judged correctly.
 """
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import orjson
-import posix_ipc
 
+from . import lease
 from .errors import RunnerNameClash, RunnerUnavailable
-from .shm.segment import PREFIX, owner_pid
+from .lease import runtime_dir
+from .shm.segment import owned_names, unlink_name
+
+__all__ = ["runtime_dir", "pid_alive", "register", "update", "unregister", "lookup", "sweep", "metrics_dir"]
 
 DEV_SHM = Path("/dev/shm")
-
-
-def runtime_dir() -> Path:
-    """The runtime directory, created private to this user if missing."""
-    path = Path(os.environ.get("SHMSERVE_RUNTIME_DIR") or f"/tmp/shmserve-{os.getuid()}")
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = path.stat()
-    if st.st_uid != os.getuid() or (st.st_mode & 0o077):
-        raise PermissionError(f"runtime directory {path} must belong to this user with mode 0700; fix it or set SHMSERVE_RUNTIME_DIR")
-    return path
+METRICS_PREFIX = "metrics-"
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether process `pid` runs (a zombie — exited, not yet reaped — counts as dead)."""
+    """Whether process `pid` runs in this PID namespace (a zombie counts as dead).
+
+    Only for processes known to share this namespace (a parent, its own
+    children); liveness across processes is decided by leases.
+    """
     if pid <= 0:
         return False
     try:
@@ -47,22 +48,36 @@ def pid_alive(pid: int) -> bool:
         return True  # no procfs: trust kill(0)
 
 
+def _with_lease(record: dict[str, Any]) -> bytes:
+    return orjson.dumps({**record, "lease": lease.current().id, "supervisor_pid": os.getpid()})
+
+
+def _holder(path: Path) -> tuple[str, Any]:
+    """(lease state, pid) of the process that wrote a registry record."""
+    try:
+        record = orjson.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return lease.DEAD, None  # unreadable or half-written by a process killed mid-write
+    if not isinstance(record, dict):
+        return lease.DEAD, None
+    return lease.state(str(record.get("lease", ""))), record.get("supervisor_pid")
+
+
 def register(name: str, record: dict[str, Any]) -> Path:
-    """Claim runner `name` for this process; RunnerNameClash if a live process holds it."""
+    """Claim runner `name` for this process; RunnerNameClash if a live process holds it.
+
+    The record gets this process's lease id (and pid, for people reading it).
+    """
     path = runtime_dir() / f"{name}.json"
-    data = orjson.dumps(record)
+    data = _with_lease(record)
     for _ in range(2):
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
-            try:
-                other = orjson.loads(path.read_bytes())
-                holder = int(other.get("supervisor_pid", 0))
-            except (OSError, ValueError):
-                holder = 0
-            if holder and pid_alive(holder):
+            state, pid = _holder(path)
+            if state == lease.LIVE:
                 raise RunnerNameClash(
-                    f"a runner named {name!r} is already served by process {holder}; "
+                    f"a runner named {name!r} is already served by process {pid}; "
                     "runner names must be unique on a host (give this one another name)"
                 ) from None
             path.unlink(missing_ok=True)  # left by a run that was killed
@@ -74,11 +89,12 @@ def register(name: str, record: dict[str, Any]) -> Path:
 
 
 def update(name: str, record: dict[str, Any]) -> None:
+    """Replace this process's record of runner `name` atomically."""
     path = runtime_dir() / f"{name}.json"
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
-        f.write(orjson.dumps(record))
+        f.write(_with_lease(record))
     os.replace(tmp, path)
 
 
@@ -95,44 +111,43 @@ def lookup(name: str) -> dict[str, Any]:
         raise RunnerUnavailable(
             f"no runner named {name!r} is running on this host (looked in {path.parent}); start it with shmserve.start()"
         ) from None
-    if not pid_alive(int(record.get("supervisor_pid", 0))):
-        raise RunnerUnavailable(f"runner {name!r} was registered by process {record.get('supervisor_pid')}, which has exited")
-    return record
+    if lease.state(str(record.get("lease", ""))) != lease.LIVE:
+        raise RunnerUnavailable(f"runner {name!r} was registered by process {record.get('supervisor_pid')}, "
+                                "which has exited; start it again")
+    return dict(record)
+
+
+def metrics_dir() -> Path:
+    """A new private metrics folder for this process, swept when its lease dies (``shmserve serve``)."""
+    path = runtime_dir() / f"{METRICS_PREFIX}{lease.current().id}"
+    path.mkdir(mode=0o700, exist_ok=True)  # a second serve() in one process shares the lease
+    return path
 
 
 def sweep() -> list[str]:
-    """Unlink shmserve segments and semaphores whose creating process is dead.
+    """Remove what processes whose lease is dead left: names in /dev/shm, registry records,
+    metrics folders, and then their lease files. Returns what was removed.
 
     Called at every start, so a run that was killed (SIGKILL, power loss of a
-    container) leaves nothing behind for long. Returns the names removed.
+    container) leaves nothing behind for long. Names whose lease file is not
+    in this runtime directory belong to runs that use another one: kept.
     """
     removed: list[str] = []
-    try:
-        entries = list(DEV_SHM.iterdir())
-    except OSError:
-        return removed
-    for entry in entries:
-        name = entry.name
-        if PREFIX not in name:
-            continue
-        pid = owner_pid(name)
-        if pid is None or pid_alive(pid):
-            continue
-        try:
-            if name.startswith("sem."):
-                posix_ipc.unlink_semaphore("/" + name[4:])
-            else:
-                posix_ipc.unlink_shared_memory("/" + name)
-            removed.append(name)
-        except (posix_ipc.ExistentialError, posix_ipc.PermissionsError):
-            pass
     rdir = runtime_dir()
+    leases = lease.lease_dir()
+    dead = lease.dead(leases)
+    names = owned_names()
+    for lease_id in dead:
+        removed.extend(e for e in names.get(lease_id, []) if unlink_name(e))
     for rec in rdir.glob("*.json"):
-        try:
-            holder = int(orjson.loads(rec.read_bytes()).get("supervisor_pid", 0))
-        except (OSError, ValueError):
-            continue
-        if not pid_alive(holder):
+        if _holder(rec)[0] != lease.LIVE:
             rec.unlink(missing_ok=True)
             removed.append(str(rec))
+    for folder in rdir.glob(f"{METRICS_PREFIX}*"):
+        if lease.state(folder.name[len(METRICS_PREFIX):], leases) != lease.LIVE:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(str(folder))
+    for lease_id in dead:  # last: a sweep killed halfway finds the rest next time
+        lease.remove(lease_id, leases)
+    lease.sweep_unfinished(leases)
     return removed

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import http.client
 import io
-import os
 import signal
 import socket
 import subprocess
@@ -58,11 +57,11 @@ def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0)
 
 
 def _orphans() -> set[str]:
-    """shmserve names in /dev/shm whose creating process has exited."""
-    from shmserve.registry import pid_alive
-    from shmserve.shm.segment import owner_pid
+    """shmserve names in /dev/shm whose creating process has exited (its lease is not held)."""
+    from shmserve import lease
+    from shmserve.shm.segment import owned_names
 
-    return {n for n in os.listdir("/dev/shm") if (pid := owner_pid(n)) is not None and not pid_alive(pid)}
+    return {n for owner, names in owned_names().items() if not lease.alive(owner) for n in names}
 
 
 def main() -> int:

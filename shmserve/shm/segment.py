@@ -1,9 +1,10 @@
-"""POSIX shared-memory segments: creation (private, unguessable), mapping, cleanup.
+"""POSIX shared-memory segments: creation (private, unguessable, reserved), mapping, cleanup.
 
-Every name shmserve creates looks like ``/shmserve_<pid>_<token>``: `pid` is the
-creating process (so a later start can sweep what a killed run left behind)
-and `token` is 128 random bits (so no other user can guess it). Segments are
-created mode 0600 with O_EXCL.
+Every name shmserve creates looks like ``/shmserve_<lease>_<token>``: `lease`
+is the creating process's lease id (`shmserve.lease`: a later start sweeps
+the names of processes whose lease is dead, in any PID namespace) and `token`
+is 128 random bits (so no other user can guess it). Segments are created mode
+0600 with O_EXCL, and their pages are reserved before they are mapped.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import secrets
 
 import posix_ipc
 
+from .. import lease
 from ..errors import SharedMemoryTooSmall
 
 PREFIX = "shmserve_"
@@ -22,8 +24,8 @@ PAGE = mmap.PAGESIZE
 DEV_SHM = "/dev/shm"
 
 
-def new_name(pid: int | None = None) -> str:
-    """A fresh, unguessable POSIX IPC name owned by `pid` (default: this process).
+def new_name(owner: str | None = None) -> str:
+    """A fresh, unguessable POSIX IPC name owned by lease `owner` (default: this process's lease).
 
     ``$SHMSERVE_NAME_TAG`` (up to 8 letters or digits), when set, starts the
     random part, so a test session can tell its names from other processes'.
@@ -31,18 +33,49 @@ def new_name(pid: int | None = None) -> str:
     tag = os.environ.get("SHMSERVE_NAME_TAG", "")
     if not (tag.isalnum() and len(tag) <= 8):
         tag = ""
-    return f"/{PREFIX}{pid if pid is not None else os.getpid()}_{tag}{secrets.token_hex(16)}"
+    return f"/{PREFIX}{owner if owner is not None else lease.current().id}_{tag}{secrets.token_hex(16)}"
 
 
-def owner_pid(name: str) -> int | None:
-    """The creating pid encoded in a shmserve name, or None for a foreign name."""
+def owner_lease(name: str) -> str | None:
+    """The creator's lease id encoded in a shmserve name, or None for a foreign name."""
     base = name.lstrip("/")
     if base.startswith("sem."):
         base = base[4:]
     if not base.startswith(PREFIX):
         return None
-    pid, _, _token = base[len(PREFIX):].partition("_")
-    return int(pid) if pid.isdigit() else None
+    owner, _, _token = base[len(PREFIX):].partition("_")
+    return owner if lease.valid_id(owner) else None
+
+
+def unlink_name(entry: str) -> bool:
+    """Unlink one /dev/shm entry (``sem.<name>`` for a semaphore); False if it was already gone."""
+    try:
+        if entry.startswith("sem."):
+            posix_ipc.unlink_semaphore("/" + entry[4:])
+        else:
+            posix_ipc.unlink_shared_memory("/" + entry)
+    except (posix_ipc.ExistentialError, posix_ipc.PermissionsError):
+        return False
+    return True
+
+
+def owned_names() -> dict[str, list[str]]:
+    """Every shmserve entry in /dev/shm, grouped by the lease id of its creator."""
+    out: dict[str, list[str]] = {}
+    try:
+        entries = os.listdir(DEV_SHM)
+    except OSError:
+        return out
+    for entry in entries:
+        owner = owner_lease(entry)
+        if owner is not None:
+            out.setdefault(owner, []).append(entry)
+    return out
+
+
+def unlink_owned_by(lease_id: str) -> list[str]:
+    """Unlink every /dev/shm name created under lease `lease_id`; returns those removed."""
+    return [e for e in owned_names().get(lease_id, []) if unlink_name(e)]
 
 
 def prefault(buf: mmap.mmap, offset: int = 0, length: int | None = None) -> None:

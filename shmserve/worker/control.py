@@ -12,9 +12,9 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..registry import pid_alive
+from .. import lease
 from ..shm import handshake
-from ..shm.segment import Segment
+from ..shm.segment import Segment, owner_lease
 from ..shm.signal import Signal, unlink_semaphore
 from .channel import WorkerChannel, pin_request_arena
 
@@ -33,9 +33,9 @@ class ControlServer(threading.Thread):
         self.methods_info = methods_info
         self.sel = selectors.DefaultSelector()
         self.stop_r, self.stop_w = os.pipe()
-        # Clients whose socket closed while their pid still looked alive (a killed process closes its
-        # files before it turns into a zombie): (pid, reply semaphore name, give-up time).
-        self.departed: list[tuple[int, str, float]] = []
+        # Clients whose socket closed while their lease was still held (a killed process closes its
+        # files one by one): (reply semaphore name, give-up time).
+        self.departed: list[tuple[str, float]] = []
 
     def run(self) -> None:
         self.sel.register(self.listener, selectors.EVENT_READ, None)
@@ -52,15 +52,15 @@ class ControlServer(threading.Thread):
                 self._sweep_departed()
 
     def _sweep_departed(self) -> None:
-        """Remove the reply semaphore of each departed client once it is dead; a client that
-        detached and lives on (or is still alive after 5 s) removes its own."""
+        """Remove the reply semaphore of each departed client once its lease is gone; a client
+        that detached and lives on (or is still alive after 5 s) removes its own."""
         now = time.monotonic()
         keep = []
-        for pid, name, give_up in self.departed:
-            if not pid_alive(pid):
+        for name, give_up in self.departed:
+            if lease.state(owner_lease(name) or "") != lease.LIVE:
                 unlink_semaphore(name)  # a killed client cannot unlink it itself
             elif now < give_up:
-                keep.append((pid, name, give_up))
+                keep.append((name, give_up))
         self.departed = keep
 
     def stop(self) -> None:
@@ -117,6 +117,5 @@ class ControlServer(threading.Thread):
             self.sel.unregister(sock)
             channel.closed = True
             self.dispatcher.doorbell.post()
-            if channel.client_pid:
-                self.departed.append((channel.client_pid, channel.reply.name, time.monotonic() + 5.0))
-                self._sweep_departed()
+            self.departed.append((channel.reply.name, time.monotonic() + 5.0))
+            self._sweep_departed()

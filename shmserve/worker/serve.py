@@ -20,12 +20,12 @@ import shutil
 import signal
 import socket
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import wait
 from typing import Any
 
+from .. import registry
 from ..config import Config
 from ..errors import ConfigError
 from ..shm import budget
@@ -151,7 +151,7 @@ def serve(options: ServeOptions) -> int:
     sock = _listen(api.http.host, api.http.port, api.http.backlog)
     port = sock.getsockname()[1]
     ctx = mp.get_context("spawn")
-    metrics_dir = tempfile.mkdtemp(prefix="shmserve-metrics-")
+    metrics_dir = str(registry.metrics_dir())  # swept with the lease if this process is killed
     base = APIWorkerSpec(service=options.service, cwd=cwd, local_runners=options.local_runners,
                          config=options.config, metrics_dir=metrics_dir)
     workers: list[_APIWorker] = []
@@ -243,8 +243,6 @@ def _supervise(ctx: Any, workers: list[_APIWorker], sock: socket.socket, signals
 def _sweep_dead() -> None:
     """Remove shared memory left by processes that died without cleaning up (a killed API worker)."""
     try:
-        from .. import registry
-
         removed = registry.sweep()
     except Exception:  # cleanup must never mask the real outcome
         log.exception("sweeping shared memory of dead processes failed")

@@ -5,7 +5,7 @@ the registry entry, one doorbell semaphore and one Unix socket per worker,
 and the worker processes. Stopping it (or leaving its `with` block, or
 Ctrl-C, or interpreter exit) terminates the workers and unlinks every name
 it created. Workers exit on their own when the supervisor dies, and the next
-`start()` sweeps names whose creator is dead.
+`start()` sweeps names whose creator's lease is dead (`shmserve.lease`).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from .. import registry
+from .. import lease, registry
 from ..client import RunnerClient
 from ..errors import ConfigError, RunnerError
 from ..runner import Runner
@@ -294,6 +294,7 @@ def start(*runners: Runner, workers: int | dict[str, int] | None = None, bind: b
             "put the start() call under `if __name__ == \"__main__\":`"
         )
     _check_runners(runners)
+    lease.current()  # before atexit.register(group.stop): the lease (and its names' last sweep) goes after it
     registry.sweep()
     # Fail here, with the numbers, rather than in a worker that cannot map its channel.
     budget.check(budget.runners_budget(runners, clients=1 if bind else 0, workers=workers))
