@@ -29,6 +29,7 @@ import os
 import re
 import secrets
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import RuntimeDirUnsafe
@@ -120,6 +121,7 @@ class Lease:
 
 
 _current: Lease | None = None
+_exit_hooks: list[Callable[[str], object]] = []
 
 
 def current() -> Lease:
@@ -131,6 +133,15 @@ def current() -> Lease:
         _current = Lease.take(lease_dir())
         atexit.register(_release_at_exit, _current)
     return _current
+
+
+def at_exit(hook: Callable[[str], object]) -> None:
+    """Call `hook(lease_id)` at a clean exit, just before this process's lease file goes (once per hook).
+
+    `shmserve.shm.segment` registers the unlinking of this process's remaining names.
+    """
+    if hook not in _exit_hooks:
+        _exit_hooks.append(hook)
 
 
 def valid_id(lease_id: str) -> bool:
@@ -199,9 +210,8 @@ def sweep_unfinished(directory: Path | None = None) -> None:
 def _release_at_exit(lease: Lease) -> None:
     if lease.pid != os.getpid():  # a forked child exiting through the parent's handlers
         return
-    from .shm.segment import unlink_owned_by
-
     try:
-        unlink_owned_by(lease.id)  # whatever this process created and did not remove itself
+        for hook in _exit_hooks:
+            hook(lease.id)
     finally:
         lease.release()

@@ -33,7 +33,10 @@ def new_name(owner: str | None = None) -> str:
     tag = os.environ.get("SHMSERVE_NAME_TAG", "")
     if not (tag.isalnum() and len(tag) <= 8):
         tag = ""
-    return f"/{PREFIX}{owner if owner is not None else lease.current().id}_{tag}{secrets.token_hex(16)}"
+    if owner is None:
+        owner = lease.current().id
+        lease.at_exit(unlink_owned_by)  # at a clean exit, whatever this process did not remove itself
+    return f"/{PREFIX}{owner}_{tag}{secrets.token_hex(16)}"
 
 
 def owner_lease(name: str) -> str | None:

@@ -8,7 +8,6 @@ supervisor is pid 2 in its own namespace, as is the sweeper in its.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import uuid
@@ -20,20 +19,11 @@ import pytest
 
 from shmserve import lease, registry
 
+from .namespaces import refusal
+
 pytestmark = pytest.mark.integration
 
 SCRIPT = Path(__file__).with_name("pidns_check.py")
-
-
-def _pidns_permitted() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (unshare -p)"
-    if shutil.which("unshare") is None:
-        return "unshare(1) is not installed"
-    probe = subprocess.run(["unshare", "-p", "-f", "--mount-proc", "true"], capture_output=True, text=True, timeout=30)
-    if probe.returncode != 0:
-        return f"new PID namespaces are not permitted here: {probe.stderr.strip()}"
-    return None
 
 
 def _in_pidns(*args: str) -> list[str]:
@@ -50,7 +40,7 @@ def _line(proc: subprocess.Popen[str]) -> dict[str, Any]:
 
 
 def test_sweep_across_pid_namespaces_removes_the_dead_and_keeps_the_live(shm_clean):
-    why = _pidns_permitted()
+    why = refusal(["-p", "-f", "--mount-proc", "true"], "a new PID namespace")
     if why:
         pytest.skip(why)
     live_name, dead_name = f"live{uuid.uuid4().hex[:8]}", f"dead{uuid.uuid4().hex[:8]}"

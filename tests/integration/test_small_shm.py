@@ -6,8 +6,6 @@ fixes, and nothing may die of SIGBUS.
 """
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,26 +13,15 @@ from pathlib import Path
 import orjson
 import pytest
 
+from .namespaces import refusal
+
 pytestmark = pytest.mark.integration
 
 SCRIPT = Path(__file__).with_name("small_shm_check.py")
 
 
-def _can_mount_tmpfs() -> str | None:
-    """None when this process may mount a tmpfs on /dev/shm in a private mount namespace, else why not."""
-    if os.geteuid() != 0:
-        return "needs root (unshare -m and mount)"
-    if shutil.which("unshare") is None:
-        return "unshare(1) is not installed"
-    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /dev/shm"],
-                           capture_output=True, text=True, timeout=30)
-    if probe.returncode != 0:
-        return f"mounting a tmpfs in a private mount namespace is not permitted here: {probe.stderr.strip()}"
-    return None
-
-
 def _in_small_shm(size_mib: int, mode: str) -> dict[str, object]:
-    why = _can_mount_tmpfs()
+    why = refusal(["-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /dev/shm"], "a tmpfs in a private mount namespace")
     if why:
         pytest.skip(why)
     cmd = ["unshare", "-m", "sh", "-c",
