@@ -57,11 +57,16 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
             continue
         kwargs: dict[str, Any] = {}
         ann = info.annotation
+        optional = [a for a in typing.get_args(ann) if a is not type(None)]
+        if typing.get_origin(ann) is typing.Union and len(optional) == 1:
+            ann = optional[0]  # Optional[int]: the flag gives the int
         if typing.get_origin(ann) is typing.Literal:
             kwargs["choices"] = list(typing.get_args(ann))
+        elif ann is bool:
+            kwargs["action"] = "store_true"  # a switch: the flag sets the key to true
         elif ann in (int, float, str):
             kwargs["type"] = ann
-        if "choices" not in kwargs:
+        if "choices" not in kwargs and ann is not bool:
             kwargs["metavar"] = path[-1].upper()
         parser.add_argument(name, dest=_DEST_PREFIX + ".".join(path), default=argparse.SUPPRESS,
                             help=f"{info.description} (config {'.'.join(path)}; default {info.default})", **kwargs)

@@ -78,6 +78,14 @@ class HttpSettings(Settings):
         return self.max_header_size * 1024
 
 
+class GrpcSettings(Settings):
+    """``api_server.grpc``: the Open Inference Protocol over gRPC (needs the ``v2`` extra)."""
+
+    port: Union[int, None] = Field(None, ge=0, le=65535, description="gRPC port, on the HTTP host; 0 picks a free "
+                                   "one; unset: no gRPC", json_schema_extra=flag("--grpc-port"))
+    enabled: bool = Field(True, description="serve gRPC when a port is set; false turns it off and keeps the port")
+
+
 class ApiServerSettings(Settings):
     """``api_server``: the API worker processes and their supervisor."""
 
@@ -90,6 +98,10 @@ class ApiServerSettings(Settings):
     graceful_shutdown_timeout: float = Field(30.0, ge=0, description="seconds in-flight requests get to finish "
                                              "on SIGTERM", json_schema_extra=flag("--graceful-timeout"))
     http: HttpSettings = Field(default_factory=HttpSettings, description="the HTTP listener")
+    grpc: GrpcSettings = Field(default_factory=GrpcSettings, description="the v2 protocol over gRPC")
+    allow_client_shm: bool = Field(False, description="v2 system shared memory: clients of the server's user may "
+                                   "register their own regions and pass tensors by reference",
+                                   json_schema_extra=flag("--allow-client-shm"))
     logging: LoggingSettings = Field(default_factory=LoggingSettings, description="logging")
 
 

@@ -47,6 +47,10 @@ class APIWorkerSpec:
     config: Config = field(default_factory=Config)
     #: folder where API workers share metric snapshots (None: each reports only itself)
     metrics_dir: str | None = None
+    #: the gRPC port the supervisor reserved for every API worker (None: no gRPC)
+    grpc_port: int | None = None
+    #: folder where API workers share client shared-memory registrations (None: the extension is off)
+    regions_dir: str | None = None
 
 
 def bind_runners(runners: Iterable[Any], local: bool, timeout: float = 30.0) -> None:
@@ -105,25 +109,36 @@ def run_api_worker(spec: APIWorkerSpec, sock: socket.socket, status: Connection)
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     executor = ThreadPoolExecutor(max_workers=api.threads, thread_name_prefix="shmserve-api")
-    app = App(svc, executor=executor, version=__version__, metrics_dir=spec.metrics_dir)
+    regions = None
+    if spec.regions_dir is not None:
+        from ..oip.regions import RegionTable
+
+        regions = RegionTable(spec.regions_dir)
+    app = App(svc, executor=executor, version=__version__, metrics_dir=spec.metrics_dir, regions=regions)
     add_trace_hook(app.metrics.on_trace)  # runner batch size, queue wait and compute histograms
     server = HttpServer(app, api)
+    grpc_server = None
+    if spec.grpc_port is not None:
+        from ..grpc.server import GrpcServer
+
+        grpc_server = GrpcServer(app.inference, api.http.host, spec.grpc_port, api.http.max_body_bytes)
     try:
         try:
             loop.run_until_complete(app.startup())  # @svc.on_startup hooks, before the first request
         except BaseException as exc:
             status.send(("error", f"an on_startup hook raised {type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
             raise SystemExit(1) from exc
-        loop.run_until_complete(_serve(server, sock, status))
+        loop.run_until_complete(_serve(server, sock, status, grpc_server, api.graceful_shutdown_timeout))
         loop.run_until_complete(app.shutdown())
     finally:
+        app.inference.close()  # unmaps client shared-memory regions
         executor.shutdown(wait=False, cancel_futures=True)
         unbind_runners(svc.runners)
         loop.close()
         status.close()
 
 
-async def _serve(server: Any, sock: socket.socket, status: Connection) -> None:
+async def _serve(server: Any, sock: socket.socket, status: Connection, grpc_server: Any, grace: float) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -131,8 +146,18 @@ async def _serve(server: Any, sock: socket.socket, status: Connection) -> None:
     # EOF on the status pipe means the supervisor is gone: exit instead of serving orphaned.
     loop.add_reader(status.fileno(), stop.set)
     await server.start(sock)
+    if grpc_server is not None:
+        try:
+            await grpc_server.start()
+        except Exception as exc:
+            status.send(("error", f"{type(exc).__name__}: {exc}"))
+            await server.shutdown()
+            return
     status.send(("ready", os.getpid()))
     await stop.wait()
     loop.remove_reader(status.fileno())
     log.debug("shutting down: %d connections open", len(server.state.connections))
-    await server.shutdown()
+    if grpc_server is None:
+        await server.shutdown()
+    else:  # both fronts drain their in-flight requests at once
+        await asyncio.gather(server.shutdown(), grpc_server.stop(grace))

@@ -152,8 +152,14 @@ def serve(options: ServeOptions) -> int:
     port = sock.getsockname()[1]
     ctx = mp.get_context("spawn")
     metrics_dir = str(registry.metrics_dir())  # swept with the lease if this process is killed
+    grpc_sock = _reserve_grpc(api)
+    grpc_port = grpc_sock.getsockname()[1] if grpc_sock is not None else None
+    regions_dir = None
+    if api.allow_client_shm:  # inside the metrics folder: swept with it if this process is killed
+        regions_dir = os.path.join(metrics_dir, "regions")
+        os.mkdir(regions_dir, 0o700)
     base = APIWorkerSpec(service=options.service, cwd=cwd, local_runners=options.local_runners,
-                         config=options.config, metrics_dir=metrics_dir)
+                         config=options.config, metrics_dir=metrics_dir, grpc_port=grpc_port, regions_dir=regions_dir)
     workers: list[_APIWorker] = []
     handle: Any = None
     code = 0
@@ -174,7 +180,8 @@ def serve(options: ServeOptions) -> int:
         for w in workers:
             log.info("API worker %d: pid %s", w.spec.index, w.process.pid)
         mode = "in-process (--local-runners)" if options.local_runners else "shared memory"
-        print(f"shmserve: serving {svc.name!r} on http://{api.http.host}:{port} "
+        grpc = f" and grpc://{api.http.host}:{grpc_port}" if grpc_port is not None else ""
+        print(f"shmserve: serving {svc.name!r} on http://{api.http.host}:{port}{grpc} "
               f"({api.workers} API workers, runners: {mode})", flush=True)
         code = _supervise(ctx, workers, sock, signals)
     finally:
@@ -183,10 +190,21 @@ def serve(options: ServeOptions) -> int:
             handle.stop()
         _sweep_dead()
         shutil.rmtree(metrics_dir, ignore_errors=True)
+        if grpc_sock is not None:
+            grpc_sock.close()
         sock.close()
         signals.restore()
         log.info("stopped")
     return code
+
+
+def _reserve_grpc(api: Any) -> socket.socket | None:
+    """Hold the gRPC port (``api_server.grpc``) for the API workers, which all bind it with SO_REUSEPORT."""
+    if api.grpc.port is None or not api.grpc.enabled:
+        return None
+    from ..grpc.server import reserve_port
+
+    return reserve_port(api.http.host, api.grpc.port)
 
 
 def _wait_ready(workers: list[_APIWorker], signals: _Signals, timeout: float) -> bool:

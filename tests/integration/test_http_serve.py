@@ -124,16 +124,21 @@ SERVICE_SOURCE = textwrap.dedent('''
 def shm_entries(pids: set[int] | None = None) -> set[str]:
     """shmserve names in /dev/shm; with `pids`, only those created by these processes.
 
-    Names carry their creator's pid (``shmserve_<pid>_<random>``), which keeps other
-    test runs on the same machine out of our checks.
+    Names carry their creator's pid (``shmserve_<pid>_<random>``) or lease id
+    (``shmserve_<16 hex>_<tag><random>``); a lease-named entry is ours when it carries
+    this test session's name tag (``SHMSERVE_NAME_TAG``, inherited by the servers we
+    start), which keeps other test runs on the same machine out of our checks.
     """
     names = {n for n in os.listdir("/dev/shm") if "shmserve_" in n}
     if pids is None:
         return names
+    tag = os.environ.get("SHMSERVE_NAME_TAG", "")
     out = set()
     for n in names:
         m = re.search(r"shmserve_(\d+)_", n)
-        if m is None or int(m.group(1)) in pids:
+        if m is not None and int(m.group(1)) in pids:
+            out.add(n)
+        elif m is None and (not tag or f"_{tag}" in n):
             out.add(n)
     return out
 

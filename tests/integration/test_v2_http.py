@@ -249,6 +249,8 @@ def test_routes_methods_and_compression(server: V2Server) -> None:
     body = gzip.compress(orjson.dumps({"inputs": [{"name": "x", "datatype": "INT64", "shape": [2], "data": [1, 2]}]}))
     status, _, data = raw(server, "POST", "/v2/models/maths.echo/infer", body, {"Content-Encoding": "gzip"})
     assert status == 200 and orjson.loads(data)["outputs"][0]["data"] == [1, 2]
+    status, _, data = raw(server, "POST", "/v2/systemsharedmemory/region/r/register", b'{"key": "/k", "byte_size": 4}')
+    assert status == 400 and "--allow-client-shm" in orjson.loads(data)["error"]
     # the native routes are untouched
     assert raw(server, "GET", "/livez")[0] == 200
 

@@ -26,6 +26,7 @@ import orjson
 
 from ...oip.datatypes import element_count, to_datatype, to_dtype
 from ...oip.errors import InferError
+from ...oip.references import RegionRef, check_output_region, input_from_region, region_ref
 
 if TYPE_CHECKING:
     from ...oip.regions import RegionTable
@@ -44,7 +45,7 @@ class RequestedOutput:
 
     name: str
     binary: bool
-    region: tuple[str, int, int] | None = None  # (region name, offset, byte size)
+    region: RegionRef | None = None
 
 
 @dataclass
@@ -80,21 +81,6 @@ def _parameters(obj: dict[str, Any], where: str) -> dict[str, Any]:
     if not isinstance(params, dict):
         raise InferError(400, f"{where}: 'parameters' must be a JSON object, got {type(params).__name__}")
     return params
-
-
-def _region_ref(params: dict[str, Any], where: str) -> tuple[str, int, int] | None:
-    name = params.get("shared_memory_region")
-    if name is None:
-        return None
-    size = params.get("shared_memory_byte_size")
-    offset = params.get("shared_memory_offset", 0)
-    if not isinstance(name, str):
-        raise InferError(400, f"{where}: 'shared_memory_region' must be a region name (a string)")
-    for key, value in (("shared_memory_byte_size", size), ("shared_memory_offset", offset)):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise InferError(400, f"{where}: {key!r} must be an integer, got {value!r}")
-    assert isinstance(size, int) and isinstance(offset, int)
-    return name, offset, size
 
 
 def decode_request(body: bytes, headers: dict[bytes, bytes], regions: "RegionTable | None",
@@ -150,7 +136,7 @@ def decode_request(body: bytes, headers: dict[bytes, bytes], regions: "RegionTab
         nbytes = count * dtype.itemsize
         params = _parameters(tensor, f"input {name!r}")
         size = params.get("binary_data_size")
-        ref = _region_ref(params, f"input {name!r}")
+        ref = region_ref(params, f"input {name!r}")
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size != nbytes:
                 raise InferError(400, f"input {name!r}: binary_data_size {size!r} does not match shape {shape} of "
@@ -160,13 +146,7 @@ def decode_request(body: bytes, headers: dict[bytes, bytes], regions: "RegionTab
             arr = np.frombuffer(binary, dtype, count, cursor)
             cursor += size
         elif ref is not None:
-            if regions is None:
-                raise InferError(400, f"input {name!r} names a shared-memory region, but client shared memory is "
-                                      "off on this server; start it with --allow-client-shm")
-            if ref[2] != nbytes:
-                raise InferError(400, f"input {name!r}: shared_memory_byte_size {ref[2]} does not match shape "
-                                      f"{shape} of {tensor.get('datatype')} ({nbytes} bytes)")
-            arr = np.frombuffer(regions.view(ref[0], ref[1], ref[2], f"input {name!r}"), dtype, count)
+            arr = input_from_region(regions, ref, dtype, count, name, str(tensor.get("datatype")), shape)
             region_names.append(ref[0])
         elif "data" in tensor:
             arr = _from_json(tensor["data"], dtype, count, name)
@@ -189,12 +169,9 @@ def decode_request(body: bytes, headers: dict[bytes, bytes], regions: "RegionTab
             binary_flag = oparams.get("binary_data", binary_output)
             if not isinstance(binary_flag, bool):
                 raise InferError(400, f"output {out['name']!r}: 'binary_data' must be true or false")
-            oref = _region_ref(oparams, f"output {out['name']!r}")
+            oref = region_ref(oparams, f"output {out['name']!r}")
             if oref is not None:
-                if regions is None:
-                    raise InferError(400, f"output {out['name']!r} names a shared-memory region, but client shared "
-                                          "memory is off on this server; start it with --allow-client-shm")
-                regions.view(oref[0], oref[1], oref[2], f"output {out['name']!r}")  # check the reference now
+                check_output_region(regions, oref, out["name"])
             outputs.append(RequestedOutput(out["name"], binary_flag, oref))
     return InferRequest(req_id, parameters, inputs, outputs, binary_output, region_names)
 
