@@ -9,6 +9,7 @@ Public API::
     shmserve.io                             # HTTP IO descriptors
     shmserve.models                         # the model store
     shmserve.pytorch / sklearn / onnx / picklable   # framework adapters
+    shmserve.xgboost / lightgbm / transformers / keras
 
 Importing shmserve starts nothing and imports no optional dependency.
 """
@@ -45,6 +46,10 @@ _LAZY = {
     "sklearn": ("shmserve.models.sklearn", None),
     "onnx": ("shmserve.models.onnx", None),
     "picklable": ("shmserve.models.picklable", None),
+    "xgboost": ("shmserve.models.xgboost", None),
+    "lightgbm": ("shmserve.models.lightgbm", None),
+    "transformers": ("shmserve.models.transformers", None),
+    "keras": ("shmserve.models.keras", None),
 }
 
 

@@ -1,6 +1,8 @@
-"""What the framework adapters share: the base Runnable that loads a stored
-model inside the worker, and the per-model Runnable classes built from a
-model's signatures.
+"""What the framework adapters share: saving through the store
+(`store_model`), the base Runnable that loads a stored model inside the
+worker, and the per-model Runnable classes built from a model's signatures
+(their ``DEFAULT_METHOD`` is the signature ``runner.run`` calls). Importing
+frameworks, thread budgets and the signature rules are in `frameworks`.
 
 A runner's Runnable class travels to spawned workers by reference (module and
 qualified name), so the class made for one model must be importable there.
@@ -18,10 +20,19 @@ import json
 import os
 import threading
 from collections.abc import Callable
-from typing import Any, ClassVar, cast
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..runnable import Runnable
-from .store import Model, ModelStoreError, Tag, get, signature_batch_dim
+from .frameworks import default_method
+from .store import Model, ModelStoreError, SaveArgs, Tag, create, get, signature_batch_dim
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+
+#: ``SUPPORTED_RESOURCES`` of an adapter whose framework can use the GPU its worker is given.
+CPU_AND_GPU = ("cpu", "nvidia.com/gpu")
 
 
 class ModelRunnable(Runnable):
@@ -33,9 +44,11 @@ class ModelRunnable(Runnable):
 
     FRAMEWORK: ClassVar[str] = ""
     #: The method ``runner.run(x)`` calls. An adapter's class names its usual
-    #: signature (``"__call__"`` or ``"predict"``); each per-model class holds
-    #: the one its stored signatures give (see `default_method`), or None.
-    DEFAULT_METHOD: ClassVar[str | None] = "__call__"
+    #: signature (``"predict"`` unless it says otherwise); each per-model class
+    #: holds the one its stored signatures give (see `default_method`), or None.
+    DEFAULT_METHOD: ClassVar[str | None] = "predict"
+    # Framework runtimes use their own thread pools, sized from the strategy's budget.
+    SUPPORTS_CPU_MULTI_THREADING: ClassVar[bool] = True
 
     def __init__(self, tag: str, home: str | None = None) -> None:
         self.stored = get(tag, home=home)
@@ -49,6 +62,26 @@ class ModelRunnable(Runnable):
     def invoke(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Call one signature method of the loaded model."""
         raise NotImplementedError
+
+
+def store_model(
+    name: str,
+    write: Callable[[Path], object],
+    *,
+    framework: str,
+    framework_version: str,
+    signatures: dict[str, dict[str, Any]],
+    options: dict[str, Any],
+    **save: Unpack[SaveArgs],
+) -> Model:
+    """Save one model version: `write(folder)` writes the framework's files (its result is ignored) into
+    a private folder, which is published atomically once it returns (see `store.create`)."""
+    with create(
+        name, framework=framework, framework_version=framework_version, signatures=signatures, options=options, **save
+    ) as draft:
+        write(draft.path)
+    assert draft.model is not None
+    return draft.model
 
 
 def check_framework(model: Model, framework: str) -> None:
@@ -66,11 +99,6 @@ def resolve(tag: "str | Tag | Model", framework: str, home: str | os.PathLike[st
     check_framework(model, framework)
     return model
 
-
-def thread_count() -> int | None:
-    """The thread budget the resource strategy gave this worker, if any."""
-    value = os.environ.get("OMP_NUM_THREADS", "")
-    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def _class_name(base: type[ModelRunnable], tag: str, home: str) -> str:
@@ -114,22 +142,9 @@ def _build_cached(module_name: str, base_name: str, tag: str, home: str) -> type
     return cls
 
 
-def default_method(preferred: str | None, signatures: dict[str, Any]) -> str | None:
-    """The signature a runner calls by default: the adapter's `preferred` one, else
-    ``__call__``, else the only one; None when a model has several and none of those."""
-    for name in (preferred, "__call__"):
-        if name is not None and name in signatures:
-            return name
-    return next(iter(signatures)) if len(signatures) == 1 else None
 
 
-def default_signatures(model: Any, method: str) -> dict[str, Any]:
-    """An adapter's signatures when a save names none: `method`, plus ``predict``
-    where the model has its own (so ``runner.predict`` keeps working), not batchable."""
-    signatures: dict[str, Any] = {method: {"batchable": False}}
-    if callable(getattr(model, "predict", None)):
-        signatures.setdefault("predict", {"batchable": False})
-    return signatures
+
 
 
 def _method(name: str) -> Any:
@@ -153,30 +168,6 @@ def class_from_name(base: type[ModelRunnable], attr: str) -> type[ModelRunnable]
     return _build(base.__module__, base.__qualname__, str(tag), str(home))
 
 
-def signature_target(obj: Any, method: str, *, itself: tuple[str, ...] = ("__call__",)) -> Callable[..., Any]:
-    """What a signature name calls on a loaded model (the rule BentoML follows).
-
-    A name in `itself` calls the object (for a torch module ``__call__`` and
-    ``forward``, so its hooks run); ``predict`` calls the object's own
-    ``predict`` when it has one and the object itself otherwise; any other name
-    calls the method of that name.
-    """
-    if method in itself or (method == "predict" and not callable(getattr(obj, "predict", None))):
-        if not callable(obj):
-            raise TypeError(f"{type(obj).__name__} object is not callable; name one of its methods in signatures")
-        return cast("Callable[..., Any]", obj)
-    fn = getattr(obj, method, None)
-    if not callable(fn):
-        raise AttributeError(f"{type(obj).__name__} has no method {method!r} named in signatures")
-    return cast("Callable[..., Any]", fn)
-
-
-def require(module: str, hint: str) -> Any:
-    """Import an adapter's optional framework, or raise ImportError with `hint` (how to install it)."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise ImportError(hint) from exc
 
 
 def adapter_functions(

@@ -36,6 +36,10 @@ ADAPTERS: dict[str, str] = {
     "sklearn": "shmserve.models.sklearn",
     "onnx": "shmserve.models.onnx",
     "picklable": "shmserve.models.picklable",
+    "xgboost": "shmserve.models.xgboost",
+    "lightgbm": "shmserve.models.lightgbm",
+    "transformers": "shmserve.models.transformers",
+    "keras": "shmserve.models.keras",
 }
 
 

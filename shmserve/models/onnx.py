@@ -16,8 +16,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .adapter import ModelRunnable, adapter_functions, require, resolve, thread_count
-from .store import Model, SaveArgs, Tag, create, normalize_signatures
+from .adapter import CPU_AND_GPU, ModelRunnable, adapter_functions, resolve, store_model
+from .frameworks import require, thread_count
+from .store import Model, SaveArgs, Tag, normalize_signatures
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -48,13 +49,7 @@ def _ort() -> Any:
     return require("onnxruntime", "serving ONNX models needs onnxruntime: pip install onnxruntime")
 
 
-def save_model(
-    name: str,
-    model: Any,
-    *,
-    signatures: dict[str, Any] | None = None,
-    **save: Unpack[SaveArgs],
-) -> Model:
+def save_model(name: str, model: Any, *, signatures: dict[str, Any] | None = None, **save: Unpack[SaveArgs]) -> Model:
     """Save an ONNX model (``onnx.ModelProto``, serialized bytes, or a path to a
     ``.onnx`` file) as a new version of `name`. Only the ``run`` signature exists.
 
@@ -74,19 +69,16 @@ def save_model(
         raise TypeError(f"shmserve.onnx.save_model needs an onnx.ModelProto, bytes or a file path, got {type(model).__name__}")
     proto = onnx.load_from_string(data)
     onnx.checker.check_model(proto)
-    with create(
+    opset = [{"domain": o.domain, "version": int(o.version)} for o in proto.opset_import]
+    return store_model(
         name,
+        lambda folder: (folder / MODEL_FILE).write_bytes(data),
         framework=FRAMEWORK,
         framework_version=str(onnx.__version__),
         signatures=sigs,
-        options={"format": "onnx", "file": MODEL_FILE, "trusted_only": False, "opset": [
-            {"domain": o.domain, "version": int(o.version)} for o in proto.opset_import
-        ]},
+        options={"format": "onnx", "file": MODEL_FILE, "trusted_only": False, "opset": opset},
         **save,
-    ) as draft:
-        (draft.path / MODEL_FILE).write_bytes(data)
-    assert draft.model is not None
-    return draft.model
+    )
 
 
 def load_model(tag: "str | Tag | Model", *, home: str | os.PathLike[str] | None = None) -> Any:
@@ -122,8 +114,7 @@ def load_session(
 class OnnxRunnable(ModelRunnable):
     """Hosts one stored ONNX model in an onnxruntime session."""
 
-    SUPPORTED_RESOURCES: ClassVar[tuple[str, ...]] = ("cpu", "nvidia.com/gpu")
-    SUPPORTS_CPU_MULTI_THREADING: ClassVar[bool] = True
+    SUPPORTED_RESOURCES: ClassVar[tuple[str, ...]] = CPU_AND_GPU
     FRAMEWORK: ClassVar[str] = FRAMEWORK
     DEFAULT_METHOD: ClassVar[str | None] = "run"
 

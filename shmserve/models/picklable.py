@@ -16,48 +16,45 @@ from __future__ import annotations
 
 import os
 import pickle
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .adapter import ModelRunnable, adapter_functions, default_signatures, resolve, signature_target
+from .adapter import ModelRunnable, adapter_functions, resolve, store_model
+from .frameworks import default_signatures, signature_target
 from .objects import pickler, require_unpickler
-from .store import Model, SaveArgs, Tag, create, normalize_signatures
+from .store import Model, SaveArgs, Tag, normalize_signatures
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
 FRAMEWORK = "picklable"
-DEFAULT_SIGNATURES: dict[str, Any] = {"predict": {"batchable": False}}  # for objects that are not callable
 MODEL_FILE = "model.pkl"
 
 
-def save_model(
-    name: str,
-    model: Any,
-    *,
-    signatures: dict[str, Any] | None = None,
-    **save: Unpack[SaveArgs],
-) -> Model:
+def save_model(name: str, model: Any, *, signatures: dict[str, Any] | None = None, **save: Unpack[SaveArgs]) -> Model:
     """Save any picklable callable or object as a new version of `name`.
 
     Without `signatures`: ``__call__``, plus ``predict`` when the object has one.
     `save` takes `labels`, `metadata`, `custom_objects` and `home` (see `SaveArgs`).
     """
-    sigs = normalize_signatures(signatures, default_signatures(model, "__call__") if callable(model) else DEFAULT_SIGNATURES)
+    sigs = normalize_signatures(signatures, default_signatures(model, "__call__" if callable(model) else "predict"))
     for method in sigs:
         signature_target(model, method)  # fail at save time, not in the worker
     kind, serializer = pickler()
-    with create(
+
+    def write(folder: Path) -> None:
+        with open(folder / MODEL_FILE, "wb") as f:
+            serializer.dump(model, f, protocol=pickle.HIGHEST_PROTOCOL)
+
+    return store_model(
         name,
+        write,
         framework=FRAMEWORK,
         framework_version=str(getattr(serializer, "__version__", f"protocol {pickle.HIGHEST_PROTOCOL}")),
         signatures=sigs,
         options={"format": kind, "file": MODEL_FILE, "trusted_only": True},
         **save,
-    ) as draft:
-        with open(draft.path / MODEL_FILE, "wb") as f:
-            serializer.dump(model, f, protocol=pickle.HIGHEST_PROTOCOL)
-    assert draft.model is not None
-    return draft.model
+    )
 
 
 def load_model(tag: "str | Tag | Model", *, home: str | os.PathLike[str] | None = None) -> Any:
@@ -71,9 +68,9 @@ def load_model(tag: "str | Tag | Model", *, home: str | os.PathLike[str] | None 
 class PicklableRunnable(ModelRunnable):
     """Hosts one stored Python object; methods come from its signatures."""
 
-    SUPPORTED_RESOURCES: ClassVar[tuple[str, ...]] = ("cpu",)
     SUPPORTS_CPU_MULTI_THREADING: ClassVar[bool] = False
     FRAMEWORK: ClassVar[str] = FRAMEWORK
+    DEFAULT_METHOD: ClassVar[str | None] = "__call__"
 
     def setup(self, model: Model) -> None:
         self.model = load_model(model)

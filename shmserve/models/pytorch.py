@@ -31,18 +31,12 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .adapter import (
-    ModelRunnable,
-    adapter_functions,
-    default_signatures,
-    require,
-    resolve,
-    signature_target,
-    thread_count,
-)
-from .store import Model, SaveArgs, Tag, create, normalize_signatures
+from .adapter import CPU_AND_GPU, ModelRunnable, adapter_functions, resolve, store_model
+from .frameworks import check_methods, default_signatures, require, signature_target, use_torch_threads
+from .store import Model, SaveArgs, Tag, normalize_signatures
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -58,13 +52,7 @@ def _torch() -> Any:
     return require("torch", "shmserve.pytorch needs PyTorch: pip install torch")
 
 
-def save_model(
-    name: str,
-    model: Any,
-    *,
-    signatures: dict[str, Any] | None = None,
-    **save: Unpack[SaveArgs],
-) -> Model:
+def save_model(name: str, model: Any, *, signatures: dict[str, Any] | None = None, **save: Unpack[SaveArgs]) -> Model:
     """Save a ``torch.nn.Module``, ScriptModule or ExportedProgram as a new version of `name`.
 
     `signatures` maps method names to ``{"batchable": bool, "batch_dim": int}``;
@@ -90,23 +78,15 @@ def save_model(
         if extra:
             raise ValueError(f"a {fmt} model can only serve its forward (signature 'predict' or '__call__'), not {extra}")
     else:
-        missing = sorted(m for m in sigs if m not in _CALL_NAMES and not callable(getattr(model, m, None)))
-        if missing:
-            raise ValueError(f"{type(model).__name__} has no methods {missing} named in signatures")
+        check_methods(model, sigs, answered=_CALL_NAMES)
     options: dict[str, Any] = {"format": fmt, "file": _FILES[fmt], "trusted_only": fmt == "pickle"}
     pickler: Any = None
     if fmt == "pickle":
         options["weights"] = WEIGHTS_FILE
         pickler = _pickler_for(model, options)
-    with create(
-        name,
-        framework=FRAMEWORK,
-        framework_version=str(torch.__version__),
-        signatures=sigs,
-        options=options,
-        **save,
-    ) as draft:
-        path = draft.path / _FILES[fmt]
+
+    def write(folder: Path) -> None:
+        path = folder / _FILES[fmt]
         if fmt == "export":
             torch.export.save(model, str(path))
         elif fmt == "torchscript":
@@ -115,9 +95,11 @@ def save_model(
                 torch.jit.save(model, str(path))
         else:
             torch.save(model, path, pickle_module=pickler)
-            torch.save(model.state_dict(), draft.path / WEIGHTS_FILE)
-    assert draft.model is not None
-    return draft.model
+            torch.save(model.state_dict(), folder / WEIGHTS_FILE)
+
+    return store_model(
+        name, write, framework=FRAMEWORK, framework_version=str(torch.__version__), signatures=sigs, options=options, **save
+    )
 
 
 def _pickler_for(model: Any, options: dict[str, Any]) -> Any:
@@ -181,16 +163,14 @@ def load_model(
 class PyTorchRunnable(ModelRunnable):
     """Hosts one stored PyTorch model; methods come from its signatures."""
 
-    SUPPORTED_RESOURCES: ClassVar[tuple[str, ...]] = ("cpu", "nvidia.com/gpu")
-    SUPPORTS_CPU_MULTI_THREADING: ClassVar[bool] = True
+    SUPPORTED_RESOURCES: ClassVar[tuple[str, ...]] = CPU_AND_GPU
     FRAMEWORK: ClassVar[str] = FRAMEWORK
+    DEFAULT_METHOD: ClassVar[str | None] = "__call__"
 
     def setup(self, model: Model) -> None:
         torch = _torch()
         self.torch = torch
-        threads = thread_count()
-        if threads is not None:
-            torch.set_num_threads(threads)
+        use_torch_threads(torch)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         loaded = load_model(model, device=self.device)
         if model.options.get("format") == "export":

@@ -11,14 +11,14 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .adapter import ModelRunnable, adapter_functions, require, resolve, thread_count
-from .store import Model, SaveArgs, Tag, create, normalize_signatures
+from .adapter import ModelRunnable, adapter_functions, resolve, store_model
+from .frameworks import require, save_signatures, use_estimator_threads
+from .store import Model, SaveArgs, Tag
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
 FRAMEWORK = "sklearn"
-DEFAULT_SIGNATURES: dict[str, Any] = {"predict": {"batchable": False}}
 MODEL_FILE = "model.joblib"
 
 
@@ -27,33 +27,22 @@ def _joblib() -> Any:
     return require("joblib", hint), require("sklearn", hint)
 
 
-def save_model(
-    name: str,
-    model: Any,
-    *,
-    signatures: dict[str, Any] | None = None,
-    **save: Unpack[SaveArgs],
-) -> Model:
+def save_model(name: str, model: Any, *, signatures: dict[str, Any] | None = None, **save: Unpack[SaveArgs]) -> Model:
     """Save a fitted scikit-learn estimator (or pipeline) as a new version of `name`.
 
     `save` takes `labels`, `metadata`, `custom_objects` and `home` (see `SaveArgs`).
     """
     joblib, sklearn = _joblib()
-    sigs = normalize_signatures(signatures, DEFAULT_SIGNATURES)
-    missing = sorted(m for m in sigs if not callable(getattr(model, m, None)))
-    if missing:
-        raise ValueError(f"{type(model).__name__} has no methods {missing} named in signatures")
-    with create(
+    sigs = save_signatures(model, signatures, "predict")
+    return store_model(
         name,
+        lambda folder: joblib.dump(model, folder / MODEL_FILE),
         framework=FRAMEWORK,
         framework_version=str(sklearn.__version__),
         signatures=sigs,
         options={"format": "joblib", "file": MODEL_FILE, "trusted_only": True},
         **save,
-    ) as draft:
-        joblib.dump(model, draft.path / MODEL_FILE)
-    assert draft.model is not None
-    return draft.model
+    )
 
 
 def load_model(tag: "str | Tag | Model", *, home: str | os.PathLike[str] | None = None) -> Any:
@@ -66,20 +55,11 @@ def load_model(tag: "str | Tag | Model", *, home: str | os.PathLike[str] | None 
 class SklearnRunnable(ModelRunnable):
     """Hosts one stored scikit-learn estimator; methods come from its signatures."""
 
-    SUPPORTED_RESOURCES: ClassVar[tuple[str, ...]] = ("cpu",)
-    SUPPORTS_CPU_MULTI_THREADING: ClassVar[bool] = True
     FRAMEWORK: ClassVar[str] = FRAMEWORK
-    DEFAULT_METHOD: ClassVar[str | None] = "predict"
 
     def setup(self, model: Model) -> None:
         self.model = load_model(model)
-        threads = thread_count()
-        if threads is not None and hasattr(self.model, "n_jobs"):
-            # Estimators with n_jobs=-1 would otherwise spawn a worker per core.
-            try:
-                self.model.set_params(n_jobs=threads)
-            except (ValueError, AttributeError):
-                pass
+        use_estimator_threads(self.model)
 
     def invoke(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         return getattr(self.model, method)(*args, **kwargs)
