@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -48,3 +50,20 @@ def test_lambda_layers_are_refused_on_load(home: Path) -> None:
 def test_not_a_keras_model(home: Path) -> None:
     with pytest.raises(TypeError, match="keras.Model"):
         shmserve.keras.save_model("mlp", object())
+
+
+def test_a_process_without_keras_backend_loads_with_the_saved_one(home: Path) -> None:
+    # Keras reads KERAS_BACKEND once, at its first import; without it (and without TensorFlow) it cannot start.
+    stored = shmserve.keras.save_model("mlp", keras_mlp())
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    env["KERAS_HOME"] = str(home / "keras_home")  # no keras.json choosing a backend either
+    code = (
+        "import sys, shmserve\n"
+        "model = shmserve.keras.load_model(sys.argv[1], home=sys.argv[2])\n"
+        "import keras\n"
+        "print(keras.backend.backend(), type(model).__name__)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code, str(stored), str(home)], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split()[-2:] == [stored.options["backend"], "Functional"]
