@@ -48,19 +48,25 @@ def pid_alive(pid: int) -> bool:
         return True  # no procfs: trust kill(0)
 
 
-def _with_lease(record: dict[str, Any]) -> bytes:
-    return orjson.dumps({**record, "lease": lease.current().id, "supervisor_pid": os.getpid()})
-
-
 def _holder(path: Path) -> tuple[str, Any]:
     """(lease state, pid) of the process that wrote a registry record."""
     try:
         record = orjson.loads(path.read_bytes())
     except (OSError, ValueError):
-        return lease.DEAD, None  # unreadable or half-written by a process killed mid-write
+        return lease.DEAD, None  # unreadable: records appear whole (link/rename), so it is corrupt
     if not isinstance(record, dict):
         return lease.DEAD, None
     return lease.state(str(record.get("lease", ""))), record.get("supervisor_pid")
+
+
+def _staged(path: Path, record: dict[str, Any]) -> Path:
+    """Write `record` (with this process's lease) beside `path` under a temporary name, for an
+    atomic link or rename: a reader never sees a half-written record."""
+    tmp = path.with_name(f".{path.stem}.{lease.current().id}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(orjson.dumps({**record, "lease": lease.current().id, "supervisor_pid": os.getpid()}))
+    return tmp
 
 
 def register(name: str, record: dict[str, Any]) -> Path:
@@ -69,33 +75,30 @@ def register(name: str, record: dict[str, Any]) -> Path:
     The record gets this process's lease id (and pid, for people reading it).
     """
     path = runtime_dir() / f"{name}.json"
-    data = _with_lease(record)
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            state, pid = _holder(path)
-            if state == lease.LIVE:
-                raise RunnerNameClash(
-                    f"a runner named {name!r} is already served by process {pid}; "
-                    "runner names must be unique on a host (give this one another name)"
-                ) from None
-            path.unlink(missing_ok=True)  # left by a run that was killed
-            continue
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        return path
+    tmp = _staged(path, record)
+    try:
+        for _ in range(2):
+            try:
+                os.link(tmp, path)  # atomic, and fails if the name is taken
+            except FileExistsError:
+                state, pid = _holder(path)
+                if state == lease.LIVE:
+                    raise RunnerNameClash(
+                        f"a runner named {name!r} is already served by process {pid}; "
+                        "runner names must be unique on a host (give this one another name)"
+                    ) from None
+                path.unlink(missing_ok=True)  # left by a run that was killed
+                continue
+            return path
+    finally:
+        tmp.unlink(missing_ok=True)
     raise RunnerNameClash(f"could not claim runner name {name!r} in {path.parent}")
 
 
 def update(name: str, record: dict[str, Any]) -> None:
     """Replace this process's record of runner `name` atomically."""
     path = runtime_dir() / f"{name}.json"
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(_with_lease(record))
-    os.replace(tmp, path)
+    os.replace(_staged(path, record), path)
 
 
 def unregister(name: str) -> None:
@@ -143,6 +146,9 @@ def sweep() -> list[str]:
         if _holder(rec)[0] != lease.LIVE:
             rec.unlink(missing_ok=True)
             removed.append(str(rec))
+    for tmp in rdir.glob(".*.tmp"):  # a record staged by a process killed before it linked it
+        if lease.state(tmp.name.rsplit(".", 2)[-2], leases) != lease.LIVE:
+            tmp.unlink(missing_ok=True)
     for folder in rdir.glob(f"{METRICS_PREFIX}*"):
         if lease.state(folder.name[len(METRICS_PREFIX):], leases) != lease.LIVE:
             shutil.rmtree(folder, ignore_errors=True)

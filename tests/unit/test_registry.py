@@ -64,13 +64,15 @@ def test_sweep_removes_what_dead_leases_left_and_keeps_the_rest(shm_clean):
     unknown = Signal.create(new_name(secrets.token_hex(8)))  # a run with another runtime directory
     folder = registry.runtime_dir() / f"{registry.METRICS_PREFIX}{dead}"
     folder.mkdir()
+    staged = registry.runtime_dir() / f".somerunner.{dead}.tmp"  # a record its killed writer never linked
+    staged.write_bytes(b"{}")
     try:
         removed = registry.sweep()
         assert seg.name.lstrip("/") in removed and "sem." + sem.name.lstrip("/") in removed
         assert not os.path.exists("/dev/shm/" + seg.name.lstrip("/"))
         assert os.path.exists("/dev/shm/sem." + mine.name.lstrip("/"))  # live owner: kept
         assert os.path.exists("/dev/shm/sem." + unknown.name.lstrip("/"))  # owner unknown here: kept
-        assert not folder.exists()
+        assert not folder.exists() and not staged.exists()
         assert lease.state(dead) == lease.UNKNOWN  # its lease file went last
     finally:
         seg.close()
