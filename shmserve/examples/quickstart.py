@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import http.client
 import io
+import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -56,12 +58,11 @@ def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0)
     raise RuntimeError(f"the server was not ready after {timeout:.0f} s")
 
 
-def _orphans() -> set[str]:
-    """shmserve names in /dev/shm whose creating process has exited (its lease is not held)."""
-    from shmserve import lease
+def _left_behind(tag: str) -> set[str]:
+    """shmserve names in /dev/shm that processes started with ``SHMSERVE_NAME_TAG=tag`` created."""
     from shmserve.shm.segment import owned_names
 
-    return {n for owner, names in owned_names().items() if not lease.alive(owner) for n in names}
+    return {n for names in owned_names().values() for n in names if n.split("_", 2)[2].startswith(tag)}
 
 
 def main() -> int:
@@ -77,11 +78,11 @@ def main() -> int:
     )
     print(f"1. saved {saved.tag} to the model store")
 
-    orphans_before = _orphans()
+    tag = "q" + secrets.token_hex(3)  # marks every name the server creates, to check none is left
     port = _free_port()
     cmd = [sys.executable, "-m", "shmserve.cli", "serve", "shmserve.examples.store_service:svc",
            "--host", "127.0.0.1", "--port", str(port), "--api-workers", "1"]
-    proc = subprocess.Popen(cmd)
+    proc = subprocess.Popen(cmd, env={**os.environ, "SHMSERVE_NAME_TAG": tag})
     try:
         t0 = time.monotonic()
         _wait_ready(port, proc)
@@ -108,8 +109,8 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    orphans = _orphans() - orphans_before
-    print(f"4. stopped (exit {proc.returncode}); shared-memory names whose owner is gone: {len(orphans)}")
+    left = _left_behind(tag)
+    print(f"4. stopped (exit {proc.returncode}); shared-memory names whose owner is gone: {len(left)}")
     return 0 if ok and proc.returncode == 0 else 1
 
 

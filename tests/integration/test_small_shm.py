@@ -1,11 +1,12 @@
 """A real small /dev/shm: a tmpfs of 16 MiB or 64 MiB in a private mount namespace (root only).
 
-Docker's and containerd's default /dev/shm is 64 MiB. The example service must
-start and serve there; with 16 MiB it must refuse with the numbers and the
+Docker's and containerd's default /dev/shm is 64 MiB. The example service and
+the quickstart must start and serve there; with 16 MiB it must refuse with the numbers and the
 fixes, and nothing may die of SIGBUS.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,16 +19,21 @@ from .namespaces import refusal
 pytestmark = pytest.mark.integration
 
 SCRIPT = Path(__file__).with_name("small_shm_check.py")
+ROOT = SCRIPT.parents[2]
 
 
-def _in_small_shm(size_mib: int, mode: str) -> dict[str, object]:
+def _run_in_small_shm(size_mib: int, argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    """Run `argv` in a private mount namespace whose /dev/shm is a fresh `size_mib` MiB tmpfs."""
     why = refusal(["-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /dev/shm"], "a tmpfs in a private mount namespace")
     if why:
         pytest.skip(why)
-    cmd = ["unshare", "-m", "sh", "-c",
-           f'mount -t tmpfs -o size={size_mib}m,mode=1777 tmpfs /dev/shm && exec "$0" "$1" "$2"',
-           sys.executable, str(SCRIPT), mode]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=150)
+    cmd = ["unshare", "-m", "sh", "-c", f'mount -t tmpfs -o size={size_mib}m,mode=1777 tmpfs /dev/shm && exec "$@"',
+           "sh", *argv]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=180, **kwargs)  # type: ignore[call-overload]
+
+
+def _in_small_shm(size_mib: int, mode: str) -> dict[str, object]:
+    proc = _run_in_small_shm(size_mib, [sys.executable, str(SCRIPT), mode])
     assert proc.returncode == 0, f"the check script failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     result: dict[str, object] = orjson.loads(proc.stdout.strip().splitlines()[-1])
     return result
@@ -50,3 +56,11 @@ def test_64_mib_shm_starts_and_serves_the_example_service():
     assert r["predict_status"] == 200 and r["predict_shape"] == [2, 10], out
     assert r["serve_code"] == 0, out
     assert r["shm_left"] == [], r["shm_left"]
+
+
+def test_64_mib_shm_runs_the_quickstart(tmp_path):
+    pytest.importorskip("torch")
+    env = dict(os.environ, SHMSERVE_HOME=str(tmp_path / "home"))
+    out = _run_in_small_shm(64, [sys.executable, "-m", "shmserve.examples.quickstart"], cwd=ROOT, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "matches the model called in-process: True" in out.stdout
