@@ -67,15 +67,16 @@ def parse(output: str) -> WrkResult:
 
 
 def run(url: str, body: Path, ctype: str, connections: int, duration_s: float, threads: int = 1,
-        timeout_s: float = 5.0, cpu: int | None = None) -> WrkResult:
+        timeout_s: float = 5.0, cpu: int | None = None, script: Path | None = None,
+        script_env: dict[str, str] | None = None) -> WrkResult:
     """POST `body` to `url` with wrk for `duration_s` over `connections` connections
-    (wrk pinned to `cpu` when given)."""
+    (wrk pinned to `cpu` when given; `script` replaces the common post.lua, with `script_env`)."""
     if not available():
         raise RuntimeError("wrk is not installed: apt-get install wrk")
-    env = child_env(BODY=str(body), CTYPE=ctype)
+    env = child_env(BODY=str(body), CTYPE=ctype, **(script_env or {}))
     cmd = [
         "wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration_s))}s", "--latency",
-        f"--timeout={timeout_s:g}s", "-s", str(bench_dir() / "post.lua"), url,
+        f"--timeout={timeout_s:g}s", "-s", str(script or bench_dir() / "post.lua"), url,
     ]
     pin = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=duration_s + 60, preexec_fn=pin)
