@@ -332,6 +332,19 @@ class BatchPolicy:
         if done_at is not None:
             self.arrivals.observe_completion(done_at, items)
 
+    def expected_wait(self, items_ahead: int, items: int) -> float:
+        """Seconds until a call of ``items`` items, queued behind ``items_ahead``, would be served.
+
+        The queue is assumed to run in full batches at the cost model's estimate, which is how a
+        backlog drains; 0 while no batch has been measured (nothing is refused on a guess). The
+        dispatch loop refuses a call whose deadline comes sooner (admission by time): under
+        overload it is told at once to retry, instead of waiting out its deadline in the queue.
+        """
+        if not self.cost.known:
+            return 0.0
+        full, rest = divmod(max(0, items_ahead) + max(0, items), self.max_batch_size)
+        return full * self.cost.estimate(self.max_batch_size) + (self.cost.estimate(rest) if rest else 0.0)
+
     def decide(self, queue_items: list[int], oldest_arrival: float, last_arrival: float, now: float) -> Decision:
         """Decide for an idle worker whose queue holds calls of ``queue_items`` items, oldest first.
 

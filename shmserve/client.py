@@ -23,6 +23,7 @@ import os
 import threading
 import time
 import weakref
+from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
@@ -42,10 +43,16 @@ from .shm.ring import DEFAULT_SLOTS, MAX_TENSORS, META_INLINE_MAX
 from .shm.signal import Signal, Spinner, spin_budget_s
 from .shm.tensor import numpy_dtype, wrap
 from .traces import TraceHook, add_trace_hook, call_traces, remove_trace_hook  # noqa: F401  (public here too)
+from .watchdog import WatchdogLimits
 
 COPY_RESULT_MAX = 64 * 1024  # results up to this size are copied out; larger ones are leased in place
 POLL_S = 0.1  # leader wake-up period: liveness checks of workers with calls in flight
 RECONNECT_EVERY_S = 0.05
+
+#: The deadline (CLOCK_MONOTONIC seconds) of the request being served in this context, if any: an
+#: API with a ``timeout`` sets it (`shmserve.http.app`), and every runner call made for the request
+#: is then due by it, whatever its own timeout.
+request_deadline: ContextVar[float | None] = ContextVar("shmserve_request_deadline", default=None)
 
 
 class RunnerClient:
@@ -57,6 +64,8 @@ class RunnerClient:
         self.record = record
         self.arena_bytes = int(record["arena_mb"]) * 2**20
         self.max_queue_size = int(record.get("max_queue_size", DEFAULT_SLOTS))
+        #: seconds a call may take when its caller gives no timeout (the runner's ``timeout``; None: no bound)
+        self.default_timeout: float | None = record.get("timeout")
         self.slots = DEFAULT_SLOTS
         self.reply = Signal.create()
         self._spinner = Spinner(spin_budget_s())  # the sync leader's waits: results of fast calls come in µs
@@ -73,7 +82,8 @@ class RunnerClient:
         # results are then delivered on the loop itself, without the completion thread's hop.
         self.loop_wake: int | None = None
         self._wake_loop: asyncio.AbstractEventLoop | None = None
-        self.links = [WorkerLink(self, w["index"], w["socket"]) for w in record["workers"]]
+        self.watchdog = WatchdogLimits.of(record.get("watchdog"))
+        self.links = [WorkerLink(self, w["index"], w["socket"], w.get("health")) for w in record["workers"]]
         self.methods: dict[str, Any] = {}
         deadline = time.monotonic() + connect_timeout
         try:
@@ -99,13 +109,24 @@ class RunnerClient:
 
     def _pick_link(self) -> WorkerLink:
         best = None
+        stalled = 0
         now = time.monotonic()
         for link in self.links:
             if not link.live and now - link.last_attempt > RECONNECT_EVERY_S and not link.pending:
                 link.try_connect(self.slots, self.arena_bytes, 1.0)
-            if link.live and (best is None or len(link.pending) < len(best.pending)):
+            if not link.live:
+                continue
+            if not link.healthy(now, self.watchdog):
+                stalled += 1  # the watchdog sees no progress: calls would only queue behind a hung method
+                continue
+            if best is None or len(link.pending) < len(best.pending):
                 best = link
         if best is None:
+            if stalled:
+                raise RunnerUnavailable(
+                    f"every live worker of runner {self.name!r} has made no progress for over "
+                    f"{self.watchdog.not_ready_after_s:g} s (a method far past its expected time, or a stopped "
+                    "process); retry shortly")
             raise RunnerUnavailable(f"no live worker of runner {self.name!r} (restarting); retry shortly")
         return best
 
@@ -131,8 +152,20 @@ class RunnerClient:
             raise InvalidInput(f"runner {self.name!r} has no method {method!r}; it has {sorted(self.methods)}")
         return int(info["index"])
 
-    def _submit(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None,
+    def _deadline(self, timeout: float | None) -> float | None:
+        """When a call made now is due: its timeout, else the runner's default, and never past the request's."""
+        now = time.monotonic()
+        if timeout is None:
+            timeout = self.default_timeout
+        deadline = now + timeout if timeout is not None else None
+        scope = request_deadline.get()
+        if scope is not None and (deadline is None or scope < deadline):
+            deadline = scope
+        return deadline
+
+    def _submit(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], deadline: float | None,
                 block_for_space: bool = True) -> Pending:
+        """Publish one call; `deadline` (monotonic seconds, None: none) travels with it to the worker."""
         if self._closed:
             raise RunnerUnavailable(f"the client of runner {self.name!r} is closed")
         index = self._method_index(method)
@@ -156,7 +189,8 @@ class RunnerClient:
                 f"{self.name!r}; raise Runner(arena_mb=...) or runners.{self.name}.arena_mb in the config"
             )
         now = time.monotonic()
-        deadline = now + timeout if timeout is not None else 0.0
+        if deadline is not None and deadline <= now:
+            raise RunnerTimeout(f"call to {self.name}.{method}: its deadline passed before it was sent")
         space_deadline = deadline or now + 30.0
         while True:
             with self._lock:
@@ -166,10 +200,17 @@ class RunnerClient:
                         f"(max_queue_size {self.max_queue_size}); retry later"
                     )
                 link = hint if hint is not None and hint.live else self._pick_link()
+                if deadline is not None:
+                    drained_at = link.view.get_time(ring.H_DRAINED_AT)  # type: ignore[union-attr]
+                    if drained_at > deadline:  # the worker would refuse it: say so without the round trip
+                        raise RunnerOverloaded(
+                            f"runner {self.name!r} is busy: its queue would be served in {drained_at - now:.3f} s, "
+                            f"after this call's deadline ({deadline - now:.3f} s away); retry later")
                 if len(link.pending) < self.slots:
                     block = link.requests.alloc(nbytes, align)  # type: ignore[union-attr]
                     if block is not None:
-                        return self._publish(link, index, method, tensors, offsets, meta, meta_off, block, deadline)
+                        return self._publish(link, index, method, tensors, offsets, meta, meta_off, block,
+                                             deadline or 0.0)
             # The arena or ring is full: results on their way back will free space.
             if not block_for_space or time.monotonic() > space_deadline:
                 raise RunnerOverloaded(f"the shared-memory arena of runner {self.name!r} stayed full; retry later")
@@ -201,12 +242,12 @@ class RunnerClient:
         seq = self._seq
         self._seq += 1
         submit = time.monotonic()
-        v.write_desc(v.req_slot(link.req_head), (seq, index, base, block[1] - base, base + meta_off,
-                                                  submit, deadline, 0.0, 0.0, 0.0, 0),
+        slot = v.req_slot(link.req_head)
+        v.write_desc(slot, (seq, index, base, block[1] - base, base + meta_off, submit, deadline, 0.0, 0.0, 0.0, 0),
                      tensors, [base + o for o in offsets], meta)
         link.req_head += 1
         v.set(ring.H_REQ_HEAD, link.req_head)
-        p = Pending(seq, link, block, method, submit)
+        p = Pending(seq, link, slot, block, method, submit)
         link.pending[seq] = p
         self._inflight += 1
         link.doorbell.post()  # type: ignore[union-attr]
@@ -222,8 +263,8 @@ class RunnerClient:
 
     def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
         """Call `method` and wait for its result (the Backend interface)."""
-        p = self._submit(method, args, kwargs, timeout)
-        deadline = time.monotonic() + timeout if timeout is not None else None
+        deadline = self._deadline(timeout)
+        p = self._submit(method, args, kwargs, deadline)
         self._wait_sync(p, deadline)
         if p.error is not None:
             raise p.error
@@ -236,18 +277,37 @@ class RunnerClient:
         self._ensure_thread()
         if self._wake_loop is not loop and (self._wake_loop is None or self._wake_loop.is_closed()):
             self._listen_on(loop)
-        p = self._submit(method, args, kwargs, timeout, block_for_space=False)
+        deadline = self._deadline(timeout)
+        p = self._submit(method, args, kwargs, deadline, block_for_space=False)
         p.loop = loop
         p.future = fut
         if p.done:  # resolved before the future was attached
             _settle(fut, p.result, p.error)
-        if timeout is None:
-            return await fut
+        # One timer, not asyncio.wait_for: no extra task per call on the hot path.
+        timer = loop.call_later(deadline - time.monotonic(), self._expire, p) if deadline is not None else None
         try:
-            return await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
-            p.abandoned = True
-            raise RunnerTimeout(f"call to {self.name}.{method} timed out after {timeout} s") from None
+            return await fut
+        except asyncio.CancelledError:
+            self.cancel(p)  # the caller went away (an HTTP client that hung up): the call need not run
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _expire(self, p: Pending) -> None:
+        fut = p.future
+        if fut is not None and not fut.done():
+            self.cancel(p)
+            fut.set_exception(RunnerTimeout(f"call to {self.name}.{p.method} timed out: no result by its "
+                                            f"deadline ({time.monotonic() - p.submit:.3f} s after it was sent)"))
+
+    def cancel(self, p: Pending) -> None:
+        """Give up on call `p`: its result is dropped, and if it has not started it never reaches the model."""
+        p.abandoned = True
+        with self._lock:
+            link = p.link
+            if not p.done and link.live and link.view is not None and p.seq in link.pending:
+                link.view.cancel(p.slot, p.seq)
 
     # -- waiting for results ---------------------------------------------------------------------
     def _wait_sync(self, p: Pending, deadline: float | None) -> None:
@@ -255,7 +315,7 @@ class RunnerClient:
             while not p.done:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    p.abandoned = True
+                    self.cancel(p)
                     raise RunnerTimeout(f"call to {self.name}.{p.method} timed out")
                 if self._thread is None and self._reader.acquire(blocking=False):
                     try:
@@ -445,8 +505,13 @@ class RunnerClient:
         return self.live_workers()
 
     def ready(self) -> bool:
-        """True when at least one worker can take calls (re-attaching restarted ones first)."""
-        return self.live_workers() > 0 or self.reconnect() > 0
+        """True when at least one worker can take calls (re-attaching restarted ones first) and the
+        watchdog sees it making progress."""
+        if self.live_workers() == 0 and self.reconnect() == 0:
+            return False
+        now = time.monotonic()
+        with self._lock:
+            return any(link.live and link.healthy(now, self.watchdog) for link in self.links)
 
     def worker_pids(self) -> list[int]:
         return [link.worker_pid for link in self.links if link.live]
@@ -468,6 +533,7 @@ class RunnerClient:
                 if link.pending:
                     failed.extend(self._fail_link(link, "was detached by close()"))
                 link.close()
+                link.close_board()
         self._deliver(failed)
         self.reply.unlink()
         self.reply.close()

@@ -14,13 +14,23 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .errors import InvalidInput, RunnerError, RunnerTimeout, RunnerUnavailable, ShmserveError, TensorTooLarge
+from .errors import (
+    InvalidInput,
+    RunnerError,
+    RunnerOverloaded,
+    RunnerTimeout,
+    RunnerUnavailable,
+    ShmserveError,
+    TensorTooLarge,
+)
 from .shm import handshake, ring
 from .shm.channel import ChannelView
+from .shm.health import HealthBoard
 from .shm.ring import BLOCK_FREE, BLOCK_HEADER, U64, ChannelLayout, RingAllocator
 from .shm.segment import Segment
 from .shm.signal import Signal
 from .traces import call_traces
+from .watchdog import Health, WatchdogLimits
 
 if TYPE_CHECKING:
     from .client import RunnerClient
@@ -29,12 +39,13 @@ if TYPE_CHECKING:
 class Pending:
     """One call in flight."""
 
-    __slots__ = ("seq", "link", "block", "method", "submit", "done", "result", "error", "lock", "future", "loop",
-                 "abandoned", "sink")
+    __slots__ = ("seq", "link", "slot", "block", "method", "submit", "done", "result", "error", "lock", "future",
+                 "loop", "abandoned", "sink")
 
-    def __init__(self, seq: int, link: "WorkerLink", block: list[int], method: str, submit: float) -> None:
+    def __init__(self, seq: int, link: "WorkerLink", slot: int, block: list[int], method: str, submit: float) -> None:
         self.seq = seq
         self.link = link
+        self.slot = slot  # byte offset of its request descriptor (where a cancel is marked)
         self.block = block
         self.method = method
         self.submit = submit
@@ -48,11 +59,22 @@ class Pending:
         self.sink: list[tuple[str, str, dict[str, float]]] | None = call_traces.get()
 
 
+HEALTH_EVERY_S = 0.05  # how long a reading of the worker's health board is reused
+
+
 class WorkerLink:
     """This process's connection to one runner worker."""
 
-    def __init__(self, client: "RunnerClient", index: int, socket_path: str) -> None:
+    def __init__(self, client: "RunnerClient", index: int, socket_path: str, health_name: str | None = None) -> None:
         self.client = client
+        self.board: HealthBoard | None = None  # the worker slot's watchdog board (kept across restarts)
+        if health_name:
+            try:
+                self.board = HealthBoard.attach(health_name)
+            except Exception:  # gone already (the runner stopped), or foreign: judged healthy
+                self.board = None
+        self._health_at = -1.0
+        self._healthy = True
         self.index = index
         self.socket_path = socket_path
         self.sock: socket.socket | None = None
@@ -127,6 +149,20 @@ class WorkerLink:
             finally:
                 self.sock.setblocking(False)
 
+    def healthy(self, now: float, limits: WatchdogLimits) -> bool:
+        """Whether the watchdog's board shows the worker making progress (True when there is no board)."""
+        if self.board is None:
+            return True
+        if now - self._health_at > HEALTH_EVERY_S:
+            self._health_at = now
+            self._healthy = self.board.judge(now, limits) is Health.OK
+        return self._healthy
+
+    def close_board(self) -> None:
+        if self.board is not None:
+            self.board.close()
+            self.board = None
+
     def worker_alive(self) -> bool:
         """False once the worker's end of the socket is closed (it exited or was killed)."""
         sock = self.sock
@@ -174,6 +210,7 @@ _ERRORS: dict[int, type[ShmserveError]] = {
     ring.ST_EXPIRED: RunnerTimeout,
     ring.ST_TOO_LARGE: TensorTooLarge,
     ring.ST_UNAVAILABLE: RunnerUnavailable,
+    ring.ST_OVERLOADED: RunnerOverloaded,
 }
 
 

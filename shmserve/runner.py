@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from .errors import ConfigError, RunnerNotStarted
 from .runnable import MethodSignature, Runnable
 from .strategy import Strategy, as_strategy
+from .watchdog import WatchdogLimits
 
 log = logging.getLogger("shmserve.runner")
 
@@ -25,6 +26,7 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 # 16 MiB arenas make one channel 34 MiB (`shmserve.shm.budget`), so one API worker and one
 # runner worker fit Docker's default 64 MiB /dev/shm with room to spare.
 DEFAULT_ARENA_MB = 16
+DEFAULT_TIMEOUT_S = 30.0  # the default deadline of a call (shmserve.worker.queues: admission by time)
 DEFAULT_MAX_BATCH_SIZE = 64
 DEFAULT_MAX_LATENCY_MS = 10.0
 
@@ -115,8 +117,16 @@ class Runner:
         embedded: run the Runnable inside the calling process (the API worker
             under ``shmserve serve``) instead of worker processes: no shared
             memory, no batching; for cheap pre- and post-processing.
-        timeout: default seconds a call may take (RunnerTimeout past it);
-            None waits without limit. A call's own ``timeout=`` wins.
+        timeout: the default deadline of a call, in seconds (default 30; None:
+            none); a call's own ``timeout=`` wins, and the deadline of the API
+            the call serves tightens it. A call that cannot be served before its
+            deadline is refused on arrival (RunnerOverloaded, HTTP 503), one
+            whose deadline passes in the queue never runs, and the caller stops
+            waiting at the deadline (RunnerTimeout, HTTP 504).
+        watchdog: when a worker that makes no progress is marked not ready and
+            when it is restarted: a `shmserve.watchdog.WatchdogLimits` or a dict
+            of its fields (``not_ready_after_s`` 5, ``slow_factor`` 20,
+            ``restart_after_s`` 60).
 
     A deployment's ``shmserve.yaml`` (``runners:``) overrides these through
     `configure` before the runner starts (see `shmserve.config`).
@@ -142,7 +152,8 @@ class Runner:
         scheduling_strategy: type[Strategy] | Strategy | None = None,
         strategy: type[Strategy] | Strategy | None = None,
         embedded: bool = False,
-        timeout: float | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT_S,
+        watchdog: WatchdogLimits | dict[str, Any] | None = None,
     ) -> None:
         if isinstance(runnable_class, Runnable):
             raise ConfigError(f"Runner needs the Runnable class, not an instance: use Runner({type(runnable_class).__name__}, "
@@ -179,11 +190,13 @@ class Runner:
         self.method_configs: dict[str, MethodConfig] = {}
         self._backend: Backend | None = None
         self.configure(max_batch_size=max_batch_size, max_latency_ms=max_latency_ms, workers=workers,
-                       arena_mb=arena_mb, max_queue_size=max_queue_size, gpus=gpus, timeout=timeout)
+                       arena_mb=arena_mb, max_queue_size=max_queue_size, gpus=gpus, timeout=timeout,
+                       watchdog=watchdog)
         #: the settings as the code gave them, before any configuration file (`shmserve config show`)
         self.code_settings: dict[str, Any] = {
             "max_batch_size": self.max_batch_size, "max_latency_ms": self.max_latency_ms, "workers": workers,
             "arena_mb": self.arena_mb, "max_queue_size": self.max_queue_size, "gpus": self.gpus, "timeout": timeout,
+            "watchdog": self.watchdog.to_dict(),
         }
         for mname, cfg in self.method_configs.items():
             # `run` may be shadowed: its RunnerMethod is callable, so runner.run(x) still works.
@@ -195,7 +208,8 @@ class Runner:
 
     def configure(self, *, max_batch_size: int = _UNSET, max_latency_ms: float = _UNSET, workers: int | None = _UNSET,
                   arena_mb: int = _UNSET, max_queue_size: int = _UNSET, gpus: list[str] | None = _UNSET,
-                  timeout: float | None = _UNSET) -> None:
+                  timeout: float | None = _UNSET,
+                  watchdog: WatchdogLimits | dict[str, Any] | None = _UNSET) -> None:
         """Change settings before the runner starts; the arguments left out keep their values.
 
         A new `max_batch_size` or `max_latency_ms` applies to every method, replacing the
@@ -227,6 +241,8 @@ class Runner:
             self.gpus = [str(g) for g in gpus] if gpus is not None else None
         if timeout is not unset:
             self.timeout = float(timeout) if timeout is not None else None
+        if watchdog is not unset:
+            self.watchdog = WatchdogLimits.of(watchdog)
         if self.method_configs and max_batch_size is unset and max_latency_ms is unset:
             return
         if self.method_configs:  # the configuration replaces the code's per-method batching

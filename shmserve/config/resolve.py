@@ -111,6 +111,8 @@ class Config:
         code = getattr(runner, "code_settings", {})
         if arg is not None and arg in code and code[arg] != default:
             return code[arg], "code"
+        if path[0] == "watchdog" and code.get("watchdog", {}).get(path[-1], default) != default:
+            return code["watchdog"][path[-1]], "code"  # Runner(watchdog={...}) gives the section as one dict
         return default, "default"
 
     def apply(self, runners: Iterable[Any]) -> None:
@@ -148,6 +150,8 @@ def runner_arguments(resolved: ResolvedRunner, runner: Any) -> dict[str, Any]:
             for p in path:
                 node = getattr(node, p)
             args[arg] = node
+    if resolved.from_config(*[("watchdog", k) for k in type(s.watchdog).model_fields]):
+        args["watchdog"] = s.watchdog.model_dump()
     if not s.batching.enabled:  # every call runs alone: a call larger than the batch size forms a batch by itself
         args["max_batch_size"], args["max_latency_ms"] = 1, 0.0
     if resolved.from_config(("resources", "cpu"), ("resources", "nvidia.com/gpu"), ("workers_per_resource",)):

@@ -18,10 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from .. import runner as _runner
 from ..runner import Runner
+from ..watchdog import WatchdogLimits
 
 __all__ = [
     "CONFIG_VERSION", "Settings", "ShmserveConfig", "ApiServerSettings", "HttpSettings", "LoggingSettings",
-    "RunnerSettings", "RunnersSettings", "BatchingSettings", "ResourceSettings", "flag",
+    "RunnerSettings", "RunnersSettings", "BatchingSettings", "ResourceSettings", "WatchdogSettings", "flag",
 ]
 
 CONFIG_VERSION: Literal[1] = 1
@@ -117,6 +118,21 @@ class BatchingSettings(Settings):
                                   description="longest a call waits for a batch to form, in ms (not a timeout)")
 
 
+_WATCHDOG = WatchdogLimits()  # its defaults, declared once in shmserve/watchdog.py
+
+
+class WatchdogSettings(Settings):
+    """``runners[.NAME].watchdog``: when a worker that makes no progress (a hung method, a stopped
+    process) is marked not ready, and when it is killed and restarted (see `shmserve.watchdog`)."""
+
+    not_ready_after_s: float = Field(_WATCHDOG.not_ready_after_s, gt=0,
+                                     description="seconds without progress before a worker is not ready (/readyz 503)")
+    slow_factor: float = Field(_WATCHDOG.slow_factor, gt=0,
+                               description="a batch may run this many times its estimated cost before it counts")
+    restart_after_s: float = Field(_WATCHDOG.restart_after_s, gt=0,
+                                   description="seconds without progress before the worker is killed and restarted")
+
+
 Cpus = Annotated[float, Field(gt=0)]
 Millicores = Annotated[str, StringConstraints(pattern=r"^[0-9]+(\.[0-9]+)?m?$")]  # "500m", "2"
 GpuCount = Annotated[int, Field(ge=0)]
@@ -138,7 +154,9 @@ class RunnerSettings(Settings):
 
     batching: BatchingSettings = Field(default_factory=BatchingSettings, description="adaptive batching")
     timeout: Union[float, None] = Field(_runner_default("timeout"), gt=0,
-                                        description="seconds a call may take before RunnerTimeout; null: no limit")
+                                        description="default deadline of a call in seconds: refused at once (503) "
+                                        "when it cannot be served by then, RunnerTimeout (504) past it; null: none")
+    watchdog: WatchdogSettings = Field(default_factory=WatchdogSettings, description="the watchdog of hung workers")
     resources: ResourceSettings = Field(default_factory=ResourceSettings, description="resources")
     workers_per_resource: float = Field(1.0, gt=0, description="worker processes per CPU or GPU in resources")
     arena_mb: int = Field(_runner.DEFAULT_ARENA_MB, ge=1,

@@ -9,6 +9,7 @@ cancels its task, which cancels the runner call it awaits.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import time
@@ -18,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from ..client import request_deadline
 from ..context import Context, run_hooks
 from ..errors import RunnerError, ShmserveError
 from ..oip.server import InferenceServer
@@ -172,6 +174,11 @@ class App:
             func = functools.partial(api.func, **{str(api.ctx_param): ctx})
         try:
             try:
+                if api.timeout is not None:
+                    # The API's deadline bounds the runner calls made for this request (this task's context only).
+                    request_deadline.set(time.monotonic() + api.timeout)
+                    if not api.is_async:
+                        func = functools.partial(contextvars.copy_context().run, func)  # executors drop contexts
                 if api.is_async:
                     if api.timeout is None:
                         result = await func(value)

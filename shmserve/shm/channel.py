@@ -5,7 +5,9 @@ from typing import Any
 
 from .message import Tensor
 from .ring import (
+    CANCEL_OFF,
     DESC_SIZE,
+    F64,
     FIXED,
     FLAG_META_IN_ARENA,
     META_INLINE_MAX,
@@ -36,6 +38,12 @@ class ChannelView:
     def set(self, off: int, value: int) -> None:
         U64.pack_into(self.buf, off, value)
 
+    def get_time(self, off: int) -> float:
+        return float(F64.unpack_from(self.buf, off)[0])
+
+    def set_time(self, off: int, value: float) -> None:
+        F64.pack_into(self.buf, off, value)
+
     def req_slot(self, seq: int) -> int:
         return self.layout.req_desc + (seq % self.slots) * DESC_SIZE
 
@@ -63,12 +71,20 @@ class ChannelView:
             self.buf[pos + META_INLINE_OFF : pos + META_INLINE_OFF + len(meta)] = meta
         FIXED.pack_into(
             self.buf, pos, seq, code, flags, block_off, block_len, len(meta), len(tensors), meta_off,
-            t0, t1, t2, t3, t4, batch_size, 0,
+            t0, t1, t2, t3, t4, batch_size, 0, 0,
         )
         tpos = pos + TENSORS_OFF
         for (arr, kind, dtype_str), off in zip(tensors, offsets):
             pack_header(self.buf, tpos, off, arr, kind, dtype_str)
             tpos += TENSOR_SLOT
+
+    def cancel(self, pos: int, seq: int) -> None:
+        """Mark the request at byte `pos` (call `seq`) abandoned by its caller."""
+        U64.pack_into(self.buf, pos + CANCEL_OFF, seq + 1)
+
+    def cancelled(self, pos: int, seq: int) -> bool:
+        """Whether the caller of request `seq` at byte `pos` gave up on it."""
+        return bool(U64.unpack_from(self.buf, pos + CANCEL_OFF)[0] == seq + 1)
 
     def read_desc(self, pos: int, arena: memoryview) -> tuple[tuple[Any, ...], list[TensorMeta], bytes]:
         """Read one descriptor: (fixed fields, tensor headers, metadata bytes)."""

@@ -22,9 +22,11 @@ processes write them::
     128  req_tail   (worker: requests consumed)
     192  resp_head  (worker: responses published)
     256  resp_tail  (client: responses consumed)
+    320  drained_at (worker, f64: the soonest deadline a call sent now may have
+                    and be admitted; a client refuses a call due sooner at once)
 
 Descriptor (1024 bytes), shared by requests and responses; fixed part
-``<QIIQQIIQdddddII32x`` (128 bytes)::
+``<QIIQQIIQdddddIIQ24x`` (128 bytes)::
 
     0    seq         u64  call id, unique per client
     8    code        u32  request: method index; response: status
@@ -41,8 +43,15 @@ Descriptor (1024 bytes), shared by requests and responses; fixed part
     80   t4          f64  response: written
     88   batch_size  u32  response: items in the batch that served it
     92   reserved    u32
+    96   cancel      u64  request: seq + 1 once the caller gave up on the call (0: still wanted)
     128  meta        128 bytes inline metadata (when meta_len <= 128)
     256  tensors     8 x TensorHeader (96 bytes each)
+
+``cancel`` is the one word written after publishing: the client sets it when
+its caller stops waiting (a timeout, or the HTTP client hung up) and the
+worker reads it just before the call would run, so abandoned calls never reach
+the model. It names the call (seq + 1) because the slot may have been reused
+by a later call by then; a stale mark then matches nothing.
 
 All times are CLOCK_MONOTONIC seconds (`time.monotonic()`), which every
 process on the host shares.
@@ -59,10 +68,10 @@ from collections import deque
 from collections.abc import Callable
 
 MAGIC = 0x3130565253484D53  # b"SHMSRV01" little endian
-VERSION = 1
+VERSION = 2
 HEADER_SIZE = 4096
 DESC_SIZE = 1024
-FIXED = struct.Struct("<QIIQQIIQdddddII32x")
+FIXED = struct.Struct("<QIIQQIIQdddddIIQ24x")
 assert FIXED.size == 128
 META_INLINE_OFF = 128
 META_INLINE_MAX = 128
@@ -72,6 +81,7 @@ MAX_TENSORS = 8
 assert TENSORS_OFF + MAX_TENSORS * TENSOR_SLOT == DESC_SIZE
 
 FLAG_META_IN_ARENA = 1
+CANCEL_OFF = 96  # the request descriptor's cancel word (see above)
 
 # Descriptor slots per ring of a channel a client creates (so at most this many calls in
 # flight per (client, worker) pair); with DESC_SIZE it sets the rings' share of a segment.
@@ -80,6 +90,8 @@ DEFAULT_SLOTS = 1024
 # header word offsets
 H_MAGIC, H_VERSION, H_SLOTS, H_REQ_ARENA, H_RESP_ARENA = 0, 8, 16, 24, 32
 H_REQ_HEAD, H_REQ_TAIL, H_RESP_HEAD, H_RESP_TAIL = 64, 128, 192, 256
+H_DRAINED_AT = 320
+F64 = struct.Struct("<d")
 
 # response status codes
 ST_OK = 0
@@ -88,6 +100,7 @@ ST_BAD_REQUEST = 2  # the call could not be decoded or matched
 ST_EXPIRED = 3  # the deadline passed before the method ran
 ST_TOO_LARGE = 4  # the result does not fit the response arena
 ST_UNAVAILABLE = 5  # the worker is shutting down
+ST_OVERLOADED = 6  # refused at admission: the queue ahead would not be served before the call's deadline
 
 # response arena block header: u64 state, u64 length
 BLOCK_HEADER = 16

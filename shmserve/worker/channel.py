@@ -29,11 +29,14 @@ RESULT_SPACE_WAIT_S = 2.0  # how long a result may wait for the caller to free r
 
 
 class Request:
-    __slots__ = ("seq", "channel", "method", "meta", "tensors", "submit", "deadline", "items", "dequeue")
+    """One call read from a channel: where it is, what it carries, its deadline (0: none)."""
 
-    def __init__(self, seq: int, channel: "WorkerChannel", method: int, meta: bytes,
+    __slots__ = ("seq", "channel", "slot", "method", "meta", "tensors", "submit", "deadline", "items", "dequeue")
+
+    def __init__(self, seq: int, channel: "WorkerChannel", slot: int, method: int, meta: bytes,
                  tensors: list[TensorMeta], submit: float, deadline: float, dequeue: float) -> None:
         self.seq = seq
+        self.slot = slot  # byte offset of its descriptor, which holds the caller's cancel word
         self.channel = channel
         self.method = method
         self.meta = meta
@@ -66,13 +69,17 @@ class WorkerChannel:
         head = v.get(ring.H_REQ_HEAD)
         out = []
         while self.req_tail < head:
-            seq = self.req_tail
-            fixed, tensors, meta = v.read_desc(v.req_slot(seq), v.req_arena)
-            out.append(Request(fixed[0], self, fixed[1], meta, tensors, fixed[8], fixed[9], now))
+            pos = v.req_slot(self.req_tail)
+            fixed, tensors, meta = v.read_desc(pos, v.req_arena)
+            out.append(Request(fixed[0], self, pos, fixed[1], meta, tensors, fixed[8], fixed[9], now))
             self.req_tail += 1
         if out:
             v.set(ring.H_REQ_TAIL, self.req_tail)
         return out
+
+    def abandoned(self, req: Request) -> bool:
+        """Whether the caller gave up on `req` (timed out, or its HTTP client went away)."""
+        return self.closed or self.view.cancelled(req.slot, req.seq)
 
     def input_view(self, t: TensorMeta) -> np.ndarray:
         return view(self.view.req_arena, t.offset, t.nbytes, t.dtype, t.shape)

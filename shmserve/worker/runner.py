@@ -22,21 +22,22 @@ import sys
 import threading
 import time
 import traceback
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
 
-from ..batching import BatchPolicy, fifo_prefix
+from ..batching import fifo_prefix
 from ..runnable import MethodSignature, Runnable
 from ..shm import ring
+from ..shm.health import HealthBoard
 from ..shm.message import KIND_RAW, decode_call, encode_result, view
 from ..shm.signal import Signal, Spinner, spin_budget_s
 from ..shm.tensor import TensorMeta, wrap
 from .channel import Request, WorkerChannel
 from .control import ControlServer
+from .queues import MethodSlot, expired_reason
 
 POLL_S = 0.25  # longest sleep between checks of the stop flag and the parent's liveness
 
@@ -56,18 +57,7 @@ class WorkerSpec:
     threads: int
     parent_pid: int
     gpu: str | None = None  # the GPU this worker was given (CUDA_VISIBLE_DEVICES), if any
-
-
-class MethodSlot:
-    """Per-method dispatch state."""
-
-    def __init__(self, index: int, sig: MethodSignature, func: Any, max_batch_size: int, max_latency_ms: float) -> None:
-        self.index = index
-        self.sig = sig
-        self.func = func
-        self.max_batch_size = max_batch_size
-        self.policy = BatchPolicy(max_batch_size, max_latency_ms / 1000.0)
-        self.queues: dict[Any, deque[Request]] = {}
+    health_name: str | None = None  # this worker slot's watchdog board (shmserve.worker.watchdog)
 
 
 class Dispatcher:
@@ -84,6 +74,7 @@ class Dispatcher:
         self._gpu: Any = None  # shmserve.gpu.HandoffLedger, created when a CUDA tensor first crosses
         self.busy: dict[int, MethodSlot] = {}  # methods with queued calls, by index
         self.arrived = 0  # calls read since the main loop last reset it
+        self.board: HealthBoard | None = None  # the watchdog's view of this worker, when it has one
 
     # -- intake ----------------------------------------------------------------
     def intake(self) -> None:
@@ -103,6 +94,7 @@ class Dispatcher:
                                traceback.format_exc())
         if len(live) != len(self.channels):
             self.channels = live
+        self.publish_backlog()
 
     def device(self) -> Any:
         """The CUDA hand-off ledger of this worker (imports shmserve.gpu on first use)."""
@@ -119,11 +111,7 @@ class Dispatcher:
             sweep()
             self._gpu.forget(ch.client_pid)
         for m in self.methods:
-            for q in m.queues.values():
-                if any(r.channel is ch for r in q):
-                    kept = [r for r in q if r.channel is not ch]
-                    q.clear()
-                    q.extend(kept)
+            m.forget(ch)
         ch.close()
 
     def _enqueue(self, req: Request) -> None:
@@ -157,13 +145,16 @@ class Dispatcher:
                 key = (req.meta, tuple([(t.dtype, t.shape[:dim] + t.shape[dim + 1:], t.kind) for t in tensors]))
         else:
             key = None  # not joinable: runs alone, in arrival order
-        q = m.queues.get(key)
-        if q is None:
-            q = m.queues[key] = deque()
+        why = expired_reason(req, req.dequeue)
+        if why is not None:
+            self._fail([req], ring.ST_EXPIRED, "RunnerTimeout", why, "")
+            return
+        why = m.refusal(req, key, req.dequeue)
+        if why is not None:
+            self._fail([req], ring.ST_OVERLOADED, "RunnerOverloaded", why, "")
+            return
+        if m.push(key, req):
             self.busy[m.index] = m
-        q.append(req)
-        if key is not None:
-            m.policy.on_arrival(req.submit, req.items)
 
     # -- decisions ---------------------------------------------------------------
     def step(self) -> float:
@@ -177,20 +168,34 @@ class Dispatcher:
                         self._run(m, [q.popleft()], batched=False)
                         self._flush()
                         continue
+                    dead = m.prune(key, q, now)
+                    for r, why in dead:
+                        self._fail([r], ring.ST_EXPIRED, "RunnerTimeout", why, "")
+                    if not q:
+                        break
                     items = [r.items for r in q]
                     d = m.policy.decide(items, q[0].submit, q[-1].submit, now)
                     if not d.run:
                         wake = min(wake, d.wait_until)
                         break
-                    self._run(m, _take(q, d.calls), batched=True)
+                    self._run(m, m.take(key, q, d.calls), batched=True)
                     self._flush()
                     self.intake()  # calls that arrived while the model ran join the next decision
                 if not q:
                     del m.queues[key]
             if not m.queues:
                 self.busy.pop(m.index, None)
+        self.publish_backlog()
         self._flush()  # errors written during intake
         return wake
+
+    def publish_backlog(self) -> None:
+        """Tell every client the soonest deadline a call arriving now could have and be admitted, so
+        it refuses calls due sooner at once (RunnerOverloaded) instead of sending them to be refused."""
+        backlog = max([m.admission_wait(1) for m in self.busy.values() if m.queued], default=0.0)
+        drained_at = time.monotonic() + backlog if backlog else 0.0
+        for ch in self.channels:
+            ch.view.set_time(ring.H_DRAINED_AT, drained_at)
 
     def _flush(self) -> None:
         for ch in self.channels:
@@ -204,9 +209,9 @@ class Dispatcher:
                     if key is None:
                         self._run(m, [q.popleft()], batched=False)
                     else:
-                        self._run(m, _take(q, fifo_prefix([r.items for r in q], m.max_batch_size)[0]),
+                        self._run(m, m.take(key, q, fifo_prefix([r.items for r in q], m.max_batch_size)[0]),
                                   batched=True)
-            m.queues.clear()
+            m.clear()
         self.busy.clear()
         self._flush()
 
@@ -221,19 +226,27 @@ class Dispatcher:
 
     def _run_batch(self, m: MethodSlot, batch: list[Request], batched: bool) -> None:
         t_batch = time.monotonic()
-        if any(r.deadline and r.deadline <= t_batch for r in batch):
-            live = [r for r in batch if not r.deadline or r.deadline > t_batch]
-            self._fail([r for r in batch if r not in live], ring.ST_EXPIRED, "RunnerTimeout",
-                       "the call's deadline passed before it ran", "")
-            batch = live
-            if not batch:
-                return
+        finish = t_batch + m.policy.cost.estimate(sum(r.items for r in batch)) if batched else t_batch
+        live = []
+        for r in batch:  # the last look before the model: expired and abandoned calls never reach it
+            why = expired_reason(r, t_batch, finish)
+            if why is None:
+                live.append(r)
+            else:
+                self._fail([r], ring.ST_EXPIRED, "RunnerTimeout", why, "")
+        batch = live
+        if not batch:
+            return
         try:
             args, kwargs = self._assemble(m, batch, batched)
         except Exception as exc:
             self._fail(batch, ring.ST_BAD_REQUEST, "InvalidInput", str(exc), traceback.format_exc())
             return
+        total = sum(r.items for r in batch)
+        board = self.board
         t_model = time.monotonic()
+        if board is not None:
+            board.begin(t_model, m.policy.cost.estimate(total) if batched else 0.0)
         try:
             out = m.func(*args, **kwargs)
         except Exception as exc:
@@ -241,8 +254,9 @@ class Dispatcher:
             return
         finally:
             del args, kwargs
+            if board is not None:
+                board.end(time.monotonic())
         t_done = time.monotonic()
-        total = sum(r.items for r in batch)
         if batched:
             m.policy.on_batch_done(total, t_done - t_model, done_at=t_done)
         gpu = self._gpu
@@ -363,6 +377,9 @@ def main(spec: WorkerSpec) -> None:
     listener.listen(128)
     control = ControlServer(listener, dispatcher, spec, methods_info)
     control.start()
+    board = dispatcher.board = HealthBoard.attach(spec.health_name) if spec.health_name else None
+    if board is not None:
+        board.start(os.getpid(), time.monotonic())
     _status(spec.status, ready=True, pid=os.getpid())
     # A lone caller's next call tends to come within a few tens of µs: poll for it instead of
     # sleeping, since waking a sleeping process on another CPU is what such a call costs most.
@@ -387,6 +404,8 @@ def main(spec: WorkerSpec) -> None:
             dispatcher.intake()
             wake = dispatcher.step()
             now = time.monotonic()
+            if board is not None:
+                board.beat(now)  # the watchdog's sign of life: at least every POLL_S while idle
             if now > check_parent_at:
                 check_parent_at = now + POLL_S
                 if os.getppid() != spec.parent_pid:
@@ -396,17 +415,15 @@ def main(spec: WorkerSpec) -> None:
         dispatcher.drain_all()
     finally:
         control.stop()
+        if board is not None:
+            dispatcher.board = None
+            board.close()
         try:
             os.unlink(spec.socket_path)
         except OSError:
             pass
         for ch in dispatcher.channels:
             ch.flush()
-
-
-def _take(q: deque[Request], calls: int) -> list[Request]:
-    """The first `calls` queued calls (the FIFO prefix the batching policy chose)."""
-    return [q.popleft() for _ in range(calls)]
 
 
 def _set_threads(threads: int) -> None:

@@ -6,10 +6,17 @@ and the worker processes. Stopping it (or leaving its `with` block, or
 Ctrl-C, or interpreter exit) terminates the workers and unlinks every name
 it created. Workers exit on their own when the supervisor dies, and the next
 `start()` sweeps names whose creator's lease is dead (`shmserve.lease`).
+
+The watcher thread restarts workers that exit, and is the watchdog of hung
+ones (`shmserve.watchdog`): each worker slot has a health board, and a
+worker whose board shows no progress for the runner's ``restart_after_s`` (a
+method that never returns, or a process stopped by SIGSTOP) is killed, so its
+calls fail with RunnerUnavailable and it is restarted like any dead worker.
 """
 from __future__ import annotations
 
 import atexit
+import logging
 import multiprocessing as mp
 import os
 import signal
@@ -26,12 +33,16 @@ from ..client import RunnerClient
 from ..errors import ConfigError, RunnerError
 from ..runner import Runner
 from ..shm import budget
+from ..shm.health import HealthBoard
 from ..shm.signal import Signal
 from ..strategy import WorkerPlan
+from ..watchdog import Health
 from . import runner as worker_main
 
 READY_TIMEOUT_S = 120.0
 STOP_GRACE_S = 5.0
+WATCH_EVERY_S = 0.25  # how often the watcher reads the health boards
+log = logging.getLogger("shmserve.watchdog")
 _env_lock = threading.Lock()
 
 
@@ -48,6 +59,8 @@ class WorkerHandle:
         self.status: Connection | None = None
         self.restarts = 0
         self.crash_times: list[float] = []
+        self.board = HealthBoard.create()  # the watchdog's view of this slot's worker (one per slot, kept)
+        self.killed_pid = 0  # the pid the watchdog killed last, so it is not killed twice
 
     def spawn(self) -> None:
         r = self.sup.runner
@@ -64,6 +77,7 @@ class WorkerHandle:
             threads=self.plan.threads,
             parent_pid=os.getpid(),
             gpu=self.plan.gpu,
+            health_name=self.board.name,
         )
         proc = self.sup.ctx.Process(target=worker_main.main, args=(spec,), name=f"shmserve-{r.name}-{self.index}",
                                     daemon=True)
@@ -78,6 +92,7 @@ class WorkerHandle:
                         os.environ.pop(k, None)
                     else:
                         os.environ[k] = v
+        self.board.reset()  # after start: a worker about to write its first beat is "starting"
         send.close()
         if self.status is not None:
             self.status.close()
@@ -109,7 +124,22 @@ class WorkerHandle:
         if self.process is not None and self.process.is_alive():
             self.process.terminate()
 
+    def check_hung(self, now: float) -> None:
+        """Kill this slot's worker if its health board says it is hung (the watcher then restarts it)."""
+        proc = self.process
+        if proc is None or proc.pid == self.killed_pid or not proc.is_alive():
+            return
+        limits = self.sup.runner.watchdog
+        if self.board.judge(now, limits) is not Health.HUNG:
+            return
+        log.warning("runner %r worker %d (pid %d) made no progress for over %.0f s (a hung method or a stopped "
+                    "process): killing it; its calls fail with RunnerUnavailable and it is restarted",
+                    self.sup.runner.name, self.index, proc.pid, limits.restart_after_s)
+        self.killed_pid = proc.pid
+        proc.kill()  # SIGKILL also ends a process stopped by SIGSTOP
+
     def cleanup(self) -> None:
+        self.board.close(unlink=True)
         self.doorbell.unlink()
         self.doorbell.close()
         if self.status is not None:
@@ -150,8 +180,10 @@ class RunnerSupervisor:
             "supervisor_pid": os.getpid(),
             "arena_mb": r.arena_mb,
             "max_queue_size": r.max_queue_size,
+            "timeout": r.timeout,
+            "watchdog": r.watchdog.to_dict(),
             "models": [m if isinstance(m, str) else f"{m.name}:{m.version}" for m in r.models],
-            "workers": [{"index": h.index, "socket": h.socket_path} for h in self.handles],
+            "workers": [{"index": h.index, "socket": h.socket_path, "health": h.board.name} for h in self.handles],
         }
 
     def stop(self) -> None:
@@ -220,14 +252,17 @@ class RunnerGroup:
         raise KeyError(name)
 
     def _watch(self) -> None:
-        """Restart workers that die while the group runs."""
+        """Restart workers that die while the group runs; kill those the watchdog finds hung."""
         while not self._stopping.is_set():
             with self._lock:
                 handles = [h for s in self.supervisors for h in s.handles if h.process is not None]
             sentinels = {h.process.sentinel: h for h in handles}
-            ready = wait(list(sentinels) + [self._wake_r], timeout=1.0)
+            ready = wait(list(sentinels) + [self._wake_r], timeout=WATCH_EVERY_S)
             if self._stopping.is_set():
                 return
+            now = time.monotonic()
+            for handle in handles:
+                handle.check_hung(now)
             for s in ready:
                 h = sentinels.get(s)  # type: ignore[call-overload]
                 if h is None or h.process.is_alive():

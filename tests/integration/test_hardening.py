@@ -1,6 +1,12 @@
 """Hostile input, deadlines, overload and hung models against real runner workers."""
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import threading
+import time
+
 import numpy as np
 import pytest
 
@@ -31,3 +37,115 @@ def test_a_method_that_declares_it_gets_empty_calls_alone(guarded):
     out = r.rows.run(np.zeros((0, 5), np.float32))
     assert out.shape == (0,)
     np.testing.assert_array_equal(r.rows.run(np.zeros((3, 5), np.float32)), [3, 3, 3])
+
+
+def wait_for(cond, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def seconds(s: float) -> np.ndarray:
+    """The argument of GuardedRunnable.slow: one item that makes its batch sleep `s` seconds."""
+    return np.full((1, 1), s, np.float32)
+
+
+def test_the_runner_timeout_is_the_default_deadline(unique_name, shm_clean):
+    r = shmserve.Runner(GuardedRunnable, name=unique_name, arena_mb=4, timeout=0.3)
+    with shmserve.start(r, workers=1):
+        start = time.monotonic()
+        with pytest.raises(shmserve.RunnerTimeout):
+            r.slow.run(seconds(1.5))
+        assert time.monotonic() - start < 1.2  # the caller stopped waiting at the deadline, not at the result
+        r.slow.run(seconds(0.0), timeout=5.0)  # an explicit timeout overrides the default
+
+
+def test_a_call_whose_caller_went_away_never_reaches_the_model(guarded):
+    r, _ = guarded
+
+    async def scenario():
+        first = asyncio.ensure_future(r.slow.async_run(seconds(0.6)))  # keeps the worker busy
+        await asyncio.sleep(0.1)
+        # Queued behind it; another trailing shape, so the two are never joined into one batch.
+        gone = asyncio.ensure_future(r.slow.async_run(np.zeros((1, 2), np.float32)))
+        await asyncio.sleep(0.1)
+        gone.cancel()  # what the HTTP app does when the client hangs up
+        await first
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+
+    asyncio.run(scenario())
+    assert r.served.run() == 1  # only the first call ran
+
+
+def test_overload_is_refused_at_once_and_accepted_calls_meet_their_deadline(unique_name, shm_clean):
+    r = shmserve.Runner(GuardedRunnable, name=unique_name, arena_mb=4, max_batch_size=1, max_latency_ms=0)
+    with shmserve.start(r, workers=1):
+        for _ in range(3):
+            r.slow.run(seconds(0.1))  # the cost model learns a batch takes 0.1 s
+
+        async def one(i):
+            start = time.monotonic()
+            try:
+                await r.slow.async_run(seconds(0.1), timeout=0.5)
+                return "ok", time.monotonic() - start
+            except shmserve.RunnerOverloaded as exc:
+                assert "retry later" in str(exc)
+                return "refused", time.monotonic() - start
+            except shmserve.RunnerTimeout:
+                return "timeout", time.monotonic() - start
+
+        async def burst():
+            return await asyncio.gather(*(one(i) for i in range(12)))
+
+        results = asyncio.run(burst())
+    kinds = [k for k, _ in results]
+    assert kinds.count("ok") >= 2 and kinds.count("refused") >= 4, results
+    # Refusals come long before the deadline; accepted calls finish within it plus one batch.
+    assert max(t for k, t in results if k == "refused") < 0.4, results
+    assert max(t for k, t in results if k == "ok") < 0.5 + 0.3, results
+
+
+WATCHDOG = {"not_ready_after_s": 0.5, "restart_after_s": 2.0}
+
+
+@pytest.mark.parametrize("how", ["sigstop", "hung_method"])
+def test_the_watchdog_marks_a_stalled_worker_not_ready_then_restarts_it(unique_name, shm_clean, how):
+    r = shmserve.Runner(GuardedRunnable, name=unique_name, arena_mb=4, watchdog=WATCHDOG, timeout=None)
+    with shmserve.start(r, workers=1) as group:
+        client = r._backend
+        pid = group.worker_pids(r.name)[0]
+        assert client.ready()
+        errors = []
+
+        def stuck_call():
+            try:
+                r.slow.run(seconds(60.0))
+            except shmserve.RunnerUnavailable as exc:
+                errors.append(exc)
+
+        t = threading.Thread(target=stuck_call)
+        t.start()
+        wait_for(lambda: any(link.pending for link in client.links), what="the call to be in flight")
+        if how == "sigstop":
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: not client.ready(), timeout=5.0, what="the stalled worker to be not ready")
+            with pytest.raises(shmserve.RunnerUnavailable, match="no progress"):
+                r.predict.run(np.ones((1, 2), np.float32))  # refused at once instead of queued behind it
+            t.join(10.0)
+            assert errors, "the call on the hung worker did not fail"
+            new_pid = wait_for(lambda: [p for p in group.worker_pids(r.name) if p != pid], what="a restart")[0]
+            assert new_pid != pid and group.restarts(r.name) == 1
+            wait_for(client.ready, what="the restarted worker to be ready")
+            np.testing.assert_array_equal(r.predict.run(np.ones((1, 2), np.float32)), [[2.0, 2.0]])
+        finally:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            t.join(5.0)

@@ -13,7 +13,7 @@ from shmserve.config import Config, load, parse_options, read_file
 from shmserve.config.flags import flags_layer
 from shmserve.config.layers import Layer, split_key
 from shmserve.errors import ConfigError
-from shmserve.runner import DEFAULT_ARENA_MB
+from shmserve.runner import DEFAULT_ARENA_MB, DEFAULT_TIMEOUT_S
 from tests.runnables import EchoRunnable
 
 
@@ -158,7 +158,7 @@ def test_apply_changes_the_runner_objects():
         (32, 1.0, 16, 3.0, 7, 3)
     assert r.predict.config.max_batch_size == 32  # the file outranks the code's method_configs
     assert r.method_configs["predict"].max_latency_ms == 1.0
-    assert (other.max_batch_size, other.arena_mb, other.timeout, other.workers) == (8, DEFAULT_ARENA_MB, None, None)
+    assert (other.max_batch_size, other.arena_mb, other.timeout, other.workers) == (8, DEFAULT_ARENA_MB, DEFAULT_TIMEOUT_S, None)
 
 
 def test_batching_disabled_runs_each_call_alone():
@@ -279,3 +279,14 @@ def test_readme_example_file_is_valid(tmp_path):
     config = load(write(tmp_path, example), environ={})
     assert config.settings.api_server.workers == 2
     config.check_runners([runner()])
+
+
+def test_watchdog_limits_come_from_the_file_or_the_code():
+    r = runner(watchdog={"restart_after_s": 20})
+    config = Config().with_layer(parse_options("runners.mlp.watchdog.not_ready_after_s=2"))
+    resolved = config.runner(r)
+    assert resolved.sources[("watchdog", "restart_after_s")] == "code"
+    config.apply([r])
+    assert (r.watchdog.not_ready_after_s, r.watchdog.restart_after_s) == (2.0, 20.0)
+    with pytest.raises(ConfigError, match="must exceed"):
+        Config().with_layer(parse_options("runners.mlp.watchdog.restart_after_s=1")).apply([runner()])
