@@ -15,7 +15,8 @@ Figures (medians over passes; p50/p99 from wrk or from per-call timings):
    sync): p50 and p99 per call, shmserve and Triton.
 3. A 16 MB float32 input to ``big.head`` (returns its first row): through a
    registered system shared-memory region, against one ``memcpy`` of 16 MB measured
-   in the same run, against the same tensor as binary v2 over HTTP.
+   in the same loop, and against the same tensor as binary v2 over HTTP (a block of
+   its own in the same run).
 
 Results go to ``perf/results/<stamp>_v2.json`` and are printed as a table. The
 development machine is shared and noisy (2 cores, several users): read the
@@ -24,6 +25,7 @@ figures as ratios measured side by side, not as absolutes.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -39,6 +41,7 @@ from .procs import free_port, stop, wait_http
 from .stats import median, percentiles
 
 HERE = Path(__file__).resolve().parent
+SUFFIX = f"-{os.getpid()}"  # runner names are unique per host: keep apart from other servers
 CONNECTIONS = (1, 32, 128)
 BIG_BYTES = 16 * 1024 * 1024
 
@@ -49,8 +52,12 @@ def start_shmserve(http_port: int, grpc_port: int, log: Path) -> Any:
     cmd = [sys.executable, "-m", "shmserve.cli", "serve", "v2_service:svc", "--port", str(http_port),
            "--grpc-port", str(grpc_port), "--allow-client-shm", "--api-workers", "1", "--log-level", "WARNING"]
     fh = log.open("wb")
-    proc = subprocess.Popen(cmd, cwd=HERE, env=child_env(), stdout=fh, stderr=subprocess.STDOUT)
-    wait_http(f"http://127.0.0.1:{http_port}/v2/health/ready", 90, proc)
+    proc = subprocess.Popen(cmd, cwd=HERE, env=child_env(V2_BENCH_SUFFIX=SUFFIX), stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        wait_http(f"http://127.0.0.1:{http_port}/v2/health/ready", 90, proc)
+    except BaseException:
+        stop(proc)
+        raise
     return proc
 
 
@@ -67,7 +74,11 @@ def start_triton(http_port: int, grpc_port: int, log: Path) -> Any:
     proc = subprocess.Popen([str(triton_python()), "pytriton_server.py", "--http-port", str(http_port),
                              "--grpc-port", str(grpc_port)], cwd=HERE / "peers", env=env, stdout=fh,
                             stderr=subprocess.STDOUT, start_new_session=True)
-    wait_http(f"http://127.0.0.1:{http_port}/v2/models/mlp/ready", 240, proc)
+    try:
+        wait_http(f"http://127.0.0.1:{http_port}/v2/models/mlp/ready", 240, proc)
+    except BaseException:
+        stop(proc, group=True)
+        raise
     return proc
 
 
@@ -117,10 +128,6 @@ def big_input(http: str, n: int) -> dict[str, dict[str, float]]:
     x = np.random.default_rng(0).standard_normal(BIG_BYTES // 4).astype(np.float32).reshape(4096, -1)
     dst = np.empty_like(x)
     memcpy = np.empty(n)
-    for i in range(n):
-        t0 = time.perf_counter()
-        np.copyto(dst, x)
-        memcpy[i] = time.perf_counter() - t0
     client = httpclient.InferenceServerClient(http, connection_timeout=60, network_timeout=60)
     key = f"/v2bench_{time.monotonic_ns()}"
     handle = shm.create_shared_memory_region("big_in", key, x.nbytes)
@@ -133,14 +140,22 @@ def big_input(http: str, n: int) -> dict[str, dict[str, float]]:
         binary.set_data_from_numpy(x)
         region, over_http = np.empty(n), np.empty(n)
         for _ in range(3):
-            client.infer("big.head", [ref])
-            client.infer("big.head", [binary])
-        for i in range(n):  # interleaved, so both see the same machine
+            client.infer(f"big{SUFFIX}.head", [ref])
+            client.infer(f"big{SUFFIX}.head", [binary])
+        np.copyto(dst, x)
+        # The region and memcpy interleaved; the HTTP tensor in a block of its own: a region call
+        # right after a 16 MB HTTP call was measured 5-7x slower than one after another region call
+        # (cause not found), which would charge the region with the HTTP call's after-effects.
+        for i in range(n):
             t0 = time.perf_counter()
-            out = client.infer("big.head", [ref]).as_numpy("output")
+            np.copyto(dst, x)
+            memcpy[i] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            out = client.infer(f"big{SUFFIX}.head", [ref]).as_numpy("output")
             region[i] = time.perf_counter() - t0
+        for i in range(n):
             t0 = time.perf_counter()
-            client.infer("big.head", [binary])
+            client.infer(f"big{SUFFIX}.head", [binary])
             over_http[i] = time.perf_counter() - t0
         np.testing.assert_array_equal(out, x[:1])
         client.unregister_system_shared_memory("big_in")
@@ -158,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grpc-calls", type=int, default=2000)
     p.add_argument("--big-calls", type=int, default=20)
     p.add_argument("--no-triton", action="store_true")
+    p.add_argument("--big-only", action="store_true", help="only the 16 MB figures (no wrk, no gRPC)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     results = HERE / "results"
@@ -166,12 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     body = results / f"{stamp}_v2_body.bin"
     x = np.random.default_rng(1).standard_normal((1, 784)).astype(np.float32)
     hlen = v2_body(body, x)
-    triton = not args.no_triton and triton_python().exists()
+    triton = not (args.no_triton or args.big_only) and triton_python().exists()
     servers: dict[str, Any] = {}
     report: dict[str, Any] = {"meta": metadata("v2"), "note": "shared, noisy 2-core machine: compare side by side",
                               "skipped": {}}
     if not triton:
-        report["skipped"]["triton"] = ("--no-triton" if args.no_triton else
+        report["skipped"]["triton"] = ("--no-triton/--big-only" if args.no_triton or args.big_only else
                                        f"PyTriton not installed ({triton_python()} missing): bash perf/peers/install.sh pytriton")
     try:
         ports = {"shmserve": (free_port(), free_port())}
@@ -179,9 +195,9 @@ def main(argv: list[str] | None = None) -> int:
         if triton:
             ports["triton"] = (free_port(), free_port())
             servers["triton"] = start_triton(*ports["triton"], results / f"{stamp}_v2_triton.log")
-        models = {"shmserve": "mlp.predict", "triton": "mlp"}
+        models = {"shmserve": f"mlp{SUFFIX}.predict", "triton": "mlp"}
         runs: dict[str, dict[int, list[wrk.WrkResult]]] = {name: {c: [] for c in CONNECTIONS} for name in servers}
-        for _ in range(args.passes):
+        for _ in range(0 if args.big_only else args.passes):
             for name in servers:
                 url = f"http://127.0.0.1:{ports[name][0]}/v2/models/{models[name]}/infer"
                 for c, res in load(url, body, hlen, args.duration).items():
@@ -192,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                                                  "rps_passes": [r.rps for r in rs]}
                                         for c, rs in by_c.items()} for name, by_c in runs.items()}
         report["grpc_c1_ms"] = {name: grpc_latency(f"127.0.0.1:{ports[name][1]}", models[name], x, args.grpc_calls)
-                                for name in servers}
+                                for name in servers if not args.big_only}
         report["big_16MB_ms"] = big_input(f"127.0.0.1:{ports['shmserve'][0]}", args.big_calls)
     finally:
         for name, proc in servers.items():

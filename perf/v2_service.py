@@ -1,11 +1,13 @@
 """Service for perf/bench_v2.py: the common MLP (as in examples/service_mlp.py) and a cheap large-input model.
 
-``mlp.predict`` is the workload's MLP with its batching settings (64 / 10 ms).
-``big.head`` takes a large tensor and returns its first row, so a 16 MB
+``mlp<suffix>.predict`` is the workload's MLP with its batching settings (64 / 10 ms).
+``big<suffix>.head`` takes a large tensor and returns its first row, so a 16 MB
 round trip measures moving the input, not computing on it; its arena holds a
 16 MB input.
 """
 from __future__ import annotations
+
+import os
 
 import numpy as np
 from workload import MAX_BATCH_SIZE, MAX_LATENCY_MS, MLP
@@ -38,6 +40,8 @@ class HeadRunnable(shmserve.Runnable):
         return np.array(x[:1])
 
 
-mlp = shmserve.Runner(MLPRunnable, name="mlp", max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS, workers=1)
-big = shmserve.Runner(HeadRunnable, name="big", workers=1, arena_mb=48)
+# Runner names are unique per host; the suffix keeps this run apart from other servers of the shared machine.
+SUFFIX = os.environ.get("V2_BENCH_SUFFIX", "")
+mlp = shmserve.Runner(MLPRunnable, name="mlp" + SUFFIX, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS, workers=1)
+big = shmserve.Runner(HeadRunnable, name="big" + SUFFIX, workers=1, arena_mb=48)
 svc = shmserve.Service("v2_bench", runners=[mlp, big])
