@@ -17,7 +17,7 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from shmserve.oip.datatypes import DATATYPES  # noqa: E402
 
-from .v2_server import V2Server  # noqa: E402
+from .v2_server import GATE, MATHS, V2Server  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -46,14 +46,14 @@ def tensor(name: str, arr: np.ndarray, datatype: str) -> "grpcclient.InferInput"
 
 def test_health_metadata_index_and_probe(server: V2Server, client: "grpcclient.InferenceServerClient") -> None:
     assert client.is_server_live() and client.is_server_ready()
-    assert client.is_model_ready("maths.predict") and client.is_model_ready("predict", "1")
+    assert client.is_model_ready(f"{MATHS}.predict") and client.is_model_ready("predict", "1")
     meta = client.get_server_metadata(as_json=True)
     assert meta["name"] == "shmserve" and "statistics" in meta["extensions"]
     api = client.get_model_metadata("predict", as_json=True)
     assert api["inputs"] == [{"name": "x", "datatype": "FP32", "shape": ["-1", "3"]}]
     names = {m["name"] for m in client.get_model_repository_index(as_json=True)["models"]}
-    assert {"predict", "maths.pair", "gate.sleep"} <= names
-    config = client.get_model_config("maths.predict", as_json=True)["config"]
+    assert {"predict", f"{MATHS}.pair", f"{GATE}.sleep"} <= names
+    config = client.get_model_config(f"{MATHS}.predict", as_json=True)["config"]
     assert config["max_batch_size"] == 64
     with pytest.raises(InferenceServerException, match="no model named 'nope'") as info:
         client.get_model_metadata("nope")
@@ -77,7 +77,7 @@ def test_infer_every_datatype(client: "grpcclient.InferenceServerClient") -> Non
         else:
             info = np.iinfo(dtype)
             x = np.array([[info.min, info.max], [0, 1], [2, 3]], dtype)
-        r = client.infer("maths.echo", [tensor("x", x, datatype)], request_id=f"id-{datatype}")
+        r = client.infer(f"{MATHS}.echo", [tensor("x", x, datatype)], request_id=f"id-{datatype}")
         assert r.get_response().id == f"id-{datatype}"
         out = r.as_numpy("output")
         assert out.dtype == dtype and out.shape == x.shape, datatype
@@ -86,17 +86,17 @@ def test_infer_every_datatype(client: "grpcclient.InferenceServerClient") -> Non
 
 def test_several_inputs_outputs_parameters_and_errors(client: "grpcclient.InferenceServerClient") -> None:
     a, b = np.array([1.0, 2.0], np.float32), np.array([3.0, 4.0], np.float32)
-    r = client.infer("maths.pair", [tensor("a", a, "FP32"), tensor("b", b, "FP32")],
+    r = client.infer(f"{MATHS}.pair", [tensor("a", a, "FP32"), tensor("b", b, "FP32")],
                      outputs=[grpcclient.InferRequestedOutput("sum"), grpcclient.InferRequestedOutput("product")])
     np.testing.assert_array_equal(r.as_numpy("sum"), a + b)
     np.testing.assert_array_equal(r.as_numpy("product"), a * b)
-    r = client.infer("maths.scaled", [tensor("x", a, "FP32")], parameters={"factor": 2.5})
+    r = client.infer(f"{MATHS}.scaled", [tensor("x", a, "FP32")], parameters={"factor": 2.5})
     np.testing.assert_array_equal(r.as_numpy("output"), a * 2.5)
     with pytest.raises(InferenceServerException, match="model exploded") as info:
-        client.infer("maths.boom", [tensor("x", a, "FP32")])
+        client.infer(f"{MATHS}.boom", [tensor("x", a, "FP32")])
     assert info.value.status() == "StatusCode.INTERNAL"
     with pytest.raises(InferenceServerException, match="no input named 'y'") as info:
-        client.infer("maths.echo", [tensor("y", a, "FP32")])
+        client.infer(f"{MATHS}.echo", [tensor("y", a, "FP32")])
     assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
 
 
@@ -109,7 +109,7 @@ def test_malformed_requests_are_invalid_argument(server: V2Server) -> None:
 
     def request(datatype: str = "FP32", shape: tuple[int, ...] = (2,), raw: list[bytes] | None = None
                 ) -> service_pb2.ModelInferRequest:
-        req = service_pb2.ModelInferRequest(model_name="maths.echo")
+        req = service_pb2.ModelInferRequest(model_name=f"{MATHS}.echo")
         req.inputs.add(name="x", datatype=datatype, shape=list(shape))
         req.raw_input_contents.extend([b"\0" * 8] if raw is None else raw)
         return req
@@ -123,7 +123,7 @@ def test_malformed_requests_are_invalid_argument(server: V2Server) -> None:
     ]:
         err = infer(req)
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and message in err.details(), err.details()
-    typed = service_pb2.ModelInferRequest(model_name="maths.echo")
+    typed = service_pb2.ModelInferRequest(model_name=f"{MATHS}.echo")
     t = typed.inputs.add(name="x", datatype="INT32", shape=[3])
     t.contents.int_contents.extend([1, 2, 3])
     with grpc.insecure_channel(server.grpc_url) as channel:
@@ -144,7 +144,7 @@ def test_asyncio_client_overload_and_statistics(server: V2Server) -> None:
             # gate admits one call at a time per API worker: of 4 concurrent calls over one
             # channel (one API worker serves a channel) at least one is overloaded
             t = np.array([0.5], np.float32)
-            return await asyncio.gather(*(c.infer("gate.sleep", [tensor("x", t, "FP32")]) for _ in range(4)),
+            return await asyncio.gather(*(c.infer(f"{GATE}.sleep", [tensor("x", t, "FP32")]) for _ in range(4)),
                                         return_exceptions=True)
         finally:
             await c.close()

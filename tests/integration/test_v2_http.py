@@ -18,7 +18,7 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from shmserve.oip.datatypes import DATATYPES  # noqa: E402
 
-from .v2_server import V2Server  # noqa: E402
+from .v2_server import GATE, MATHS, V2Server  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -63,12 +63,12 @@ def test_health_metadata_and_index(client: "httpclient.InferenceServerClient") -
     api = client.get_model_metadata("predict")
     assert api["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 3]}]
     assert api["outputs"][0]["datatype"] == "FP32"
-    pair = client.get_model_metadata("maths.pair", model_version="1")
+    pair = client.get_model_metadata(f"{MATHS}.pair", model_version="1")
     assert [t["name"] for t in pair["inputs"]] == ["a", "b"]
-    assert client.is_model_ready("maths.predict") and client.is_model_ready("predict", "1")
+    assert client.is_model_ready(f"{MATHS}.predict") and client.is_model_ready("predict", "1")
     names = {m["name"]: m["state"] for m in client.get_model_repository_index()}
-    assert names["predict"] == "READY" and names["maths.pair"] == "READY" and "gate.sleep" in names
-    assert client.get_model_config("maths.predict")["max_batch_size"] == 64
+    assert names["predict"] == "READY" and names[f"{MATHS}.pair"] == "READY" and f"{GATE}.sleep" in names
+    assert client.get_model_config(f"{MATHS}.predict")["max_batch_size"] == 64
     with pytest.raises(InferenceServerException, match="no model named 'nope'"):
         client.get_model_metadata("nope")
     with pytest.raises(InferenceServerException, match="no version '7'"):
@@ -78,7 +78,7 @@ def test_health_metadata_and_index(client: "httpclient.InferenceServerClient") -
 def test_infer_binary_and_json_tensors(client: "httpclient.InferenceServerClient") -> None:
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
     # tritonclient's defaults: binary input, binary outputs (binary_data_output)
-    r = client.infer("maths.predict", [tensor("x", x, "FP32")], request_id="req-7")
+    r = client.infer(f"{MATHS}.predict", [tensor("x", x, "FP32")], request_id="req-7")
     assert r.get_response()["id"] == "req-7"
     assert r.get_response()["outputs"][0]["parameters"]["binary_data_size"] == 24
     np.testing.assert_array_equal(r.as_numpy("output"), x * 2)
@@ -104,7 +104,7 @@ def test_every_datatype_round_trips(client: "httpclient.InferenceServerClient", 
         else:
             info = np.iinfo(dtype)
             x = np.array([[info.min, info.max, 0, 1, 2], [3, 4, 5, 6, 7]], dtype)
-        r = client.infer("maths.echo", [tensor("x", x, datatype, binary)],
+        r = client.infer(f"{MATHS}.echo", [tensor("x", x, datatype, binary)],
                          outputs=[httpclient.InferRequestedOutput("output", binary_data=binary)])
         out = r.as_numpy("output")
         assert r.get_response()["outputs"][0]["datatype"] == datatype
@@ -114,30 +114,30 @@ def test_every_datatype_round_trips(client: "httpclient.InferenceServerClient", 
 
 def test_several_inputs_outputs_and_parameters(client: "httpclient.InferenceServerClient") -> None:
     a, b = np.array([1, 2, 3], np.int32), np.array([4, 5, 6], np.int32)
-    r = client.infer("maths.pair", [tensor("a", a, "INT32"), tensor("b", b, "INT32", binary=False)],
+    r = client.infer(f"{MATHS}.pair", [tensor("a", a, "INT32"), tensor("b", b, "INT32", binary=False)],
                      outputs=[httpclient.InferRequestedOutput("product"), httpclient.InferRequestedOutput("sum")])
     assert [o["name"] for o in r.get_response()["outputs"]] == ["product", "sum"]
     np.testing.assert_array_equal(r.as_numpy("sum"), a + b)
     np.testing.assert_array_equal(r.as_numpy("product"), a * b)
     x = np.array([1.0, 2.0])
-    r = client.infer("maths.scaled", [tensor("x", x, "FP64")], parameters={"factor": 3})
+    r = client.infer(f"{MATHS}.scaled", [tensor("x", x, "FP64")], parameters={"factor": 3})
     np.testing.assert_array_equal(r.as_numpy("output"), x * 3)
     with pytest.raises(InferenceServerException, match="takes no parameter 'colour'"):
-        client.infer("maths.scaled", [tensor("x", x, "FP64")], parameters={"colour": "red"})
+        client.infer(f"{MATHS}.scaled", [tensor("x", x, "FP64")], parameters={"colour": "red"})
     with pytest.raises(InferenceServerException, match="has no output 'nope'"):
-        client.infer("maths.pair", [tensor("a", a, "INT32"), tensor("b", b, "INT32")],
+        client.infer(f"{MATHS}.pair", [tensor("a", a, "INT32"), tensor("b", b, "INT32")],
                      outputs=[httpclient.InferRequestedOutput("nope")])
 
 
 def test_method_that_raises_is_a_500(server: V2Server) -> None:
     body = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]})
-    status, headers, data = raw(server, "POST", "/v2/models/maths.boom/infer", body)
+    status, headers, data = raw(server, "POST", f"/v2/models/{MATHS}.boom/infer", body)
     assert status == 500 and headers["content-type"] == "application/json"
     assert "model exploded" in orjson.loads(data)["error"]
     c = httpclient.InferenceServerClient(server.url)
     try:
         with pytest.raises(InferenceServerException, match="model exploded"):
-            c.infer("maths.boom", [tensor("x", np.ones(1, np.float32), "FP32")])
+            c.infer(f"{MATHS}.boom", [tensor("x", np.ones(1, np.float32), "FP32")])
         assert c.is_server_live()  # the worker keeps serving
     finally:
         c.close()
@@ -149,11 +149,11 @@ def test_asyncio_client_and_overload(server: V2Server) -> None:
         try:
             assert await c.is_server_ready()
             x = np.ones((1, 3), np.float32)
-            r = await c.infer("maths.predict", [tensor("x", x, "FP32")])
+            r = await c.infer(f"{MATHS}.predict", [tensor("x", x, "FP32")])
             np.testing.assert_array_equal(r.as_numpy("output"), x * 2)
             # gate admits one call at a time from this API worker: the second is overloaded
             t = np.array([0.5], np.float32)
-            return await asyncio.gather(*(c.infer("gate.sleep", [tensor("x", t, "FP32")]) for _ in range(2)),
+            return await asyncio.gather(*(c.infer(f"{GATE}.sleep", [tensor("x", t, "FP32")]) for _ in range(2)),
                                         return_exceptions=True)
         finally:
             await c.close()
@@ -162,7 +162,7 @@ def test_asyncio_client_and_overload(server: V2Server) -> None:
     errors = [r for r in results if isinstance(r, InferenceServerException)]
     assert len(errors) == 1, results
     assert errors[0].status() == "503" and "RunnerOverloaded" in errors[0].message()
-    status, headers, _ = raw(server, "POST", "/v2/models/gate.sleep/infer",
+    status, headers, _ = raw(server, "POST", f"/v2/models/{GATE}.sleep/infer",
                              orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [0]}]}))
     assert status == 200
 
@@ -176,7 +176,7 @@ def test_v2_and_native_calls_join_the_same_batches(server: V2Server) -> None:
     def v2_call() -> None:
         c = httpclient.InferenceServerClient(server.url)
         try:
-            out = c.infer("maths.tagged", [tensor("x", x, "FP32")]).as_numpy("output")
+            out = c.infer(f"{MATHS}.tagged", [tensor("x", x, "FP32")]).as_numpy("output")
         finally:
             c.close()
         with lock:
@@ -201,8 +201,9 @@ def test_v2_and_native_calls_join_the_same_batches(server: V2Server) -> None:
     else:
         pytest.fail(f"no batch held both a v2 and a native call: {seen}")
     _, _, metrics = raw(server, "GET", "/metrics")
-    counts = re.findall(rb'shmserve_runner_batch_size_bucket\{le="1",method="tagged",runner="maths"\} (\S+)', metrics)
-    total = re.findall(rb'shmserve_runner_batch_size_count\{method="tagged",runner="maths"\} (\S+)', metrics)
+    runner = re.escape(MATHS.encode())
+    counts = re.findall(rb'shmserve_runner_batch_size_bucket\{le="1",method="tagged",runner="' + runner + rb'"\} (\S+)', metrics)
+    total = re.findall(rb'shmserve_runner_batch_size_count\{method="tagged",runner="' + runner + rb'"\} (\S+)', metrics)
     assert counts and total and float(total[0]) > float(counts[0]), "no call of tagged was served in a batch > 1"
 
 
@@ -233,21 +234,21 @@ def test_malformed_bodies_get_a_clear_400(server: V2Server, body: bytes, headers
                                           message: str) -> None:
     if headers.get("Inference-Header-Content-Length") == "auto":  # the JSON part ends at the inputs list
         headers = {"Inference-Header-Content-Length": str(body.index(b"}]}") + 3)}
-    status, resp_headers, data = raw(server, "POST", "/v2/models/maths.echo/infer", body, headers)
+    status, resp_headers, data = raw(server, "POST", f"/v2/models/{MATHS}.echo/infer", body, headers)
     assert status == 400, data
     assert resp_headers["content-type"] == "application/json"
     assert message in orjson.loads(data)["error"]
 
 
 def test_routes_methods_and_compression(server: V2Server) -> None:
-    assert raw(server, "GET", "/v2/models/maths.echo/infer")[0] == 405
+    assert raw(server, "GET", f"/v2/models/{MATHS}.echo/infer")[0] == 405
     status, _, data = raw(server, "GET", "/v2/nothing")
     assert status == 404 and "error" in orjson.loads(data)
     assert raw(server, "POST", "/v2/repository/models/predict/load")[0] == 400
     import gzip
 
     body = gzip.compress(orjson.dumps({"inputs": [{"name": "x", "datatype": "INT64", "shape": [2], "data": [1, 2]}]}))
-    status, _, data = raw(server, "POST", "/v2/models/maths.echo/infer", body, {"Content-Encoding": "gzip"})
+    status, _, data = raw(server, "POST", f"/v2/models/{MATHS}.echo/infer", body, {"Content-Encoding": "gzip"})
     assert status == 200 and orjson.loads(data)["outputs"][0]["data"] == [1, 2]
     status, _, data = raw(server, "POST", "/v2/systemsharedmemory/region/r/register", b'{"key": "/k", "byte_size": 4}')
     assert status == 400 and "--allow-client-shm" in orjson.loads(data)["error"]
@@ -257,11 +258,11 @@ def test_routes_methods_and_compression(server: V2Server) -> None:
 
 def test_statistics(client: "httpclient.InferenceServerClient") -> None:
     x = np.ones((1, 3), np.float32)
-    before = client.get_inference_statistics("maths.predict")["model_stats"][0]
-    client.infer("maths.predict", [tensor("x", x, "FP32")])
-    after = client.get_inference_statistics("maths.predict")["model_stats"][0]
+    before = client.get_inference_statistics(f"{MATHS}.predict")["model_stats"][0]
+    client.infer(f"{MATHS}.predict", [tensor("x", x, "FP32")])
+    after = client.get_inference_statistics(f"{MATHS}.predict")["model_stats"][0]
     assert after["inference_stats"]["success"]["count"] == before["inference_stats"]["success"]["count"] + 1
     assert after["inference_stats"]["success"]["ns"] > before["inference_stats"]["success"]["ns"]
     assert after["inference_stats"]["compute_infer"]["count"] > before["inference_stats"]["compute_infer"]["count"]
     every = client.get_inference_statistics()["model_stats"]
-    assert {"predict", "maths.predict", "gate.sleep"} <= {m["name"] for m in every}
+    assert {"predict", f"{MATHS}.predict", f"{GATE}.sleep"} <= {m["name"] for m in every}

@@ -18,7 +18,7 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from .test_http_serve import wait_until  # noqa: E402
 from .test_v2_http import raw  # noqa: E402
-from .v2_server import V2Server  # noqa: E402
+from .v2_server import MATHS, V2Server  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -91,7 +91,7 @@ def test_http_round_trip_through_regions(server: V2Server, regions: Regions) -> 
                 inp.set_shared_memory(in_name, x.nbytes, offset=16)
                 out = httpclient.InferRequestedOutput("output")
                 out.set_shared_memory(out_name, x.nbytes)
-                r = c.infer("maths.predict", [inp], outputs=[out], request_id=str(i))
+                r = c.infer(f"{MATHS}.predict", [inp], outputs=[out], request_id=str(i))
             finally:
                 c.close()
             entry = r.get_response()["outputs"][0]
@@ -104,7 +104,7 @@ def test_http_round_trip_through_regions(server: V2Server, regions: Regions) -> 
         assert client.get_system_shared_memory_status() == []
         wait_until(lambda: in_key.lstrip("/") not in mapped_keys(server), 10, "every API worker to unmap the region")
         # the regions are unmapped in every API worker once unregistered (each checks on next use)
-        status_code, _, body = raw(server, "POST", "/v2/models/maths.predict/infer", orjson.dumps({"inputs": [{
+        status_code, _, body = raw(server, "POST", f"/v2/models/{MATHS}.predict/infer", orjson.dumps({"inputs": [{
             "name": "x", "datatype": "FP32", "shape": [3, 4], "parameters": {
                 "shared_memory_region": in_name, "shared_memory_byte_size": x.nbytes}}]}))
         assert status_code == 400 and f"no shared-memory region named {in_name!r}" in orjson.loads(body)["error"]
@@ -126,7 +126,7 @@ def test_grpc_round_trip_through_regions(server: V2Server, regions: Regions) -> 
         inp.set_shared_memory(in_name, a.nbytes)
         out = grpcclient.InferRequestedOutput("output")
         out.set_shared_memory(out_name, a.nbytes)
-        client.infer("maths.echo", [inp], outputs=[out])
+        client.infer(f"{MATHS}.echo", [inp], outputs=[out])
         np.testing.assert_array_equal(shm.get_contents_as_numpy(out_h, np.int64, [5]), a)
         with pytest.raises(InferenceServerException, match="past the end") as info:
             client.register_system_shared_memory("big", in_key, a.nbytes * 2)
@@ -158,7 +158,7 @@ def test_bad_regions_and_references_get_a_clear_400(server: V2Server, regions: R
 
     def infer(params: dict[str, object], datatype: str = "FP32", shape: tuple[int, ...] = (2,)) -> tuple[int, str]:
         body = {"inputs": [{"name": "x", "datatype": datatype, "shape": list(shape), "parameters": params}]}
-        status, _, data = raw(server, "POST", "/v2/models/maths.echo/infer", orjson.dumps(body))
+        status, _, data = raw(server, "POST", f"/v2/models/{MATHS}.echo/infer", orjson.dumps(body))
         return status, orjson.loads(data).get("error", "")
 
     ok = {"shared_memory_region": name, "shared_memory_byte_size": 8}
@@ -176,7 +176,7 @@ def test_bad_regions_and_references_get_a_clear_400(server: V2Server, regions: R
     body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1, 2]}],
             "outputs": [{"name": "output", "parameters": {"shared_memory_region": name, "shared_memory_offset": 60,
                                                           "shared_memory_byte_size": 8}}]}
-    status, _, data = raw(server, "POST", "/v2/models/maths.echo/infer", orjson.dumps(body))
+    status, _, data = raw(server, "POST", f"/v2/models/{MATHS}.echo/infer", orjson.dumps(body))
     assert status == 400 and "fall outside region" in orjson.loads(data)["error"]
     assert raw(server, "POST", f"/v2/systemsharedmemory/region/{name}/unregister")[0] == 200
 

@@ -16,6 +16,10 @@ from pathlib import Path
 from .test_http_serve import Server, descendants, shm_entries
 
 ROOT = Path(__file__).resolve().parents[2]
+# Runner names are unique per host: this test session's name tag keeps its servers apart from other
+# sessions' (its servers run one at a time, so one suffix serves them all).
+SUFFIX = os.environ.get("SHMSERVE_NAME_TAG", "local")
+MATHS, GATE = f"maths-{SUFFIX}", f"gate-{SUFFIX}"
 
 SERVICE_SOURCE = textwrap.dedent('''
     """Test service for the v2 protocol tests (written to a temp dir by the tests)."""
@@ -27,7 +31,7 @@ SERVICE_SOURCE = textwrap.dedent('''
     import shmserve
     from shmserve.io import NumpyNdarray
 
-    SUFFIX = os.environ["V2_TEST_SUFFIX"]
+    SUFFIX = os.environ["V2_TEST_SUFFIX"]  # runner names are unique per host
 
 
     class Maths(shmserve.Runnable):
@@ -67,8 +71,8 @@ SERVICE_SOURCE = textwrap.dedent('''
             return x
 
 
-    maths = shmserve.Runner(Maths, name="maths", workers=1, max_latency_ms=200)
-    gate = shmserve.Runner(Maths, name="gate", workers=1, max_queue_size=1)
+    maths = shmserve.Runner(Maths, name="maths-" + SUFFIX, workers=1, max_latency_ms=200)
+    gate = shmserve.Runner(Maths, name="gate-" + SUFFIX, workers=1, max_queue_size=1)
     svc = shmserve.Service("v2_test", runners=[maths, gate])
 
 
@@ -104,7 +108,7 @@ class V2Server(Server):
         self.log_path = workdir / f"server-{uuid.uuid4().hex[:8]}.log"
         env = dict(os.environ)
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-        env["V2_TEST_SUFFIX"] = uuid.uuid4().hex[:8]
+        env["V2_TEST_SUFFIX"] = SUFFIX
         env.setdefault("OMP_NUM_THREADS", "1")
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
