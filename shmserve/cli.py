@@ -2,7 +2,7 @@
 
 Each command group lives beside the code it drives and registers itself here:
 ``serve`` (shmserve.http.cli), ``models`` (shmserve.models.cli), ``config``
-(shmserve.config.cli).
+(shmserve.config.cli), ``build`` and ``k8s`` (shmserve.deploy.cli).
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 # Modules that define `register(subparsers)`; each adds its own subcommands.
-COMMAND_MODULES: tuple[str, ...] = ("shmserve.models.cli", "shmserve.http.cli", "shmserve.config.cli")
+COMMAND_MODULES: tuple[str, ...] = ("shmserve.models.cli", "shmserve.http.cli", "shmserve.config.cli", "shmserve.deploy.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["register", "load_for_service"]
+__all__ = ["register", "load_for_service", "shm_budget"]
 
 
 def register(subparsers: Any) -> None:
@@ -53,6 +53,8 @@ def run_show(args: argparse.Namespace) -> int:
             sys.stdout.write(config.to_yaml(svc.runners))
             return 0
         rows = config.describe(svc.runners)
+        b = shm_budget(svc, config)
+        shm = f"{b.total_mib} MiB ({b.describe()})"
     except ShmserveError as exc:
         print(f"shmserve config show: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
@@ -60,4 +62,16 @@ def run_show(args: argparse.Namespace) -> int:
     vwidth = max(len(json.dumps(v)) for _, v, _ in rows)
     for key, value, source in rows:
         print(f"{key:<{width}}  {json.dumps(value):<{vwidth}}  {source}")
+    print(f"# /dev/shm needed: {shm}")
     return 0
+
+
+def shm_budget(svc: Any, config: Any) -> Any:
+    """The /dev/shm budget (`shmserve.shm.budget.ShmBudget`) of `svc` deployed with `config`.
+
+    Applies `config` to the runners, as for another machine (GPU counts are not checked here)."""
+    from ..shm import budget
+
+    config.apply(svc.runners, on_this_host=False)
+    served = [r for r in svc.runners if not getattr(r, "embedded", False)]
+    return budget.runners_budget(served, clients=config.settings.api_server.workers)

@@ -115,12 +115,16 @@ class Config:
             return code["watchdog"][path[-1]], "code"  # Runner(watchdog={...}) gives the section as one dict
         return default, "default"
 
-    def apply(self, runners: Iterable[Any]) -> None:
-        """Give each Runner the settings the file, environment or flags set for it (before it starts)."""
+    def apply(self, runners: Iterable[Any], on_this_host: bool = True) -> None:
+        """Give each Runner the settings the file, environment or flags set for it (before it starts).
+
+        With `on_this_host` false (rendering a deployment for another machine) a GPU count is
+        not checked against the GPUs visible here: ids ``0..n-1`` stand for the target's.
+        """
         runners = list(runners)
         self.check_runners(runners)
         for runner in runners:
-            runner.configure(**runner_arguments(self.runner(runner), runner))
+            runner.configure(**runner_arguments(self.runner(runner), runner, on_this_host))
 
     def to_yaml(self, runners: Iterable[Any] = ()) -> str:
         """The effective configuration as a ``shmserve.yaml`` (every key, each runner resolved)."""
@@ -140,7 +144,7 @@ class Config:
         return rows
 
 
-def runner_arguments(resolved: ResolvedRunner, runner: Any) -> dict[str, Any]:
+def runner_arguments(resolved: ResolvedRunner, runner: Any, on_this_host: bool = True) -> dict[str, Any]:
     """The `Runner.configure` arguments for what the configuration (not the code) sets."""
     s = resolved.settings
     args: dict[str, Any] = {}
@@ -155,11 +159,11 @@ def runner_arguments(resolved: ResolvedRunner, runner: Any) -> dict[str, Any]:
     if not s.batching.enabled:  # every call runs alone: a call larger than the batch size forms a batch by itself
         args["max_batch_size"], args["max_latency_ms"] = 1, 0.0
     if resolved.from_config(("resources", "cpu"), ("resources", "nvidia.com/gpu"), ("workers_per_resource",)):
-        args["workers"], args["gpus"] = plan_resources(s, runner)
+        args["workers"], args["gpus"] = plan_resources(s, runner, on_this_host)
     return args
 
 
-def plan_resources(s: RunnerSettings, runner: Any) -> tuple[int, list[str] | None]:
+def plan_resources(s: RunnerSettings, runner: Any, on_this_host: bool = True) -> tuple[int, list[str] | None]:
     """Worker count and GPU ids from ``resources`` and ``workers_per_resource`` (BentoML's rules).
 
     GPUs: ``workers_per_resource`` workers per GPU. CPUs: a multi-threaded Runnable gets
@@ -176,6 +180,8 @@ def plan_resources(s: RunnerSettings, runner: Any) -> tuple[int, list[str] | Non
                           "'nvidia.com/gpu' in SUPPORTED_RESOURCES; remove the GPU resource")
     if isinstance(gpu, list):
         gpus: list[str] | None = [str(g) for g in gpu]
+    elif isinstance(gpu, int) and gpu > 0 and not on_this_host:
+        gpus = [str(i) for i in range(gpu)]  # a container sees its own GPUs numbered from 0
     elif isinstance(gpu, int) and gpu > 0:
         visible = visible_gpus()
         if len(visible) < gpu:

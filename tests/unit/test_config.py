@@ -238,7 +238,9 @@ def test_config_show_prints_values_and_sources(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SHMSERVE_CONFIG_OPTIONS", "api_server.http.port=9000")
     monkeypatch.delenv("SHMSERVE_CONFIG", raising=False)
     assert main(["config", "show", "cfgshow_service:svc", "--config", path]) == 0
-    rows = {line.split()[0]: line.split(None, 2)[1:] for line in capsys.readouterr().out.splitlines()}
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split(None, 2)[1:] for line in out.splitlines() if not line.startswith("#")}
+    assert "# /dev/shm needed: " in out
     assert rows["api_server.workers"] == ["2", f"file {path}"]
     assert rows["api_server.http.port"] == ["9000", "env SHMSERVE_CONFIG_OPTIONS"]
     assert rows["runners.mlp.batching.max_batch_size"] == ["5", f"file {path}"]
