@@ -77,7 +77,8 @@ class Config:
             section = layer.values.get("runners") or {}
             for key in section:
                 if key not in _SETTING_NAMES and key not in names:
-                    near = difflib.get_close_matches(key, names + sorted(_SETTING_NAMES), n=1, cutoff=0.6)
+                    near = [key.lower()] if key.lower() in names else \
+                        difflib.get_close_matches(key, names + sorted(_SETTING_NAMES), n=1, cutoff=0.6)
                     hint = f"; did you mean runners.{near[0]}?" if near else ""
                     raise ConfigError(f"runners.{key} ({layer.label}): the service has no runner named {key!r}{hint} "
                                       f"Runners: {', '.join(names) or '(none)'}")
@@ -158,7 +159,10 @@ def runner_arguments(resolved: ResolvedRunner, runner: Any, on_this_host: bool =
         args["watchdog"] = s.watchdog.model_dump()
     if not s.batching.enabled:  # every call runs alone: a call larger than the batch size forms a batch by itself
         args["max_batch_size"], args["max_latency_ms"] = 1, 0.0
-    if resolved.from_config(("resources", "cpu"), ("resources", "nvidia.com/gpu"), ("workers_per_resource",)):
+    # Resources decide the workers only when given: a file that spells out the defaults (null
+    # resources, one worker per resource; the effective config `to_yaml` writes) keeps the code's count.
+    given = s.resources.cpu is not None or s.resources.nvidia_gpu is not None or s.workers_per_resource != 1
+    if given and resolved.from_config(("resources", "cpu"), ("resources", "nvidia.com/gpu"), ("workers_per_resource",)):
         args["workers"], args["gpus"] = plan_resources(s, runner, on_this_host)
     return args
 

@@ -111,8 +111,6 @@ def _copy_shmserve_source(out: Path) -> bool:
         if (root / name).is_file():
             shutil.copy2(root / name, dest / name)
     shutil.copytree(pkg, dest / "shmserve", ignore=_IGNORE)
-    if (root / "cuda").is_dir():
-        shutil.copytree(root / "cuda", dest / "cuda", ignore=_IGNORE)
     return True
 
 

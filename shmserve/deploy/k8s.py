@@ -107,7 +107,9 @@ def deployment(p: DeploymentPlan, opts: K8sOptions, config_text: str) -> dict[st
         "workingDir": f"{APP_DIR}/src",
         "ports": [{"name": "http", "containerPort": p.port, "protocol": "TCP"}],
         "env": [{"name": "SHMSERVE_RUNTIME_DIR", "value": RUNTIME_DIR},
-                {"name": "SHMSERVE_HOME", "value": APP_DIR}],
+                {"name": "SHMSERVE_HOME", "value": APP_DIR},
+                # The root file system is read-only: libraries that cache (torch, onnxruntime) write to /tmp.
+                {"name": "XDG_CACHE_HOME", "value": "/tmp/.cache"}],
         "resources": {"requests": {"cpu": _cpu(p.cpus), "memory": f"{memory}Mi"}, "limits": limits},
         "startupProbe": {**probe, "periodSeconds": 2, "failureThreshold": startup_failures},
         "readinessProbe": {**probe, "periodSeconds": 5, "failureThreshold": 2},

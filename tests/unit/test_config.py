@@ -193,6 +193,8 @@ def test_unknown_runner_section_names_the_runners():
     config = Config().with_layer(parse_options("runners.mpl.timeout=1"))
     with pytest.raises(ConfigError, match=r"no runner named 'mpl'; did you mean runners.mlp\?.*Runners: mlp"):
         config.apply([runner()])
+    with pytest.raises(ConfigError, match=r"no runner named 'MLP'; did you mean runners.mlp\?"):
+        Config().with_layer(parse_options("runners.MLP.timeout=1")).apply([runner()])
 
 
 def test_configure_refuses_a_bound_runner():
@@ -292,3 +294,12 @@ def test_watchdog_limits_come_from_the_file_or_the_code():
     assert (r.watchdog.not_ready_after_s, r.watchdog.restart_after_s) == (2.0, 20.0)
     with pytest.raises(ConfigError, match="must exceed"):
         Config().with_layer(parse_options("runners.mlp.watchdog.restart_after_s=1")).apply([runner()])
+
+
+def test_effective_yaml_loads_back_to_the_same_runner(tmp_path):
+    r = runner(workers=2, max_batch_size=8)
+    config = Config().with_layer(parse_options("runners.arena_mb=4"))
+    again = load(write(tmp_path, config.to_yaml([r])), environ={})
+    fresh = runner(workers=2, max_batch_size=8)
+    again.apply([fresh])
+    assert (fresh.workers, fresh.max_batch_size, fresh.arena_mb, fresh.gpus) == (2, 8, 4, None)

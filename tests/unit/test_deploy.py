@@ -162,3 +162,20 @@ def test_the_schema_check_has_teeth(project: Path) -> None:
     deployment["spec"]["template"]["spec"]["containers"][0]["shmSize"] = "1Gi"  # no such field
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, K8S_VERSIONS[0], strict=True)
+
+
+def test_runtime_dir_inside_a_world_writable_volume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Why the manifests point SHMSERVE_RUNTIME_DIR one level below the emptyDir (mode 0777)."""
+    import os
+
+    from shmserve.errors import RuntimeDirUnsafe
+    from shmserve.lease import runtime_dir
+
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    os.chmod(volume, 0o777)
+    monkeypatch.setenv("SHMSERVE_RUNTIME_DIR", str(volume))
+    with pytest.raises(RuntimeDirUnsafe):
+        runtime_dir()
+    monkeypatch.setenv("SHMSERVE_RUNTIME_DIR", str(volume / "rt"))
+    assert runtime_dir() == volume / "rt"
