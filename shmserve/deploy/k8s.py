@@ -77,6 +77,13 @@ def _scrape(p: DeploymentPlan) -> dict[str, str]:
     return {"prometheus.io/scrape": "true", "prometheus.io/port": str(p.port), "prometheus.io/path": "/metrics"}
 
 
+def _ports(p: DeploymentPlan, key: str) -> list[dict[str, Any]]:
+    ports: list[dict[str, Any]] = [{"name": "http", key: p.port, "protocol": "TCP"}]
+    if p.grpc_port:
+        ports.append({"name": "grpc", key: p.grpc_port, "protocol": "TCP"})
+    return ports
+
+
 def _cpu(value: float) -> str:
     return f"{int(math.ceil(value * 1000))}m"
 
@@ -105,7 +112,7 @@ def deployment(p: DeploymentPlan, opts: K8sOptions, config_text: str) -> dict[st
         "command": ["shmserve", "serve", spec, "--config", f"{CONFIG_MOUNT}/shmserve.yaml",
                     "--host", "0.0.0.0", "--port", str(p.port)],
         "workingDir": f"{APP_DIR}/src",
-        "ports": [{"name": "http", "containerPort": p.port, "protocol": "TCP"}],
+        "ports": _ports(p, "containerPort"),
         "env": [{"name": "SHMSERVE_RUNTIME_DIR", "value": RUNTIME_DIR},
                 {"name": "SHMSERVE_HOME", "value": APP_DIR},
                 # The root file system is read-only: libraries that cache (torch, onnxruntime) write to /tmp.
@@ -163,7 +170,7 @@ def service(p: DeploymentPlan, opts: K8sOptions) -> dict[str, Any]:
     meta["annotations"] = _scrape(p)
     return {"apiVersion": "v1", "kind": "Service", "metadata": meta,
             "spec": {"type": "ClusterIP", "selector": _selector(p),
-                     "ports": [{"name": "http", "port": p.port, "targetPort": "http", "protocol": "TCP"}]}}
+                     "ports": [{**port, "targetPort": port["name"]} for port in _ports(p, "port")]}}
 
 
 def autoscaler(p: DeploymentPlan, opts: K8sOptions) -> dict[str, Any]:

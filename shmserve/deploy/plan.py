@@ -61,6 +61,12 @@ class DeploymentPlan:
         return self.api.http.port or CONTAINER_PORT
 
     @property
+    def grpc_port(self) -> int | None:
+        """The gRPC port when the configuration serves gRPC on a fixed port."""
+        grpc = self.api.grpc
+        return grpc.port if grpc.enabled and grpc.port else None
+
+    @property
     def cpus(self) -> float:
         """CPUs the pod should request: every runner's ``resources.cpu`` plus one for the API workers."""
         total = sum(cpu_value(r.settings.resources.cpu) for r in self.runners if r.settings.resources.cpu is not None)

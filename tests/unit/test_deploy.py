@@ -44,6 +44,7 @@ version: 1
 api_server:
   workers: 2
   graceful_shutdown_timeout: 20
+  grpc: {port: 50051}
 runners:
   arena_mb: 4
   echo:
@@ -103,6 +104,8 @@ def test_deployment_holds_what_shmserve_needs(project: Path) -> None:
     pod = objs["deployment.yaml"]["spec"]["template"]
     c = pod["spec"]["containers"][0]
     assert c["command"][:3] == ["shmserve", "serve", "deploy_service:svc"]
+    assert [(x["name"], x["containerPort"]) for x in c["ports"]] == [("http", 3000), ("grpc", 50051)]
+    assert [(x["name"], x["port"]) for x in objs["service.yaml"]["spec"]["ports"]] == [("http", 3000), ("grpc", 50051)]
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": f"{p.shm_mib}Mi"}
     mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
