@@ -40,6 +40,10 @@ FRAMEWORK_PACKAGES: dict[str, tuple[str, ...]] = {
     "sklearn": ("scikit-learn",),
     "onnx": ("onnx", "onnxruntime"),
     "picklable": ("cloudpickle",),
+    "xgboost": ("xgboost",),
+    "lightgbm": ("lightgbm",),
+    "transformers": ("transformers", "torch"),
+    "keras": ("keras", "torch"),
 }
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".git", ".pytest_cache", ".mypy_cache")
 
@@ -138,7 +142,8 @@ def requirements_txt(models: Iterable[Any], user_file: str | None, local_shmserv
             version = fw.get("version") if i == 0 else _installed(dist)
             if dist not in seen:
                 seen.add(dist)
-                lines.append(f"{dist}=={version}" if version else dist)
+                # A local label ("2.3.0+cpu") names a build on another index; pin the release.
+                lines.append(f"{dist}=={str(version).split('+')[0]}" if version else dist)
     if user_file:
         try:
             lines += ["# from " + Path(user_file).name, Path(user_file).read_text().strip()]

@@ -182,3 +182,14 @@ def test_runtime_dir_inside_a_world_writable_volume(tmp_path: Path, monkeypatch:
         runtime_dir()
     monkeypatch.setenv("SHMSERVE_RUNTIME_DIR", str(volume / "rt"))
     assert runtime_dir() == volume / "rt"
+
+
+def test_every_model_framework_has_its_requirements() -> None:
+    from types import SimpleNamespace
+
+    from shmserve.deploy.bundle import FRAMEWORK_PACKAGES, requirements_txt
+    from shmserve.models.model import ADAPTERS
+
+    assert set(ADAPTERS) <= set(FRAMEWORK_PACKAGES)
+    torch_model = SimpleNamespace(info={"framework": {"name": "pytorch", "version": "2.13.0+cpu"}})
+    assert requirements_txt([torch_model], None, local_shmserve=True).splitlines()[1:] == ["./shmserve-src", "torch==2.13.0"]
