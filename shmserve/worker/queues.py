@@ -87,12 +87,15 @@ class MethodSlot:
         return batch
 
     def prune(self, key: Any, q: deque[Request], now: float) -> list[tuple[Request, str]]:
-        """Remove and return the calls of `q` that must not run any more, with the reason.
+        """Remove and return the calls of `q` whose deadline passed, or comes before the next batch
+        would complete, with the reason.
 
-        A call whose deadline comes before the next batch would complete counts as expired.
+        Only deadlines are compared here (cheap, once per decision over the whole queue); whether a
+        caller gave up is read from its descriptor just before its batch runs (`expired_reason`).
         """
         finish = now + self.policy.cost.estimate(min(self.queued, self.max_batch_size)) if key is not None else now
-        dead = [(r, why) for r in q if (why := expired_reason(r, now, finish)) is not None]
+        dead = [(r, why) for r in q if r.deadline and r.deadline <= finish
+                and (why := expired_reason(r, now, finish)) is not None]
         if dead:
             gone = {id(r) for r, _ in dead}
             kept = [r for r in q if id(r) not in gone]

@@ -149,3 +149,37 @@ def test_the_watchdog_marks_a_stalled_worker_not_ready_then_restarts_it(unique_n
             except ProcessLookupError:
                 pass
             t.join(5.0)
+
+
+WATCHDOG_CONFIG = """\
+version: 1
+runners:
+  watchdog:
+    not_ready_after_s: 0.5
+    restart_after_s: 3
+"""
+
+
+def test_readyz_fails_while_a_runner_worker_is_stopped_and_recovers_after_its_restart(tmp_path):
+    from tests.integration.test_http_serve import Server, call, post_json, wait_until
+
+    path = tmp_path / "shmserve.yaml"
+    path.write_text(WATCHDOG_CONFIG)
+    srv = Server(tmp_path, "--config", str(path), api_workers=1)
+    victim = 0
+    try:
+        victim = post_json(srv, "/runner_pid", {})[2]
+        assert call(srv, "GET", "/readyz")[0] == 200
+        os.kill(victim, signal.SIGSTOP)
+        wait_until(lambda: call(srv, "GET", "/readyz")[0] == 503, 10, "/readyz to fail")
+        status, headers, _ = post_json(srv, "/runner_pid", {})
+        assert status == 503 and headers.get("retry-after"), (status, headers)  # refused, not queued
+        wait_until(lambda: call(srv, "GET", "/readyz")[0] == 200, 20, "/readyz after the restart")
+        assert post_json(srv, "/runner_pid", {})[2] != victim
+    finally:
+        if victim:
+            try:
+                os.kill(victim, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        assert srv.stop() == 0
