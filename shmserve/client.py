@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from . import registry, traces
+from . import lease, registry, traces
 from .errors import (
     InvalidInput,
     RunnerOverloaded,
@@ -505,8 +505,10 @@ class RunnerClient:
         return self.live_workers()
 
     def ready(self) -> bool:
-        """True when at least one worker can take calls (re-attaching restarted ones first) and the
-        watchdog sees it making progress."""
+        """True while the runner's supervisor holds its lease and at least one worker can take calls
+        (re-attaching restarted ones first) and the watchdog sees it making progress."""
+        if not lease.alive(str(self.record.get("lease", ""))):
+            return False  # its workers are about to exit too: say so now
         if self.live_workers() == 0 and self.reconnect() == 0:
             return False
         now = time.monotonic()

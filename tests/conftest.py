@@ -69,3 +69,18 @@ def shm_clean():
 @pytest.fixture
 def unique_name():
     return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def dead_lease():
+    """A factory of leases as a killed process leaves them: the file, with nobody holding its lock."""
+    import secrets
+
+    from shmserve import lease
+
+    def make() -> str:
+        lease_id = secrets.token_hex(8)
+        (lease.lease_dir() / f"{lease_id}.lease").touch(mode=0o600)
+        return lease_id
+
+    return make

@@ -41,3 +41,21 @@ def test_killed_process_leaves_a_free_lease_that_the_sweep_removes(shm_clean):
     removed = registry.sweep()
     assert info["name"] in removed and info["name"] not in os.listdir("/dev/shm")
     assert lease.state(info["lease"]) == lease.UNKNOWN
+
+
+def test_readiness_follows_the_supervisors_lease(unique_name, shm_clean, dead_lease):
+    import shmserve
+    from tests.runnables import EchoRunnable
+
+    r = shmserve.Runner(EchoRunnable, name=unique_name, workers=1, arena_mb=1)
+    with shmserve.start(r):
+        client = r._backend
+        assert client.ready()
+        live = client.record["lease"]
+        client.record["lease"] = dead_lease()  # as if its supervisor died while the workers still answer
+        try:
+            assert not client.ready()
+        finally:
+            client.record["lease"] = live
+        assert client.ready()
+    registry.sweep()  # the made-up dead lease file

@@ -11,13 +11,6 @@ from shmserve.shm.segment import Segment, new_name, owner_lease
 from shmserve.shm.signal import Signal
 
 
-def _dead_lease() -> str:
-    """A lease as a killed process leaves it: the file, with nobody holding its lock."""
-    lease_id = secrets.token_hex(8)
-    (lease.lease_dir() / f"{lease_id}.lease").touch(mode=0o600)
-    return lease_id
-
-
 def test_names_are_unguessable_and_carry_the_owner():
     a, b = new_name(), new_name()
     assert a != b and len(a) > 40
@@ -38,10 +31,10 @@ def test_segments_are_private(shm_clean):
         seg.close()
 
 
-def test_lease_states():
+def test_lease_states(dead_lease):
     mine = lease.current()
     assert lease.state(mine.id) == lease.LIVE and lease.alive(mine.id)
-    dead = _dead_lease()
+    dead = dead_lease()
     assert lease.state(dead) == lease.DEAD
     assert lease.state(secrets.token_hex(8)) == lease.UNKNOWN
     assert lease.state("../../etc/passwd") == lease.UNKNOWN
@@ -56,8 +49,8 @@ def test_released_lease_leaves_no_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_sweep_removes_what_dead_leases_left_and_keeps_the_rest(shm_clean):
-    dead = _dead_lease()
+def test_sweep_removes_what_dead_leases_left_and_keeps_the_rest(shm_clean, dead_lease):
+    dead = dead_lease()
     seg = Segment.create(4096, name=new_name(dead))
     sem = Signal.create(new_name(dead))
     mine = Signal.create()
@@ -84,7 +77,7 @@ def test_sweep_removes_what_dead_leases_left_and_keeps_the_rest(shm_clean):
         posix_ipc.Semaphore(sem.name)
 
 
-def test_register_clash_and_stale_entries(unique_name):
+def test_register_clash_and_stale_entries(unique_name, dead_lease):
     registry.register(unique_name, {})
     try:
         with pytest.raises(RunnerNameClash, match="already served"):
@@ -94,7 +87,7 @@ def test_register_clash_and_stale_entries(unique_name):
     finally:
         registry.unregister(unique_name)
     path = registry.runtime_dir() / f"{unique_name}.json"
-    path.write_text(f'{{"lease": "{_dead_lease()}", "supervisor_pid": {os.getpid()}}}')  # a live pid, dead lease
+    path.write_text(f'{{"lease": "{dead_lease()}", "supervisor_pid": {os.getpid()}}}')  # a live pid, dead lease
     with pytest.raises(RunnerUnavailable, match="exited"):
         registry.lookup(unique_name)
     registry.register(unique_name, {})  # stale entry is replaced
