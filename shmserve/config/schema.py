@@ -63,7 +63,18 @@ class HttpSettings(Settings):
                       json_schema_extra=flag("--port"))
     max_body_size: float = Field(64.0, gt=0, description="largest request body in MiB; larger ones get 413",
                                  json_schema_extra=flag("--max-body-size"))
-    max_header_size: int = Field(64, ge=1, description="largest request line plus headers in KiB; larger ones get 431")
+    max_header_size: int = Field(64, ge=1, description="largest request line plus headers in KiB; larger ones "
+                                 "get 431 as soon as they grow past it")
+    max_url_size: int = Field(16, ge=1, description="longest request target (path and query) in KiB; longer ones "
+                              "get 414 as soon as they grow past it")
+    header_timeout: float = Field(10.0, gt=0, description="seconds from a request's first byte to its last header; "
+                                  "later: 408 and close", json_schema_extra=flag("--header-timeout"))
+    body_timeout: float = Field(60.0, gt=0, description="seconds from a request's last header to its last body "
+                                "byte; later: 408 and close", json_schema_extra=flag("--body-timeout"))
+    send_timeout: float = Field(30.0, gt=0, description="seconds a response may wait for the client to read it; "
+                                "later the connection is aborted", json_schema_extra=flag("--send-timeout"))
+    max_connections: int = Field(1000, ge=1, description="open connections per API worker; more get 503 with "
+                                 "Retry-After and are closed unread", json_schema_extra=flag("--max-connections"))
     keepalive_timeout: float = Field(5.0, gt=0, description="seconds an idle keep-alive connection stays open",
                                      json_schema_extra=flag("--keepalive-timeout"))
     backlog: int = Field(2048, ge=1, description="listen backlog of the server socket")
@@ -77,6 +88,11 @@ class HttpSettings(Settings):
     def max_header_bytes(self) -> int:
         """`max_header_size` in bytes."""
         return self.max_header_size * 1024
+
+    @property
+    def max_url_bytes(self) -> int:
+        """`max_url_size` in bytes."""
+        return self.max_url_size * 1024
 
 
 class GrpcSettings(Settings):

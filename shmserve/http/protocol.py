@@ -8,29 +8,44 @@ request at a time per connection is what keeps pipelined responses in order.
 
 Handled here: keep-alive (HTTP/1.1 default, HTTP/1.0 on request), pipelining,
 chunked request bodies, ``Expect: 100-continue``, malformed requests (400,
-then close), oversized headers (431) and bodies (413: the body is not read,
-the connection closes), idle keep-alive timeout, and back-pressure (reading
-pauses while the peer does not read our responses or too many pipelined
-requests are queued).
+then close), and back-pressure (reading pauses while the peer does not read
+our responses or too many pipelined requests are queued). The limits and
+deadlines of `shmserve.http.state` are enforced as bytes arrive: a request
+target over the limit gets 414 and headers over the limit 431 at once, a body
+over the limit 413 (not read), a request whose headers or body do not arrive
+in time 408; each then closes the connection. A connection over
+``max_connections`` gets 503 before anything is read.
+
+Graceful shutdown (`ServerState.begin_shutdown`) answers every request already
+received: the one being served, the pipelined ones queued behind it, and those
+still in the socket buffer (``FIONREAD`` tells); the last response carries
+``connection: close``.
 """
 from __future__ import annotations
 
+import array
 import asyncio
+import fcntl
+import termios
 import time
 from collections import deque
 from collections.abc import Callable
-from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any, Protocol
 
 import httptools
 import orjson
 
+from .state import ServerState
+
 __all__ = ["Request", "HttpProtocol", "ServerState", "Application", "error_body"]
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _PIPELINE_HIGH = 32  # queued requests before we stop reading
 _PIPELINE_LOW = 4
+# Sent to a connection over `max_connections` before closing it; nothing of it is read.
+_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nserver: shmserve\r\ncontent-type: application/json\r\n"
+         b"retry-after: 1\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%s")
 
 
 class Request:
@@ -76,60 +91,6 @@ def error_body(status: int, error: str, message: str) -> bytes:
     return orjson.dumps({"status": status, "error": error, "message": message})
 
 
-class ServerState:
-    """What every connection of one server shares: limits, the Date header, live connections."""
-
-    def __init__(
-        self,
-        max_body_bytes: int = 64 * 1024 * 1024,
-        max_header_bytes: int = 64 * 1024,
-        keepalive_timeout: float = 5.0,
-    ) -> None:
-        self.max_body_bytes = int(max_body_bytes)
-        self.max_header_bytes = int(max_header_bytes)
-        self.keepalive_ticks = max(1, int(round(keepalive_timeout)))
-        self.connections: set[HttpProtocol] = set()
-        self.shutting_down = False
-        self.date_line = b""
-        self._prefixes: dict[tuple[int, bytes], bytes] = {}
-        self.update_date()
-
-    def update_date(self) -> None:
-        """Refresh the cached ``date:`` header line (called once a second)."""
-        self.date_line = b"date: " + formatdate(time.time(), usegmt=True).encode() + b"\r\n"
-
-    def prefix(self, status: int, content_type: bytes) -> bytes:
-        """Status line plus content-type line, built once per (status, type)."""
-        key = (status, content_type)
-        head = self._prefixes.get(key)
-        if head is None:
-            try:
-                phrase = HTTPStatus(status).phrase
-            except ValueError:
-                phrase = "Status"
-            head = b"HTTP/1.1 %d %s\r\nserver: shmserve\r\ncontent-type: %s\r\n" % (status, phrase.encode(), content_type)
-            if len(self._prefixes) < 1024:
-                self._prefixes[key] = head
-        return head
-
-    def tick(self) -> None:
-        """Once a second: refresh the Date header and close keep-alive connections idle too long."""
-        self.update_date()
-        limit = self.keepalive_ticks
-        for conn in list(self.connections):
-            if conn.idle():
-                conn.idle_ticks += 1
-                if conn.idle_ticks > limit:
-                    conn.close()
-
-    def begin_shutdown(self) -> None:
-        """Stop keep-alive: idle connections close now, busy ones after their current response."""
-        self.shutting_down = True
-        for conn in list(self.connections):
-            if conn.idle() and not conn.has_partial_request():
-                conn.close()
-
-
 class HttpProtocol(asyncio.Protocol):
     """One HTTP/1.1 connection. See the module docstring."""
 
@@ -145,26 +106,45 @@ class HttpProtocol(asyncio.Protocol):
         self.task: asyncio.Future[Any] | None = None
         self.closed = False
         self.idle_ticks = 0
+        #: requests fully received on this connection
+        self.completed = 0
         self._discard = False  # after a fatal error: parse nothing more
         self._dispatching = False
         self._reading_paused = False
         self._writing_paused = False
         self._continue_wanted = False
         self._in_message = False
+        self._in_head = False  # request line and headers still arriving
+        #: CLOCK_MONOTONIC time by which the current head or body must be complete (0: none)
+        self._deadline = 0.0
+        #: when the peer stopped reading (writes paused) or we closed with data unsent (0: never)
+        self._stuck_since = 0.0
         # The message being parsed.
         self._t_begin = 0.0
-        self._url = b""
+        self._url: list[bytes] = []
+        self._url_len = 0
         self._headers: dict[bytes, bytes] = {}
         self._body: Any = None
         self._body_len = 0
-        self._header_len = 0
+        self._head_len = 0  # request target plus complete headers, counted exactly
+        self._head_fed = 0  # bytes fed while the head was incomplete (an upper bound on its size)
         self._rejected = False
 
     # -- asyncio callbacks -----------------------------------------------------
     def connection_made(self, transport: Any) -> None:
-        """Remember the transport and join the server's connection set."""
+        """Remember the transport and join the server's connection set, or refuse when it is full."""
         self.transport = transport
-        self.state.connections.add(self)
+        state = self.state
+        if len(state.connections) >= state.max_connections:
+            state.refused += 1
+            body = error_body(503, "TooManyConnections",
+                              f"this API worker has {state.max_connections} connections open; retry later "
+                              "or raise api_server.http.max_connections (--max-connections)")
+            self.closed = self._discard = True
+            transport.write(_BUSY % (len(body), body))
+            transport.close()
+            return
+        state.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Drop queued requests and cancel the one being served."""
@@ -181,6 +161,9 @@ class HttpProtocol(asyncio.Protocol):
         if self._discard:
             return
         self.idle_ticks = 0
+        head_before = self._in_head
+        began_at_start = not self._in_message
+        completed = self.completed
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -192,51 +175,74 @@ class HttpProtocol(asyncio.Protocol):
                 self.queue[-1].keep_alive = False
         except httptools.HttpParserError as exc:
             self._fail(400, f"malformed HTTP request: {exc}")
+        if self._in_head and not self._discard:
+            # httptools keeps a partial header inside itself and reports it only once it is
+            # complete, so its size is counted here, from the bytes fed. When this chunk also
+            # ended an earlier request, where the new head starts in it is unknown: it is counted
+            # from the next chunk on (the head may then exceed the limit by one read).
+            if head_before or (began_at_start and completed == self.completed):
+                self._head_fed += len(data)
+            if self._head_fed > self.state.max_header_bytes:
+                self._reject_head()
         if not self.busy:
             self._drain()
 
     def pause_writing(self) -> None:
         """The peer is not reading: stop reading its next requests."""
         self._writing_paused = True
+        self._stuck_since = time.monotonic()
         self._pause_reading()
 
     def resume_writing(self) -> None:
         """The peer reads again: resume reading unless the pipeline is full."""
         self._writing_paused = False
+        self._stuck_since = 0.0
         if len(self.queue) < _PIPELINE_LOW:
             self._resume_reading()
 
     # -- httptools callbacks ---------------------------------------------------
     def on_message_begin(self) -> None:
-        """httptools: a new request starts."""
+        """httptools: a new request starts; its headers must arrive within ``header_timeout``."""
         self._t_begin = time.monotonic()
+        self._deadline = self._t_begin + self.state.header_timeout
         self._in_message = True
-        self._url = b""
+        self._in_head = True
+        self._url = []
+        self._url_len = 0
         self._headers = {}
         self._body = None
         self._body_len = 0
-        self._header_len = 0
+        self._head_len = 0
+        self._head_fed = 0
         self._rejected = False
 
     def on_url(self, url: bytes) -> None:
-        """httptools: (part of) the request target."""
-        self._url = self._url + url if self._url else url
-        self._header_len += len(url)
+        """httptools: (part of) the request target; refused with 414 once it grows over the limit."""
+        if self._rejected:
+            return
+        self._url.append(url)  # a list, joined once: a trickled URL must not be re-copied per read
+        self._url_len += len(url)
+        self._head_len += len(url)
+        if self._url_len > self.state.max_url_bytes:
+            self._reject(414, f"request target exceeds {self.state.max_url_bytes} bytes; "
+                              "send the data in the body or raise api_server.http.max_url_size")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         """httptools: one header; names are stored lower-cased."""
-        self._header_len += len(name) + len(value)
+        self._head_len += len(name) + len(value) + 4
         self._headers[name.lower()] = value
 
     def on_headers_complete(self) -> None:
-        """httptools: check limits, answer ``Expect: 100-continue``."""
+        """httptools: check limits, start the body deadline, answer ``Expect: 100-continue``."""
+        self._in_head = False
         if self._discard:
             return
         state = self.state
-        headers = self._headers
-        if self._header_len > state.max_header_bytes:
-            self._reject(431, f"request headers exceed {state.max_header_bytes} bytes")
+        if self._head_len > state.max_header_bytes:
+            self._reject_head()
             return
+        self._deadline = time.monotonic() + state.body_timeout
+        headers = self._headers
         length = headers.get(b"content-length")
         if length is not None:
             try:
@@ -274,7 +280,10 @@ class HttpProtocol(asyncio.Protocol):
     def on_message_complete(self) -> None:
         """httptools: the request is complete; queue it."""
         self._in_message = False
+        self._in_head = False
+        self._deadline = 0.0
         self._continue_wanted = False
+        self.completed += 1
         if self._rejected or self._discard:
             return
         body = self._body
@@ -283,8 +292,8 @@ class HttpProtocol(asyncio.Protocol):
         elif isinstance(body, list):
             body = b"".join(body)
         parser = self.parser
-        self.queue.append(Request(parser.get_method(), self._url, self._headers, body, parser.should_keep_alive(),
-                                  None, self._t_begin))
+        self.queue.append(Request(parser.get_method(), self._joined_url(), self._headers, body,
+                                  parser.should_keep_alive(), None, self._t_begin))
         if len(self.queue) > _PIPELINE_HIGH:
             self._pause_reading()
 
@@ -301,7 +310,9 @@ class HttpProtocol(asyncio.Protocol):
         if self.closed:
             return
         state = self.state
-        keep_alive = request is not None and request.keep_alive and not state.shutting_down
+        keep_alive = request is not None and request.keep_alive
+        if keep_alive and state.shutting_down:
+            keep_alive = self._more_to_serve()  # the last answer of a draining connection says close
         self.transport.write(b"".join((
             state.prefix(status, content_type),
             b"content-length: %d\r\n" % len(body),
@@ -320,10 +331,12 @@ class HttpProtocol(asyncio.Protocol):
         self.reply(status, b"application/json", error_body(status, error, message), extra_headers)
 
     def close(self) -> None:
-        """Close the connection; a pending write is flushed first."""
+        """Close the connection; a pending write is flushed first (for at most ``send_timeout``)."""
         if not self.closed:
             self.closed = True
             self._discard = True
+            if not self._stuck_since and self.transport.get_write_buffer_size():
+                self._stuck_since = time.monotonic()
             self.transport.close()
 
     def idle(self) -> bool:
@@ -334,7 +347,45 @@ class HttpProtocol(asyncio.Protocol):
         """True while a request's headers or body are still arriving."""
         return self._in_message
 
+    def check_deadlines(self, now: float) -> bool:
+        """Enforce the header, body and send deadlines at time `now`; True if this closed the connection."""
+        stuck = self._stuck_since
+        if stuck and now - stuck > self.state.send_timeout:
+            # The peer has not read our bytes for send_timeout: nothing more can reach it.
+            self.closed = self._discard = True
+            self.transport.abort()
+            return True
+        deadline = self._deadline
+        if not deadline or now <= deadline or self._discard:
+            return False
+        if self._reading_paused and not self._writing_paused:
+            self._deadline = now + 1.0  # we stopped reading (pipeline full): the peer is not late
+            return False
+        if self._in_head:
+            what, limit, key = "headers", self.state.header_timeout, "header"
+        else:
+            what, limit, key = "body", self.state.body_timeout, "body"
+        self._reject(408, f"request {what} did not arrive within {limit:g} s; send the whole request "
+                          f"promptly or raise api_server.http.{key}_timeout (--{key}-timeout)")
+        if not self.busy:
+            self._drain()
+        return True
+
+    def shutdown_if_idle(self) -> None:
+        """Graceful shutdown: close now if there is nothing to serve (see `ServerState.begin_shutdown`)."""
+        if self.closed or self.busy or self._more_to_serve():
+            return
+        self.close()
+
     # -- internals -------------------------------------------------------------
+    def _more_to_serve(self) -> bool:
+        """A request queued, arriving, or sitting unread in the socket buffer."""
+        return bool(self.queue) or self._in_message or (not self._discard and _unread_bytes(self.transport) > 0)
+
+    def _joined_url(self) -> bytes:
+        parts = self._url
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
     def _drain(self) -> None:
         if self._dispatching:
             return
@@ -359,14 +410,19 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.write(_CONTINUE)
         if self._reading_paused and not self._writing_paused and len(self.queue) < _PIPELINE_LOW:
             self._resume_reading()
-        if self.state.shutting_down and not self.queue and not self._in_message:
+        if self.state.shutting_down and not self._more_to_serve():
             self.close()
 
     def _reject(self, status: int, message: str) -> None:
         # Answer in order, after earlier pipelined requests, then close: the rest is not read.
         self._rejected = True
-        self.queue.append(Request(b"", self._url, self._headers, b"", False, (status, message)))
+        self.queue.append(Request(b"", self._joined_url() if self._url else b"", self._headers, b"", False,
+                                  (status, message)))
         self._stop_parsing()
+
+    def _reject_head(self) -> None:
+        self._reject(431, f"request line and headers exceed {self.state.max_header_bytes} bytes; "
+                          "send less in headers or raise api_server.http.max_header_size")
 
     def _fail(self, status: int, message: str) -> None:
         self.queue.append(Request(b"", b"", {}, b"", False, (status, message)))
@@ -375,6 +431,8 @@ class HttpProtocol(asyncio.Protocol):
     def _stop_parsing(self) -> None:
         self._discard = True
         self._in_message = False
+        self._in_head = False
+        self._deadline = 0.0
         self._pause_reading()
 
     def _pause_reading(self) -> None:
@@ -386,6 +444,19 @@ class HttpProtocol(asyncio.Protocol):
         if self._reading_paused and not self._discard and not self.closed:
             self._reading_paused = False
             self.transport.resume_reading()
+
+
+def _unread_bytes(transport: Any) -> int:
+    """Bytes the kernel holds for us to read on `transport`'s socket (0 when it cannot tell)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    try:
+        buf = array.array("i", [0])
+        fcntl.ioctl(sock.fileno(), termios.FIONREAD, buf)
+    except (OSError, ValueError):
+        return 0
+    return buf[0]
 
 
 ProtocolFactory = Callable[[], HttpProtocol]

@@ -7,14 +7,18 @@ running runner workers with ``shmserve.client.attach``; with ``local_runners``
 itself with ``runner.init_local()``, so no shared memory is involved at all.
 
 It reports ``("ready", pid)`` or ``("error", message)`` on its status pipe, and
-exits when it gets SIGTERM/SIGINT (after in-flight requests finish) or when the
-supervisor's end of the pipe closes (the supervisor died).
+exits when it gets SIGTERM/SIGINT or when the supervisor's end of the pipe
+closes (the supervisor died). Stopping closes the listening socket first (new
+connections are refused), then answers every request already received,
+including pipelined ones and those still in socket buffers (see
+`shmserve.http.server.HttpServer.shutdown`).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -25,7 +29,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
-from ..config import Config
+from ..config import ApiServerSettings, Config
 from ..errors import ConfigError
 from ..traces import add_trace_hook
 
@@ -116,7 +120,7 @@ def run_api_worker(spec: APIWorkerSpec, sock: socket.socket, status: Connection)
         regions = RegionTable(spec.regions_dir)
     app = App(svc, executor=executor, version=__version__, metrics_dir=spec.metrics_dir, regions=regions)
     add_trace_hook(app.metrics.on_trace)  # runner batch size, queue wait and compute histograms
-    server = HttpServer(app, api)
+    server = HttpServer(app, _fit_connections(api))
     grpc_server = None
     if spec.grpc_port is not None:
         from ..grpc.server import GrpcServer
@@ -136,6 +140,34 @@ def run_api_worker(spec: APIWorkerSpec, sock: socket.socket, status: Connection)
         unbind_runners(svc.runners)
         loop.close()
         status.close()
+
+
+# File descriptors kept free for everything but client connections (runner sockets, pipes, logs).
+_FD_RESERVE = 64
+
+
+def _fit_connections(api: ApiServerSettings) -> ApiServerSettings:
+    """Raise the file-descriptor limit to what ``http.max_connections`` needs, or lower the cap to fit it.
+
+    A connection past the limit would fail in accept() with EMFILE, which
+    refuses nobody early and keeps the backlog full: the cap must be reached first.
+    """
+    http = api.http
+    want = http.max_connections + _FD_RESERVE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = new
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < want:
+        fit = max(1, soft - _FD_RESERVE)
+        log.warning("the file-descriptor limit (%d) leaves room for %d connections, not "
+                    "api_server.http.max_connections=%d; raise `ulimit -n` to serve more", soft, fit, http.max_connections)
+        return api.model_copy(update={"http": http.model_copy(update={"max_connections": fit})})
+    return api
 
 
 async def _serve(server: Any, sock: socket.socket, status: Connection, grpc_server: Any, grace: float) -> None:

@@ -58,6 +58,8 @@ class WorkerSpec:
     parent_pid: int
     gpu: str | None = None  # the GPU this worker was given (CUDA_VISIBLE_DEVICES), if any
     health_name: str | None = None  # this worker slot's watchdog board (shmserve.worker.watchdog)
+    #: the signal that stops this worker; when not SIGTERM, SIGTERM is ignored (see ``start(outlive_sigterm=)``)
+    stop_signal: int = signal.SIGTERM
 
 
 class Dispatcher:
@@ -349,7 +351,11 @@ def main(spec: WorkerSpec) -> None:
     def on_term(_signo: int, _frame: Any) -> None:
         stop.set()
 
-    signal.signal(signal.SIGTERM, on_term)
+    if spec.stop_signal != signal.SIGTERM:
+        # A SIGTERM to the whole process group (systemd, `kill -- -PGID`) must not stop us while
+        # the API workers still drain their calls: the supervisor stops us with stop_signal after them.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(spec.stop_signal, on_term)
     doorbell = Signal.open(spec.doorbell_name)
     try:
         spin_s = spin_budget_s()  # a bad SHMSERVE_SPIN_US fails the start, with its message

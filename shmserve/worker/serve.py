@@ -8,8 +8,13 @@
 4. Spawn the API workers (spawn start method) and wait for each to report ready.
 5. Watch: an API worker that exits on its own is restarted (at most
    `MAX_RESTARTS` in `RESTART_WINDOW_S`, then the server gives up and stops).
-6. On SIGTERM/SIGINT: API workers get SIGTERM, stop accepting and finish their
-   in-flight requests; then the runners stop, which removes their shared memory.
+6. On SIGTERM/SIGINT (to the supervisor, or to the whole process group as
+   systemd and Ctrl-C send it): the supervisor closes its copy of the listening
+   socket and sends SIGTERM to the API workers, which close theirs at once (so
+   new connections are refused), answer every request already received, and
+   exit. Only then do the runners stop, which removes their shared memory: their
+   workers ignore SIGTERM and SIGINT (see ``shmserve.start(outlive_sigterm=True)``),
+   so the calls of a draining API worker still reach them.
 """
 from __future__ import annotations
 
@@ -168,7 +173,7 @@ def serve(options: ServeOptions) -> int:
             import shmserve
 
             # The supervisor makes no calls itself: the API workers attach on their own.
-            handle = shmserve.start(*svc.runners, bind=False)
+            handle = shmserve.start(*svc.runners, bind=False, outlive_sigterm=True)
         if signals.stop:
             return 0
         workers = [_APIWorker(ctx, replace(base, index=i), sock) for i in range(api.workers)]
@@ -185,14 +190,14 @@ def serve(options: ServeOptions) -> int:
               f"({api.workers} API workers, runners: {mode})", flush=True)
         code = _supervise(ctx, workers, sock, signals)
     finally:
+        sock.close()  # first: the API workers close theirs on SIGTERM, then connections are refused
+        if grpc_sock is not None:
+            grpc_sock.close()
         _stop_workers(workers, api.graceful_shutdown_timeout + 5.0)
         if handle is not None:
             handle.stop()
         _sweep_dead()
         shutil.rmtree(metrics_dir, ignore_errors=True)
-        if grpc_sock is not None:
-            grpc_sock.close()
-        sock.close()
         signals.restore()
         log.info("stopped")
     return code

@@ -40,6 +40,8 @@ from ..watchdog import Health
 from . import runner as worker_main
 
 READY_TIMEOUT_S = 120.0
+#: how a group started with ``outlive_sigterm=True`` stops its workers (they ignore SIGTERM)
+OUTLIVE_STOP_SIGNAL = signal.SIGUSR1
 STOP_GRACE_S = 5.0
 WATCH_EVERY_S = 0.25  # how often the watcher reads the health boards
 log = logging.getLogger("shmserve.watchdog")
@@ -78,6 +80,7 @@ class WorkerHandle:
             parent_pid=os.getpid(),
             gpu=self.plan.gpu,
             health_name=self.board.name,
+            stop_signal=self.sup.stop_signal,
         )
         proc = self.sup.ctx.Process(target=worker_main.main, args=(spec,), name=f"shmserve-{r.name}-{self.index}",
                                     daemon=True)
@@ -121,8 +124,11 @@ class WorkerHandle:
                               "InitError", msg.get("error", ""))
 
     def terminate(self) -> None:
-        if self.process is not None and self.process.is_alive():
-            self.process.terminate()
+        if self.process is not None and self.process.is_alive() and self.process.pid is not None:
+            try:
+                os.kill(self.process.pid, self.sup.stop_signal)
+            except ProcessLookupError:
+                pass
 
     def check_hung(self, now: float) -> None:
         """Kill this slot's worker if its health board says it is hung (the watcher then restarts it)."""
@@ -153,9 +159,10 @@ class WorkerHandle:
 class RunnerSupervisor:
     """The workers of one runner."""
 
-    def __init__(self, runner: Runner, workers: int | None, ctx: Any) -> None:
+    def __init__(self, runner: Runner, workers: int | None, ctx: Any, stop_signal: int = signal.SIGTERM) -> None:
         self.runner = runner
         self.ctx = ctx
+        self.stop_signal = stop_signal
         self.plans = runner.strategy.plan(runner.runnable_class, workers if workers is not None else runner.workers,
                                           gpus=runner.gpus)
         self.handles: list[WorkerHandle] = []
@@ -315,13 +322,18 @@ class RunnerGroup:
         return f"<RunnerGroup {[r.name for r in self.runners]} {'stopped' if self.stopped else 'running'}>"
 
 
-def start(*runners: Runner, workers: int | dict[str, int] | None = None, bind: bool = True) -> RunnerGroup:
+def start(*runners: Runner, workers: int | dict[str, int] | None = None, bind: bool = True,
+          outlive_sigterm: bool = False) -> RunnerGroup:
     """Spawn worker processes for `runners` and bind them, so their methods go through shared memory.
 
     `workers` overrides the worker count: an int for every runner or a dict by
-    runner name. Returns a handle to use as a context manager or to `.stop()`.
-    Embedded runners (``Runner(..., embedded=True)``) get no workers: with
-    `bind` they run in this process, and are released by `.stop()` too.
+    runner name. With `outlive_sigterm`, the workers ignore SIGTERM (a signal to
+    the whole process group or cgroup, as systemd sends on stop) and stop only
+    when this group stops them (with `OUTLIVE_STOP_SIGNAL`) or this process
+    dies, so that the callers in other processes can finish their calls first;
+    ``shmserve serve`` uses it. Returns a handle to use as a context manager or
+    to `.stop()`. Embedded runners (``Runner(..., embedded=True)``) get no
+    workers: with `bind` they run in this process, and are released by `.stop()` too.
     """
     if mp.parent_process() is not None and mp.current_process().name.startswith("shmserve-"):
         raise RuntimeError(
@@ -345,7 +357,7 @@ def start(*runners: Runner, workers: int | dict[str, int] | None = None, bind: b
                     group.runners.append(r)
                 continue
             count = workers.get(r.name) if isinstance(workers, dict) else workers
-            sup = RunnerSupervisor(r, count, ctx)
+            sup = RunnerSupervisor(r, count, ctx, OUTLIVE_STOP_SIGNAL if outlive_sigterm else signal.SIGTERM)
             group.supervisors.append(sup)
             sup.start()
             group.runners.append(r)

@@ -184,7 +184,8 @@ def wait_until(cond, timeout: float, what: str) -> None:
 class Server:
     """A `shmserve serve` subprocess on 127.0.0.1 with an OS-picked port."""
 
-    def __init__(self, workdir: Path, *args: str, api_workers: int | None = 2) -> None:
+    def __init__(self, workdir: Path, *args: str, api_workers: int | None = 2, own_group: bool = False) -> None:
+        """Start the server; `own_group` puts it in a process group of its own, to be signalled as a whole."""
         (workdir / "http_test_service.py").write_text(SERVICE_SOURCE)
         self.workdir = workdir
         self.suffix = uuid.uuid4().hex[:8]
@@ -198,7 +199,7 @@ class Server:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "shmserve.cli", "serve", "http_test_service:svc", "--port", "0",
              *(["--api-workers", str(api_workers)] if api_workers is not None else []), "--log-level", "INFO", *args],
-            cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=self._log,
+            cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=self._log, start_new_session=own_group,
         )
         self.port = self._read_port(60.0)
         self.family = descendants(self.proc.pid)

@@ -12,7 +12,10 @@ class FakeTransport:
     def __init__(self) -> None:
         self.chunks: list[bytes] = []
         self.closed = False
+        self.aborted = False
         self.paused = False
+        self.unsent = 0  # bytes the peer has not read yet
+        self.socket: object = None  # what get_extra_info("socket") answers
 
     def write(self, data: bytes) -> None:
         assert not self.closed, "write after close"
@@ -20,6 +23,15 @@ class FakeTransport:
 
     def close(self) -> None:
         self.closed = True
+
+    def abort(self) -> None:
+        self.closed = self.aborted = True
+
+    def get_write_buffer_size(self) -> int:
+        return self.unsent
+
+    def get_extra_info(self, name: str) -> object:
+        return self.socket if name == "socket" else None
 
     def pause_reading(self) -> None:
         self.paused = True
