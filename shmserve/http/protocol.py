@@ -119,6 +119,10 @@ class HttpProtocol(asyncio.Protocol):
         self._deadline = 0.0
         #: when the peer stopped reading (writes paused) or we closed with data unsent (0: never)
         self._stuck_since = 0.0
+        # Shutdown: bytes the kernel had received when it began (still to be served), and whether
+        # they are all fed (then a request that begins later is not taken: its sender was too late).
+        self._quota = 0
+        self._cutoff = False
         # The message being parsed.
         self._t_begin = 0.0
         self._url: list[bytes] = []
@@ -145,6 +149,8 @@ class HttpProtocol(asyncio.Protocol):
             transport.close()
             return
         state.connections.add(self)
+        if state.shutting_down:  # taken from the backlog while stopping: serve what it has sent
+            self.begin_shutdown()
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Drop queued requests and cancel the one being served."""
@@ -165,7 +171,17 @@ class HttpProtocol(asyncio.Protocol):
         began_at_start = not self._in_message
         completed = self.completed
         try:
-            self.parser.feed_data(data)
+            if self.state.shutting_down and not self._cutoff and len(data) >= self._quota:
+                # The first `quota` bytes were received before shutdown began: serve what they
+                # begin; after them, only the request already arriving is completed.
+                self.parser.feed_data(data[:self._quota])
+                self._cutoff = True
+                if len(data) > self._quota and not self._discard:
+                    self.parser.feed_data(data[self._quota:])
+            else:
+                if self.state.shutting_down:
+                    self._quota -= len(data)
+                self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             # Upgrades (h2c, websocket) are not offered: the request is served as
             # plain HTTP/1.1 and the connection closes after it, since whatever
@@ -203,6 +219,9 @@ class HttpProtocol(asyncio.Protocol):
     # -- httptools callbacks ---------------------------------------------------
     def on_message_begin(self) -> None:
         """httptools: a new request starts; its headers must arrive within ``header_timeout``."""
+        if self._cutoff:
+            self._discard = True  # began after shutdown: not taken, the connection closes after earlier answers
+            return
         self._t_begin = time.monotonic()
         self._deadline = self._t_begin + self.state.header_timeout
         self._in_message = True
@@ -218,7 +237,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         """httptools: (part of) the request target; refused with 414 once it grows over the limit."""
-        if self._rejected:
+        if self._rejected or self._discard:
             return
         self._url.append(url)  # a list, joined once: a trickled URL must not be re-copied per read
         self._url_len += len(url)
@@ -229,6 +248,8 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         """httptools: one header; names are stored lower-cased."""
+        if self._discard:
+            return
         self._head_len += len(name) + len(value) + 4
         self._headers[name.lower()] = value
 
@@ -371,16 +392,18 @@ class HttpProtocol(asyncio.Protocol):
             self._drain()
         return True
 
-    def shutdown_if_idle(self) -> None:
-        """Graceful shutdown: close now if there is nothing to serve (see `ServerState.begin_shutdown`)."""
+    def begin_shutdown(self) -> None:
+        """Graceful shutdown: serve what was received so far, then close (see `ServerState.begin_shutdown`)."""
+        self._quota = _unread_bytes(self.transport)
+        self._cutoff = self._quota == 0
         if self.closed or self.busy or self._more_to_serve():
             return
         self.close()
 
     # -- internals -------------------------------------------------------------
     def _more_to_serve(self) -> bool:
-        """A request queued, arriving, or sitting unread in the socket buffer."""
-        return bool(self.queue) or self._in_message or (not self._discard and _unread_bytes(self.transport) > 0)
+        """A request queued, arriving, or received before shutdown and not read yet."""
+        return bool(self.queue) or self._in_message or (not self._discard and not self._cutoff)
 
     def _joined_url(self) -> bytes:
         parts = self._url

@@ -112,9 +112,12 @@ class ServerState:
     def begin_shutdown(self) -> None:
         """Stop keep-alive: connections with nothing to serve close now, the others after their last response.
 
-        "Something to serve" includes a request still in the socket buffer,
-        not yet read: it is read and answered (with ``connection: close``).
+        What is served is what was received when this is called: requests
+        queued, the one arriving, and the bytes already in the kernel's socket
+        buffer (``FIONREAD``), which are read and answered. A request that
+        begins after those bytes is not taken: the answer before it carried
+        ``connection: close``, which tells its client to send it again elsewhere.
         """
         self.shutting_down = True
         for conn in list(self.connections):
-            conn.shutdown_if_idle()
+            conn.begin_shutdown()

@@ -196,3 +196,30 @@ def test_shutdown_closes_idle_connections_with_nothing_unread() -> None:
         ours.close()
         peer.close()
 
+
+
+def test_shutdown_does_not_take_requests_sent_after_it_began() -> None:
+    ours, peer = socket.socketpair()
+    try:
+        proto, tr, app, state = make()
+        tr.socket = ours
+        before = b"GET /before HTTP/1.1\r\nHost: x\r\n\r\n"
+        peer.sendall(before)
+        state.begin_shutdown()
+        peer.sendall(b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")  # a pipelining client that keeps sending
+        proto.data_received(ours.recv(4096))
+        got = responses(tr.data)
+        assert [b for _, _, b in got] == [b"GET /before "]
+        assert got[0][1][b"connection"] == b"close" and tr.closed
+    finally:
+        ours.close()
+        peer.close()
+
+
+def test_a_request_arriving_when_shutdown_begins_is_completed() -> None:
+    proto, tr, app, state = make()
+    proto.data_received(b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nab")
+    state.begin_shutdown()
+    proto.data_received(b"cd" + b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+    got = responses(tr.data)
+    assert [b for _, _, b in got] == [b"POST /p abcd"] and got[0][1][b"connection"] == b"close" and tr.closed
