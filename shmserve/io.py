@@ -35,9 +35,11 @@ import numpy as np
 import orjson
 
 from .errors import InvalidInput
+from .jsonarray import PIECE_BYTES, decode_array
 from .npy import CACHE_LIMIT as _CACHE_LIMIT
 from .npy import MAX_NDIM as _MAX_NDIM
 from .npy import check_dtype as _check_dtype
+from .npy import check_shape as _check_shape
 from .npy import encode_npy, parse_npy
 from .npy import parse_dtype as _parse_dtype
 
@@ -87,6 +89,14 @@ class IODescriptor:
     def decode(self, body: bytes, headers: Headers) -> Any:
         """Turn a request body (and its lower-cased header names) into the API argument."""
         raise NotImplementedError
+
+    def decode_off_loop(self, body: bytes, headers: Headers) -> bool:
+        """True when decoding `body` takes long enough to be run off the event loop (in a thread).
+
+        The thread helps only if `decode` lets go of the GIL now and then, as the
+        piece-wise JSON array decoder does (`shmserve.jsonarray`).
+        """
+        return False
 
     def encode(self, value: Any, accept: bytes) -> tuple[bytes, bytes, bytes]:
         """Return ``(content_type, body, extra_header_lines)`` for an API result.
@@ -224,22 +234,17 @@ class NumpyNdarray(IODescriptor):
             )
         return self._check_shape(arr)
 
+    def decode_off_loop(self, body: bytes, headers: Headers) -> bool:
+        """JSON bodies over one piece of `shmserve.jsonarray` are decoded in a thread."""
+        if len(body) <= PIECE_BYTES:
+            return False
+        mt = _media_type(headers)
+        return not mt or mt == _CT_JSON
+
     def _from_json(self, body: bytes) -> np.ndarray:
-        try:
-            obj = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidInput(f"request body is not valid JSON ({exc}); send a JSON array of numbers") from None
-        if not isinstance(obj, (list, int, float)):
-            raise InvalidInput(f"expected a JSON array of numbers, got a JSON {type(obj).__name__}")
-        try:
-            if self.dtype is not None and not self._json_infer_first:
-                arr = np.asarray(obj, dtype=self.dtype)
-            else:
-                arr = np.asarray(obj)
-        except (ValueError, TypeError) as exc:
-            raise InvalidInput(f"JSON body must be a rectangular array of numbers ({exc})") from None
-        if arr.dtype.kind not in "biufc":
-            raise InvalidInput("JSON array must contain only numbers (or booleans), with equal-length rows")
+        arr = decode_array(body, None if self._json_infer_first else self.dtype)
+        if arr.ndim > _MAX_NDIM:
+            raise InvalidInput(f"JSON array has {arr.ndim} dimensions; at most {_MAX_NDIM} are accepted")
         if self._json_infer_first:
             assert self.dtype is not None
             if not np.can_cast(arr.dtype, self.dtype, casting="same_kind"):
@@ -270,6 +275,7 @@ class NumpyNdarray(IODescriptor):
                 shape = _parse_shape_header(raw_shape)
                 if len(self._shape_cache) < _CACHE_LIMIT:
                     self._shape_cache[raw_shape] = shape
+            _check_shape(shape, dtype)
             expected = 1
             for d in shape:
                 expected *= d
@@ -296,6 +302,11 @@ class NumpyNdarray(IODescriptor):
             return arr
         if self.enforce_dtype:
             raise InvalidInput(f"expected dtype {want.name}, got {arr.dtype.name}; send {want.name} data")
+        if arr.dtype.kind == "c" and want.kind != "c":
+            raise InvalidInput(f"complex input ({arr.dtype.name}) cannot become {want.name} without losing its "
+                               f"imaginary part; send real {want.name} data")
+        if arr.dtype.kind in "SU" and want.kind not in "SU":
+            raise InvalidInput(f"string input ({arr.dtype.str}) is not converted to {want.name}; send numbers")
         try:
             return arr.astype(want)
         except (ValueError, TypeError):

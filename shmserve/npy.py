@@ -13,7 +13,7 @@ import numpy as np
 
 from .errors import InvalidInput
 
-__all__ = ["CACHE_LIMIT", "MAX_NDIM", "check_dtype", "parse_dtype", "parse_npy", "encode_npy"]
+__all__ = ["CACHE_LIMIT", "MAX_NDIM", "check_dtype", "check_shape", "parse_dtype", "parse_npy", "encode_npy"]
 
 # dtype kinds a tensor may have on the wire: bool, ints, floats, complex, fixed-size strings.
 # Object ('O') and structured/void ('V') dtypes are refused: they would need pickle or carry no layout.
@@ -22,6 +22,7 @@ MAX_NDIM = 32
 _NPY_MAGIC = b"\x93NUMPY"
 _NPY_MAX_HEADER = 10_000  # numpy's own limit for reading untrusted headers
 CACHE_LIMIT = 256  # most distinct headers a parser remembers
+_MAX_BYTES = np.iinfo(np.intp).max  # numpy's own bound on an array's (nonzero-dimension) byte size
 
 
 def check_dtype(dtype: np.dtype) -> np.dtype:
@@ -34,6 +35,24 @@ def check_dtype(dtype: np.dtype) -> np.dtype:
     if dtype.itemsize == 0:
         raise InvalidInput(f"dtype {dtype.str!r} has size 0; give a size, e.g. 'U8' or 'S16'")
     return dtype
+
+
+def check_shape(shape: tuple[int, ...], dtype: np.dtype) -> tuple[int, ...]:
+    """`shape` if an array of it can exist, else `InvalidInput`.
+
+    numpy refuses a shape whose nonzero dimensions multiply (times the item
+    size) past the address space, even for an array of zero items such as
+    ``(0, 2**62, 2**62)``: such shapes are a 400 here, not a ValueError later.
+    """
+    if len(shape) > MAX_NDIM or any(d < 0 for d in shape):
+        raise InvalidInput(f"shape {shape}: dimensions must be non-negative, at most {MAX_NDIM} of them")
+    size = dtype.itemsize
+    for d in shape:
+        if d:
+            size *= d
+            if size > _MAX_BYTES:
+                raise InvalidInput(f"shape {shape} of {dtype.str} is too large to exist; send the shape of your data")
+    return shape
 
 
 def parse_dtype(text: str) -> np.dtype:
@@ -106,6 +125,7 @@ def _parse_npy_header(header: bytes, major: int) -> tuple[np.dtype, tuple[int, .
     ):
         raise InvalidInput(".npy header 'shape' must be a tuple of non-negative integers")
     dtype = parse_dtype(descr)
+    check_shape(shape, dtype)
     count = 1
     for d in shape:
         count *= d
@@ -123,5 +143,5 @@ def encode_npy(arr: np.ndarray) -> tuple[bytes, Any]:
     # Pad so that the data starts on a 64-byte boundary, as numpy does.
     pad = 63 - (10 + len(meta)) % 64
     head = meta + " " * pad + "\n"
-    data = arr.view(np.uint8).reshape(-1) if arr.size else b""
+    data = arr.reshape(-1).view(np.uint8) if arr.size else b""  # 1-d first: a 0-d array cannot change its itemsize
     return _NPY_MAGIC + b"\x01\x00" + struct.pack("<H", len(head)) + head.encode("latin-1"), data

@@ -134,22 +134,42 @@ class App:
             route.endpoint(request, conn)
             return
         start = time.perf_counter()
-        try:
-            value = api.input.decode(request.body, request.headers)
-        except ShmserveError as exc:
-            self._fail(conn, api, start, exc.http_status, exc)
-            return
-        except Exception as exc:  # a custom descriptor's bug: the request is lost, not the worker
-            log.exception("input descriptor of API %r failed", api.name)
-            self._fail(conn, api, start, 500, exc)
-            return
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
+        if api.input.decode_off_loop(request.body, request.headers):
+            conn.task = loop.create_task(self._decode_off_loop(api, request, conn, start))
+            return
+        try:
+            value = api.input.decode(request.body, request.headers)
+        except Exception as exc:
+            self._decode_failed(conn, api, start, exc)
+            return
         if _TRACE_HEADER in request.headers:
             conn.task = loop.create_task(self._traced_call(api, value, request, conn, start))
             return
         conn.task = loop.create_task(self._call(api, value, request, conn, start))
+
+    def _decode_failed(self, conn: HttpProtocol, api: API, start: float, exc: Exception) -> None:
+        if isinstance(exc, ShmserveError):
+            self._fail(conn, api, start, exc.http_status, exc)
+            return
+        # A custom descriptor's bug: the request is lost, not the worker.
+        log.exception("input descriptor of API %r failed", api.name, exc_info=exc)
+        self._fail(conn, api, start, 500, exc)
+
+    async def _decode_off_loop(self, api: API, request: Request, conn: HttpProtocol, start: float) -> None:
+        """Decode a large body in the thread pool (the descriptor asked for it), then call the API."""
+        try:
+            value = await asyncio.get_running_loop().run_in_executor(
+                self.executor, api.input.decode, request.body, request.headers)
+        except Exception as exc:
+            self._decode_failed(conn, api, start, exc)
+            return
+        if _TRACE_HEADER in request.headers:
+            await self._traced_call(api, value, request, conn, start)
+        else:
+            await self._call(api, value, request, conn, start)
 
     async def _traced_call(self, api: API, value: Any, request: Request, conn: HttpProtocol, start: float) -> None:
         """`_call` for a request that asked for its timeline (header ``X-Shmserve-Trace``).
