@@ -6,6 +6,7 @@ arrive. ``HYPOTHESIS_PROFILE=long`` runs many more examples (see the README).
 """
 from __future__ import annotations
 
+import os
 import struct
 
 import numpy as np
@@ -22,7 +23,7 @@ from shmserve.npy import encode_npy, parse_npy
 
 settings.register_profile("ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("long", max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile("ci")
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 DTYPES = [None, np.dtype("float32"), np.dtype("float64"), np.dtype("int64"), np.dtype("bool")]
 

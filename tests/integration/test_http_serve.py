@@ -184,9 +184,10 @@ def wait_until(cond, timeout: float, what: str) -> None:
 class Server:
     """A `shmserve serve` subprocess on 127.0.0.1 with an OS-picked port."""
 
-    def __init__(self, workdir: Path, *args: str, api_workers: int | None = 2, own_group: bool = False) -> None:
-        """Start the server; `own_group` puts it in a process group of its own, to be signalled as a whole."""
-        (workdir / "http_test_service.py").write_text(SERVICE_SOURCE)
+    def __init__(self, workdir: Path, *args: str, api_workers: int | None = 2, own_group: bool = False,
+                 source: str = SERVICE_SOURCE) -> None:
+        """Start the server of `source`; `own_group` puts it in a process group of its own, to be signalled as a whole."""
+        (workdir / "http_test_service.py").write_text(source)
         self.workdir = workdir
         self.suffix = uuid.uuid4().hex[:8]
         self.shm_before = shm_entries()
