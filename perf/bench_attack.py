@@ -13,8 +13,13 @@ so the machine's load is the same for all, four phases of ``--seconds`` each:
   header line a second, never ending the headers;
 * ``slow_body``: attackers that send complete headers with ``Content-Length: 1 MB``,
   then one body byte a second;
-* ``slow_reader``: attackers with a 4 KiB receive buffer that pipeline ``GET
-  /docs.json`` requests (more every second) and never read the answers.
+* ``slow_reader``: ``--slow-readers`` attackers with a 4 KiB receive buffer that
+  pipeline 1200 ``GET /docs.json`` requests (~6 MB of answers) and never read.
+  Serving those answers is real work (it stalls honest clients while buffers
+  fill), so there are fewer of them than of the other attackers.
+
+The attackers run in a process of their own, so the honest clients' loop is
+not slowed by theirs (the two still share the machine's CPUs).
 
 An attacker whose connection the server closes opens a new one at once, so the
 pressure stays at ``--attackers`` connections. Figures per phase: honest p50/p99
@@ -41,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
 from .env import REPO, THREAD_ENV
 from .procs import free_port, stop, wait_http
@@ -127,9 +133,9 @@ class Attack:
                 self._send(sock, self._first())
                 tick = 0
                 while self.running and _established(sock):
-                    await asyncio.sleep(0.1)  # notice the close within 0.1 s; trickle once a second
+                    await asyncio.sleep(0.25)  # notice the close within 0.25 s; trickle once a second
                     tick += 1
-                    if self.running and tick % 10 == 0:
+                    if self.running and tick % 4 == 0:
                         self._send(sock, self._trickle())
                 if self.running:
                     self.lifetimes.append(time.monotonic() - opened)
@@ -142,11 +148,10 @@ class Attack:
             return b"GET /livez HTTP/1.1\r\nhost: 127.0.0.1\r\n"
         if self.kind == "slow_body":
             return b"POST /predict HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 1000000\r\n\r\n["
-        return _DOCS * 400
+        return _DOCS * 1200  # ~6 MB of answers: more than the kernel's buffers hold (4 MB)
 
     def _trickle(self) -> bytes:
-        # A slow reader keeps asking, so the answers pile up once the kernel's buffers are full.
-        return {"slowloris": b"x-a: b\r\n", "slow_body": b"1"}.get(self.kind, _DOCS * 100)
+        return {"slowloris": b"x-a: b\r\n", "slow_body": b"1"}.get(self.kind, b"")
 
     @staticmethod
     def _send(sock: socket.socket, data: bytes) -> None:
@@ -185,24 +190,42 @@ async def _honest(port: int, seconds: float, out: list[float], failures: list[in
             writer.close()
 
 
+async def _attack_main(kind: str, port: int, count: int, seconds: float) -> dict[str, Any]:
+    """The attacker process: `count` connections of `kind` for `seconds`, then their lifetimes."""
+    attack = Attack(kind, port, count)
+    task = asyncio.create_task(attack.run())
+    await asyncio.sleep(count * 0.002 + 1.0)
+    print("ready", flush=True)
+    await asyncio.sleep(seconds)
+    attack.running = False
+    still_open = attack.open
+    await asyncio.wait_for(task, 15.0)
+    life = attack.lifetimes
+    return {"attack_closed": len(life), "attack_still_open": still_open,
+            "attack_life_p50_s": float(np.median(life)) if life else None,
+            "attack_life_max_s": max(life) if life else None}
+
+
 async def _phase(kind: str, port: int, args: argparse.Namespace) -> dict[str, Any]:
-    attack = Attack(kind, port, args.attackers) if kind != "none" else None
-    task = asyncio.create_task(attack.run()) if attack else None
-    if attack:
-        await asyncio.sleep(args.attackers * 0.002 + 1.0)  # every attacker connected
+    attacker = None
+    if kind != "none":
+        # In a process of its own, so that its hundreds of sockets do not slow the honest client's loop.
+        count = args.attackers if kind != "slow_reader" else args.slow_readers
+        attacker = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "perf.bench_attack", "--attack", kind, "--port", str(port),
+            "--attackers", str(count), "--seconds", str(args.seconds + 0.5), cwd=REPO,
+            stdout=asyncio.subprocess.PIPE)
+        assert attacker.stdout is not None
+        line = await asyncio.wait_for(attacker.stdout.readline(), 60.0)
+        assert line.strip() == b"ready", line
     latencies: list[float] = []
     failures = [0]
     await asyncio.gather(*(_honest(port, args.seconds, latencies, failures) for _ in range(args.honest)))
     result: dict[str, Any] = {"honest": len(latencies), "honest_failed": failures[0]}
     result.update({f"honest_{k}_ms": v for k, v in percentiles(latencies).items() if k in ("p50", "p99")})
-    if attack and task:
-        attack.running = False
-        still_open = attack.open
-        await asyncio.wait_for(task, 10.0)
-        life = attack.lifetimes
-        result.update({"attack_closed": len(life), "attack_still_open": still_open,
-                       "attack_life_p50_s": float(np.median(life)) if life else None,
-                       "attack_life_max_s": max(life) if life else None})
+    if attacker is not None:
+        out, _ = await asyncio.wait_for(attacker.communicate(), 60.0)
+        result.update(orjson.loads(out.splitlines()[-1]))
     return result
 
 
@@ -242,8 +265,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=8.0, help="length of each phase")
     parser.add_argument("--attackers", type=int, default=500, help="attack connections during each attack phase")
     parser.add_argument("--honest", type=int, default=2, help="honest keep-alive clients")
+    parser.add_argument("--slow-readers", type=int, default=10,
+                        help="attack connections in the slow-reader phase (each asks for ~6 MB of answers)")
     parser.add_argument("--deadline-s", type=float, default=2.0, help="header/body/send timeout given to the server")
-    return compare_trees("attack", parser.parse_args(argv), run_tree, table)
+    parser.add_argument("--attack", choices=PHASES[1:], help=argparse.SUPPRESS)  # the attacker process
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.attack:
+        print(orjson.dumps(asyncio.run(_attack_main(args.attack, args.port, args.attackers, args.seconds))).decode())
+        return 0
+    return compare_trees("attack", args, run_tree, table)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ from __future__ import annotations
 import array
 import asyncio
 import fcntl
+import socket
+import struct
 import termios
 import time
 from collections import deque
@@ -372,8 +374,16 @@ class HttpProtocol(asyncio.Protocol):
         """Enforce the header, body and send deadlines at time `now`; True if this closed the connection."""
         stuck = self._stuck_since
         if stuck and now - stuck > self.state.send_timeout:
-            # The peer has not read our bytes for send_timeout: nothing more can reach it.
+            # The peer has not read our bytes for send_timeout: nothing more can reach it. Reset
+            # (SO_LINGER 0, as nginx's reset_timedout_connection) so the kernel drops the unsent
+            # bytes now too, instead of keeping them, and the peer learns at once.
             self.closed = self._discard = True
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                except OSError:
+                    pass
             self.transport.abort()
             return True
         deadline = self._deadline

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import socket
+import struct
 import time
 
 from shmserve.http.protocol import HttpProtocol
@@ -106,15 +107,23 @@ def test_no_408_while_reading_is_paused_by_a_full_pipeline() -> None:
     assert not tr.closed  # the server stopped reading, not the client
 
 
-def test_a_peer_that_stops_reading_is_aborted_after_the_send_timeout() -> None:
-    proto, tr, app, state = make(send_timeout=30)
-    proto.data_received(post(b"/x", b""))
-    proto.pause_writing()
-    t0 = time.monotonic()
-    state.tick(t0 + 29)
-    assert not tr.aborted
-    state.tick(t0 + 31)
-    assert tr.aborted
+def test_a_peer_that_stops_reading_is_reset_after_the_send_timeout() -> None:
+    ours, peer = socket.socketpair()
+    try:
+        proto, tr, app, state = make(send_timeout=30)
+        tr.socket = ours
+        proto.data_received(post(b"/x", b""))
+        proto.pause_writing()
+        t0 = time.monotonic()
+        state.tick(t0 + 29)
+        assert not tr.aborted
+        state.tick(t0 + 31)
+        assert tr.aborted
+        # Linger 0: the kernel drops what the peer never read, and resets the connection.
+        assert struct.unpack("ii", ours.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8)) == (1, 0)
+    finally:
+        ours.close()
+        peer.close()
 
 
 def test_a_closed_connection_whose_last_bytes_are_never_read_is_aborted() -> None:
