@@ -91,6 +91,8 @@ def build_bundle(p: DeploymentPlan, out: str | Path, requirements: str | None = 
 def _copy_service_code(spec: str, dest: Path) -> None:
     # The top-level module or package of the service: `pkg.sub:svc` copies all of pkg/.
     top = spec.partition(":")[0].split(".")[0]
+    if top == "shmserve":  # an example shipped with shmserve: installed with it
+        return
     found = importlib.util.find_spec(top)
     if found is None or found.origin is None:
         raise ConfigError(f"cannot find the source of service module {top!r}")

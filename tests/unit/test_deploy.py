@@ -193,3 +193,10 @@ def test_every_model_framework_has_its_requirements() -> None:
     assert set(ADAPTERS) <= set(FRAMEWORK_PACKAGES)
     torch_model = SimpleNamespace(info={"framework": {"name": "pytorch", "version": "2.13.0+cpu"}})
     assert requirements_txt([torch_model], None, local_shmserve=True).splitlines()[1:] == ["./shmserve-src", "torch==2.13.0"]
+
+
+def test_services_shipped_with_shmserve_are_not_copied(tmp_path: Path) -> None:
+    from shmserve.deploy.bundle import _copy_service_code
+
+    _copy_service_code("shmserve.examples.store_service:svc", tmp_path)
+    assert list(tmp_path.iterdir()) == []  # installed with shmserve itself
