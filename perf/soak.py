@@ -128,6 +128,7 @@ async def _client(port: int, rng: random.Random, until: float, seen: Counter, ba
 
 
 def _footprint(pids: set[int], tag: str) -> dict[str, Any]:
+    """RSS and open fds of `pids`, and the /dev/shm names carrying `tag` (the server's name tag)."""
     rss = 0
     fds = 0
     for pid in pids:
@@ -138,7 +139,7 @@ def _footprint(pids: set[int], tag: str) -> dict[str, Any]:
         except OSError:
             pass
     try:
-        shm = sorted(n for n in os.listdir("/dev/shm") if tag in n or any(f"_{p}_" in n for p in pids))
+        shm = sorted(n for n in os.listdir("/dev/shm") if f"_{tag}" in n)
     except OSError:
         shm = []
     return {"rss_mb": rss / 2**20, "fds": fds, "shm": shm}
@@ -148,7 +149,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Start the server, soak it, return the figures and what went wrong (``problems``)."""
     port = free_port()
     runtime = tempfile.mkdtemp(prefix="shs-soak-")
-    tag = "soak" + os.urandom(3).hex()
+    tag = "sk" + os.urandom(3).hex()  # SHMSERVE_NAME_TAG: at most 8 letters or digits
     env = dict(os.environ)
     env.update(THREAD_ENV)
     env.update({"PYTHONPATH": os.pathsep.join([str(args.tree), str(REPO / "examples")]),
