@@ -1,0 +1,7 @@
+"""``bentoml.io``: the IO descriptors, from `shmserve.io`."""
+from __future__ import annotations
+
+from ...io import JSON, IODescriptor, NumpyNdarray, Text
+from ...io_media import File, Image, Multipart, PandasDataFrame
+
+__all__ = ["IODescriptor", "NumpyNdarray", "JSON", "Text", "Image", "File", "Multipart", "PandasDataFrame"]
