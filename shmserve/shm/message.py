@@ -12,7 +12,9 @@ Result metadata: ``{"s": spec}``.
 A spec is ``{"T": i}`` (shared-memory tensor i), ``{"G": handle}`` (a CUDA
 tensor sent as an IPC handle, see `shmserve.gpu`), ``{"B": i}`` (bytes, carried
 as raw tensor i), ``{"P": i, "m": mode}`` (a PIL image: pixel array i and its
-mode; see `shmserve.shm.objects`), ``{"v": value}``,
+mode; see `shmserve.shm.objects`), ``{"F": [[name, spec], ...], "i": index}``
+(a DataFrame: ``{"A": i}``, raw array i, per numeric or bool column, ``{"v": [...]}``
+for the others; ``"i"`` is null for a default index), ``{"v": value}``,
 ``{"t": [spec, ...]}`` (tuple), ``{"l": [spec, ...]}`` (list) or
 ``{"d": {key: spec}}`` (dict holding tensors). Either side may add
 ``"r": [token, ...]``: CUDA hand-offs of the peer it no longer uses.
@@ -27,7 +29,18 @@ import numpy as np
 import orjson
 
 from ..errors import InvalidInput
-from .objects import CROSSES, KIND_RAW, bytes_array, image_array, image_from_array, is_bytes, is_raw
+from .objects import (
+    CROSSES,
+    KIND_RAW,
+    bytes_array,
+    frame_columns,
+    frame_from_columns,
+    image_array,
+    image_from_array,
+    is_bytes,
+    is_dataframe,
+    is_raw,
+)
 from .tensor import KIND_NUMPY, as_array, is_torch_tensor, numpy_dtype, wrap
 
 _NO_GPU = "CUDA tensors need the GPU transport, which this process could not load"
@@ -144,6 +157,17 @@ def _raw_spec(value: Any, where: str, tensors: list[Tensor]) -> dict[str, Any]:
     if is_bytes(value):
         tensors.append((bytes_array(value), KIND_RAW, "|u1"))
         return {"B": len(tensors) - 1}
+    if is_dataframe(value):
+        cols, index = frame_columns(value, where)
+        specs = []
+        for name, arr, values in cols:
+            if arr is None:
+                specs.append([name, {"v": values}])
+                continue
+            column, _kind, dtype_str = as_array(arr, f"{where} column {name!r}")
+            tensors.append((column, KIND_RAW, dtype_str))
+            specs.append([name, {"A": len(tensors) - 1}])
+        return {"F": specs, "i": index}
     arr, mode = image_array(value, where)
     pixels, _kind, dtype_str = as_array(arr, where)
     tensors.append((pixels, KIND_RAW, dtype_str))
@@ -154,13 +178,17 @@ def _raw_value(spec: dict[str, Any], tensors: list[Any]) -> Any:
     """Rebuild a raw-buffer value (its data copied out of the arena)."""
     if "B" in spec:
         return bytes(tensors[spec["B"]])
+    if "F" in spec:
+        names = [name for name, _ in spec["F"]]
+        cols = [tensors[s["A"]] if "A" in s else s["v"] for _, s in spec["F"]]
+        return frame_from_columns(names, cols, spec["i"])
     return image_from_array(tensors[spec["P"]], spec["m"])
 
 
 def _value(spec: dict[str, Any], tensors: list[Any], device: DeviceGetter | None) -> Any:
     if "T" in spec:
         return tensors[spec["T"]]
-    if "B" in spec or "P" in spec:
+    if "B" in spec or "P" in spec or "F" in spec:
         return _raw_value(spec, tensors)
     if "G" in spec:
         if device is None:
@@ -216,7 +244,7 @@ def _rebuild(spec: dict[str, Any], tensors: list[Any], device: DeviceGetter | No
         return tensors[spec["T"]]
     if "v" in spec:
         return spec["v"]
-    if "B" in spec or "P" in spec:
+    if "B" in spec or "P" in spec or "F" in spec:
         return _raw_value(spec, tensors)
     if "G" in spec:
         if device is None:

@@ -1,4 +1,4 @@
-"""Values that are not tensors but cross as raw buffers: ``bytes`` and PIL images.
+"""Values that are not tensors but cross as raw buffers: ``bytes``, PIL images, DataFrames.
 
 Both travel in the arena like a tensor (one copy in, no JSON, no pickle), with
 header kind `KIND_RAW` so that the worker never joins them into a batch. The
@@ -8,8 +8,11 @@ call or result metadata says how to rebuild them (`shmserve.shm.message`):
 * a ``PIL.Image.Image`` -> its pixel array (``numpy.asarray(img)``) plus its mode;
   rebuilt as an image of that mode and size. Palette images (``P``, ``PA``)
   are refused: their palette is not in the pixel array.
+* a ``pandas.DataFrame`` -> one array per numeric or bool column; other columns
+  (strings, mixed objects) and a non-default index travel as JSON values in
+  the metadata. Rebuilt with the same column order, names and dtypes.
 
-PIL is imported only to rebuild an image, never to recognise one.
+PIL and pandas are imported only to rebuild a value, never to recognise one.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from ..errors import InvalidInput
 KIND_RAW = 2
 
 #: What crosses the transport, for error messages.
-CROSSES = ("numpy arrays, torch tensors (CPU, or CUDA through the GPU transport), bytes, PIL images, "
+CROSSES = ("numpy arrays, torch tensors (CPU, or CUDA through the GPU transport), bytes, PIL images, pandas DataFrames, "
            "and JSON values (None, bool, int, float, str, and lists/dicts of them)")
 
 _PALETTE_MODES = frozenset({"P", "PA"})
@@ -40,9 +43,15 @@ def is_pil_image(x: Any) -> bool:
     return image is not None and isinstance(x, image.Image)
 
 
+def is_dataframe(x: Any) -> bool:
+    """A pandas DataFrame, without importing pandas when it is not loaded."""
+    pandas = sys.modules.get("pandas")
+    return pandas is not None and isinstance(x, pandas.DataFrame)
+
+
 def is_raw(x: Any) -> bool:
-    """A value that crosses as a raw buffer."""
-    return is_bytes(x) or is_pil_image(x)
+    """A value that crosses as raw buffers."""
+    return is_bytes(x) or is_pil_image(x) or is_dataframe(x)
 
 
 def bytes_array(x: Any) -> np.ndarray:
@@ -75,3 +84,29 @@ def image_from_array(arr: np.ndarray, mode: str) -> Any:
     except ValueError as exc:
         raise InvalidInput(f"pixel array of shape {arr.shape} and dtype {arr.dtype} is not a {mode!r} image ({exc})") \
             from None
+
+
+def frame_columns(df: Any, where: str) -> tuple[list[tuple[Any, np.ndarray | None, Any]], Any]:
+    """``[(name, array or None, JSON values or None), ...]`` and the index as JSON values (None: a RangeIndex
+    from 0). Numeric and bool columns become arrays; the rest must be JSON values."""
+    names = list(df.columns)
+    if len(set(map(repr, names))) != len(names):
+        raise InvalidInput(f"{where}: a DataFrame with duplicate column names cannot cross the transport")
+    cols: list[tuple[Any, np.ndarray | None, Any]] = []
+    for i, name in enumerate(names):
+        col = df.iloc[:, i]
+        if col.dtype.kind in "biuf" and isinstance(col.dtype, np.dtype):
+            cols.append((name, col.to_numpy(), None))
+        else:
+            cols.append((name, None, col.tolist()))
+    index = df.index
+    plain = type(index).__name__ == "RangeIndex" and index.start == 0 and index.step == 1
+    return cols, None if plain else index.tolist()
+
+
+def frame_from_columns(names: list[Any], columns: list[Any], index: Any) -> Any:
+    """Rebuild a DataFrame: `columns` are arrays (copied out of the arena) or lists of values."""
+    import pandas as pd
+
+    data = {name: (np.array(col) if isinstance(col, np.ndarray) else col) for name, col in zip(names, columns)}
+    return pd.DataFrame(data, index=index, columns=names)

@@ -29,8 +29,8 @@ from PIL import Image
 
 import shmserve
 from shmserve.strategy import CPUFallbackWarning
-from tests.conftest import ROOT
-from tests.integration.test_http_serve import alive, descendants, shm_entries, wait_until
+from tests.conftest import ROOT, shm_entries
+from tests.integration.test_http_serve import alive, descendants, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -140,7 +140,7 @@ class Served:
                 self.proc.stdout.close()
         wait_until(lambda: not any(alive(p) for p in self.family), 10, "server processes to exit")
         deadline = time.monotonic() + 30
-        while left := shm_entries(self.family | {self.proc.pid}) - self.shm_before:
+        while left := shm_entries() - self.shm_before:  # names tagged by this test session
             assert time.monotonic() < deadline, f"shared memory left behind: {sorted(left)}"
             time.sleep(0.05)
 

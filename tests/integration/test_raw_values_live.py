@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -25,6 +26,8 @@ def test_bytes_and_images_cross_both_ways(unique_name, shm_clean):
             return await asyncio.gather(*(r.reverse.async_run(bytes([i]) * (i + 1)) for i in range(8)))
 
         assert asyncio.run(concurrent()) == [bytes([i]) * (i + 1) for i in range(8)]
+        frame = pd.DataFrame({"a": [1, 2], "b": [0.5, 0.25], "who": ["x", "y"]})
+        pd.testing.assert_frame_equal(r.total.run(frame), frame.assign(total=[1.5, 2.25]))
         out, mode, size = r.flip.run(img)
         assert (mode, size) == ("RGB", [4, 2])
         np.testing.assert_array_equal(np.asarray(out), np.asarray(img)[:, ::-1])

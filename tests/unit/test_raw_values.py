@@ -63,3 +63,25 @@ def test_refusal_says_which_types_cross():
         encode_call((object(),), {})
     with pytest.raises(InvalidInput, match="top-level"):
         encode_call(([b"nested"],), {})
+
+
+def test_dataframe_columns_cross_as_arrays():
+    import pandas as pd
+
+    df = pd.DataFrame({"a": np.arange(3, dtype=np.int32), "b": [0.5, 1.5, 2.5], "name": ["x", "y", "z"],
+                       "ok": [True, False, True]})
+    tensors, meta = encode_call((df,), {})
+    assert [t[0].dtype.name for t in tensors] == ["int32", "float64", "bool"]  # numeric columns: arrays
+    assert b"0.5" not in meta and b'"x"' in meta  # strings in the metadata, numbers not
+    (back,), _ = decode_call(_through(tensors), meta)
+    pd.testing.assert_frame_equal(back, df)
+    indexed = df.set_index("name")
+    tensors, meta = encode_result(indexed)
+    pd.testing.assert_frame_equal(decode_result(_through(tensors), meta), indexed, check_names=False)
+
+
+def test_dataframe_with_duplicate_columns_is_refused():
+    import pandas as pd
+
+    with pytest.raises(InvalidInput, match="duplicate column"):
+        encode_call((pd.DataFrame([[1, 2]], columns=["a", "a"]),), {})
