@@ -32,7 +32,9 @@ from shmserve.strategy import CPUFallbackWarning
 from tests.conftest import ROOT, shm_entries
 from tests.integration.test_http_serve import alive, descendants, wait_until
 
-pytestmark = pytest.mark.integration
+# Each example starts a server and its runners twice, several importing torch: on a busy shared
+# machine that outgrows the default 120 s per test.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(360)]
 
 GUIDE = Path(__file__).resolve().parent / "guide"
 X = np.array([[0.1, 0.2, 0.3, 0.4], [1.0, 0.0, -1.0, 2.0]], dtype=np.float32)
