@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from .. import runner as _runner
 from ..runner import Runner
@@ -23,6 +23,7 @@ from ..watchdog import WatchdogLimits
 __all__ = [
     "CONFIG_VERSION", "Settings", "ShmserveConfig", "ApiServerSettings", "HttpSettings", "LoggingSettings",
     "RunnerSettings", "RunnersSettings", "BatchingSettings", "ResourceSettings", "WatchdogSettings", "flag",
+    "AccessLogSettings", "CorsSettings", "AuthSettings", "MetricsSettings", "TracingSettings",
 ]
 
 CONFIG_VERSION: Literal[1] = 1
@@ -47,11 +48,83 @@ def _runner_default(param: str) -> Any:
 
 # -- api_server ------------------------------------------------------------------------------------
 
+Rate = Annotated[float, Field(ge=0, le=1)]
+
+
+class AccessLogSettings(Settings):
+    """``api_server.logging.access``: one line per request (`shmserve.http.access_log`)."""
+
+    enabled: bool = Field(False, description="write one line per request to the server's log")
+    format: Literal["text", "json"] = Field("text", description="text (one readable line) or json (one object per line)")
+    sample_rate: Rate = Field(1.0, description="fraction of requests logged; slow ones and 5xx are always logged")
+    slow_ms: float = Field(1000.0, ge=0, description="a request taking at least this many ms is always logged")
+
+
 class LoggingSettings(Settings):
     """``api_server.logging``: logging of the server processes."""
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="log level of the supervisor and API workers", json_schema_extra=flag("--log-level"))
+    access: AccessLogSettings = Field(default_factory=AccessLogSettings, description="the access log")
+
+
+class CorsSettings(Settings):
+    """``api_server.http.cors``: BentoML's key names (`shmserve.http.cors`)."""
+
+    enabled: bool = Field(False, description="answer CORS preflights and add Access-Control-* headers")
+    access_control_allow_origins: list[str] = Field(
+        [], description="origins allowed to read responses (scheme://host[:port]), or *")
+    access_control_allow_methods: list[str] = Field(
+        ["GET", "POST", "OPTIONS"], description="methods a preflight may ask for, or *")
+    access_control_allow_headers: list[str] = Field(
+        ["*"], description="request headers a preflight may ask for, or *")
+    access_control_allow_credentials: bool = Field(False, description="let browsers send cookies and credentials")
+    access_control_max_age: Union[int, None] = Field(None, ge=0, description="seconds a preflight answer may be cached")
+    access_control_expose_headers: list[str] = Field(
+        ["x-request-id"], description="response headers a page may read")
+
+    @model_validator(mode="after")
+    def _credentials_need_origins(self) -> "CorsSettings":
+        if self.access_control_allow_credentials and "*" in self.access_control_allow_origins:
+            raise ValueError("access_control_allow_credentials cannot be combined with the '*' origin "
+                             "(browsers refuse it); list the allowed origins")
+        return self
+
+
+class AuthSettings(Settings):
+    """``api_server.auth``: API keys (`shmserve.http.auth`); off while neither key is set."""
+
+    api_key: Union[Annotated[str, StringConstraints(min_length=1, strip_whitespace=True)], None] = Field(
+        None, description="an API key clients send as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'")
+    api_keys_file: Union[str, None] = Field(None, description="file of API keys, one per line (a mounted secret)")
+    protect_metrics: bool = Field(True, description="whether /metrics needs a key too (/livez, /readyz never do)")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any key is configured."""
+        return bool(self.api_key or self.api_keys_file)
+
+
+class MetricsSettings(Settings):
+    """``api_server.metrics``."""
+
+    enabled: bool = Field(True, description="serve Prometheus metrics at /metrics")
+
+
+class TracingSettings(Settings):
+    """``tracing``: OpenTelemetry spans of sampled requests (`shmserve.http.tracing`; extra ``tracing``)."""
+
+    exporter: Literal["none", "console", "otlp"] = Field(
+        "none", description="none, console (spans in the server's log) or otlp")
+    endpoint: Union[str, None] = Field(None, description="OTLP collector URL; default: the exporter's own")
+    protocol: Literal["grpc", "http"] = Field("grpc", description="OTLP transport: grpc or http (protobuf)")
+    sample_rate: Rate = Field(1.0, description="fraction of requests without a sampled traceparent that are traced")
+    service_name: Union[str, None] = Field(None, description="service.name of the spans; default: the Service's name")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether spans are exported at all."""
+        return self.exporter != "none"
 
 
 class HttpSettings(Settings):
@@ -78,6 +151,7 @@ class HttpSettings(Settings):
     keepalive_timeout: float = Field(5.0, gt=0, description="seconds an idle keep-alive connection stays open",
                                      json_schema_extra=flag("--keepalive-timeout"))
     backlog: int = Field(2048, ge=1, description="listen backlog of the server socket")
+    cors: CorsSettings = Field(default_factory=CorsSettings, description="CORS")
 
     @property
     def max_body_bytes(self) -> int:
@@ -120,6 +194,8 @@ class ApiServerSettings(Settings):
                                    "register their own regions and pass tensors by reference",
                                    json_schema_extra=flag("--allow-client-shm"))
     logging: LoggingSettings = Field(default_factory=LoggingSettings, description="logging")
+    auth: AuthSettings = Field(default_factory=AuthSettings, description="API keys")
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="Prometheus metrics")
 
 
 # -- runners ---------------------------------------------------------------------------------------
@@ -194,3 +270,4 @@ class ShmserveConfig(Settings):
     version: Literal[1] = Field(CONFIG_VERSION, description="version of the configuration format")
     api_server: ApiServerSettings = Field(default_factory=ApiServerSettings, description="the API server")
     runners: RunnersSettings = Field(default_factory=RunnersSettings, description="runner defaults and overrides")
+    tracing: TracingSettings = Field(default_factory=TracingSettings, description="OpenTelemetry tracing")

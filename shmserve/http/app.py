@@ -1,10 +1,15 @@
 """The HTTP application of one API worker: route, decode, call the API, encode, reply.
 
 `App.dispatch` is called by `HttpProtocol` for each request, in order. Server
-endpoints (``/livez``, ``/readyz``, ``/metrics``, ``/docs.json``) and errors are
+endpoints (``/livez``, ``/readyz``, ``/metrics``, ``/docs``, ``/docs.json``) and errors are
 answered at once; an API call becomes one task (async APIs) or one thread-pool
 job (plain functions), and replies when it finishes. A client that disconnects
 cancels its task, which cancels the runner call it awaits.
+
+Before routing, every request passes `edge` (its ID; CORS and the API key
+check when enabled). After a response is written, `observe` writes the access
+log line and exports the spans from the protocol's ``on_response`` hook; while
+both are off the hook is not installed at all.
 """
 from __future__ import annotations
 
@@ -20,18 +25,24 @@ from typing import Any
 import orjson
 
 from ..client import request_deadline
+from ..config.schema import ApiServerSettings, ShmserveConfig, TracingSettings
 from ..context import Context, run_hooks
 from ..errors import RunnerError, ShmserveError
 from ..oip.server import InferenceServer
 from ..service import API, Service
 from ..traces import call_traces
+from .access_log import AccessLog
+from .docs_ui import ASSET_PATHS, DocsUI
+from .edge import Edge
 from .metrics import Metrics, MetricsExchange
+from .observe import Observer, RequestContext
 from .openapi import build_openapi
 from .protocol import HttpProtocol, Request
 from .router import Router
 from .v2 import V2Routes
+from .worker_metrics import WorkerMetrics
 
-__all__ = ["App", "runner_ready"]
+__all__ = ["App", "runner_ready", "check_settings"]
 
 log = logging.getLogger("shmserve.http")
 
@@ -39,8 +50,23 @@ _CT_JSON = b"application/json"
 _CT_TEXT = b"text/plain; charset=utf-8"
 _CT_PROM = b"text/plain; version=0.0.4; charset=utf-8"
 _RETRY_AFTER = b"retry-after: 1\r\n"
+_CT_HTML = b"text/html; charset=utf-8"
 _TRACE_HEADER = b"x-shmserve-trace"
 _OTHER = "-"  # metrics label for requests that match no API
+_ASSET_CACHE = b"cache-control: public, max-age=86400\r\n"
+
+
+def check_settings(config: ShmserveConfig) -> None:
+    """Fail now, with a `ConfigError`, on what would fail in every API worker: an unreadable or empty
+    API keys file, tracing without opentelemetry-sdk (or without the OTLP exporter it names)."""
+    if config.api_server.auth.enabled:
+        from .auth import load_keys
+
+        load_keys(config.api_server.auth)
+    if config.tracing.enabled:
+        from .tracing import span_exporter
+
+        span_exporter(config.tracing).shutdown()
 
 
 def runner_ready(runner: Any) -> bool:
@@ -69,6 +95,11 @@ class App:
         metrics_dir: folder shared with the other API workers of this server, so that
             ``/metrics`` shows all of them (see `shmserve.http.metrics`).
         regions: client shared-memory regions of the v2 protocol (None: the extension is off).
+        settings: the ``api_server`` section of the configuration (access log, CORS, API keys, metrics).
+        tracing: the ``tracing`` section.
+        access_log, tracer: used instead of the ones the settings describe (tests pass their own).
+
+    Call `close()` when done: it flushes the access log and the spans.
     """
 
     def __init__(
@@ -79,20 +110,30 @@ class App:
         ready: Callable[[], tuple[bool, str]] | None = None,
         metrics_dir: str | None = None,
         regions: Any = None,
+        settings: ApiServerSettings | None = None,
+        tracing: TracingSettings | None = None,
+        access_log: AccessLog | None = None,
+        tracer: Any = None,
     ) -> None:
         self.service = service
         self.executor = executor
         self.in_flight = 0
+        self.settings = settings = settings or ApiServerSettings()
         exchange = MetricsExchange(metrics_dir) if metrics_dir else None
         self.metrics = Metrics(service.name, lambda: self.in_flight, exchange)
+        self.metrics.registry.register(WorkerMetrics([r.name for r in service.runners]))  # type: ignore[arg-type]
         self._ready = ready or self._runners_ready
-        self._openapi = orjson.dumps(build_openapi(service, version))
-        self.router = Router(service, {
-            "/livez": self._livez,
-            "/readyz": self._readyz,
-            "/metrics": self._metrics,
-            "/docs.json": self._docs,
-        })
+        self._openapi = orjson.dumps(build_openapi(service, version, auth=settings.auth.enabled))
+        self._docs_ui = DocsUI(service.name)
+        endpoints: dict[str, Any] = {"/livez": self._livez, "/readyz": self._readyz,
+                                     "/docs": self._docs_page, "/docs.json": self._docs}
+        if settings.metrics.enabled:
+            endpoints["/metrics"] = self._metrics
+        for path in ASSET_PATHS:
+            endpoints[path] = self._docs_asset
+        self.router = Router(service, endpoints)
+        self.edge = Edge(settings)
+        self.observer = Observer(settings.logging.access, tracing or TracingSettings(), service.name, access_log, tracer)
         self._loop: asyncio.AbstractEventLoop | None = None
         #: the Open Inference Protocol (``/v2/...`` here; gRPC uses the same object)
         self.inference = InferenceServer(service, executor, self.metrics, self._ready, runner_ready, version, regions)
@@ -110,10 +151,23 @@ class App:
         """Run the service's ``@svc.on_shutdown`` hooks (exceptions are logged)."""
         await run_hooks(self.service.shutdown_hooks, self.state, stop_on_error=False)
 
+    @property
+    def on_response(self) -> Any:
+        """The hook for ``ServerState.on_response``: None while the access log and tracing are off."""
+        return self.observer.on_response if self.observer.active else None
+
+    def close(self) -> None:
+        """Flush and stop the access log and the span exporter."""
+        self.observer.close()
+
     # -- dispatch -------------------------------------------------------------
     def dispatch(self, request: Request, conn: HttpProtocol) -> None:
         """Answer `request` on `conn` (now, or from a task)."""
         route = self.router.resolve(request.path)
+        answered = self.edge.admit(request, conn, route is not None or request.path.startswith(b"/v2"))
+        if answered:
+            self.metrics.observe_request(_OTHER, answered, 0.0)
+            return
         if route is None:
             if request.path.startswith(b"/v2"):
                 self._v2.dispatch(request, conn)
@@ -145,10 +199,7 @@ class App:
         except Exception as exc:
             self._decode_failed(conn, api, start, exc)
             return
-        if _TRACE_HEADER in request.headers:
-            conn.task = loop.create_task(self._traced_call(api, value, request, conn, start))
-            return
-        conn.task = loop.create_task(self._call(api, value, request, conn, start))
+        conn.task = loop.create_task(self._serve_call(api, value, request, conn, start))
 
     def _decode_failed(self, conn: HttpProtocol, api: API, start: float, exc: Exception) -> None:
         if isinstance(exc, ShmserveError):
@@ -166,26 +217,33 @@ class App:
         except Exception as exc:
             self._decode_failed(conn, api, start, exc)
             return
-        if _TRACE_HEADER in request.headers:
-            await self._traced_call(api, value, request, conn, start)
-        else:
-            await self._call(api, value, request, conn, start)
+        await self._serve_call(api, value, request, conn, start)
 
-    async def _traced_call(self, api: API, value: Any, request: Request, conn: HttpProtocol, start: float) -> None:
-        """`_call` for a request that asked for its timeline (header ``X-Shmserve-Trace``).
+    def _serve_call(self, api: API, value: Any, request: Request, conn: HttpProtocol, start: float) -> Any:
+        """The coroutine that calls the API: observed (access log, spans, timeline) or plain."""
+        asked = _TRACE_HEADER in request.headers
+        ctx = self.observer.begin(request, api.name, asked)
+        if ctx is not None:
+            return self._observed_call(api, value, request, conn, start, ctx, asked)
+        return self._call(api, value, request, conn, start)
 
-        The response carries ``x-shmserve-trace``: orjson of CLOCK_MONOTONIC times
+    async def _observed_call(self, api: API, value: Any, request: Request, conn: HttpProtocol, start: float,
+                             ctx: RequestContext, asked: bool) -> None:
+        """`_call` that collects the runner calls' traces (access log, spans, ``X-Shmserve-Trace``).
+
+        A request with header ``X-Shmserve-Trace`` gets its timeline back in the
+        ``x-shmserve-trace`` response header: orjson of CLOCK_MONOTONIC times
         along the path — ``begin`` (first byte parsed), ``parsed``, ``decoded``
         (body decoded into the API's argument), the runner calls' own traces
         (``runners``: submit, dequeue, batch_start, model_start, model_end,
-        written, complete, batch_size), ``api_done`` and ``encoded``.
+        written, complete, batch_size, and the request's ``request_id``),
+        ``api_done`` and ``encoded``; and ``request_id``.
         """
-        call_traces.set([])  # this task's context only: the runner client appends to it
-        timeline: dict[str, Any] = {"begin": request.t_begin, "parsed": request.t_parsed, "decoded": time.monotonic()}
-        await self._call(api, value, request, conn, start, timeline)
+        call_traces.set(ctx.sink)  # this task's context only: the runner client appends to it
+        await self._call(api, value, request, conn, start, ctx.timeline, asked)
 
     async def _call(self, api: API, value: Any, request: Request, conn: HttpProtocol, start: float,
-                    timeline: dict[str, Any] | None = None) -> None:
+                    timeline: dict[str, Any] | None = None, send_timeline: bool = False) -> None:
         # Counted here, not at create_task: a task cancelled before its first step never runs its finally.
         self.in_flight += 1
         ctx = Context.for_request(request, self.state) if api.ctx_param is not None else None
@@ -213,14 +271,14 @@ class App:
                 raise
             except ShmserveError as exc:
                 if isinstance(exc, RunnerError):
-                    log.warning("API %r: runner error: %s", api.name, exc)
+                    log.warning("API %r (request %s): runner error: %s", api.name, request.request_id.decode(), exc)
                 self._fail(conn, api, start, exc.http_status, exc)
                 return
             except (asyncio.TimeoutError, TimeoutError):
                 self._fail(conn, api, start, 504, TimeoutError(f"API {api.name!r} did not finish within {api.timeout} s"))
                 return
             except Exception as exc:
-                log.exception("API %r raised", api.name)
+                log.exception("API %r raised (request %s)", api.name, request.request_id.decode())
                 self._fail(conn, api, start, 500, exc)
                 return
         finally:
@@ -248,8 +306,11 @@ class App:
             self.metrics.observe_request(api.name, status, time.perf_counter() - start)
         if timeline is not None:
             timeline["encoded"] = time.monotonic()
-            timeline["runners"] = [{"runner": r, "method": m, **t} for r, m, t in call_traces.get() or ()]
-            extra += b"x-shmserve-trace: " + orjson.dumps(timeline) + b"\r\n"
+            if send_timeline:
+                rid = request.request_id.decode()
+                sent = {**timeline, "request_id": rid,
+                        "runners": [{"runner": r, "method": m, **t, "request_id": rid} for r, m, t in call_traces.get() or ()]}
+                extra += b"x-shmserve-trace: " + orjson.dumps(sent) + b"\r\n"
         conn.reply(status, ctype, body, extra)
 
     def _fail(self, conn: HttpProtocol, api: API, start: float, status: int, exc: BaseException) -> None:
@@ -284,6 +345,16 @@ class App:
 
     def _docs(self, request: Request, conn: HttpProtocol) -> None:
         conn.reply(200, _CT_JSON, self._openapi)
+
+    def _docs_page(self, request: Request, conn: HttpProtocol) -> None:
+        conn.reply(200, _CT_HTML, self._docs_ui.page)
+
+    def _docs_asset(self, request: Request, conn: HttpProtocol) -> None:
+        found = self._docs_ui.asset(request.path[len(b"/docs/"):].decode("latin-1"))
+        if found is None:
+            conn.reply_error(404, "NotFound", "Swagger UI's files are not installed; pip install swagger-ui-bundle")
+            return
+        conn.reply(200, found[0], found[1], _ASSET_CACHE)
 
     def _runners_ready(self) -> tuple[bool, str]:
         missing = [r.name for r in self.service.runners if not runner_ready(r)]

@@ -15,7 +15,16 @@ _ERROR_SCHEMA = {
         "status": {"type": "integer", "description": "the HTTP status"},
         "error": {"type": "string", "description": "error type, e.g. InvalidInput or RunnerOverloaded"},
         "message": {"type": "string", "description": "what was wrong and what to do"},
+        "request_id": {"type": "string", "description": "the request's ID (also in the x-request-id header)"},
     },
+}
+
+_REQUEST_ID = {"in": "header", "name": "X-Request-ID", "required": False,
+               "schema": {"type": "string", "maxLength": 128, "pattern": "^[A-Za-z0-9._:/+=@-]+$"},
+               "description": "the caller's request ID, echoed in x-request-id; one is minted when absent"}
+_SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <API key>"},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
 }
 
 _ERRORS = {
@@ -32,8 +41,11 @@ def _error_response(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
 
-def build_openapi(service: Service, version: str = "") -> dict[str, Any]:
-    """Build the OpenAPI 3.0 document of `service`'s APIs and the server endpoints."""
+def build_openapi(service: Service, version: str = "", auth: bool = False) -> dict[str, Any]:
+    """Build the OpenAPI 3.0 document of `service`'s APIs and the server endpoints.
+
+    With `auth` the APIs declare the API key schemes (Swagger UI's *Authorize* then sends the key).
+    """
     paths: dict[str, Any] = {}
     for api in service.apis.values():
         op: dict[str, Any] = {
@@ -47,8 +59,13 @@ def build_openapi(service: Service, version: str = "") -> dict[str, Any]:
         }
         if api.doc:
             op["description"] = api.doc
+        op["parameters"] = [_REQUEST_ID]
+        if auth:
+            op["security"] = [{"bearer": []}, {"apiKey": []}]
+            op["responses"]["401"] = _error_response("Missing or wrong API key.")
         if isinstance(api.input, NumpyNdarray):
             op["parameters"] = [
+                _REQUEST_ID,
                 {"in": "header", "name": DTYPE_HEADER, "required": False, "schema": {"type": "string"},
                  "description": "dtype of an application/octet-stream body, e.g. float32"},
                 {"in": "header", "name": SHAPE_HEADER, "required": False, "schema": {"type": "string"},
@@ -63,6 +80,9 @@ def build_openapi(service: Service, version: str = "") -> dict[str, Any]:
                                               "503": _error_response("a runner has no live worker")}}}
     paths["/metrics"] = {"get": {"operationId": "metrics", "summary": "Prometheus metrics of this API worker.",
                                  "responses": {"200": {"description": "Prometheus text format", "content": text}}}}
+    paths["/docs"] = {"get": {"operationId": "docs", "summary": "Swagger UI for this document.",
+                              "responses": {"200": {"description": "HTML page",
+                                                    "content": {"text/html": {"schema": {"type": "string"}}}}}}}
     paths["/docs.json"] = {"get": {"operationId": "openapi", "summary": "This document.",
                                    "responses": {"200": {"description": "OpenAPI 3 document",
                                                          "content": {"application/json": {"schema": {"type": "object"}}}}}}}
@@ -70,5 +90,5 @@ def build_openapi(service: Service, version: str = "") -> dict[str, Any]:
         "openapi": "3.0.3",
         "info": {"title": service.name, "version": version or "0", "description": f"shmserve service {service.name!r}"},
         "paths": paths,
-        "components": {"schemas": {"Error": _ERROR_SCHEMA}},
+        "components": {"schemas": {"Error": _ERROR_SCHEMA}, **({"securitySchemes": _SECURITY_SCHEMES} if auth else {})},
     }

@@ -53,7 +53,8 @@ _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nserver: shmserve\r\ncontent-type:
 class Request:
     """One parsed HTTP request. Header names are lower-cased bytes."""
 
-    __slots__ = ("method", "path", "url", "headers", "body", "keep_alive", "error", "t_begin", "t_parsed")
+    __slots__ = ("method", "path", "url", "headers", "body", "keep_alive", "error", "t_begin", "t_parsed",
+                 "request_id", "response_headers", "ctx")
 
     def __init__(
         self,
@@ -77,6 +78,11 @@ class Request:
         self.keep_alive = keep_alive
         #: ``(status, message)`` when the protocol already decided the answer (413, 400, 431).
         self.error = error
+        #: set by the application: the request's ID (error bodies carry it), header lines added to
+        #: every response to this request, and its own per-request state
+        self.request_id = b""
+        self.response_headers = b""
+        self.ctx: Any = None
 
     def __repr__(self) -> str:
         return f"<Request {self.method.decode()} {self.url.decode('latin-1')} {len(self.body)} bytes>"
@@ -88,8 +94,11 @@ class Application(Protocol):
     def dispatch(self, request: Request, conn: "HttpProtocol") -> None: ...
 
 
-def error_body(status: int, error: str, message: str) -> bytes:
-    """The JSON body of every error response."""
+def error_body(status: int, error: str, message: str, request_id: bytes = b"") -> bytes:
+    """The JSON body of every error response (with ``request_id`` once the application gave one)."""
+    if request_id:
+        return orjson.dumps({"status": status, "error": error, "message": message,
+                             "request_id": request_id.decode("latin-1")})
     return orjson.dumps({"status": status, "error": error, "message": message})
 
 
@@ -340,10 +349,14 @@ class HttpProtocol(asyncio.Protocol):
             state.prefix(status, content_type),
             b"content-length: %d\r\n" % len(body),
             extra_headers,
+            request.response_headers if request is not None else b"",
             state.date_line,
             b"\r\n" if keep_alive else b"connection: close\r\n\r\n",
             body,
         )))
+        hook = state.on_response
+        if hook is not None and request is not None:
+            hook(self, request, status, len(body))
         if not keep_alive:
             self.close()
         elif not self._dispatching:
@@ -351,7 +364,9 @@ class HttpProtocol(asyncio.Protocol):
 
     def reply_error(self, status: int, error: str, message: str, extra_headers: bytes = b"") -> None:
         """Send a JSON error body (see `error_body`)."""
-        self.reply(status, b"application/json", error_body(status, error, message), extra_headers)
+        request = self.current
+        rid = request.request_id if request is not None else b""
+        self.reply(status, b"application/json", error_body(status, error, message, rid), extra_headers)
 
     def close(self) -> None:
         """Close the connection; a pending write is flushed first (for at most ``send_timeout``)."""

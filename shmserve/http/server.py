@@ -38,6 +38,7 @@ class HttpServer:
         self.app = app
         self.settings = settings or ApiServerSettings()
         self.state = server_state(self.settings)
+        self.state.on_response = app.on_response  # access log and spans; None while both are off
         self._server: asyncio.AbstractServer | None = None
         self._sock: socket.socket | None = None
         self._ticker: asyncio.TimerHandle | None = None

@@ -25,12 +25,13 @@ stores a time per request.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .protocol import HttpProtocol
+    from .protocol import HttpProtocol, Request
 
 __all__ = ["ServerState", "TICK_S"]
 
@@ -69,6 +70,9 @@ class ServerState:
         #: connections closed by a header, body or send deadline
         self.timed_out = 0
         self.shutting_down = False
+        #: called as ``on_response(conn, request, status, body_bytes)`` after each response is
+        #: written (the access log and tracing use it); None costs one check per response
+        self.on_response: Callable[[HttpProtocol, Request, int, int], None] | None = None
         self.date_line = b""
         self._prefixes: dict[tuple[int, bytes], bytes] = {}
         self.update_date()

@@ -95,30 +95,33 @@ def run_api_worker(spec: APIWorkerSpec, sock: socket.socket, status: Connection)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if spec.cwd not in sys.path:
         sys.path.insert(0, spec.cwd)
+    import uvloop
+
     from .. import __version__
     from ..http.app import App
     from ..http.server import HttpServer
     from ..service import load_service
 
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    executor = ThreadPoolExecutor(max_workers=api.threads, thread_name_prefix="shmserve-api")
     try:
         svc = load_service(spec.service)
         spec.config.apply(svc.runners)
         bind_runners(svc.runners, spec.local_runners, api.startup_timeout)
+        regions = None
+        if spec.regions_dir is not None:
+            from ..oip.regions import RegionTable
+
+            regions = RegionTable(spec.regions_dir)
+        # Settings that cannot work (a missing API keys file, tracing without its extra) fail the start here.
+        app = App(svc, executor=executor, version=__version__, metrics_dir=spec.metrics_dir, regions=regions,
+                  settings=api, tracing=spec.config.settings.tracing)
     except BaseException as exc:
+        executor.shutdown(wait=False)
+        loop.close()
         status.send(("error", f"{type(exc).__name__}: {exc}"))
         raise SystemExit(1) from exc
-
-    import uvloop
-
-    loop = uvloop.new_event_loop()
-    asyncio.set_event_loop(loop)
-    executor = ThreadPoolExecutor(max_workers=api.threads, thread_name_prefix="shmserve-api")
-    regions = None
-    if spec.regions_dir is not None:
-        from ..oip.regions import RegionTable
-
-        regions = RegionTable(spec.regions_dir)
-    app = App(svc, executor=executor, version=__version__, metrics_dir=spec.metrics_dir, regions=regions)
     add_trace_hook(app.metrics.on_trace)  # runner batch size, queue wait and compute histograms
     server = HttpServer(app, _fit_connections(api))
     grpc_server = None
@@ -137,6 +140,7 @@ def run_api_worker(spec: APIWorkerSpec, sock: socket.socket, status: Connection)
     finally:
         app.inference.close()  # unmaps client shared-memory regions
         executor.shutdown(wait=False, cancel_futures=True)
+        app.close()  # the access log's last lines, the last spans
         unbind_runners(svc.runners)
         loop.close()
         status.close()

@@ -35,6 +35,7 @@ from ..shm.health import HealthBoard
 from ..shm.message import KIND_RAW, decode_call, encode_result, view
 from ..shm.signal import Signal, Spinner, spin_budget_s
 from ..shm.tensor import TensorMeta, wrap
+from ..worker_stats import WorkerStats
 from .channel import Request, WorkerChannel
 from .control import ControlServer
 from .queues import MethodSlot, expired_reason
@@ -60,6 +61,7 @@ class WorkerSpec:
     health_name: str | None = None  # this worker slot's watchdog board (shmserve.worker.watchdog)
     #: the signal that stops this worker; when not SIGTERM, SIGTERM is ignored (see ``start(outlive_sigterm=)``)
     stop_signal: int = signal.SIGTERM
+    restarts: int = 0  # times this worker slot was restarted before this process (for /metrics)
 
 
 class Dispatcher:
@@ -77,6 +79,12 @@ class Dispatcher:
         self.busy: dict[int, MethodSlot] = {}  # methods with queued calls, by index
         self.arrived = 0  # calls read since the main loop last reset it
         self.board: HealthBoard | None = None  # the watchdog's view of this worker, when it has one
+        self.stats = WorkerStats(spec.runner_name, spec.index, [sig.name for sig, _, _ in spec.methods], spec.restarts)
+
+    def publish_stats(self) -> None:
+        """Write this worker's snapshot for ``/metrics`` (`shmserve.worker_stats`)."""
+        depth = sum(len(q) for m in self.busy.values() for q in m.queues.values())
+        self.stats.publish(depth, sum(ch.segment.size for ch in self.channels if not ch.closed))
 
     # -- intake ----------------------------------------------------------------
     def intake(self) -> None:
@@ -259,6 +267,7 @@ class Dispatcher:
             if board is not None:
                 board.end(time.monotonic())
         t_done = time.monotonic()
+        self.stats.on_batch(m.index, total)
         if batched:
             m.policy.on_batch_done(total, t_done - t_model, done_at=t_done)
         gpu = self._gpu
@@ -412,6 +421,8 @@ def main(spec: WorkerSpec) -> None:
             now = time.monotonic()
             if board is not None:
                 board.beat(now)  # the watchdog's sign of life: at least every POLL_S while idle
+            if dispatcher.stats.due(now):
+                dispatcher.publish_stats()
             if now > check_parent_at:
                 check_parent_at = now + POLL_S
                 if os.getppid() != spec.parent_pid:
@@ -424,6 +435,7 @@ def main(spec: WorkerSpec) -> None:
         if board is not None:
             dispatcher.board = None
             board.close()
+        dispatcher.stats.unlink()
         try:
             os.unlink(spec.socket_path)
         except OSError:

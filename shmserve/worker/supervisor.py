@@ -37,6 +37,7 @@ from ..shm.health import HealthBoard
 from ..shm.signal import Signal
 from ..strategy import WorkerPlan
 from ..watchdog import Health
+from ..worker_stats import stats_path
 from . import runner as worker_main
 
 READY_TIMEOUT_S = 120.0
@@ -81,6 +82,7 @@ class WorkerHandle:
             gpu=self.plan.gpu,
             health_name=self.board.name,
             stop_signal=self.sup.stop_signal,
+            restarts=self.restarts,
         )
         proc = self.sup.ctx.Process(target=worker_main.main, args=(spec,), name=f"shmserve-{r.name}-{self.index}",
                                     daemon=True)
@@ -150,10 +152,11 @@ class WorkerHandle:
         self.doorbell.close()
         if self.status is not None:
             self.status.close()
-        try:
-            os.unlink(self.socket_path)
-        except OSError:
-            pass
+        for path in (self.socket_path, str(stats_path(self.sup.runner.name, self.index))):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
 
 
 class RunnerSupervisor:
@@ -287,8 +290,8 @@ class RunnerGroup:
                         os.unlink(h.socket_path)
                     except OSError:
                         pass
+                    h.restarts += 1  # before spawn: the new worker reports it
                     h.spawn()
-                    h.restarts += 1
 
     def stop(self) -> None:
         """Stop every worker and remove every shared-memory name this group created."""

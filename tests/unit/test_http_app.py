@@ -93,14 +93,15 @@ def build_service() -> tuple[shmserve.Service, list[shmserve.Runner], dict]:
 
 
 class Harness:
-    def __init__(self) -> None:
+    def __init__(self, **app_options: object) -> None:
         self.loop = asyncio.new_event_loop()
         self.svc, self.runners, self.gate = build_service()
         for r in self.runners:
             r.init_local()
         self.executor = ThreadPoolExecutor(2, thread_name_prefix="api-pool")
-        self.app = App(self.svc, executor=self.executor, version="test")
+        self.app = App(self.svc, executor=self.executor, version="test", **app_options)  # type: ignore[arg-type]
         self.state = ServerState(max_body_bytes=1 << 20)
+        self.state.on_response = self.app.on_response
 
     def connect(self) -> tuple[HttpProtocol, FakeTransport]:
         proto = HttpProtocol(self.app, self.state)
@@ -124,6 +125,7 @@ class Harness:
     def close(self) -> None:
         for r in self.runners:
             r._unbind()
+        self.app.close()
         self.executor.shutdown()
         self.loop.close()
 
@@ -317,7 +319,7 @@ def test_openapi_document_describes_apis_and_headers() -> None:
     op = doc["paths"]["/predict"]["post"]
     assert op["operationId"] == "predict" and op["summary"] == "Double the input."
     assert set(op["requestBody"]["content"]) == {"application/json", "application/octet-stream", "application/x-npy"}
-    assert {p["name"] for p in op["parameters"]} == {"X-Tensor-Dtype", "X-Tensor-Shape"}
+    assert {p["name"] for p in op["parameters"]} == {"X-Request-ID", "X-Tensor-Dtype", "X-Tensor-Shape"}
     assert op["requestBody"]["content"]["application/json"]["schema"]["items"]["maxItems"] == 3
     assert {"400", "413", "503", "504", "500"} <= set(op["responses"])
     assert doc["paths"]["/v1/upper"]["post"]["requestBody"]["content"] == {"text/plain": {"schema": {"type": "string"}}}

@@ -30,8 +30,10 @@ class FakeTransport:
     def get_write_buffer_size(self) -> int:
         return self.unsent
 
-    def get_extra_info(self, name: str) -> object:
-        return self.socket if name == "socket" else None
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        if name == "peername":
+            return ("127.0.0.1", 40000)
+        return self.socket if name == "socket" else default
 
     def pause_reading(self) -> None:
         self.paused = True

@@ -1,0 +1,159 @@
+"""What the operational features cost on the HTTP hot path, side by side in one run.
+
+Three servers of the benchmark MLP (``examples.service_mlp:svc``, one API
+worker, one runner worker), loaded in turn with wrk (JSON bodies) at 1 and 128
+connections, the order rotated every round:
+
+- ``before``: the tree just before these features (``git archive`` of that
+  commit into a temporary folder; default: the parent of the commit that added
+  ``shmserve/http/observe.py``);
+- ``off``: this tree, every feature off (the defaults);
+- ``on``: this tree with the JSON access log (every request) and tracing at a
+  1% sample rate (console exporter: spans go to the server's log, like the
+  access lines).
+
+Prints, per connection count, the median req/s and p99 over the rounds and the
+ratios off/before and on/off (with their range over rounds), and writes them
+to ``perf/results/operable_<stamp>.json``::
+
+    python -m perf.bench_operable --rounds 5 --duration 5
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from . import wrk
+from .env import REPO, THREAD_ENV, bench_dir
+from .procs import free_port, stop, wait_http
+from .stats import median
+
+SERVICE = "examples.service_mlp:svc"
+ON_CONFIG = """\
+api_server:
+  logging:
+    access: {enabled: true, format: json}
+tracing: {exporter: console, sample_rate: 0.01}
+"""
+
+
+def before_commit() -> str:
+    """The parent of the commit that added the operational features."""
+    out = subprocess.run(["git", "log", "--diff-filter=A", "--format=%H", "--", "shmserve/http/observe.py"],
+                         cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    if not out:
+        raise SystemExit("cannot find the commit that added shmserve/http/observe.py; pass --before REV")
+    return out[-1] + "^"
+
+
+def export_tree(rev: str, into: Path) -> None:
+    """Write the files of `rev` into `into` (git archive; no worktree is registered)."""
+    archive = into / "tree.tar"
+    with archive.open("wb") as f:
+        subprocess.run(["git", "archive", rev], cwd=REPO, stdout=f, check=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(into / "src", filter="data")
+    archive.unlink()
+
+
+def start(kind: str, tree: Path, port: int, log: Path) -> subprocess.Popen:
+    """Start one server configuration and wait for /readyz (the same command line, plus --config for 'on')."""
+    env = dict(os.environ, **THREAD_ENV)
+    env["PYTHONPATH"] = os.pathsep.join([str(tree), str(bench_dir())])
+    env.pop("SHMSERVE_CONFIG", None)
+    env.pop("SHMSERVE_CONFIG_OPTIONS", None)
+    cmd = [sys.executable, "-m", "shmserve.cli", "serve", SERVICE, "--host", "127.0.0.1", "--port", str(port),
+           "--api-workers", "1"]
+    if kind == "on":
+        config = log.with_suffix(".yaml")
+        config.write_text(ON_CONFIG)
+        cmd += ["--config", str(config)]
+    proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/readyz", 90, proc)
+    except Exception:
+        stop(proc)
+        raise RuntimeError(f"{kind} server did not get ready; see {log}") from None
+    return proc
+
+
+def measure(kind: str, tree: Path, connections: tuple[int, ...], duration: float, log: Path) -> dict[int, Any]:
+    """One server: warm up, then wrk at each connection count."""
+    port = free_port()
+    proc = start(kind, tree, port, log)
+    body, ctype = wrk.bodies()["json"]
+    url = f"http://127.0.0.1:{port}/predict"
+    try:
+        wrk.run(url, body, ctype, 8, 1.0)  # warm-up: imports, first batches, allocator
+        out = {}
+        for c in connections:
+            res = wrk.run(url, body, ctype, c, duration)
+            if res.errors:
+                raise RuntimeError(f"{kind} server: {res.errors} errors at {c} connections; see {log}")
+            out[c] = {"rps": res.rps, "p50_ms": res.latency_ms.get("p50"), "p99_ms": res.latency_ms.get("p99")}
+        return out
+    finally:
+        stop(proc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: see the module docstring."""
+    p = argparse.ArgumentParser(prog="python -m perf.bench_operable", description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--duration", type=float, default=5.0, help="seconds of wrk per connection count")
+    p.add_argument("--before", default=None, help="git revision of the 'before' tree (default: see above)")
+    p.add_argument("--connections", default="1,128")
+    args = p.parse_args(argv)
+    if not wrk.available():
+        raise SystemExit("wrk is not installed: apt-get install wrk")
+    conns = tuple(int(c) for c in args.connections.split(","))
+    rev = args.before or before_commit()
+    kinds = ("before", "off", "on")
+    runs: dict[str, list[dict[int, Any]]] = {k: [] for k in kinds}
+    with tempfile.TemporaryDirectory(prefix="shmserve-bench-operable-") as tmp:
+        tmpdir = Path(tmp)
+        export_tree(rev, tmpdir)
+        trees = {"before": tmpdir / "src", "off": REPO, "on": REPO}
+        for r in range(args.rounds):
+            order = kinds[r % 3:] + kinds[:r % 3]
+            for kind in order:
+                runs[kind].append(measure(kind, trees[kind], conns, args.duration, tmpdir / f"{kind}.log"))
+                print(f"round {r + 1}/{args.rounds} {kind}: " + ", ".join(
+                    f"c{c} {v['rps']:.0f} req/s p99 {v['p99_ms']:.2f} ms" for c, v in runs[kind][-1].items()), flush=True)
+    summary: dict[str, Any] = {"before_rev": rev, "rounds": args.rounds, "duration_s": args.duration,
+                               "on_config": ON_CONFIG, "figures": {}}
+    print("\nmedians over rounds (this machine is shared and noisy: read the ranges)")
+    for c in conns:
+        fig: dict[str, Any] = {}
+        for k in kinds:
+            fig[k] = {m: median([run[c][m] for run in runs[k]]) for m in ("rps", "p50_ms", "p99_ms")}
+        # Ratios per round (servers of one round ran minutes apart at most), then their median and range.
+        for name, a, b in (("off_over_before", "off", "before"), ("on_over_off", "on", "off")):
+            per = [x[c]["rps"] / y[c]["rps"] for x, y in zip(runs[a], runs[b])]
+            fig[name] = {"median": median(per), "min": min(per), "max": max(per)}
+        summary["figures"][str(c)] = fig
+        print(f"c={c:<4} req/s  before {fig['before']['rps']:8.0f}  off {fig['off']['rps']:8.0f}  "
+              f"on {fig['on']['rps']:8.0f}   off/before {fig['off_over_before']['median']:.3f} "
+              f"[{fig['off_over_before']['min']:.3f}-{fig['off_over_before']['max']:.3f}]  "
+              f"on/off {fig['on_over_off']['median']:.3f} [{fig['on_over_off']['min']:.3f}-{fig['on_over_off']['max']:.3f}]")
+        print(f"       p99 ms before {fig['before']['p99_ms']:8.2f}  off {fig['off']['p99_ms']:8.2f}  "
+              f"on {fig['on']['p99_ms']:8.2f};  p50 ms before {fig['before']['p50_ms']:.3f}  "
+              f"off {fig['off']['p50_ms']:.3f}  on {fig['on']['p50_ms']:.3f}")
+    out = REPO / "perf" / "results" / f"operable_{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"summary": summary, "runs": runs}, indent=1))
+    print(f"\nwritten: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

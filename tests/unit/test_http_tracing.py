@@ -1,0 +1,196 @@
+"""OpenTelemetry spans built after the fact, checked with the SDK's in-memory exporter (no processes)."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+pytest.importorskip("opentelemetry.sdk.trace")
+
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
+from opentelemetry.trace import SpanKind  # noqa: E402
+
+from shmserve.config.schema import ShmserveConfig, TracingSettings  # noqa: E402
+from shmserve.http.tracing import Tracer  # noqa: E402
+from tests.unit.test_http_app import Harness  # noqa: E402
+from tests.unit.test_http_protocol import post  # noqa: E402
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_ID = "00f067aa0ba902b7"
+TRACEPARENT = f"00-{TRACE_ID}-{PARENT_ID}-01".encode()
+
+
+def traced(rate: float = 1.0) -> tuple[Harness, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    settings = TracingSettings(exporter="console", sample_rate=rate)
+    h = Harness(tracing=settings, tracer=Tracer(settings, "test_svc", exporter=exporter))
+    return h, exporter
+
+
+@pytest.fixture
+def tr() -> Iterator[tuple[Harness, InMemorySpanExporter]]:
+    h, exporter = traced()
+    yield h, exporter
+    h.close()
+
+
+def test_incoming_traceparent_is_the_parent_and_its_trace_id_is_on_every_span(tr: tuple[Harness, InMemorySpanExporter]) -> None:
+    h, exporter = tr
+    (status, _, _), = h.exchange(post(b"/predict", b"[[1, 2, 3]]", b"traceparent: %s\r\nX-Request-ID: span-1\r\n" % TRACEPARENT))
+    assert status == 200
+    spans = exporter.get_finished_spans()
+    assert {format(s.context.trace_id, "032x") for s in spans} == {TRACE_ID}
+    server, = (s for s in spans if s.kind == SpanKind.SERVER)
+    assert server.name == "POST /predict" and format(server.parent.span_id, "016x") == PARENT_ID
+    assert server.parent.is_remote
+    assert server.attributes["http.response.status_code"] == 200
+    assert all(s.attributes["shmserve.request_id"] == "span-1" for s in spans)
+    children = {s.name: s for s in spans if s is not server}
+    assert {"decode", "encode"} <= set(children)
+    for s in children.values():
+        assert s.parent.span_id == server.context.span_id
+        assert server.start_time <= s.start_time <= s.end_time <= server.end_time
+
+
+def test_unsampled_traceparent_is_not_traced(tr: tuple[Harness, InMemorySpanExporter]) -> None:
+    h, exporter = tr
+    h.exchange(post(b"/predict", b"[[1, 2, 3]]", b"traceparent: 00-%s-%s-00\r\n" % (TRACE_ID.encode(), PARENT_ID.encode())))
+    assert exporter.get_finished_spans() == ()
+
+
+def test_without_traceparent_the_sample_rate_decides() -> None:
+    h, exporter = traced(rate=0.0)
+    try:
+        h.exchange(post(b"/predict", b"[[1, 2, 3]]") * 5, 5)
+        assert exporter.get_finished_spans() == ()
+    finally:
+        h.close()
+    h, exporter = traced(rate=1.0)
+    try:
+        h.exchange(post(b"/predict", b"[[1, 2, 3]]") * 2, 2)
+        roots = [s for s in exporter.get_finished_spans() if s.parent is None]
+        assert len(roots) == 2 and roots[0].context.trace_id != roots[1].context.trace_id
+    finally:
+        h.close()
+
+
+def test_probes_are_not_traced(tr: tuple[Harness, InMemorySpanExporter]) -> None:
+    h, exporter = tr
+    h.exchange(b"GET /livez HTTP/1.1\r\nHost: x\r\ntraceparent: %s\r\n\r\n" % TRACEPARENT)
+    assert exporter.get_finished_spans() == ()
+
+
+def test_server_errors_mark_the_span() -> None:
+    h, exporter = traced()
+    try:
+        (status, _, _), = h.exchange(post(b"/fail", b'{"kind": "model"}', b"traceparent: %s\r\n" % TRACEPARENT))
+        assert status == 500
+        server, = (s for s in exporter.get_finished_spans() if s.kind == SpanKind.SERVER)
+        assert not server.status.is_ok
+    finally:
+        h.close()
+
+
+def test_runner_calls_become_queue_batch_model_spans_in_the_right_shape() -> None:
+    """The shape from a recorded timeline, as the shared-memory client reports it."""
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    exporter = InMemorySpanExporter()
+    tracer = Tracer(TracingSettings(exporter="console"), "svc", exporter=exporter)
+    parent = TraceContextTextMapPropagator().extract({"traceparent": TRACEPARENT.decode()})
+    t = 1000.0
+    timeline = {"begin": t, "parsed": t + 0.001, "decoded": t + 0.002, "api_done": t + 0.010, "encoded": t + 0.011,
+                "runners": [("double", "predict", {"submit": t + 0.003, "dequeue": t + 0.004, "batch_start": t + 0.005,
+                                                   "model_start": t + 0.006, "model_end": t + 0.008,
+                                                   "written": t + 0.0085, "complete": t + 0.009, "batch_size": 4})]}
+    tracer.export(parent, b"POST", b"/predict", "predict", 200, b"rid-7", timeline, t + 0.012)
+    tracer.shutdown()
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    assert set(spans) == {"POST /predict", "decode", "runner double.predict", "queue", "batch", "model", "encode"}
+
+    def parent_of(name: str) -> str:
+        pid = spans[name].parent.span_id
+        return next(n for n, s in spans.items() if s.context.span_id == pid)
+
+    assert parent_of("decode") == parent_of("encode") == parent_of("runner double.predict") == "POST /predict"
+    assert parent_of("queue") == parent_of("batch") == "runner double.predict"
+    assert parent_of("model") == "batch"
+    assert spans["runner double.predict"].attributes["shmserve.batch_size"] == 4
+    ms = {n: (s.end_time - s.start_time) / 1e6 for n, s in spans.items()}
+    assert ms["queue"] == pytest.approx(2.0, abs=1e-3) and ms["model"] == pytest.approx(2.0, abs=1e-3)
+    assert ms["POST /predict"] == pytest.approx(12.0, abs=1e-3)
+    assert {format(s.context.trace_id, "032x") for s in spans.values()} == {TRACE_ID}
+
+
+def test_console_exporter_writes_spans_to_the_server_log(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from shmserve.http.tracing import LogSpanExporter
+
+    tracer = Tracer(TracingSettings(exporter="console"), "svc", exporter=LogSpanExporter())
+    with caplog.at_level(logging.INFO, logger="shmserve.tracing"):
+        tracer.export(tracer.sample({}), b"POST", b"/x", "x", 200, b"r", {"begin": 1.0}, 1.5)
+    assert any('"name": "POST /x"' in r.getMessage() for r in caplog.records)
+
+
+def test_otlp_over_http_reaches_a_collector_on_loopback() -> None:
+    """The OTLP exporter path: spans arrive as an OTLP/HTTP protobuf request (a stdlib server plays collector)."""
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.http.trace_exporter")
+    import http.server
+    import threading
+
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    received: list[bytes] = []
+
+    class Collector(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            received.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        settings = TracingSettings(exporter="otlp", protocol="http",
+                                   endpoint=f"http://127.0.0.1:{server.server_port}/v1/traces")
+        tracer = Tracer(settings, "svc")
+        tracer.export(tracer.sample({b"traceparent": TRACEPARENT}), b"POST", b"/predict", "predict", 200, b"r-otlp",
+                      {"begin": 1.0, "parsed": 1.001, "decoded": 1.002}, 1.01)
+        tracer.shutdown()  # flushes the batch processor
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert received
+    req = ExportTraceServiceRequest.FromString(received[0])
+    spans = [s for rs in req.resource_spans for ss in rs.scope_spans for s in ss.spans]
+    assert {s.name for s in spans} == {"POST /predict", "decode"}
+    assert {s.trace_id.hex() for s in spans} == {TRACE_ID}
+
+
+def test_check_settings_fails_early_on_what_every_worker_would_fail_on(tmp_path: object) -> None:
+    from shmserve.errors import ConfigError
+    from shmserve.http.app import check_settings
+
+    def cfg(data: dict) -> ShmserveConfig:
+        return ShmserveConfig.model_validate(data)
+
+    check_settings(cfg({}))
+    check_settings(cfg({"tracing": {"exporter": "console"}}))
+    with pytest.raises(ConfigError, match="api_keys_file"):
+        check_settings(cfg({"api_server": {"auth": {"api_keys_file": "/nonexistent/keys"}}}))
+    grpc = cfg({"tracing": {"exporter": "otlp", "protocol": "grpc"}})
+    try:
+        import opentelemetry.exporter.otlp.proto.grpc.trace_exporter  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError, match=r"shmserve\[tracing\]"):
+            check_settings(grpc)
+    else:
+        check_settings(grpc)
