@@ -111,3 +111,23 @@ def test_metrics_show_the_runner_workers_own_batches(server: ConfiguredServer) -
     names = {f.name for f in text_string_to_metric_families(text.decode())}
     assert {"shmserve_runner_worker_batch_size", "shmserve_runner_worker_queue_depth", "shmserve_runner_worker_restarts",
             "shmserve_runner_worker_shm_bytes", "shmserve_dev_shm_free_bytes", "shmserve_build_info"} <= names
+
+
+def test_a_killed_runner_worker_shows_as_a_restart(server: ConfiguredServer) -> None:
+    import os
+    import signal
+
+    status, _, body = server.request("POST", "/runner_pid", b"{}", AUTH)
+    assert status == 200
+    os.kill(int(orjson.loads(body)), signal.SIGKILL)
+
+    def restarts() -> float:
+        _, _, text = server.request("GET", "/metrics", headers=AUTH)
+        for fam in text_string_to_metric_families(text.decode()):
+            if fam.name == "shmserve_runner_worker_restarts":
+                return sum(s.value for s in fam.samples if s.labels["runner"] == f"double-{server.suffix}")
+        return 0.0
+
+    wait_until(lambda: restarts() >= 1, 20, "the restarted worker to report its restart")
+    # The first call after the kill may get 503 while the API worker re-attaches.
+    wait_until(lambda: server.request("POST", "/predict", b"[[1, 2, 3]]", AUTH)[0] == 200, 20, "a call served again")
