@@ -50,10 +50,8 @@ _CT_JSON = b"application/json"
 _CT_TEXT = b"text/plain; charset=utf-8"
 _CT_PROM = b"text/plain; version=0.0.4; charset=utf-8"
 _RETRY_AFTER = b"retry-after: 1\r\n"
-_CT_HTML = b"text/html; charset=utf-8"
 _TRACE_HEADER = b"x-shmserve-trace"
 _OTHER = "-"  # metrics label for requests that match no API
-_ASSET_CACHE = b"cache-control: public, max-age=86400\r\n"
 
 
 def check_settings(config: ShmserveConfig) -> None:
@@ -126,11 +124,11 @@ class App:
         self._openapi = orjson.dumps(build_openapi(service, version, auth=settings.auth.enabled))
         self._docs_ui = DocsUI(service.name)
         endpoints: dict[str, Any] = {"/livez": self._livez, "/readyz": self._readyz,
-                                     "/docs": self._docs_page, "/docs.json": self._docs}
+                                     "/docs": self._docs_ui.serve_page, "/docs.json": self._docs}
         if settings.metrics.enabled:
             endpoints["/metrics"] = self._metrics
         for path in ASSET_PATHS:
-            endpoints[path] = self._docs_asset
+            endpoints[path] = self._docs_ui.serve_asset
         self.router = Router(service, endpoints)
         self.edge = Edge(settings)
         self.observer = Observer(settings.logging.access, tracing or TracingSettings(), service.name, access_log, tracer)
@@ -345,16 +343,6 @@ class App:
 
     def _docs(self, request: Request, conn: HttpProtocol) -> None:
         conn.reply(200, _CT_JSON, self._openapi)
-
-    def _docs_page(self, request: Request, conn: HttpProtocol) -> None:
-        conn.reply(200, _CT_HTML, self._docs_ui.page)
-
-    def _docs_asset(self, request: Request, conn: HttpProtocol) -> None:
-        found = self._docs_ui.asset(request.path[len(b"/docs/"):].decode("latin-1"))
-        if found is None:
-            conn.reply_error(404, "NotFound", "Swagger UI's files are not installed; pip install swagger-ui-bundle")
-            return
-        conn.reply(200, found[0], found[1], _ASSET_CACHE)
 
     def _runners_ready(self) -> tuple[bool, str]:
         missing = [r.name for r in self.service.runners if not runner_ready(r)]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+from .protocol import HttpProtocol, Request
+
 __all__ = ["DocsUI", "ASSET_PATHS"]
 
 #: the distribution files the page loads, served under ``/docs/``
@@ -21,6 +23,8 @@ _ASSETS = {
     "favicon-16x16.png": b"image/png",
 }
 ASSET_PATHS = tuple(f"/docs/{name}" for name in (*_ASSETS, "init.js"))
+_CT_HTML = b"text/html; charset=utf-8"
+_ASSET_CACHE = b"cache-control: public, max-age=86400\r\n"
 
 _INIT_JS = b"""window.onload = function () {
   window.ui = SwaggerUIBundle({url: "docs.json", dom_id: "#swagger-ui", deepLinking: true,
@@ -77,3 +81,16 @@ class DocsUI:
             return None
         self._cache[name] = (ctype, data)
         return ctype, data
+
+    # -- server endpoints (``/docs`` and ``/docs/<asset>``) ----------------------
+    def serve_page(self, request: Request, conn: HttpProtocol) -> None:
+        """Answer ``GET /docs``."""
+        conn.reply(200, _CT_HTML, self.page)
+
+    def serve_asset(self, request: Request, conn: HttpProtocol) -> None:
+        """Answer ``GET /docs/<asset>`` (cached by browsers for a day)."""
+        found = self.asset(request.path[len(b"/docs/"):].decode("latin-1"))
+        if found is None:
+            conn.reply_error(404, "NotFound", "Swagger UI's files are not installed; pip install swagger-ui-bundle")
+            return
+        conn.reply(200, found[0], found[1], _ASSET_CACHE)

@@ -33,7 +33,6 @@ from typing import Any
 from .. import registry
 from ..config import Config
 from ..errors import ConfigError
-from ..http.app import check_settings
 from ..shm import budget
 from .api import APIWorkerSpec, run_api_worker
 
@@ -150,6 +149,8 @@ def serve(options: ServeOptions) -> int:
         sys.path.insert(0, cwd)
     svc = load_service(options.service)  # fail here, clearly, before any process starts
     options.config.apply(svc.runners)  # before the runners start: batching, workers, arenas, queues
+    from ..http.app import check_settings
+
     check_settings(options.config.settings)  # an unreadable API keys file, tracing without its extra
     api = options.config.settings.api_server
     if svc.runners and not options.local_runners:  # every API worker maps a channel to every runner worker
