@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 
 from ..errors import ConfigError
+from ..http.server import bind_tcp
 from ..oip.server import InferenceServer
 
 __all__ = ["GrpcServer", "reserve_port"]
@@ -18,15 +19,7 @@ __all__ = ["GrpcServer", "reserve_port"]
 
 def reserve_port(host: str, port: int) -> socket.socket:
     """Bind (not listen) a ``SO_REUSEPORT`` socket on ``host:port``; the API workers' gRPC servers join it."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"cannot use gRPC port {host}:{port}: {exc.strerror}; pick another --grpc-port") from None
-    return sock
+    return bind_tcp(host, port, socket.SO_REUSEPORT, "cannot use gRPC port", "pick another --grpc-port")
 
 
 class GrpcServer:

@@ -7,13 +7,30 @@ import socket
 from typing import Any
 
 from ..config.schema import ApiServerSettings
+from ..errors import ConfigError
 from .app import App
 from .protocol import HttpProtocol, ServerState
 from .state import TICK_S
 
-__all__ = ["HttpServer", "server_state"]
+__all__ = ["HttpServer", "bind_tcp", "server_state"]
 
 log = logging.getLogger("shmserve.http")
+
+
+def bind_tcp(host: str, port: int, option: int, failure: str, fix: str) -> socket.socket:
+    """A TCP socket bound to ``host:port`` with socket `option` set (``SO_REUSEADDR`` or ``SO_REUSEPORT``).
+
+    A port that cannot be bound is a `ConfigError` reading ``"<failure> host:port: <why>; <fix>"``.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, option, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"{failure} {host}:{port}: {exc.strerror}; {fix}") from None
+    return sock
 
 
 def server_state(settings: ApiServerSettings) -> ServerState:

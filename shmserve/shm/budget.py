@@ -40,11 +40,11 @@ from typing import TYPE_CHECKING
 
 from ..errors import SharedMemoryTooSmall
 from .ring import DEFAULT_SLOTS, ChannelLayout
-from .segment import DEV_SHM
 
 if TYPE_CHECKING:
     from ..runner import Runner
 
+DEV_SHM = "/dev/shm"
 SEMAPHORE_BYTES = 4096  # a named semaphore is a 32-byte file; tmpfs charges it one page
 HEADROOM_FRACTION = 0.10
 HEADROOM_MIN_BYTES = 4 * 2**20

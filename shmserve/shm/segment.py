@@ -17,11 +17,11 @@ import posix_ipc
 
 from .. import lease
 from ..errors import SharedMemoryTooSmall
+from .budget import DEV_SHM, HEADROOM_MIN_BYTES, fixes
 
 PREFIX = "shmserve_"
 _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux >= 5.14
 PAGE = mmap.PAGESIZE
-DEV_SHM = "/dev/shm"
 
 
 def new_name(owner: str | None = None) -> str:
@@ -116,8 +116,6 @@ def reserve(fd: int, size: int, name: str) -> None:
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EFBIG):
             raise
-        from .budget import HEADROOM_MIN_BYTES, fixes
-
         st = os.statvfs(DEV_SHM)
         free = st.f_bavail * st.f_frsize
         at_least = (st.f_blocks - st.f_bfree) * st.f_frsize + size + HEADROOM_MIN_BYTES  # what is used, plus this

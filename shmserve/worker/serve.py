@@ -32,7 +32,7 @@ from typing import Any
 
 from .. import registry
 from ..config import Config
-from ..errors import ConfigError
+from ..http.server import bind_tcp
 from ..shm import budget
 from .api import APIWorkerSpec, run_api_worker
 
@@ -94,14 +94,7 @@ class _APIWorker:
 
 
 def _listen(host: str, port: int, backlog: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port or stop what uses it") from None
+    sock = bind_tcp(host, port, socket.SO_REUSEADDR, "cannot listen on", "pick another --port or stop what uses it")
     sock.listen(backlog)
     sock.set_inheritable(True)
     return sock
