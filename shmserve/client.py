@@ -38,10 +38,11 @@ from .errors import (
 )
 from .link import Pending, WorkerLink, free_block, remote_error
 from .shm import ring
-from .shm.message import Tensor, block_align, decode_result, encode_call, layout, view
+from .shm.message import Tensor, decode_result, encode_call, layout, view
 from .shm.ring import DEFAULT_SLOTS, MAX_TENSORS, META_INLINE_MAX
 from .shm.signal import Signal, Spinner, spin_budget_s
 from .shm.tensor import numpy_dtype, wrap
+from .shm.wire import request_align
 from .traces import TraceHook, add_trace_hook, call_traces, remove_trace_hook  # noqa: F401  (public here too)
 from .watchdog import WatchdogLimits
 
@@ -180,7 +181,7 @@ class RunnerClient:
         if len(tensors) > MAX_TENSORS:
             raise InvalidInput(f"a call carries at most {MAX_TENSORS} tensor arguments, got {len(tensors)}")
         offsets, end = layout(tensors, 0)
-        align = block_align(tensors)
+        align = request_align(tensors)
         meta_off = (end + 7) & ~7
         nbytes = meta_off + len(meta) if len(meta) > META_INLINE_MAX else end
         if nbytes > self.arena_bytes:

@@ -42,10 +42,9 @@ from .objects import (
     is_raw,
 )
 from .tensor import KIND_NUMPY, as_array, is_torch_tensor, numpy_dtype, wrap
+from .wire import Tensor, layout
 
 _NO_GPU = "CUDA tensors need the GPU transport, which this process could not load"
-
-Tensor = tuple[np.ndarray, int, str]  # (array, kind, dtype string)
 
 
 class DeviceCodec(Protocol):
@@ -255,32 +254,6 @@ def _rebuild(spec: dict[str, Any], tensors: list[Any], device: DeviceGetter | No
     if "l" in spec:
         return [_rebuild(s, tensors, device) for s in spec["l"]]
     return {k: _rebuild(s, tensors, device) for k, s in spec["d"].items()}
-
-
-def layout(tensors: list[Tensor], base: int, align_to: int | None = None) -> tuple[list[int], int]:
-    """Offsets (relative to a block starting at `base`) for tensors packed back to back.
-
-    Each tensor starts at a multiple of its item size (or `align_to`), so a
-    tensor of one call directly follows the previous call's when sizes allow.
-    Returns (offsets, end) where end is relative too.
-    """
-    if len(tensors) == 1 and base == 0:  # the common call: one tensor at the block's start
-        return [0], tensors[0][0].nbytes
-    offsets = []
-    pos = 0
-    for arr, _kind, _dt in tensors:
-        a = align_to or max(arr.dtype.itemsize, 1)
-        absolute = base + pos
-        absolute = (absolute + a - 1) // a * a
-        pos = absolute - base
-        offsets.append(pos)
-        pos += arr.nbytes
-    return offsets, pos
-
-
-def block_align(tensors: list[Tensor]) -> int:
-    """Alignment of a call's block: the largest item size among its tensors (8 without tensors)."""
-    return max((t[0].dtype.itemsize for t in tensors), default=8) or 1
 
 
 def view(buf: Any, offset: int, nbytes: int, dtype_str: str, shape: tuple[int, ...]) -> np.ndarray:

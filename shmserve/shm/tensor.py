@@ -1,58 +1,23 @@
-"""Tensor headers: the fixed binary record that describes one tensor in an arena,
-and the conversions between user tensors and numpy views.
+"""Conversions between user tensors and the numpy views that cross the transport.
 
-TensorHeader layout (96 bytes, little endian, struct ``<QQ8sBB6x8q``)::
-
-    offset size field
-    0      8    offset   byte offset of the data in its arena
-    8      8    nbytes   length of the data
-    16     8    dtype    numpy dtype string, ASCII, NUL padded ('<f4'), or 'bf16'
-    24     1    ndim     number of dimensions (<= 8)
-    25     1    kind     0 numpy ndarray, 1 torch CPU tensor, 2 raw buffer (bytes, image pixels; never batched)
-    26     6    padding
-    32     64   shape    8 x int64, unused dims zero
+The binary record that describes one tensor in an arena (`TensorMeta`, its
+``TENSOR_HEADER`` struct) is declared with the rest of the wire in
+`shmserve.shm.wire`.
 """
 from __future__ import annotations
 
-import struct
 import sys
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from ..errors import InvalidInput
-
-TENSOR_HEADER = struct.Struct("<QQ8sBB6x8q")
-assert TENSOR_HEADER.size == 96
-MAX_NDIM = 8
+from .wire import MAX_NDIM, TENSOR_HEADER, TensorMeta  # noqa: F401  (TensorMeta is read from here too)
 
 KIND_NUMPY = 0
 KIND_TORCH = 1
 
 _ALLOWED_KINDS = frozenset("biufc")  # bool, signed, unsigned, float, complex
-
-
-class TensorMeta(NamedTuple):
-    """A decoded TensorHeader."""
-
-    offset: int
-    nbytes: int
-    dtype: str
-    shape: tuple[int, ...]
-    kind: int
-
-
-def pack_header(buf: Any, pos: int, offset: int, arr: np.ndarray, kind: int, dtype_str: str) -> None:
-    shape = arr.shape
-    TENSOR_HEADER.pack_into(
-        buf, pos, offset, arr.nbytes, dtype_str.encode(), len(shape), kind, *shape, *((0,) * (MAX_NDIM - len(shape)))
-    )
-
-
-def unpack_header(buf: Any, pos: int) -> TensorMeta:
-    f = TENSOR_HEADER.unpack_from(buf, pos)
-    ndim = f[3]
-    return TensorMeta(f[0], f[1], f[2].rstrip(b"\0").decode(), tuple(f[5 : 5 + ndim]), f[4])
 
 
 def is_torch_tensor(x: Any) -> bool:
