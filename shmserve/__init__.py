@@ -36,7 +36,7 @@ from .runner import Runner
 __version__ = "0.1.0"
 
 _LAZY = {
-    "start": ("shmserve.worker.supervisor", "start"),
+    "start": ("shmserve.worker.group", "start"),
     "connect": ("shmserve.client", "connect"),
     "Service": ("shmserve.service", "Service"),
     "Context": ("shmserve.context", "Context"),

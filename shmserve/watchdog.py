@@ -18,7 +18,7 @@ queueing calls behind it. The watchdog makes both visible:
   calls fail with RunnerUnavailable (HTTP 503) and the worker is restarted.
 
 The board's layout is in `shmserve.shm.health`; the supervisor's side in
-`shmserve.worker.supervisor`, the worker's in `shmserve.worker.runner`, and
+`shmserve.worker.group`, the worker's in `shmserve.worker.runner`, and
 the clients' (routing and readiness) in `shmserve.link`.
 """
 from __future__ import annotations

@@ -41,7 +41,7 @@ def serve_config(args: argparse.Namespace) -> Any:
 def run_serve(args: argparse.Namespace) -> int:
     """Entry point of ``shmserve serve``."""
     from ..errors import ShmserveError
-    from ..worker.serve import ServeOptions, serve
+    from .serve import ServeOptions, serve
 
     log = logging.getLogger("shmserve.serve")
     try:

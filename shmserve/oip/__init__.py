@@ -1,7 +1,7 @@
 """The Open Inference Protocol (KServe v2), independent of its transports.
 
 `shmserve.http.v2` speaks it over REST on the API worker's HTTP server and
-`shmserve.grpc` over gRPC; both use what this package holds:
+`shmserve.http.grpc` over gRPC; both use what this package holds:
 
 - `datatypes`: v2 datatype names <-> numpy dtypes.
 - `models`: the models a Service offers (its ``NumpyNdarray`` APIs and every

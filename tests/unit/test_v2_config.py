@@ -25,6 +25,6 @@ def test_file_can_keep_a_port_and_turn_grpc_off(tmp_path) -> None:
     """))
     api = load(str(path), environ={}).settings.api_server
     assert (api.grpc.port, api.grpc.enabled, api.allow_client_shm) == (8001, False, True)
-    from shmserve.worker.serve import _reserve_grpc
+    from shmserve.http.serve import _reserve_grpc
 
     assert _reserve_grpc(api) is None  # off: nothing is bound

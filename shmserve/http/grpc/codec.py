@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..http.v2.codec import RequestedOutput, select_outputs
-from ..oip.datatypes import element_count, to_datatype, to_dtype
-from ..oip.errors import InferError
-from ..oip.references import check_output_region, input_from_region, region_ref
+from ...oip.datatypes import element_count, to_datatype, to_dtype
+from ...oip.errors import InferError
+from ...oip.references import check_output_region, input_from_region, region_ref
+from ..v2.codec import RequestedOutput, select_outputs
 
 if TYPE_CHECKING:
-    from ..oip.regions import RegionTable
+    from ...oip.regions import RegionTable
 
 __all__ = ["parameters_of", "decode_inputs", "requested_outputs", "fill_response", "set_parameter"]
 

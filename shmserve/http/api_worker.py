@@ -1,6 +1,6 @@
 """The API worker process: import the service, bind its runners, serve HTTP on an inherited socket.
 
-Started by the ``shmserve serve`` supervisor (`shmserve.worker.serve`) with the
+Started by the ``shmserve serve`` supervisor (`shmserve.http.serve`) with the
 spawn start method. Each API worker binds every runner of the service to the
 running runner workers with ``shmserve.client.attach``; with ``local_runners``
 (the ``--local-runners`` debug option) it instead runs each Runnable inside
@@ -98,9 +98,9 @@ def run_api_worker(spec: APIWorkerSpec, sock: socket.socket, status: Connection)
     import uvloop
 
     from .. import __version__
-    from ..http.app import App
-    from ..http.server import HttpServer
     from ..service import load_service
+    from .app import App
+    from .server import HttpServer
 
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
@@ -126,7 +126,7 @@ def run_api_worker(spec: APIWorkerSpec, sock: socket.socket, status: Connection)
     server = HttpServer(app, _fit_connections(api))
     grpc_server = None
     if spec.grpc_port is not None:
-        from ..grpc.server import GrpcServer
+        from .grpc.server import GrpcServer
 
         grpc_server = GrpcServer(app.inference, api.http.host, spec.grpc_port, api.http.max_body_bytes)
     try:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import socket
 
-from ..errors import ConfigError
-from ..http.server import bind_tcp
-from ..oip.server import InferenceServer
+from ...errors import ConfigError
+from ...oip.server import InferenceServer
+from ..server import bind_tcp
 
 __all__ = ["GrpcServer", "reserve_port"]
 

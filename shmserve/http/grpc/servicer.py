@@ -18,8 +18,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
-from ..oip.errors import InferError, status_of
-from ..oip.server import InferenceServer
+from ...oip.errors import InferError, status_of
+from ...oip.server import InferenceServer
 from .codec import decode_inputs, fill_response, parameters_of, requested_outputs
 
 __all__ = ["InferenceServicer", "HealthServicer", "SERVICE_NAME"]

@@ -32,9 +32,9 @@ from typing import Any
 
 from .. import registry
 from ..config import Config
-from ..http.server import bind_tcp
 from ..shm import budget
-from .api import APIWorkerSpec, run_api_worker
+from .api_worker import APIWorkerSpec, run_api_worker
+from .server import bind_tcp
 
 __all__ = ["ServeOptions", "serve", "MAX_RESTARTS", "RESTART_WINDOW_S"]
 
@@ -142,7 +142,7 @@ def serve(options: ServeOptions) -> int:
         sys.path.insert(0, cwd)
     svc = load_service(options.service)  # fail here, clearly, before any process starts
     options.config.apply(svc.runners)  # before the runners start: batching, workers, arenas, queues
-    from ..http.app import check_settings
+    from .app import check_settings
 
     check_settings(options.config.settings)  # an unreadable API keys file, tracing without its extra
     api = options.config.settings.api_server
@@ -203,7 +203,7 @@ def _reserve_grpc(api: Any) -> socket.socket | None:
     """Hold the gRPC port (``api_server.grpc``) for the API workers, which all bind it with SO_REUSEPORT."""
     if api.grpc.port is None or not api.grpc.enabled:
         return None
-    from ..grpc.server import reserve_port
+    from .grpc.server import reserve_port
 
     return reserve_port(api.http.host, api.grpc.port)
 
