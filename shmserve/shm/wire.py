@@ -102,7 +102,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-MAGIC = 0x3130565253484D53  # b"SHMSRV01" little endian
+MAGIC = int.from_bytes(b"SHMSRV01", "little")  # the first 8 bytes of a segment read "SHMSRV01"
 VERSION = 2
 HEADER_SIZE = 4096
 CACHE_LINE = 64
