@@ -1,6 +1,6 @@
-"""Slow-client attacks: honest-client latency with and without them, and how long attack connections live.
+"""Attacks on a server: honest-client latency with and without each, and how long attack connections live.
 
-    python -m perf.bench_attack                                        # this tree
+    python -m perf.bench_attack --rounds 3                             # this tree, three interleaved rounds
     python -m perf.bench_attack --tree /path/to/old/checkout --tree .  # side by side, one run
 
 Each ``--tree`` (a checkout whose ``shmserve`` the server imports) serves
@@ -16,7 +16,17 @@ so the machine's load is the same for all, four phases of ``--seconds`` each:
 * ``slow_reader``: ``--slow-readers`` attackers with a 4 KiB receive buffer that
   pipeline 1200 ``GET /docs.json`` requests (~6 MB of answers) and never read.
   Serving those answers is real work (it stalls honest clients while buffers
-  fill), so there are fewer of them than of the other attackers.
+  fill), so there are fewer of them than of the other attackers;
+* ``unterminated_headers``: attackers that send a request line and then one
+  header value 4 KiB every 0.25 s, never ending it (the server answers 431 at
+  its header limit and closes);
+* ``connection_storm``: ``--storm-rate`` connections a second opened and closed
+  at once, half of them after sending half a request line;
+* ``zero_rows``: ``--flood-rate`` requests a second, on a few kept-alive
+  connections, of a valid zero-row tensor (``x-tensor-shape: 0,784``, empty body);
+* ``malformed``: ``--flood-rate`` requests a second of bad bodies in turn (JSON
+  cut short, strings for numbers, wrong shapes, a ``.npy`` of impossible shape,
+  an unknown dtype, bad chunked framing), each answered 400 (or closed).
 
 The attackers run in a process of their own, so the honest clients' loop is
 not slowed by theirs (the two still share the machine's CPUs).
@@ -24,7 +34,12 @@ not slowed by theirs (the two still share the machine's CPUs).
 An attacker whose connection the server closes opens a new one at once, so the
 pressure stays at ``--attackers`` connections. Figures per phase: honest p50/p99
 (ms), honest requests that failed, attack connections the server closed and
-their lifetime (p50, max), and those still open at the end. A tree whose
+their lifetime (p50, max), and those still open at the end; for the floods and
+the storm, the attack requests or connections made and the statuses answered.
+``--rounds N`` runs every tree's phases N times, trees taking turns, and the
+table gives each figure's median with its range over the rounds (``p50_vs_none``
+is each round's ratio to the mean of that round's two ``none`` phases, one before
+the attacks and one after; each round takes the attacks in another order). A tree whose
 ``shmserve serve`` has ``--header-timeout`` is run with ``--header-timeout``,
 ``--body-timeout`` and ``--send-timeout`` set to ``--deadline-s`` (defaults are
 10/60/30 s; shorter here so the phase sees them pass). Figures go to
@@ -37,6 +52,7 @@ import argparse
 import asyncio
 import os
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -53,7 +69,9 @@ from .procs import free_port, stop, wait_http
 from .stats import percentiles
 from .trees import compare_trees, tree_parser
 
-PHASES = ("none", "slowloris", "slow_body", "slow_reader")
+PHASES = ("none", "slowloris", "slow_body", "slow_reader", "unterminated_headers", "connection_storm", "zero_rows",
+          "malformed")
+_SLOW = ("slowloris", "slow_body", "slow_reader", "unterminated_headers")
 _DOCS = b"GET /docs.json HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n"
 _TCP_ESTABLISHED = 1
 
@@ -135,7 +153,7 @@ class Attack:
                 while self.running and _established(sock):
                     await asyncio.sleep(0.25)  # notice the close within 0.25 s; trickle once a second
                     tick += 1
-                    if self.running and tick % 4 == 0:
+                    if self.running and (tick % 4 == 0 or self.kind == "unterminated_headers"):
                         self._send(sock, self._trickle())
                 if self.running:
                     self.lifetimes.append(time.monotonic() - opened)
@@ -148,10 +166,12 @@ class Attack:
             return b"GET /livez HTTP/1.1\r\nhost: 127.0.0.1\r\n"
         if self.kind == "slow_body":
             return b"POST /predict HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 1000000\r\n\r\n["
+        if self.kind == "unterminated_headers":
+            return b"GET /livez HTTP/1.1\r\nhost: 127.0.0.1\r\nx-long: "
         return _DOCS * 1200  # ~6 MB of answers: more than the kernel's buffers hold (4 MB)
 
     def _trickle(self) -> bytes:
-        return {"slowloris": b"x-a: b\r\n", "slow_body": b"1"}.get(self.kind, b"")
+        return {"slowloris": b"x-a: b\r\n", "slow_body": b"1", "unterminated_headers": b"a" * 4096}.get(self.kind, b"")
 
     @staticmethod
     def _send(sock: socket.socket, data: bytes) -> None:
@@ -161,6 +181,86 @@ class Attack:
             pass  # the server stopped reading: that is the attack
         except OSError:
             pass  # reset: _established() sees it
+
+
+def _post(body: bytes, ctype: bytes, extra: bytes = b"") -> bytes:
+    return (b"POST /predict HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: %s\r\n%scontent-length: %d\r\n\r\n%s"
+            % (ctype, extra, len(body), body))
+
+
+_ZERO_ROWS = _post(b"", b"application/octet-stream", b"x-tensor-dtype: float32\r\nx-tensor-shape: 0,784\r\n")
+_IMPOSSIBLE_NPY = b"{'descr': '<f4', 'fortran_order': False, 'shape': (0, 4611686018427387904, 4611686018427387904)}"
+_MALFORMED = (
+    _post(b"[[0.5, 1", b"application/json"),
+    _post(b'[["nan", "inf"]]', b"application/json"),
+    _post(b"[[1, 2, 3]]", b"application/json"),  # 3 columns where 784 are declared
+    _post(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(_IMPOSSIBLE_NPY)) + _IMPOSSIBLE_NPY, b"application/x-npy"),
+    _post(b"\0" * 16, b"application/octet-stream", b"x-tensor-dtype: bogus\r\n"),
+    b"POST /predict HTTP/1.1\r\nhost: 127.0.0.1\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",  # 400 and close
+)
+
+
+class Flood:
+    """`rate` attack requests (or connections, for the storm) a second, for as long as `running`."""
+
+    def __init__(self, kind: str, port: int, rate: float) -> None:
+        self.kind, self.port, self.rate = kind, port, rate
+        self.sent = 0
+        self.statuses: dict[str, int] = {}
+        self.running = True
+
+    async def run(self) -> None:
+        if self.kind == "connection_storm":
+            await asyncio.gather(*(self._storm(i) for i in range(8)))
+        else:
+            await asyncio.gather(*(self._requests(i) for i in range(4)))
+
+    async def _paced(self, lanes: int) -> None:
+        await asyncio.sleep(lanes / self.rate)
+
+    async def _storm(self, lane: int) -> None:
+        half = b"GET /livez HT"
+        while self.running:
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.port), 5.0)
+                self.sent += 1
+                if self.sent % 2:
+                    writer.write(half)
+                writer.close()
+            except (OSError, asyncio.TimeoutError):
+                self.statuses["connect_failed"] = self.statuses.get("connect_failed", 0) + 1
+            await self._paced(8)
+
+    async def _requests(self, lane: int) -> None:
+        reader = writer = None
+        while self.running:
+            if writer is None:
+                try:
+                    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.port), 5.0)
+                except (OSError, asyncio.TimeoutError):
+                    self.statuses["connect_failed"] = self.statuses.get("connect_failed", 0) + 1
+                    await asyncio.sleep(0.1)
+                    continue
+            assert reader is not None
+            raw = _ZERO_ROWS if self.kind == "zero_rows" else _MALFORMED[self.sent % len(_MALFORMED)]
+            self.sent += 1
+            try:
+                writer.write(raw)
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10.0)
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                await asyncio.wait_for(reader.readexactly(length), 10.0)
+                status = head[9:12].decode()
+                self.statuses[status] = self.statuses.get(status, 0) + 1
+                if b"connection: close" in head.lower():
+                    writer.close()
+                    writer = None
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError, IndexError):
+                self.statuses["closed"] = self.statuses.get("closed", 0) + 1
+                writer.close()
+                writer = None
+            await self._paced(4)
+        if writer is not None:
+            writer.close()
 
 
 async def _honest(port: int, seconds: float, out: list[float], failures: list[int]) -> None:
@@ -190,6 +290,18 @@ async def _honest(port: int, seconds: float, out: list[float], failures: list[in
             writer.close()
 
 
+async def _flood_main(kind: str, port: int, rate: float, seconds: float) -> dict[str, Any]:
+    """The attacker process of a flood or storm: `rate` a second for `seconds`, then what was answered."""
+    flood = Flood(kind, port, rate)
+    task = asyncio.create_task(flood.run())
+    await asyncio.sleep(0.5)
+    print("ready", flush=True)
+    await asyncio.sleep(seconds)
+    flood.running = False
+    await asyncio.wait_for(task, 15.0)
+    return {"attack_sent": flood.sent, "attack_statuses": flood.statuses}
+
+
 async def _attack_main(kind: str, port: int, count: int, seconds: float) -> dict[str, Any]:
     """The attacker process: `count` connections of `kind` for `seconds`, then their lifetimes."""
     attack = Attack(kind, port, count)
@@ -210,7 +322,8 @@ async def _phase(kind: str, port: int, args: argparse.Namespace) -> dict[str, An
     attacker = None
     if kind != "none":
         # In a process of its own, so that its hundreds of sockets do not slow the honest client's loop.
-        count = args.attackers if kind != "slow_reader" else args.slow_readers
+        count = {"slow_reader": args.slow_readers, "connection_storm": args.storm_rate}.get(
+            kind, args.flood_rate if kind not in _SLOW else args.attackers)
         attacker = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "perf.bench_attack", "--attack", kind, "--port", str(port),
             "--attackers", str(count), "--seconds", str(args.seconds + 0.5), cwd=REPO,
@@ -231,30 +344,69 @@ async def _phase(kind: str, port: int, args: argparse.Namespace) -> dict[str, An
 
 def run_tree(tree: Path, args: argparse.Namespace, logs: Path) -> dict[str, Any]:
     """Every phase against the `shmserve` of `tree`."""
-    proc, port, deadlines = _start(tree, args.deadline_s, logs / f"attack_{abs(hash(str(tree))) % 10**6}.log")
+    done = args.rounds_done.setdefault(str(tree), 0)
+    args.rounds_done[str(tree)] += 1
+    attacks = PHASES[1:]
+    order = attacks[done % len(attacks):] + attacks[:done % len(attacks)]  # each round starts elsewhere: drift averages out
+    proc, port, deadlines = _start(tree, args.deadline_s, logs / f"attack_{abs(hash(str(tree))) % 10**6}_{done}.log")
     try:
-        phases = {kind: asyncio.run(_phase(kind, port, args)) for kind in PHASES}
+        phases = {"none": asyncio.run(_phase("none", port, args))}
+        phases.update({kind: asyncio.run(_phase(kind, port, args)) for kind in order})
+        after = asyncio.run(_phase("none", port, args))  # a second baseline, after the attacks
     finally:
         stop(proc, group=True)
-    return {"tree": str(tree), "deadlines": deadlines, "phases": phases}
+    for key in ("honest_p50_ms", "honest_p99_ms"):
+        phases["none"][key + "_after"] = after.get(key)
+    return {"tree": str(tree), "deadlines": deadlines, "order": list(order), "phases": phases}
+
+
+def _cell(values: list[Any]) -> str:
+    """The median of a figure over rounds, with its range when there are several."""
+    got = [v for v in values if v is not None]
+    if not got:
+        return "-"
+    if isinstance(got[0], dict):  # statuses: totals over the rounds
+        total: dict[str, int] = {}
+        for d in got:
+            for k, n in d.items():
+                total[k] = total.get(k, 0) + n
+        return " ".join(f"{k}:{n}" for k, n in sorted(total.items()))
+    med = statistics.median(got)
+    text = f"{med:.2f}" if isinstance(med, float) else str(med)
+    if len(got) > 1:
+        lo, hi = min(got), max(got)
+        text += f" ({lo:.2f}-{hi:.2f})" if isinstance(lo, float) or isinstance(hi, float) else f" ({lo}-{hi})"
+    return text
 
 
 def table(runs: list[dict[str, Any]]) -> str:
-    """Each figure of each tree side by side; honest p50 under attack as a ratio to no attack."""
-    names = [Path(r["tree"]).name or r["tree"] for r in runs]
-    lines = ["| phase | figure | " + " | ".join(names) + " |", "| --- | --- |" + " --- |" * len(runs)]
-    keys = ["honest", "honest_failed", "honest_p50_ms", "honest_p99_ms", "p50_vs_none", "attack_closed",
-            "attack_still_open", "attack_life_p50_s", "attack_life_max_s"]
+    """Each figure of each tree side by side (median and range over rounds); honest p50 as a ratio to no attack."""
+    by_tree: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        by_tree.setdefault(r["tree"], []).append(r)
+    names = [Path(t).name or t for t in by_tree]
+    rounds = max(len(v) for v in by_tree.values())
+    lines = [f"{rounds} round(s) per tree, interleaved; median (range) over the rounds", "",
+             "| phase | figure | " + " | ".join(names) + " |", "| --- | --- |" + " --- |" * len(by_tree)]
+    keys = ["honest", "honest_failed", "honest_p50_ms", "honest_p99_ms", "honest_p50_ms_after", "honest_p99_ms_after",
+            "p50_vs_none", "p99_vs_none", "attack_closed",
+            "attack_still_open", "attack_life_p50_s", "attack_life_max_s", "attack_sent", "attack_statuses"]
     for phase in PHASES:
         for key in keys:
             cells = []
-            for r in runs:
-                ph = r["phases"][phase]
-                v = ph.get(key)
-                if key == "p50_vs_none":
-                    base = r["phases"]["none"].get("honest_p50_ms")
-                    v = ph["honest_p50_ms"] / base if base and ph.get("honest_p50_ms") else None
-                cells.append("-" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v))
+            for tree_runs in by_tree.values():
+                values = []
+                for r in tree_runs:
+                    ph = r["phases"][phase]
+                    v = ph.get(key)
+                    if key in ("p50_vs_none", "p99_vs_none"):
+                        figure = "honest_" + key[:3] + "_ms"
+                        none = r["phases"]["none"]
+                        both = [x for x in (none.get(figure), none.get(figure + "_after")) if x]
+                        base = sum(both) / len(both) if both else None  # the baselines before and after
+                        v = ph[figure] / base if base and ph.get(figure) else None
+                    values.append(v)
+                cells.append(_cell(values))
             if any(c != "-" for c in cells):
                 lines.append(f"| {phase} | {key} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -267,13 +419,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--honest", type=int, default=2, help="honest keep-alive clients")
     parser.add_argument("--slow-readers", type=int, default=10,
                         help="attack connections in the slow-reader phase (each asks for ~6 MB of answers)")
+    parser.add_argument("--storm-rate", type=int, default=200, help="connections a second in the connection storm")
+    parser.add_argument("--flood-rate", type=int, default=200,
+                        help="requests a second in the zero-row and malformed-body floods")
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds of every tree's phases")
     parser.add_argument("--deadline-s", type=float, default=2.0, help="header/body/send timeout given to the server")
     parser.add_argument("--attack", choices=PHASES[1:], help=argparse.SUPPRESS)  # the attacker process
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.attack:
-        print(orjson.dumps(asyncio.run(_attack_main(args.attack, args.port, args.attackers, args.seconds))).decode())
+        main_of = _attack_main if args.attack in _SLOW else _flood_main
+        print(orjson.dumps(asyncio.run(main_of(args.attack, args.port, args.attackers, args.seconds))).decode())
         return 0
+    args.tree = [t for _ in range(args.rounds) for t in (args.tree or [REPO])]  # rounds interleave the trees
+    args.rounds_done = {}
     return compare_trees("attack", args, run_tree, table)
 
 

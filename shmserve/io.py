@@ -35,7 +35,9 @@ import numpy as np
 import orjson
 
 from .errors import InvalidInput
-from .jsonarray import PIECE_BYTES, decode_array
+from .jsonarray import array_steps
+from .jsonscan import PIECE_BYTES, run, run_async
+from .jsonvalue import value_steps
 from .npy import CACHE_LIMIT as _CACHE_LIMIT
 from .npy import MAX_NDIM as _MAX_NDIM
 from .npy import check_dtype as _check_dtype
@@ -90,13 +92,16 @@ class IODescriptor:
         """Turn a request body (and its lower-cased header names) into the API argument."""
         raise NotImplementedError
 
-    def decode_off_loop(self, body: bytes, headers: Headers) -> bool:
-        """True when decoding `body` takes long enough to be run off the event loop (in a thread).
-
-        The thread helps only if `decode` lets go of the GIL now and then, as the
-        piece-wise JSON array decoder does (`shmserve.jsonarray`).
-        """
+    def decode_in_steps(self, body: bytes, headers: Headers) -> bool:
+        """True when decoding `body` takes long enough that the server should call `decode_async` instead."""
         return False
+
+    async def decode_async(self, body: bytes, headers: Headers) -> Any:
+        """`decode`, letting the event loop run between steps of it (see `shmserve.jsonscan`).
+
+        The default decodes at once; descriptors of large JSON bodies decode a piece at a time.
+        """
+        return self.decode(body, headers)
 
     def encode(self, value: Any, accept: bytes) -> tuple[bytes, bytes, bytes]:
         """Return ``(content_type, body, extra_header_lines)`` for an API result.
@@ -234,22 +239,31 @@ class NumpyNdarray(IODescriptor):
             )
         return self._check_shape(arr)
 
-    def decode_off_loop(self, body: bytes, headers: Headers) -> bool:
-        """JSON bodies over one piece of `shmserve.jsonarray` are decoded in a thread."""
+    def decode_in_steps(self, body: bytes, headers: Headers) -> bool:
+        """JSON bodies over one piece of `shmserve.jsonarray` are decoded a piece at a time."""
         if len(body) <= PIECE_BYTES:
             return False
         mt = _media_type(headers)
         return not mt or mt == _CT_JSON
 
+    async def decode_async(self, body: bytes, headers: Headers) -> np.ndarray:
+        """`decode`, JSON bodies a piece at a time with the event loop free in between."""
+        if not self.decode_in_steps(body, headers):
+            return self.decode(body, headers)
+        return self._check_shape(self._json_ndim(await run_async(self._json_steps(body))))
+
+    def _json_steps(self, body: bytes) -> Any:
+        if self._json_infer_first:  # read the numbers' own kind first, then cast (no floats into ints)
+            return array_steps(body, None, same_kind=self.dtype)
+        return array_steps(body, self.dtype)
+
     def _from_json(self, body: bytes) -> np.ndarray:
-        arr = decode_array(body, None if self._json_infer_first else self.dtype)
+        return self._json_ndim(run(self._json_steps(body)))
+
+    @staticmethod
+    def _json_ndim(arr: np.ndarray) -> np.ndarray:
         if arr.ndim > _MAX_NDIM:
             raise InvalidInput(f"JSON array has {arr.ndim} dimensions; at most {_MAX_NDIM} are accepted")
-        if self._json_infer_first:
-            assert self.dtype is not None
-            if not np.can_cast(arr.dtype, self.dtype, casting="same_kind"):
-                raise InvalidInput(f"JSON values of kind {arr.dtype.name} do not fit dtype {self.dtype.name}; send integers")
-            arr = arr.astype(self.dtype, copy=False)
         return arr
 
     def _from_bytes(self, body: bytes, headers: Headers) -> np.ndarray:
@@ -399,10 +413,17 @@ class JSON(IODescriptor):
         """Parse the body as JSON (validated by `pydantic_model`, if any); an empty body is ``None``."""
         if not body and self.pydantic_model is None:
             return None
-        try:
-            obj = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidInput(f"request body is not valid JSON ({exc})") from None
+        return self._validate(run(value_steps(body)))
+
+    def decode_in_steps(self, body: bytes, headers: Headers) -> bool:
+        """Bodies over one piece of `shmserve.jsonvalue` are parsed a piece at a time."""
+        return len(body) > PIECE_BYTES
+
+    async def decode_async(self, body: bytes, headers: Headers) -> Any:
+        """`decode` with the event loop free between pieces (pydantic validation is one call, though)."""
+        return self._validate(await run_async(value_steps(body)))
+
+    def _validate(self, obj: Any) -> Any:
         if self.pydantic_model is None:
             return obj
         from pydantic import ValidationError

@@ -3,18 +3,20 @@
 Parsing a whole JSON array with orjson builds one Python object per number (a
 float is 24 bytes plus 8 for its list slot) and holds the GIL for the whole
 parse: a 50 MB array once cost ~16x its size and blocked the event loop for a
-second. `decode_array` cuts the outer array at its own commas into pieces of
-about `PIECE_BYTES`, parses each piece with orjson and turns it into an ndarray
-at once, so only one piece's Python objects are alive at a time and the GIL is
-free between pieces (run in a thread, it lets the event loop in every few ms).
-An element too large for one piece (``[[...10 million numbers...]]``) is cut
-the same way, one level down.
+second. Here the outer array is cut at its own commas (`shmserve.jsonscan`)
+into pieces of about `PIECE_BYTES`; each piece is parsed with orjson and turned
+into an ndarray at once, so only one piece's Python objects are alive at a
+time, and the result is assembled a piece at a time into one array. An element
+too large for one piece (``[[...10 million numbers...]]``) is cut the same way,
+one level down. `array_steps` is that work in steps (see `shmserve.jsonscan`):
+`decode_array` runs them at once, ``await run_async(array_steps(...))`` with
+the event loop free between them.
 
-The cuts are found with numpy on the raw bytes. Brackets and commas are
-structural because an array of numbers holds no strings: a ``"`` anywhere is
-refused up front (that is also what keeps ``["nan"]`` from becoming a NaN).
-Each piece is orjson-parsed, so what is valid JSON is orjson's call; pieces
-are promoted to one dtype as numpy promotes one list (`numpy.result_type`).
+Brackets and commas are structural because an array of numbers holds no
+strings: a ``"`` anywhere is refused up front (that is also what keeps
+``["nan"]`` from becoming a NaN). Each piece is orjson-parsed, so what is valid
+JSON is orjson's call; pieces are promoted to one dtype as numpy promotes one
+list (`numpy.result_type`).
 """
 from __future__ import annotations
 
@@ -24,14 +26,15 @@ import numpy as np
 import orjson
 
 from .errors import InvalidInput
+from .jsonscan import PIECE_BYTES, Steps, find_close, has_quote, run, skip_space, spans
 
-__all__ = ["PIECE_BYTES", "decode_array"]
+__all__ = ["PIECE_BYTES", "array_steps", "decode_array", "span_steps", "to_array"]
 
-#: bytes of JSON text parsed in one orjson call: ~1 ms of work, a few MB of Python objects
-PIECE_BYTES = 256 * 1024
-
-_OPEN, _CLOSE, _COMMA, _QUOTE = ord("["), ord("]"), ord(","), ord('"')
-_SPACE = b" \t\r\n"
+_OPEN, _CLOSE = ord("["), ord("]")
+#: nesting levels cut one level down before a span is left to orjson whole (which limits depth itself)
+_MAX_LEVELS = 32
+#: bytes of output copied per step when the pieces are assembled
+_ASSEMBLE_BYTES = 1024 * 1024
 
 
 def decode_array(body: bytes, dtype: np.dtype | None, piece_bytes: int = PIECE_BYTES) -> np.ndarray:
@@ -42,111 +45,86 @@ def decode_array(body: bytes, dtype: np.dtype | None, piece_bytes: int = PIECE_B
     that accepts, for any `piece_bytes`; one difference when `dtype` is None:
     an integer beyond 64 bits is refused in a piece holding no float.
     """
-    start = _skip_space(body, 0)
-    if body.find(b'"') >= 0:
+    return run(array_steps(body, dtype, piece_bytes))
+
+
+def array_steps(body: Any, dtype: np.dtype | None, piece_bytes: int = PIECE_BYTES,
+                same_kind: np.dtype | None = None) -> Steps[np.ndarray]:
+    """`decode_array` in steps of about one piece each.
+
+    With `same_kind`, the numbers are read with their own dtype and must cast
+    to `same_kind` under numpy's ``same_kind`` rule (no floats into an int
+    dtype); the result then has dtype `same_kind`.
+    """
+    start = skip_space(body, 0)
+    if (yield from has_quote(body, 0, len(body))):
         if start < len(body) and body[start] == ord("{"):
             raise InvalidInput("expected a JSON array of numbers, got a JSON object")
         raise InvalidInput("expected a JSON array of numbers, got strings in it; send numbers only (NaN and "
                            "infinities cannot be written in JSON: send application/octet-stream or application/x-npy)")
     if len(body) <= piece_bytes or start >= len(body) or body[start] != _OPEN:
-        return _to_array(_loads(body), dtype)
-    end = _scan_close(body, start, piece_bytes)
-    if _skip_space(body, end + 1) != len(body):
+        return _cast(to_array(_loads(body), dtype), same_kind)
+    end = yield from find_close(body, start, len(body), piece_bytes)
+    if skip_space(body, end + 1) != len(body):
         raise InvalidInput("request body is not valid JSON (data after the array); send one JSON array of numbers")
-    return _decode_span(body, start, end, dtype, piece_bytes)
+    return (yield from span_steps(body, start, end, dtype, piece_bytes, same_kind))
 
 
-def _decode_span(body: bytes, open_at: int, close_at: int, dtype: np.dtype | None, piece_bytes: int) -> np.ndarray:
-    """The array whose brackets are at `open_at` and `close_at`, decoded piece by piece."""
+def span_steps(body: Any, open_at: int, close_at: int, dtype: np.dtype | None, piece_bytes: int = PIECE_BYTES,
+               same_kind: np.dtype | None = None, level: int = 0) -> Steps[np.ndarray]:
+    """The array whose brackets are at `open_at` and `close_at` (a text holding no ``"``), piece by piece."""
     parts: list[np.ndarray] = []
-    spans = _pieces(body, open_at, close_at, piece_bytes)
-    for begin, end in spans:
-        first = _skip_space(body, begin)
-        if first >= end and len(spans) > 1:
+    cuts = yield from spans(body, open_at, close_at, piece_bytes)
+    for begin, end, close in cuts:
+        first = skip_space(body, begin)
+        if first >= end and len(cuts) > 1:
             raise InvalidInput("request body is not valid JSON (a missing array element); send a JSON array of numbers")
-        if end - begin > 4 * piece_bytes and first < end and body[first] == _OPEN and _single_element(body, first, end):
+        if (end - begin > 2 * piece_bytes and body[first] == _OPEN and level < _MAX_LEVELS
+                and close > first and body[close] == _CLOSE and skip_space(body, close + 1) >= end):
             # One element too large for a piece: cut it one level down.
-            inner_close = _last_non_space(body, end)
-            parts.append(_decode_span(body, first, inner_close, dtype, piece_bytes)[np.newaxis])
-        else:
-            parts.append(_to_array(_loads(b"[" + body[begin:end] + b"]"), dtype))
-    if len(parts) == 1:
-        return parts[0]
-    tail = parts[0].shape[1:]
+            row = yield from span_steps(body, first, close, None if same_kind is not None else dtype,
+                                        piece_bytes, None, level + 1)
+            parts.append(row[np.newaxis])
+            continue
+        parts.append(to_array(_loads(b"[" + body[begin:end] + b"]"), None if same_kind is not None else dtype))
+        yield
+    return (yield from _assemble(parts, dtype, same_kind))
+
+
+def _assemble(parts: list[np.ndarray], dtype: np.dtype | None, same_kind: np.dtype | None) -> Steps[np.ndarray]:
+    """One array from the pieces' arrays, copied a MiB per step (a fresh 100 MB array faults in ~100 ms)."""
+    if len(parts) == 1 and (same_kind is None or parts[0].nbytes <= _ASSEMBLE_BYTES):
+        return _cast(parts[0], same_kind)
+    tail = parts[0].shape[1:]  # (a single large part is cast a MiB per step below)
     if any(p.shape[1:] != tail for p in parts):
         raise InvalidInput("JSON body must be a rectangular array of numbers (rows of different lengths)")
-    if dtype is None:
-        want = np.result_type(*parts)
-        parts = [p.astype(want, copy=False) for p in parts]
-    return np.concatenate(parts, axis=0)
+    want = dtype if dtype is not None and same_kind is None else np.result_type(*parts)
+    if same_kind is not None:
+        _check_kind(want, same_kind)
+        want = same_kind
+    out = np.empty((sum(len(p) for p in parts), *tail), want)
+    row_bytes = max(1, out.itemsize * int(np.prod(tail, dtype=np.int64)))
+    rows_per_step = max(1, _ASSEMBLE_BYTES // row_bytes)
+    at = 0
+    for p in parts:
+        for i in range(0, len(p), rows_per_step):
+            chunk = p[i:i + rows_per_step]
+            out[at:at + len(chunk)] = chunk
+            at += len(chunk)
+            yield
+    return out
 
 
-def _pieces(body: bytes, open_at: int, close_at: int, piece_bytes: int) -> list[tuple[int, int]]:
-    """Spans of about `piece_bytes` between the brackets, each holding whole elements (cut at depth-1 commas)."""
-    spans: list[tuple[int, int]] = []
-    begin = pos = open_at + 1
-    depth = 1
-    while pos < close_at:
-        n = min(piece_bytes, close_at - pos)
-        a = np.frombuffer(body, np.uint8, count=n, offset=pos)
-        brackets = np.flatnonzero((a == _OPEN) | (a == _CLOSE))
-        depth_after = depth + np.cumsum(np.where(a[brackets] == _OPEN, 1, -1))
-        commas = np.flatnonzero(a == _COMMA)
-        if commas.size:
-            before = np.searchsorted(brackets, commas) - 1
-            depth_at = np.where(before >= 0, depth_after[np.maximum(before, 0)] if brackets.size else depth, depth)
-            top = commas[depth_at == 1]
-            if top.size:
-                cut = pos + int(top[-1])
-                spans.append((begin, cut))
-                begin = cut + 1
-        if brackets.size:
-            depth = int(depth_after[-1])
-        pos += n
-    spans.append((begin, close_at))
-    return spans
+def _check_kind(have: np.dtype, want: np.dtype) -> None:
+    if not np.can_cast(have, want, casting="same_kind"):
+        raise InvalidInput(f"JSON values of kind {have.name} do not fit dtype {want.name}; send integers")
 
 
-def _scan_close(body: bytes, open_at: int, piece_bytes: int, limit: int | None = None) -> int:
-    """Index of the bracket that closes the one at `open_at` (looking no further than `limit`)."""
-    depth = 0
-    pos = open_at
-    stop = len(body) if limit is None else limit
-    while pos < stop:
-        n = min(piece_bytes, stop - pos)
-        a = np.frombuffer(body, np.uint8, count=n, offset=pos)
-        brackets = np.flatnonzero((a == _OPEN) | (a == _CLOSE))
-        if brackets.size:
-            depth_after = depth + np.cumsum(np.where(a[brackets] == _OPEN, 1, -1))
-            closed = np.flatnonzero(depth_after <= 0)
-            if closed.size:
-                return pos + int(brackets[closed[0]])
-            depth = int(depth_after[-1])
-        pos += n
-    raise InvalidInput("request body is not valid JSON (the array is not closed); send a JSON array of numbers")
-
-
-def _single_element(body: bytes, open_at: int, end: int) -> bool:
-    """True when the span from `open_at` to `end` is one bracketed element (plus spaces)."""
-    try:
-        close = _scan_close(body, open_at, PIECE_BYTES, end)
-    except InvalidInput:
-        return False
-    return _skip_space(body, close + 1) >= end
-
-
-def _skip_space(body: bytes, i: int) -> int:
-    n = len(body)
-    while i < n and body[i] in _SPACE:
-        i += 1
-    return i
-
-
-def _last_non_space(body: bytes, end: int) -> int:
-    i = end - 1
-    while i >= 0 and body[i] in _SPACE:
-        i -= 1
-    return i
+def _cast(arr: np.ndarray, same_kind: np.dtype | None) -> np.ndarray:
+    if same_kind is None:
+        return arr
+    _check_kind(arr.dtype, same_kind)
+    return arr.astype(same_kind, copy=False)
 
 
 def _loads(text: bytes) -> Any:
@@ -156,7 +134,8 @@ def _loads(text: bytes) -> Any:
         raise InvalidInput(f"request body is not valid JSON ({exc}); send a JSON array of numbers") from None
 
 
-def _to_array(obj: Any, dtype: np.dtype | None) -> np.ndarray:
+def to_array(obj: Any, dtype: np.dtype | None) -> np.ndarray:
+    """`obj` (parsed JSON) as an ndarray of numbers; `InvalidInput` for anything else or out-of-range numbers."""
     if not isinstance(obj, (list, int, float)):
         raise InvalidInput(f"expected a JSON array of numbers, got a JSON {type(obj).__name__}")
     try:

@@ -189,8 +189,8 @@ class App:
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
-        if api.input.decode_off_loop(request.body, request.headers):
-            conn.task = loop.create_task(self._decode_off_loop(api, request, conn, start))
+        if api.input.decode_in_steps(request.body, request.headers):
+            conn.task = loop.create_task(self._decode_in_steps(api, request, conn, start))
             return
         try:
             value = api.input.decode(request.body, request.headers)
@@ -207,11 +207,10 @@ class App:
         log.exception("input descriptor of API %r failed", api.name, exc_info=exc)
         self._fail(conn, api, start, 500, exc)
 
-    async def _decode_off_loop(self, api: API, request: Request, conn: HttpProtocol, start: float) -> None:
-        """Decode a large body in the thread pool (the descriptor asked for it), then call the API."""
+    async def _decode_in_steps(self, api: API, request: Request, conn: HttpProtocol, start: float) -> None:
+        """Decode a large body a piece at a time, other requests served in between; then call the API."""
         try:
-            value = await asyncio.get_running_loop().run_in_executor(
-                self.executor, api.input.decode, request.body, request.headers)
+            value = await api.input.decode_async(request.body, request.headers)
         except Exception as exc:
             self._decode_failed(conn, api, start, exc)
             return

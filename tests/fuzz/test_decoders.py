@@ -1,4 +1,4 @@
-"""Property tests (hypothesis) of the request decoders: JSON arrays, ``.npy`` files and raw tensors.
+"""Property tests (hypothesis) of the request decoders: JSON arrays, any JSON value, ``.npy`` files, raw tensors.
 
 Each decoder must either give the array a reference reading gives, or raise
 `InvalidInput` (HTTP 400) — never another exception (a 500), whatever bytes
@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from shmserve import jsonvalue
 from shmserve.errors import InvalidInput
 from shmserve.io import NumpyNdarray
 from shmserve.jsonarray import decode_array
@@ -82,11 +83,9 @@ def test_any_nested_list_decodes_like_asarray_or_is_a_400(obj, piece: int, dtype
     assert want is not None and _same(got, want)
 
 
-@given(base=rectangular, edits=st.lists(st.tuples(st.integers(0, 10_000), st.sampled_from(list(b'[],0123456789.-e "tn ')),
-                                                  st.sampled_from(["insert", "delete", "replace"])), max_size=4),
-       piece=st.integers(1, 32))
-def test_mutated_json_is_read_as_orjson_reads_it(base: np.ndarray, edits, piece: int) -> None:
-    body = bytearray(orjson.dumps(base.tolist()))
+def _mutate(text: bytes, edits: list[tuple[int, int, str]]) -> bytes:
+    """`text` with each ``(position, byte, how)`` edit applied in turn (insert, delete or replace)."""
+    body = bytearray(text)
     for at, char, how in edits:
         i = at % (len(body) + 1)
         if how == "insert":
@@ -96,7 +95,14 @@ def test_mutated_json_is_read_as_orjson_reads_it(base: np.ndarray, edits, piece:
                 del body[i]
             else:
                 body[i] = char
-    data = bytes(body)
+    return bytes(body)
+
+
+@given(base=rectangular, edits=st.lists(st.tuples(st.integers(0, 10_000), st.sampled_from(list(b'[],0123456789.-e "tn ')),
+                                                  st.sampled_from(["insert", "delete", "replace"])), max_size=4),
+       piece=st.integers(1, 32))
+def test_mutated_json_is_read_as_orjson_reads_it(base: np.ndarray, edits, piece: int) -> None:
+    data = _mutate(orjson.dumps(base.tolist()), edits)
     want = _reference(data, None)
     try:
         got = decode_array(data, None, piece)
@@ -116,6 +122,44 @@ def test_json_numbers_too_large_for_the_dtype_are_refused_not_made_infinite() ->
     with pytest.raises(InvalidInput, match="out of range for float32"):
         NumpyNdarray(dtype="float32").decode(b"[1e300]", {})
     assert NumpyNdarray(dtype="float64").decode(b"[1e300]", {})[0] == 1e300
+
+
+# -- any JSON value, piece by piece ----------------------------------------------------------------
+# Keys and strings full of the bytes that matter to the cutter: quotes, backslashes, brackets, commas, colons.
+tricky_text = st.text(alphabet=st.sampled_from(list('"\\[]{},: ax\u00e9\n')), max_size=8)
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1),
+              st.floats(allow_nan=False, allow_infinity=False), tricky_text),
+    lambda inner: st.one_of(st.lists(inner, max_size=5), st.dictionaries(tricky_text, inner, max_size=5)),
+    max_leaves=40,
+)
+
+
+def _orjson_or_none(body: bytes) -> object:
+    try:
+        return ("ok", orjson.loads(body))
+    except orjson.JSONDecodeError:
+        return None
+
+
+@given(value=json_values, piece=st.integers(1, 40), pretty=st.booleans())
+def test_any_json_value_parses_as_one_orjson_call_for_any_piece_size(value, piece: int, pretty: bool) -> None:
+    body = orjson.dumps(value, option=orjson.OPT_INDENT_2 if pretty else 0)
+    assert jsonvalue.loads(body, piece) == value
+
+
+@given(value=json_values, edits=st.lists(st.tuples(st.integers(0, 10_000), st.sampled_from(list(b'[]{},:"\\ 0a')),
+                                                   st.sampled_from(["insert", "delete", "replace"])), max_size=3),
+       piece=st.integers(1, 24))
+def test_mutated_json_values_are_read_as_orjson_reads_them(value, edits, piece: int) -> None:
+    data = _mutate(orjson.dumps(value), edits)
+    want = _orjson_or_none(data)
+    try:
+        got = jsonvalue.loads(data, piece)
+    except InvalidInput:
+        assert want is None, (data, want)
+        return
+    assert want == ("ok", got), (data, got, want)
 
 
 # -- .npy --------------------------------------------------------------------------------------

@@ -183,3 +183,86 @@ def test_readyz_fails_while_a_runner_worker_is_stopped_and_recovers_after_its_re
             except ProcessLookupError:
                 pass
         assert srv.stop() == 0
+
+
+def test_large_json_bodies_decode_in_steps_while_other_requests_are_served(tmp_path):
+    """A multi-MB JSON tensor (native API and v2) is decoded right, and small requests finish during its decode.
+
+    Then valid zero-row tensors over HTTP: each a 400, and the runner worker serves on.
+    """
+    import orjson
+
+    from tests.integration.test_http_serve import read_response, request
+    from tests.integration.v2_server import MATHS, V2Server
+
+    rows = np.random.default_rng(0).random((60_000, 3)).round(5)  # ~1.5 MB of JSON text: ~12 pieces
+    big = orjson.dumps(rows.tolist())
+    v2_body = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [len(rows), 3],
+                                        "data": rows.tolist()}], "parameters": {"binary_data_output": True}})
+    srv = V2Server(tmp_path)
+    spans: list[tuple[float, float]] = []
+    failed: list[object] = []
+    stop = threading.Event()
+
+    def probe() -> None:
+        """Small traced /predict calls, one after another; each one's (parsed, encoded) server times."""
+        try:
+            with srv.connect() as sock:
+                buf = bytearray()
+                while not stop.is_set():
+                    sock.sendall(request("POST", "/predict", b"[[1, 2, 3]]", {"Content-Type": "application/json",
+                                                                                "X-Shmserve-Trace": "1"}))
+                    status, headers, body = read_response(sock, buf)
+                    if status != 200:
+                        failed.append((status, body[:200]))
+                        continue
+                    trace = orjson.loads(headers["x-shmserve-trace"])
+                    spans.append((trace["parsed"], trace["encoded"]))
+        except Exception as exc:  # seen by the test below
+            failed.append(exc)
+
+    prober = threading.Thread(target=probe)
+    try:
+        with srv.connect() as sock:
+            sock.sendall(request("GET", "/livez"))
+            assert read_response(sock, bytearray())[0] == 200
+        prober.start()
+        wait_for(lambda: len(spans) >= 3, what="the first small calls")
+        with srv.connect() as sock:
+            sock.settimeout(60)
+            buf = bytearray()
+            sock.sendall(request("POST", "/predict", big, {"Content-Type": "application/json",
+                                                          "Accept": "application/x-npy", "X-Shmserve-Trace": "1"}))
+            status, headers, body = read_response(sock, buf)
+            assert status == 200, body[:300]
+            from shmserve.npy import parse_npy
+
+            np.testing.assert_allclose(parse_npy(body), rows.astype(np.float32) * 2)
+            trace = orjson.loads(headers["x-shmserve-trace"])
+            during = [s for s in spans if s[0] > trace["parsed"] and s[1] < trace["decoded"]]
+            assert during, "no small call was served while the large body was decoded"
+
+            sock.sendall(request("POST", f"/v2/models/{MATHS}.predict/infer", v2_body,
+                                 {"Content-Type": "application/json"}))
+            before = len(spans)
+            status, headers, body = read_response(sock, buf)
+            assert status == 200, body[:300]
+            n = int(headers["inference-header-content-length"])
+            out = np.frombuffer(body[n:], np.float32).reshape(len(rows), 3)
+            np.testing.assert_allclose(out, rows.astype(np.float32) * 2)
+            assert len(spans) > before  # small calls went on while the v2 body was decoded and served
+
+            zero_rows = request("POST", "/predict", b"", {"Content-Type": "application/octet-stream",
+                                                         "X-Tensor-Dtype": "float32", "X-Tensor-Shape": "0,3"})
+            for _ in range(5):  # a valid zero-row tensor is refused; the runner worker stays (the probes see 200s)
+                sock.sendall(zero_rows)
+                status, _, body = read_response(sock, buf)
+                assert status == 400 and b"0 items" in body, (status, body)
+            before = len(spans)
+            wait_for(lambda: len(spans) > before + 3, what="small calls after the zero-row requests")
+        assert not failed, failed
+    finally:
+        stop.set()
+        if prober.is_alive():
+            prober.join(30)
+        assert srv.stop() == 0, srv.log()

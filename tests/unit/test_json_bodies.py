@@ -1,19 +1,18 @@
-"""Large JSON tensor bodies: memory a small multiple of the body, decoded off the event loop."""
+"""Large JSON bodies: memory a small multiple of the body, decoded in steps with the event loop free between them."""
 from __future__ import annotations
 
 import asyncio
-import threading
 import tracemalloc
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import orjson
 
 import shmserve
+from shmserve import jsonscan
 from shmserve.http.app import App
 from shmserve.http.protocol import HttpProtocol, ServerState
 from shmserve.io import JSON, NumpyNdarray
-from shmserve.jsonarray import PIECE_BYTES
+from shmserve.jsonscan import PIECE_BYTES
 from tests.unit.test_http_protocol import FakeTransport, post, responses
 
 
@@ -47,61 +46,69 @@ def test_one_huge_row_is_cut_one_level_down() -> None:
     assert peak < 2 * len(body) + 20 * PIECE_BYTES, f"peak {peak / len(body):.1f}x the body"
 
 
-def test_only_large_json_bodies_are_decoded_off_the_loop() -> None:
+def test_only_large_json_bodies_are_decoded_in_steps() -> None:
     desc = NumpyNdarray(dtype="float32")
     big = b"[" + b"1," * PIECE_BYTES + b"1]"
-    assert desc.decode_off_loop(big, {b"content-type": b"application/json"})
-    assert desc.decode_off_loop(big, {})
-    assert not desc.decode_off_loop(b"[1, 2]", {})
-    assert not desc.decode_off_loop(big, {b"content-type": b"application/octet-stream"})
-    assert not JSON().decode_off_loop(big, {})
+    assert desc.decode_in_steps(big, {b"content-type": b"application/json"})
+    assert desc.decode_in_steps(big, {})
+    assert not desc.decode_in_steps(b"[1, 2]", {})
+    assert not desc.decode_in_steps(big, {b"content-type": b"application/octet-stream"})
+    assert JSON().decode_in_steps(big, {}) and not JSON().decode_in_steps(b"[1, 2]", {})
 
 
-class ThreadRecording(NumpyNdarray):
-    def __init__(self) -> None:
-        super().__init__(dtype="float32")
-        self.threads: list[str] = []
-
-    def decode(self, body, headers):  # type: ignore[no-untyped-def]
-        self.threads.append(threading.current_thread().name)
-        return super().decode(body, headers)
-
-
-def test_the_app_decodes_large_bodies_in_its_thread_pool_and_small_ones_inline() -> None:
-    desc = ThreadRecording()
+def test_the_app_serves_other_work_between_the_steps_of_a_large_decode(monkeypatch) -> None:
+    monkeypatch.setattr(jsonscan, "STEP_BUDGET_S", 0.0)  # let the loop in after every step
     svc = shmserve.Service("json_bodies")
 
-    @svc.api(input=desc, output=JSON())
+    @svc.api(input=NumpyNdarray(dtype="float32"), output=JSON())
     async def total(x: np.ndarray) -> float:
         return float(x.sum())
 
+    @svc.api(input=JSON(), output=JSON())
+    async def count(x: list) -> int:
+        return len(x)
+
     loop = asyncio.new_event_loop()
-    executor = ThreadPoolExecutor(1, thread_name_prefix="decode-pool")
     try:
-        app = App(svc, executor=executor)
+        app = App(svc)
         state = ServerState()
 
-        def ask(body: bytes) -> tuple[int, bytes]:
+        def ask(path: bytes, body: bytes) -> tuple[int, bytes, int]:
+            """The answer, and how many times a ticker task ran before it came."""
             proto, tr = HttpProtocol(app, state), FakeTransport()
             proto.connection_made(tr)
+            ticks = 0
 
-            async def run() -> None:
-                proto.data_received(post(b"/total", body, b"Content-Type: application/json\r\n"))
-                for _ in range(2000):
+            async def ticker() -> None:
+                nonlocal ticks
+                while True:
+                    await asyncio.sleep(0)
+                    ticks += 1
+
+            async def run() -> int:
+                task = loop.create_task(ticker())
+                await asyncio.sleep(0)
+                start = ticks
+                proto.data_received(post(path, body, b"Content-Type: application/json\r\n"))
+                for _ in range(100_000):
                     if tr.data:
-                        return
-                    await asyncio.sleep(0.005)
+                        break
+                    await asyncio.sleep(0)
+                task.cancel()
+                return ticks - start
 
-            loop.run_until_complete(run())
+            between = loop.run_until_complete(run())
             (status, _, out), = responses(tr.data)
-            return status, out
+            return status, out, between
 
-        assert ask(b"[1, 2, 3]") == (200, b"6.0")
-        n = PIECE_BYTES
-        assert ask(b"[" + b"1," * n + b"1]") == (200, b"%d.0" % (n + 1))
-        assert ask(b"[" + b"1," * n + b'"x"]')[0] == 400
-        assert desc.threads[0] == threading.main_thread().name
-        assert all(t.startswith("decode-pool") for t in desc.threads[1:]) and len(desc.threads) == 3
+        status, out, between = ask(b"/total", b"[1, 2, 3]")
+        assert (status, out) == (200, b"6.0") and between <= 3  # decoded at once, then one task
+        n = 3 * PIECE_BYTES
+        status, out, between = ask(b"/total", b"[" + b"1," * n + b"1]")
+        assert (status, out) == (200, b"%d.0" % (n + 1))
+        assert between > 20, between  # the loop ran the ticker between the pieces
+        status, out, between = ask(b"/count", b"[" + b"[1, 2]," * n + b"[]]")
+        assert (status, out) == (200, b"%d" % (n + 1)) and between > 20
+        assert ask(b"/total", b"[" + b"1," * n + b'"x"]')[0] == 400
     finally:
-        executor.shutdown()
         loop.close()

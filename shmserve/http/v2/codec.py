@@ -14,6 +14,12 @@ A response carries each output as JSON ``data`` or, when asked
 (``binary_data_output`` for all outputs, an output's ``binary_data``), as raw
 bytes after the JSON part, with ``binary_data_size`` in the output's
 parameters. An output that names a region is written into it instead.
+
+A large body is decoded in steps (`decode_request_steps`, see
+`shmserve.jsonscan`): decompressed a MiB at a time, its JSON cut into pieces,
+and each input's ``data`` read straight into an ndarray of its datatype
+(`shmserve.jsonvalue.NumberSpan`), so the event loop is never held for long and
+no Python float is made per number. `decode_request` does the same at once.
 """
 from __future__ import annotations
 
@@ -24,6 +30,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
+from ...errors import InvalidInput
+from ...jsonarray import span_steps, to_array
+from ...jsonscan import Steps, run
+from ...jsonvalue import NumberSpan, value_steps
 from ...oip.datatypes import element_count, to_datatype, to_dtype
 from ...oip.errors import InferError
 from ...oip.references import RegionRef, check_output_region, input_from_region, region_ref
@@ -31,12 +41,17 @@ from ...oip.references import RegionRef, check_output_region, input_from_region,
 if TYPE_CHECKING:
     from ...oip.regions import RegionTable
 
-__all__ = ["InferRequest", "RequestedOutput", "decode_request", "encode_response", "HEADER_LENGTH"]
+__all__ = ["InferRequest", "RequestedOutput", "decode_request", "decode_request_steps", "encode_response",
+           "HEADER_LENGTH"]
 
 HEADER_LENGTH = b"inference-header-content-length"
 _CT_JSON = b"application/json"
 _CT_OCTET = b"application/octet-stream"
 _WBITS = {b"gzip": 16 + zlib.MAX_WBITS, b"deflate": zlib.MAX_WBITS}
+#: each input's ``data``, read as a `NumberSpan` when it is large
+_DATA_PATHS = frozenset({("inputs", None, "data")})
+#: compressed bytes fed to zlib per step, and decompressed bytes taken per step
+_INFLATE_IN, _INFLATE_OUT = 64 * 1024, 1024 * 1024
 
 
 @dataclass
@@ -60,13 +75,26 @@ class InferRequest:
     region_names: list[str] = field(default_factory=list)
 
 
-def _decompress(body: bytes, encoding: bytes, limit: int) -> bytes:
+def _decompress(body: bytes, encoding: bytes, limit: int) -> Steps[bytearray]:
+    """The decompressed body, a MiB per step; a bytearray grows in place where ``b"".join`` would fault a new one."""
     wbits = _WBITS.get(encoding.strip().lower())
     if wbits is None:
         raise InferError(415, f"Content-Encoding {encoding.decode('latin-1')!r} is not supported; send gzip, deflate or none")
     d = zlib.decompressobj(wbits)
+    out = bytearray()
+    view = memoryview(body)
     try:
-        out = d.decompress(body, limit + 1)
+        for at in range(0, len(body), _INFLATE_IN):
+            data: Any = view[at:at + _INFLATE_IN]
+            while data and not d.eof:
+                out += d.decompress(data, _INFLATE_OUT)
+                if len(out) > limit:
+                    raise InferError(413, f"decompressed request body exceeds the limit of {limit} bytes")
+                data = d.unconsumed_tail
+                yield
+            if d.eof:
+                break
+        out += d.flush()
     except zlib.error as exc:
         raise InferError(400, f"request body is not valid {encoding.decode('latin-1')} data ({exc})") from None
     if len(out) > limit:
@@ -86,9 +114,15 @@ def _parameters(obj: dict[str, Any], where: str) -> dict[str, Any]:
 def decode_request(body: bytes, headers: dict[bytes, bytes], regions: "RegionTable | None",
                    max_body_bytes: int) -> InferRequest:
     """Decode an inference request body; `InferError` (400, 413, 415) says what is wrong with it."""
+    return run(decode_request_steps(body, headers, regions, max_body_bytes))
+
+
+def decode_request_steps(body: Any, headers: dict[bytes, bytes], regions: "RegionTable | None",
+                         max_body_bytes: int) -> Steps[InferRequest]:
+    """`decode_request` in steps (see the module docstring)."""
     encoding = headers.get(b"content-encoding")
     if encoding is not None and encoding.strip().lower() != b"identity":
-        body = _decompress(body, encoding, max_body_bytes)
+        body = yield from _decompress(body, encoding, max_body_bytes)
     raw_len = headers.get(HEADER_LENGTH)
     if raw_len is None:
         json_part, binary = body, memoryview(b"")
@@ -102,9 +136,9 @@ def decode_request(body: bytes, headers: dict[bytes, bytes], regions: "RegionTab
                                   f"byte length of the JSON part, between 0 and the body's {len(body)} bytes")
         json_part, binary = body[:n], memoryview(body)[n:]
     try:
-        obj = orjson.loads(json_part)
-    except orjson.JSONDecodeError as exc:
-        raise InferError(400, f"inference request is not valid JSON ({exc}); binary tensor data needs the "
+        obj = yield from value_steps(json_part, number_paths=_DATA_PATHS)
+    except InvalidInput as exc:
+        raise InferError(400, f"inference request: {exc}; binary tensor data needs the "
                               "Inference-Header-Content-Length header") from None
     if not isinstance(obj, dict):
         raise InferError(400, f"inference request must be a JSON object, got a JSON {type(obj).__name__}")
@@ -149,7 +183,7 @@ def decode_request(body: bytes, headers: dict[bytes, bytes], regions: "RegionTab
             arr = input_from_region(regions, ref, dtype, count, name, str(tensor.get("datatype")), shape)
             region_names.append(ref[0])
         elif "data" in tensor:
-            arr = _from_json(tensor["data"], dtype, count, name)
+            arr = yield from _from_json(tensor["data"], dtype, count, name)
         else:
             raise InferError(400, f"input {name!r} has no 'data', no 'binary_data_size' and no 'shared_memory_region'")
         inputs[name] = arr.reshape(shape)
@@ -176,12 +210,14 @@ def decode_request(body: bytes, headers: dict[bytes, bytes], regions: "RegionTab
     return InferRequest(req_id, parameters, inputs, outputs, binary_output, region_names)
 
 
-def _from_json(data: Any, dtype: np.dtype, count: int, name: str) -> np.ndarray:
-    if not isinstance(data, list):
-        data = [data]
+def _from_json(data: Any, dtype: np.dtype, count: int, name: str) -> Steps[np.ndarray]:
+    """An input's JSON ``data`` (numbers, flat or nested, or a large `NumberSpan`) as a flat array."""
     try:
-        arr = np.asarray(data, dtype=dtype)
-    except (ValueError, TypeError, OverflowError) as exc:
+        if isinstance(data, NumberSpan):
+            arr = yield from span_steps(data.body, data.open_at, data.close_at, dtype)
+        else:
+            arr = to_array(data if isinstance(data, list) else [data], dtype)
+    except InvalidInput as exc:
         raise InferError(400, f"input {name!r}: 'data' must be numbers of its datatype, in row-major order ({exc})") from None
     if arr.size != count:
         raise InferError(400, f"input {name!r}: 'data' holds {arr.size} values but its shape needs {count}")

@@ -27,10 +27,11 @@ from urllib.parse import unquote
 
 import orjson
 
+from ...jsonscan import PIECE_BYTES, run_async
 from ...oip.errors import InferError
 from ...oip.server import InferenceServer
 from ..protocol import HttpProtocol, Request
-from .codec import decode_request, encode_response
+from .codec import InferRequest, decode_request, decode_request_steps, encode_response
 
 __all__ = ["V2Routes"]
 
@@ -136,6 +137,9 @@ class V2Routes:
         action = rest[0] if len(rest) == 1 else ("" if not rest else None)
         if action == "infer":
             self._need(method, b"POST", request)
+            if len(request.body) > PIECE_BYTES or b"content-encoding" in request.headers:
+                # decoded in steps, other requests served in between
+                return self._task(conn, self._decode_and_infer(conn, model, request))
             req = decode_request(request.body, request.headers, self.server.regions, self.max_body_bytes)
             return self._task(conn, self._infer(conn, model, req))
         if action == "":
@@ -156,7 +160,11 @@ class V2Routes:
             })
         raise InferError(404, f"no v2 route {request.path.decode('latin-1')!r}")
 
-    async def _infer(self, conn: HttpProtocol, model: Any, req: Any) -> None:
+    async def _decode_and_infer(self, conn: HttpProtocol, model: Any, request: Request) -> None:
+        steps = decode_request_steps(request.body, request.headers, self.server.regions, self.max_body_bytes)
+        await self._infer(conn, model, await run_async(steps))
+
+    async def _infer(self, conn: HttpProtocol, model: Any, req: InferRequest) -> None:
         outputs = await self.server.infer(model, req.inputs, req.parameters)
         ctype, body, extra = encode_response(model.name, model.version, req, outputs, self.server.regions)
         conn.reply(200, ctype, body, extra)
