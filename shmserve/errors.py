@@ -1,9 +1,40 @@
-"""Every exception a shmserve user can see, each with the HTTP status it maps to.
+"""Every exception a shmserve user can see, and the one table that maps them.
 
-Errors raised inside a runner worker travel back to the caller as text (the
-exception type name, message and remote traceback), never as a pickled object.
+The exception tree (HTTP status in brackets; ``wire:`` names the status a runner
+worker answers with when the error is raised on its side)::
+
+    ShmserveError [500]
+     ├── ConfigError [500]                a runner, service or setting is invalid
+     │    ├── SharedMemoryTooSmall [503]  /dev/shm has less room than the runners need
+     │    ├── RuntimeDirUnsafe [500]      the runtime directory is not private (also a PermissionError)
+     │    └── GpuUnavailable [503]        no driver, device, CuPy or CUDA build of torch
+     ├── RunnerNotStarted [503]           called before start(), connect() or init_local()
+     ├── RunnerNameClash [500]            another live process serves a runner of this name
+     ├── InvalidInput [400]               wire: BAD_REQUEST; an argument cannot cross
+     │    ├── TensorTooLarge [413]        wire: TOO_LARGE; more than the arena holds
+     │    └── UnsupportedMediaType [415]  a Content-Type the API does not read
+     ├── RunnerError [500]                wire: MODEL_ERROR; the runnable's method raised
+     ├── RunnerUnavailable [503]          wire: UNAVAILABLE; no live worker, or it died
+     ├── RunnerOverloaded [503]           wire: OVERLOADED; the queue ahead is too long
+     ├── RunnerTimeout [504]              wire: EXPIRED; the deadline passed (also a TimeoutError)
+     ├── ModelStoreError [500]            the model store cannot do what was asked
+     │    ├── ModelNotFound [404]         no model matches the tag (also a LookupError)
+     │    ├── CorruptModel [500]
+     │    ├── UnknownFramework [500]
+     │    └── ModelExists [500]
+     └── CudaError [500]                  a CUDA driver call failed
+
+`CATALOGUE` is that drawing as data: one row per exception with its HTTP
+status and, where it has one, the wire status. Each class's ``http_status``
+is set from it, the runner client turns wire statuses into exceptions with
+`from_wire`, and the OpenAPI document lists the error responses of an API
+from it (`api_responses`). Errors raised inside a runner worker travel back to
+the caller as text (the exception type name, message and remote traceback),
+never as a pickled object.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 
 class ShmserveError(Exception):
@@ -15,13 +46,9 @@ class ShmserveError(Exception):
 class ConfigError(ShmserveError):
     """A runner, service or configuration value is invalid."""
 
-    http_status = 500
-
 
 class SharedMemoryTooSmall(ConfigError):
     """``/dev/shm`` has less free space than the runners need; the message gives the bytes and the fixes."""
-
-    http_status = 503
 
 
 class RuntimeDirUnsafe(ConfigError, PermissionError):
@@ -31,31 +58,25 @@ class RuntimeDirUnsafe(ConfigError, PermissionError):
 class RunnerNotStarted(ShmserveError):
     """A runner method was called before `shmserve.start()`, `connect()` or `init_local()`."""
 
-    http_status = 503
-
 
 class RunnerNameClash(ShmserveError):
     """Another live process already serves a runner under this name."""
-
-    http_status = 500
 
 
 class InvalidInput(ShmserveError):
     """An argument cannot cross the transport (object dtype, unsupported type, bad shape)."""
 
-    http_status = 400
-
 
 class TensorTooLarge(InvalidInput):
     """A tensor (or a call's tensors together) exceeds the shared-memory arena."""
 
-    http_status = 413
+
+class UnsupportedMediaType(InvalidInput):
+    """The request's Content-Type is not one the API's input descriptor reads."""
 
 
 class RunnerError(ShmserveError):
     """The runnable's method raised. `remote_traceback` holds the worker-side traceback text."""
-
-    http_status = 500
 
     def __init__(self, message: str, remote_type: str = "", remote_traceback: str = "") -> None:
         super().__init__(message)
@@ -72,19 +93,13 @@ class RunnerError(ShmserveError):
 class RunnerUnavailable(ShmserveError):
     """No live runner worker could take the call, or the worker died while serving it."""
 
-    http_status = 503
-
 
 class RunnerOverloaded(ShmserveError):
     """The runner's queue is full; retry later."""
 
-    http_status = 503
-
 
 class RunnerTimeout(ShmserveError, TimeoutError):
     """The call's deadline passed before its result arrived."""
-
-    http_status = 504
 
 
 class ModelStoreError(ShmserveError):
@@ -93,8 +108,6 @@ class ModelStoreError(ShmserveError):
 
 class ModelNotFound(ModelStoreError, LookupError):
     """No model in the store matches the tag."""
-
-    http_status = 404
 
 
 class CorruptModel(ModelStoreError):
@@ -116,8 +129,6 @@ class GpuUnavailable(ConfigError):
     device, CuPy, or a CUDA build of torch.
     """
 
-    http_status = 503
-
 
 class CudaError(ShmserveError):
     """A CUDA driver call failed; `code` is the CUresult and `name` its symbol."""
@@ -126,6 +137,83 @@ class CudaError(ShmserveError):
         super().__init__(message)
         self.code = code
         self.name = name
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One row of the catalogue: an exception, its HTTP status and its wire status (if any).
+
+    `api` marks the errors an HTTP API call can answer with (listed in OpenAPI);
+    `when` says, for the OpenAPI document, what leads to it.
+    """
+
+    exception: type[ShmserveError]
+    http_status: int
+    wire_status: str | None = None  # name of the `shmserve.shm.ring` status member, e.g. "BAD_REQUEST"
+    api: bool = False
+    when: str = ""
+
+
+CATALOGUE: tuple[Entry, ...] = (
+    Entry(ShmserveError, 500),
+    Entry(ConfigError, 500),
+    Entry(SharedMemoryTooSmall, 503),
+    Entry(RuntimeDirUnsafe, 500),
+    Entry(GpuUnavailable, 503),
+    Entry(RunnerNotStarted, 503, api=True, when="a runner is not started"),
+    Entry(RunnerNameClash, 500),
+    Entry(InvalidInput, 400, "BAD_REQUEST", True, "a body the input descriptor cannot read (bad JSON, wrong dtype "
+                                                  "or shape), or an argument that cannot reach the runner"),
+    Entry(TensorTooLarge, 413, "TOO_LARGE", True, "a tensor too large for the runner's arena"),
+    Entry(UnsupportedMediaType, 415, api=True, when="an unsupported Content-Type"),
+    Entry(RunnerError, 500, "MODEL_ERROR", True, "the model raised"),
+    Entry(RunnerUnavailable, 503, "UNAVAILABLE", True, "no live runner worker, retry after the Retry-After seconds"),
+    Entry(RunnerOverloaded, 503, "OVERLOADED", True, "the runner is overloaded, retry after the Retry-After seconds"),
+    Entry(RunnerTimeout, 504, "EXPIRED", True, "the call's deadline passed"),
+    Entry(ModelStoreError, 500),
+    Entry(ModelNotFound, 404),
+    Entry(CorruptModel, 500),
+    Entry(UnknownFramework, 500),
+    Entry(ModelExists, 500),
+    Entry(CudaError, 500),
+)
+
+#: what the HTTP server itself answers with, before or around the API function (not exceptions of the API).
+HTTP_SERVER_ERRORS: dict[int, str] = {
+    400: "malformed HTTP",
+    413: "a body larger than the server's --max-body-size",
+    500: "the API function raised",
+    504: "the API function did not finish within its timeout",
+}
+
+for _entry in CATALOGUE:
+    _entry.exception.http_status = _entry.http_status
+
+_BY_WIRE: dict[str, Entry] = {e.wire_status: e for e in CATALOGUE if e.wire_status}
+
+
+def from_wire(status_name: str, message: str) -> ShmserveError:
+    """The exception a runner worker's failed response stands for (`status_name`: its wire status name).
+
+    An unknown status (a newer worker) becomes a `RunnerError`.
+    """
+    entry = _BY_WIRE.get(status_name)
+    return (entry.exception if entry is not None else RunnerError)(message)
+
+
+def api_responses() -> dict[int, str]:
+    """HTTP status -> what leads to it, for every error an HTTP API call can answer with (OpenAPI)."""
+    causes: dict[int, list[str]] = {}
+    for status, text in HTTP_SERVER_ERRORS.items():
+        causes.setdefault(status, []).append(text)
+    for entry in CATALOGUE:
+        if entry.api:
+            causes.setdefault(entry.http_status, []).append(f"{entry.when} ({entry.exception.__name__})")
+    return {status: _sentence("; ".join(texts)) for status, texts in sorted(causes.items())}
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + "."
 
 
 __all__ = [
@@ -137,6 +225,7 @@ __all__ = [
     "RunnerNameClash",
     "InvalidInput",
     "TensorTooLarge",
+    "UnsupportedMediaType",
     "RunnerError",
     "RunnerUnavailable",
     "RunnerOverloaded",
@@ -148,4 +237,9 @@ __all__ = [
     "ModelExists",
     "GpuUnavailable",
     "CudaError",
+    "CATALOGUE",
+    "Entry",
+    "HTTP_SERVER_ERRORS",
+    "api_responses",
+    "from_wire",
 ]

@@ -28,13 +28,14 @@ that says what to send instead.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import orjson
 
-from .errors import InvalidInput
+from .descriptor import Headers, IODescriptor, dumps_json, media_type
+from .errors import InvalidInput, UnsupportedMediaType
 from .jsonarray import array_steps
 from .jsonscan import PIECE_BYTES, run, run_async
 from .jsonvalue import value_steps
@@ -68,79 +69,6 @@ _CT_OCTET = b"application/octet-stream"
 _CT_TEXT = b"text/plain; charset=utf-8"
 
 
-Headers = Mapping[bytes, bytes]
-
-
-class UnsupportedMediaType(InvalidInput):
-    """The request's Content-Type is not one the API's input descriptor reads."""
-
-    http_status = 415
-
-
-class IODescriptor:
-    """Base class of IO descriptors: decode a request body, encode a result.
-
-    Subclasses implement `decode`, `encode` and the two OpenAPI helpers.
-    """
-
-    #: media types accepted in requests, for the OpenAPI document.
-    request_media_types: tuple[str, ...] = ()
-    #: media types a response may take, for the OpenAPI document.
-    response_media_types: tuple[str, ...] = ()
-
-    def decode(self, body: bytes, headers: Headers) -> Any:
-        """Turn a request body (and its lower-cased header names) into the API argument."""
-        raise NotImplementedError
-
-    def decode_in_steps(self, body: bytes, headers: Headers) -> bool:
-        """True when decoding `body` takes long enough that the server should call `decode_async` instead."""
-        return False
-
-    async def decode_async(self, body: bytes, headers: Headers) -> Any:
-        """`decode`, letting the event loop run between steps of it (see `shmserve.jsonscan`).
-
-        The default decodes at once; descriptors of large JSON bodies decode a piece at a time.
-        """
-        return self.decode(body, headers)
-
-    def encode(self, value: Any, accept: bytes) -> tuple[bytes, bytes, bytes]:
-        """Return ``(content_type, body, extra_header_lines)`` for an API result.
-
-        `extra_header_lines` is zero or more complete ``name: value\\r\\n`` lines.
-        """
-        raise NotImplementedError
-
-    def openapi_schema(self) -> dict[str, Any]:
-        """The JSON schema of this descriptor's JSON form."""
-        return {}
-
-    def openapi_request_body(self) -> dict[str, Any]:
-        """The OpenAPI ``requestBody`` object."""
-        schema = self.openapi_schema()
-        content: dict[str, Any] = {}
-        for mt in self.request_media_types:
-            content[mt] = {"schema": schema} if mt == "application/json" else {"schema": {"type": "string", "format": "binary"}}
-        return {"required": True, "content": content}
-
-    def openapi_responses(self) -> dict[str, Any]:
-        """The OpenAPI ``content`` object of a successful response."""
-        schema = self.openapi_schema()
-        content: dict[str, Any] = {}
-        for mt in self.response_media_types:
-            content[mt] = {"schema": schema} if mt == "application/json" else {"schema": {"type": "string", "format": "binary"}}
-        return content
-
-
-def _media_type(headers: Headers) -> bytes:
-    ct = headers.get(b"content-type")
-    if not ct:
-        return b""
-    semi = ct.find(b";")
-    if semi >= 0:
-        ct = ct[:semi]
-    return ct.strip().lower()
-
-
 def _parse_shape_header(raw: bytes) -> tuple[int, ...]:
     text = raw.decode("latin-1").strip().strip("()[]")
     try:
@@ -159,29 +87,6 @@ def _as_ndarray(value: Any) -> np.ndarray:
     if module.startswith("torch"):
         return value.detach().cpu().numpy()
     return np.asarray(value)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if type(value).__module__.startswith("torch"):
-        return value.detach().cpu().tolist()
-    raise TypeError(f"object of type {type(value).__name__} is not JSON serializable")
-
-
-def _dumps_json(value: Any) -> bytes:
-    if isinstance(value, np.ndarray) and not value.dtype.isnative:
-        # orjson (3.8) reads the bytes as native order without checking: swap first.
-        value = value.astype(value.dtype.newbyteorder("="))
-    try:
-        return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY, default=_json_default)
-    except orjson.JSONEncodeError:
-        # orjson serializes only C-contiguous native-endian arrays of common dtypes.
-        if isinstance(value, np.ndarray):
-            return orjson.dumps(value.tolist())
-        raise
 
 
 class NumpyNdarray(IODescriptor):
@@ -225,7 +130,7 @@ class NumpyNdarray(IODescriptor):
     # -- decoding -------------------------------------------------------------
     def decode(self, body: bytes, headers: Headers) -> np.ndarray:
         """Decode a JSON, octet-stream or .npy body into an ndarray; see the class docstring."""
-        mt = _media_type(headers)
+        mt = media_type(headers)
         if not mt or mt == _CT_JSON:
             arr = self._from_json(body)
         elif mt == _CT_OCTET:
@@ -243,7 +148,7 @@ class NumpyNdarray(IODescriptor):
         """JSON bodies over one piece of `shmserve.jsonarray` are decoded a piece at a time."""
         if len(body) <= PIECE_BYTES:
             return False
-        mt = _media_type(headers)
+        mt = media_type(headers)
         return not mt or mt == _CT_JSON
 
     async def decode_async(self, body: bytes, headers: Headers) -> np.ndarray:
@@ -363,7 +268,7 @@ class NumpyNdarray(IODescriptor):
                     ",".join(str(d) for d in arr.shape).encode(),
                 )
                 return _CT_OCTET, arr.tobytes(), extra
-        return _CT_JSON, _dumps_json(arr), b""
+        return _CT_JSON, dumps_json(arr), b""
 
     def openapi_schema(self) -> dict[str, Any]:
         """JSON schema: nested arrays of numbers, one level per dimension of `shape`."""
@@ -438,7 +343,7 @@ class JSON(IODescriptor):
         """Write `value` as JSON (pydantic models through ``model_dump(mode="json")``)."""
         if hasattr(value, "model_dump") and hasattr(type(value), "model_validate"):
             value = value.model_dump(mode="json")
-        return _CT_JSON, _dumps_json(value), b""
+        return _CT_JSON, dumps_json(value), b""
 
     def openapi_schema(self) -> dict[str, Any]:
         """Any JSON value, or the pydantic model's JSON schema."""

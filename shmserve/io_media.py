@@ -32,8 +32,8 @@ from typing import Any
 
 import orjson
 
-from .errors import InvalidInput
-from .io import Headers, IODescriptor, UnsupportedMediaType, _dumps_json, _media_type
+from .descriptor import Headers, IODescriptor, dumps_json, media_type
+from .errors import InvalidInput, UnsupportedMediaType
 
 __all__ = ["Image", "File", "Multipart", "PandasDataFrame"]
 
@@ -82,7 +82,7 @@ class Image(IODescriptor):
 
     def decode(self, body: bytes, headers: Headers) -> Any:
         """Decode an image body into a fully loaded PIL image."""
-        mt = _media_type(headers).decode("latin-1")
+        mt = media_type(headers).decode("latin-1")
         if self.allowed and mt and mt not in self.allowed:
             raise UnsupportedMediaType(f"Content-Type {mt!r} is not accepted here; send one of {list(self.allowed)}")
         pil = self._pil
@@ -144,7 +144,7 @@ class File(IODescriptor):
     def decode(self, body: bytes, headers: Headers) -> io.BytesIO:
         """The body as a BytesIO with ``.content_type`` and ``.name`` (from Content-Disposition, else '')."""
         f = io.BytesIO(body)
-        f.content_type = _media_type(headers).decode("latin-1") or _CT_OCTET  # type: ignore[attr-defined]
+        f.content_type = media_type(headers).decode("latin-1") or _CT_OCTET  # type: ignore[attr-defined]
         f.name = _disposition(headers.get(b"content-disposition", b"")).get("filename", "")  # type: ignore[misc]
         return f
 
@@ -339,7 +339,7 @@ class PandasDataFrame(IODescriptor):
     def decode(self, body: bytes, headers: Headers) -> Any:
         """Read JSON (the default), CSV or Parquet into a DataFrame."""
         pd = self._pd
-        mt = _media_type(headers).decode("latin-1")
+        mt = media_type(headers).decode("latin-1")
         try:
             if not mt or mt == "application/json":
                 df = self._from_json(body)
@@ -396,8 +396,8 @@ class PandasDataFrame(IODescriptor):
             df.to_parquet(out, index=False)
             return _CT_PARQUET.encode(), out.getvalue(), b""
         if self.orient == "records":
-            return b"application/json", _dumps_json(df.to_dict(orient="records")), b""
-        return b"application/json", _dumps_json(df.to_dict(orient="list")), b""
+            return b"application/json", dumps_json(df.to_dict(orient="records")), b""
+        return b"application/json", dumps_json(df.to_dict(orient="list")), b""
 
     def openapi_schema(self) -> dict[str, Any]:
         """Rows (records) or columns (columns) as JSON."""

@@ -14,15 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .errors import (
-    InvalidInput,
-    RunnerError,
-    RunnerOverloaded,
-    RunnerTimeout,
-    RunnerUnavailable,
-    ShmserveError,
-    TensorTooLarge,
-)
+from .errors import CATALOGUE, RunnerError, RunnerUnavailable, ShmserveError
 from .shm import handshake, ring
 from .shm.channel import ChannelView
 from .shm.health import HealthBoard
@@ -205,13 +197,9 @@ def free_block(arena: memoryview, block_off: int, block_len: int = BLOCK_HEADER)
         pass  # the link was closed (a lease outlived it): the worker is gone and nobody reclaims the arena
 
 
-_ERRORS: dict[int, type[ShmserveError]] = {
-    ring.ST_BAD_REQUEST: InvalidInput,
-    ring.ST_EXPIRED: RunnerTimeout,
-    ring.ST_TOO_LARGE: TensorTooLarge,
-    ring.ST_UNAVAILABLE: RunnerUnavailable,
-    ring.ST_OVERLOADED: RunnerOverloaded,
-}
+# The wire status -> exception half of the one table in `shmserve.errors`.
+_ERRORS: dict[int, type[ShmserveError]] = {getattr(ring, f"ST_{e.wire_status}"): e.exception
+                                           for e in CATALOGUE if e.wire_status}
 
 
 def remote_error(runner: str, method: str, code: int, meta: bytes) -> BaseException:

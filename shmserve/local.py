@@ -3,13 +3,27 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .errors import ConfigError, RunnerTimeout
 
-if TYPE_CHECKING:
-    from .runner import Runner
+
+class RunnerSpec(Protocol):
+    """What this backend reads of a `shmserve.Runner` (a protocol, so that runner -> local stays one-way)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def runnable_class(self) -> type: ...
+
+    @property
+    def runnable_init_params(self) -> Mapping[str, Any]: ...
+
+    @property
+    def method_configs(self) -> Mapping[str, Any]: ...
 
 
 class LocalBackend:
@@ -20,7 +34,7 @@ class LocalBackend:
     as they would in a worker process.
     """
 
-    def __init__(self, runner: "Runner") -> None:
+    def __init__(self, runner: RunnerSpec) -> None:
         self.runner = runner
         self.instance = runner.runnable_class(**runner.runnable_init_params)
         self._executor: ThreadPoolExecutor | None = None

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import api_responses
 from ..io import DTYPE_HEADER, SHAPE_HEADER, NumpyNdarray
 from ..service import Service
 
@@ -27,14 +28,8 @@ _SECURITY_SCHEMES = {
     "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
 }
 
-_ERRORS = {
-    "400": "Malformed HTTP, or a body the input descriptor cannot read (bad JSON, wrong dtype or shape).",
-    "413": "Body larger than the server's --max-body-size, or a tensor too large for the runner's arena.",
-    "415": "Unsupported Content-Type.",
-    "500": "The model or the API function raised.",
-    "503": "Runner overloaded or unavailable; retry after the Retry-After seconds.",
-    "504": "The call's deadline passed.",
-}
+# Generated from the one error table: every status an API call can answer with, and why.
+_ERRORS = {str(status): text for status, text in api_responses().items()}
 
 
 def _error_response(description: str) -> dict[str, Any]:
