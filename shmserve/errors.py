@@ -7,6 +7,7 @@ worker answers with when the error is raised on its side)::
      ├── ConfigError [500]                a runner, service or setting is invalid
      │    ├── SharedMemoryTooSmall [503]  /dev/shm has less room than the runners need
      │    ├── RuntimeDirUnsafe [500]      the runtime directory is not private (also a PermissionError)
+ │    ├── InvalidSetting [500]        a setting or SHMSERVE_* variable is out of range (also a ValueError)
      │    └── GpuUnavailable [503]        no driver, device, CuPy or CUDA build of torch
      ├── RunnerNotStarted [503]           called before start(), connect() or init_local()
      ├── RunnerNameClash [500]            another live process serves a runner of this name
@@ -53,6 +54,13 @@ class SharedMemoryTooSmall(ConfigError):
 
 class RuntimeDirUnsafe(ConfigError, PermissionError):
     """The runtime directory is not private to this user (another user's, a symlink, writable by others)."""
+
+
+class InvalidSetting(ConfigError, ValueError):
+    """A setting or ``SHMSERVE_*`` environment variable holds a value outside what it accepts.
+
+    The message names the setting, its limits and the value given.
+    """
 
 
 class RunnerNotStarted(ShmserveError):
@@ -159,6 +167,7 @@ CATALOGUE: tuple[Entry, ...] = (
     Entry(ConfigError, 500),
     Entry(SharedMemoryTooSmall, 503),
     Entry(RuntimeDirUnsafe, 500),
+    Entry(InvalidSetting, 500),
     Entry(GpuUnavailable, 503),
     Entry(RunnerNotStarted, 503, api=True, when="a runner is not started"),
     Entry(RunnerNameClash, 500),
@@ -221,6 +230,7 @@ __all__ = [
     "ConfigError",
     "SharedMemoryTooSmall",
     "RuntimeDirUnsafe",
+    "InvalidSetting",
     "RunnerNotStarted",
     "RunnerNameClash",
     "InvalidInput",

@@ -32,6 +32,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
+from . import settings
 from .errors import RuntimeDirUnsafe
 
 LIVE, DEAD, UNKNOWN = "live", "dead", "unknown"
@@ -46,7 +47,7 @@ def runtime_dir() -> Path:
     shared); such a directory, a symlink, or one others may write to is
     refused rather than used.
     """
-    path = Path(os.environ.get("SHMSERVE_RUNTIME_DIR") or f"/tmp/shmserve-{os.getuid()}")
+    path = settings.runtime_dir()
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:

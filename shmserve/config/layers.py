@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from .. import settings
 from ..errors import ConfigError
 from .schema import RunnerSettings, ShmserveConfig
 
@@ -117,12 +118,11 @@ def parse_options(text: str, origin: str = OPTIONS_ENV) -> Layer:
 
 def env_layers(environ: Mapping[str, str] | None = None, config_path: str | None = None) -> list[Layer]:
     """The file layer (from `config_path`, else ``SHMSERVE_CONFIG``) and the ``SHMSERVE_CONFIG_OPTIONS`` layer."""
-    env = os.environ if environ is None else environ
     layers = []
-    path = config_path or env.get(CONFIG_ENV)
+    path = config_path or settings.config_file(environ)
     if path:
         layers.append(read_file(path))
-    options = env.get(OPTIONS_ENV, "").strip()
+    options = settings.config_options(environ)
     if options:
         layers.append(parse_options(options))
     return layers

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import settings
 from .frameworks import empty, require, tensor_kind
 
 METHODS = ("auto", "kernel", "cat")
@@ -119,7 +120,7 @@ def coalesce(tensors: Sequence[Any], dim: int = 0, method: str | None = None) ->
     device and dtype. `method` is ``"auto"``, ``"kernel"`` or ``"cat"``
     (default: ``$SHMSERVE_GPU_BATCH`` or ``"auto"``).
     """
-    method = method or os.environ.get("SHMSERVE_GPU_BATCH", "auto")
+    method = method or settings.gpu_batch()
     kinds = {_kind(t) for t in tensors}
     if len(kinds) != 1:
         raise ValueError(f"cannot batch a mix of {sorted(kinds)} tensors")
@@ -162,8 +163,8 @@ def _have_cupy() -> bool:
 
 def kernel_path() -> Path:
     """Where ``gather.cu`` lives: ``$SHMSERVE_CUDA_DIR`` or the ``cuda/`` folder of the source tree."""
-    folder = os.environ.get("SHMSERVE_CUDA_DIR")
-    path = Path(folder) if folder else Path(__file__).resolve().parents[2] / "cuda"
+    folder = settings.cuda_dir()
+    path = folder if folder is not None else Path(__file__).resolve().parents[2] / "cuda"
     return path / KERNEL_FILE
 
 

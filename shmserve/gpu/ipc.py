@@ -30,6 +30,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import settings
 from ..registry import pid_alive as _pid_alive
 from . import driver as _driver
 from .driver import CudaError, GpuUnavailable
@@ -77,7 +78,7 @@ def _new_state(pid: int) -> _State:
     return _State(
         pid=pid,
         exports=ReleaseTable(),
-        imports=ImportCache(open_mem, close_mem, max_idle=int(os.environ.get("SHMSERVE_CUDA_IPC_MAX_IDLE", "32"))),
+        imports=ImportCache(open_mem, close_mem, max_idle=settings.cuda_ipc_max_idle()),
         pending=PendingReleases(done=lambda m: _marker_done(drv, m), discard=lambda m: drv.event_destroy(m[1])),
     )
 

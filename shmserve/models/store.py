@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
+from .. import settings
 from ..errors import ConfigError
 from ..registry import pid_alive as _pid_alive
 from .model import (  # noqa: F401  (re-exported: the store's public names)
@@ -70,8 +71,8 @@ def store_home(home: str | os.PathLike[str] | None = None) -> Path:
     """The store root: `home`, else ``$SHMSERVE_HOME``, else ``~/.shmserve``."""
     if home is not None:
         return Path(home).expanduser().resolve()
-    env = os.environ.get("SHMSERVE_HOME")
-    return (Path(env).expanduser() if env else Path.home() / ".shmserve").resolve()
+    env = settings.home()
+    return (env if env is not None else Path.home() / ".shmserve").resolve()
 
 
 def models_dir(home: str | os.PathLike[str] | None = None) -> Path:

@@ -15,7 +15,7 @@ import secrets
 
 import posix_ipc
 
-from .. import lease
+from .. import lease, settings
 from ..errors import SharedMemoryTooSmall
 from .budget import DEV_SHM, HEADROOM_MIN_BYTES, fixes
 
@@ -30,9 +30,7 @@ def new_name(owner: str | None = None) -> str:
     ``$SHMSERVE_NAME_TAG`` (up to 8 letters or digits), when set, starts the
     random part, so a test session can tell its names from other processes'.
     """
-    tag = os.environ.get("SHMSERVE_NAME_TAG", "")
-    if not (tag.isalnum() and len(tag) <= 8):
-        tag = ""
+    tag = settings.name_tag()
     if owner is None:
         owner = lease.current().id
         lease.at_exit(unlink_owned_by)  # at a clean exit, whatever this process did not remove itself

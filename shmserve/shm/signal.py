@@ -18,6 +18,7 @@ import time
 
 import posix_ipc
 
+from .. import settings
 from .segment import new_name
 
 
@@ -102,16 +103,12 @@ class Signal:
                 pass
 
 
-DEFAULT_SPIN_S = 50e-6
+DEFAULT_SPIN_S: float = settings.VARIABLES["SHMSERVE_SPIN_US"].default
 
 
 def spin_budget_s() -> float:
     """How long a waiter polls before it sleeps: `SHMSERVE_SPIN_US` (0 turns polling off), default 50 µs."""
-    raw = os.environ.get("SHMSERVE_SPIN_US", "")
-    try:
-        return max(0.0, float(raw)) / 1e6 if raw else DEFAULT_SPIN_S
-    except ValueError:
-        raise ValueError(f"SHMSERVE_SPIN_US must be a number of microseconds, got {raw!r}") from None
+    return settings.spin_s()
 
 
 class Spinner:
