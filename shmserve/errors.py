@@ -11,6 +11,7 @@ worker answers with when the error is raised on its side)::
      │    └── GpuUnavailable [503]        no driver, device, CuPy or CUDA build of torch
      ├── RunnerNotStarted [503]           called before start(), connect() or init_local()
      ├── RunnerNameClash [500]            another live process serves a runner of this name
+ ├── BlockingCall [500]               a sync run() on a thread running an event loop (also a RuntimeError)
      ├── InvalidInput [400]               wire: BAD_REQUEST; an argument cannot cross
      │    ├── TensorTooLarge [413]        wire: TOO_LARGE; more than the arena holds
      │    └── UnsupportedMediaType [415]  a Content-Type the API does not read
@@ -69,6 +70,14 @@ class RunnerNotStarted(ShmserveError):
 
 class RunnerNameClash(ShmserveError):
     """Another live process already serves a runner under this name."""
+
+
+class BlockingCall(ShmserveError, RuntimeError):
+    """A call that waits for a runner worker was made on a thread running an event loop.
+
+    It would stall every other request and task of that loop until the result
+    came; the message names the ``await ....async_run(...)`` to use instead.
+    """
 
 
 class InvalidInput(ShmserveError):
@@ -171,6 +180,7 @@ CATALOGUE: tuple[Entry, ...] = (
     Entry(GpuUnavailable, 503),
     Entry(RunnerNotStarted, 503, api=True, when="a runner is not started"),
     Entry(RunnerNameClash, 500),
+    Entry(BlockingCall, 500),
     Entry(InvalidInput, 400, "BAD_REQUEST", True, "a body the input descriptor cannot read (bad JSON, wrong dtype "
                                                   "or shape), or an argument that cannot reach the runner"),
     Entry(TensorTooLarge, 413, "TOO_LARGE", True, "a tensor too large for the runner's arena"),
@@ -233,6 +243,7 @@ __all__ = [
     "InvalidSetting",
     "RunnerNotStarted",
     "RunnerNameClash",
+    "BlockingCall",
     "InvalidInput",
     "TensorTooLarge",
     "UnsupportedMediaType",

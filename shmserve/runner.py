@@ -7,6 +7,7 @@ A Runner is only configuration until it is bound to a backend:
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import warnings
@@ -14,12 +15,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .errors import ConfigError, RunnerNotStarted
+from .errors import BlockingCall, ConfigError, InvalidSetting, RunnerNotStarted
+from .local import LocalBackend
 from .runnable import MethodSignature, Runnable
+from .shm.ring import DEFAULT_SLOTS
 from .strategy import Strategy, as_strategy
 from .watchdog import WatchdogLimits
 
 log = logging.getLogger("shmserve.runner")
+
+# The loop running on this thread, or None; unlike get_running_loop() it does not raise
+# (a raise on every sync call would cost more than the check).
+_running_loop = asyncio._get_running_loop
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 
@@ -29,6 +36,7 @@ DEFAULT_ARENA_MB = 16
 DEFAULT_TIMEOUT_S = 30.0  # the default deadline of a call (shmserve.worker.queues: admission by time)
 DEFAULT_MAX_BATCH_SIZE = 64
 DEFAULT_MAX_LATENCY_MS = 10.0
+MAX_QUEUE_SIZE = DEFAULT_SLOTS  # calls one client may have in flight: each holds one request slot of its channel
 
 
 @dataclass(frozen=True)
@@ -72,9 +80,24 @@ class RunnerMethod:
         return self.run(*args, timeout=timeout, **kwargs)
 
     def run(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
-        """Call the method and wait for its result. `timeout` (seconds) defaults to the runner's."""
+        """Call the method and wait for its result. `timeout` (seconds) defaults to the runner's.
+
+        Raises `BlockingCall` on a thread running an event loop (an ``async def``
+        API) when the runner is served by worker processes: waiting there would
+        stall every other request of the loop. In-process runners (`init_local`,
+        ``embedded=True``) run the method right here, as a plain call would, and
+        are let through.
+        """
         timeout = self.runner.timeout if timeout is None else timeout
-        return self.runner._backend_or_raise().call(self.name, args, kwargs, timeout)
+        backend = self.runner._backend_or_raise()
+        if _running_loop() is not None and not isinstance(backend, LocalBackend):
+            raise BlockingCall(
+                f"runner.{self.name}.run() of runner {self.runner.name!r} was called inside a running event loop "
+                f"(an async API or coroutine), where it would block every other request until its result came: "
+                f"use `await runner.{self.name}.async_run(...)` there, or make the API a plain `def` "
+                "(those run on a thread)"
+            )
+        return backend.call(self.name, args, kwargs, timeout)
 
     async def async_run(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         """Call the method from async code; the event loop is never blocked."""
@@ -236,7 +259,11 @@ class Runner:
         if arena_mb is not unset:
             self.arena_mb = int(arena_mb)
         if max_queue_size is not unset:
-            self.max_queue_size = min(int(max_queue_size), 1024)
+            if int(max_queue_size) > MAX_QUEUE_SIZE:
+                raise InvalidSetting(
+                    f"runner {name!r}: max_queue_size {max_queue_size} is above its limit of {MAX_QUEUE_SIZE} (one "
+                    f"request slot of the shared-memory channel per call in flight); use at most {MAX_QUEUE_SIZE}")
+            self.max_queue_size = int(max_queue_size)
         if gpus is not unset:
             self.gpus = [str(g) for g in gpus] if gpus is not None else None
         if timeout is not unset:
@@ -289,7 +316,6 @@ class Runner:
 
         Logs a warning that this is not how to serve, unless `quiet`.
         """
-        from .local import LocalBackend
 
         if not quiet and not self.embedded:
             log.warning("runner %r runs in-process (init_local): for debugging and tests only; serve with "
