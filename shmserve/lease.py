@@ -192,8 +192,9 @@ def remove(lease_id: str, directory: Path | None = None) -> None:
         ((directory or lease_dir()) / f"{lease_id}{SUFFIX}").unlink(missing_ok=True)
 
 
-def sweep_unfinished(directory: Path | None = None) -> None:
-    """Remove lease files a process created but never locked (killed inside `Lease.take`)."""
+def sweep_unfinished(directory: Path | None = None) -> int:
+    """Remove lease files a process created but never locked (killed inside `Lease.take`); how many."""
+    removed = 0
     for entry in (directory or lease_dir()).glob(".*.new"):
         try:
             fd = os.open(entry, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
@@ -202,10 +203,12 @@ def sweep_unfinished(directory: Path | None = None) -> None:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             entry.unlink(missing_ok=True)
+            removed += 1
         except OSError:
             pass  # locked: its process is about to publish it
         finally:
             os.close(fd)
+    return removed
 
 
 def _release_at_exit(lease: Lease) -> None:

@@ -9,6 +9,7 @@ or a pid reused after a restart, is judged correctly.
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -20,6 +21,8 @@ from . import lease
 from .errors import RunnerNameClash, RunnerUnavailable
 from .lease import runtime_dir
 from .shm.segment import owned_names, unlink_name
+
+log = logging.getLogger("shmserve")
 
 __all__ = ["runtime_dir", "pid_alive", "register", "update", "unregister", "lookup", "sweep", "metrics_dir"]
 
@@ -129,31 +132,42 @@ def metrics_dir() -> Path:
 
 def sweep() -> list[str]:
     """Remove what processes whose lease is dead left: names in /dev/shm, registry records,
-    metrics folders, and then their lease files. Returns what was removed.
+    metrics folders, and then their lease files. Returns what was removed, and
+    logs a warning with the counts when anything was.
 
     Called at every start, so a run that was killed (SIGKILL, power loss of a
     container) leaves nothing behind for long. Names whose lease file is not
     in this runtime directory belong to runs that use another one: kept.
     """
-    removed: list[str] = []
+    names_removed: list[str] = []
+    records: list[str] = []
+    folders: list[str] = []
     rdir = runtime_dir()
     leases = lease.lease_dir()
     dead = lease.dead(leases)
     names = owned_names()
     for lease_id in dead:
-        removed.extend(e for e in names.get(lease_id, []) if unlink_name(e))
+        names_removed.extend(e for e in names.get(lease_id, []) if unlink_name(e))
     for rec in rdir.glob("*.json"):
         if _holder(rec)[0] != lease.LIVE:
             rec.unlink(missing_ok=True)
-            removed.append(str(rec))
+            records.append(str(rec))
+    staged = 0
     for tmp in rdir.glob(".*.tmp"):  # a record staged by a process killed before it linked it
         if lease.state(tmp.name.rsplit(".", 2)[-2], leases) != lease.LIVE:
             tmp.unlink(missing_ok=True)
+            staged += 1
     for folder in rdir.glob(f"{METRICS_PREFIX}*"):
         if lease.state(folder.name[len(METRICS_PREFIX):], leases) != lease.LIVE:
             shutil.rmtree(folder, ignore_errors=True)
-            removed.append(str(folder))
+            folders.append(str(folder))
     for lease_id in dead:  # last: a sweep killed halfway finds the rest next time
         lease.remove(lease_id, leases)
-    lease.sweep_unfinished(leases)
+    unfinished = lease.sweep_unfinished(leases)
+    removed = names_removed + records + folders
+    if removed or staged or unfinished or dead:
+        log.warning("removed what %d processes that died without cleaning up left in %s and /dev/shm: "
+                    "%d shared-memory names, %d registry records (%d half-written), %d metrics folders, "
+                    "%d lease files (%d half-made)", len(dead), rdir, len(names_removed), len(records) + staged,
+                    staged, len(folders), len(dead) + unfinished, unfinished)
     return removed

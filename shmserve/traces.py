@@ -8,11 +8,14 @@ timeline (header ``X-Shmserve-Trace``) reads `call_traces`.
 from __future__ import annotations
 
 import contextvars
+import logging
 from collections.abc import Callable
 
 TraceHook = Callable[[str, str, dict[str, float]], None]
 Sink = list[tuple[str, str, dict[str, float]]]
 _trace_hooks: list[TraceHook] = []
+_failed_hooks: set[int] = set()  # ids of hooks whose failure was logged
+log = logging.getLogger("shmserve")
 
 #: While set (to a list), every runner call made in this context appends
 #: ``(runner, method, trace)`` to it: how one HTTP request learns its own
@@ -41,11 +44,13 @@ def wanted(sink: Sink | None) -> bool:
 
 
 def deliver(runner: str, method: str, trace: dict[str, float], sink: Sink | None) -> None:
-    """Hand one call's trace to its context's list and to every hook (a failing hook is ignored)."""
+    """Hand one call's trace to its context's list and to every hook (a failing hook is logged once, and skipped over)."""
     if sink is not None:
         sink.append((runner, method, trace))
     for hook in list(_trace_hooks):
         try:
             hook(runner, method, trace)
-        except Exception:
-            pass
+        except Exception:  # a hook's bug must not fail the call it observes; said once per hook, not per call
+            if id(hook) not in _failed_hooks:
+                _failed_hooks.add(id(hook))
+                log.exception("trace hook %r raised; its later failures are not logged", hook)

@@ -193,6 +193,8 @@ def sweep_temp(home: str | os.PathLike[str] | None = None) -> int:
             continue
         shutil.rmtree(tmp / entry, ignore_errors=True)
         removed += 1
+    if removed:
+        log.warning("removed %d unfinished model saves of processes that died, from %s", removed, tmp)
     return removed
 
 

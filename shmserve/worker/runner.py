@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import posix_ipc
 
 from ..batching import fifo_prefix
 from ..runnable import MethodSignature, Runnable
@@ -412,7 +413,7 @@ def main(spec: WorkerSpec) -> None:
                 else:
                     spinner.wait(doorbell, timeout)
                 dispatcher.arrived = 0
-            except Exception:  # interrupted by a signal: re-check the flags
+            except posix_ipc.SignalError:  # interrupted by a signal: re-check the flags
                 pass
             if doorbell.value():
                 doorbell.drain()
