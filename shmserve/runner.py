@@ -18,7 +18,6 @@ from typing import Any, Protocol
 from .errors import BlockingCall, ConfigError, InvalidSetting, RunnerNotStarted
 from .local import LocalBackend
 from .runnable import MethodSignature, Runnable
-from .shm.ring import DEFAULT_SLOTS
 from .strategy import Strategy, as_strategy
 from .watchdog import WatchdogLimits
 
@@ -36,7 +35,7 @@ DEFAULT_ARENA_MB = 16
 DEFAULT_TIMEOUT_S = 30.0  # the default deadline of a call (shmserve.worker.queues: admission by time)
 DEFAULT_MAX_BATCH_SIZE = 64
 DEFAULT_MAX_LATENCY_MS = 10.0
-MAX_QUEUE_SIZE = DEFAULT_SLOTS  # calls one client may have in flight: each holds one request slot of its channel
+MAX_QUEUE_SIZE = 1024  # calls one client may have in flight: each holds one of its channel's request slots
 
 
 @dataclass(frozen=True)

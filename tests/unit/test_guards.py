@@ -10,6 +10,7 @@ import pytest
 import shmserve
 from shmserve.errors import BlockingCall, ConfigError, InvalidSetting
 from shmserve.runner import MAX_QUEUE_SIZE
+from shmserve.shm import ring
 from tests.runnables import EchoRunnable
 
 
@@ -83,7 +84,7 @@ def test_a_runnable_instance_instead_of_its_class_names_the_right_call() -> None
 
 
 def test_a_queue_size_over_its_limit_is_an_error_naming_the_limit() -> None:
-    assert MAX_QUEUE_SIZE == 1024
+    assert MAX_QUEUE_SIZE == ring.DEFAULT_SLOTS == 1024  # one request slot per call in flight
     with pytest.raises(InvalidSetting, match=r"max_queue_size 5000 is above its limit of 1024.*use at most 1024"):
         shmserve.Runner(EchoRunnable, name="guard_queue", max_queue_size=5000)
     runner = shmserve.Runner(EchoRunnable, name="guard_queue", max_queue_size=MAX_QUEUE_SIZE)
