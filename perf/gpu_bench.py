@@ -335,6 +335,8 @@ def section_e2e(args: argparse.Namespace, out: dict[str, Any]) -> None:
 def section_batch(args: argparse.Namespace, out: dict[str, Any]) -> None:
     import torch
 
+    from shmserve.gpu.batch import coalesce
+
     xs = [torch.randn(1, 784, device="cuda") for _ in range(64)]
     reference = torch.cat(xs)
     methods = ["cat"]
@@ -345,14 +347,14 @@ def section_batch(args: argparse.Namespace, out: dict[str, Any]) -> None:
     except ImportError:
         out["batch_kernel_skipped"] = "cupy not installed"
     for method in methods:
-        b = gpu.coalesce(xs, method=method)
+        b = coalesce(xs, method=method)
         if not torch.equal(b.tensor, reference):
             raise SystemExit(f"coalesce({method}) built a wrong batch")
         times = []
         for _ in range(args.reps + 10):
             _sync()
             t0 = time.perf_counter()
-            gpu.coalesce(xs, method=method)
+            coalesce(xs, method=method)
             _sync()
             times.append(time.perf_counter() - t0)
         out[f"coalesce64_{method}_us"] = statistics.median(times[10:]) * 1e6

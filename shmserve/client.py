@@ -41,8 +41,8 @@ from .shm import ring
 from .shm.message import Tensor, decode_result, encode_call, layout, view
 from .shm.ring import DEFAULT_SLOTS, MAX_TENSORS, META_INLINE_MAX
 from .shm.signal import Signal, Spinner, spin_budget_s
-from .shm.tensor import numpy_dtype, wrap
 from .shm.wire import request_align
+from .tensors import from_wire, numpy_dtype
 from .traces import TraceHook, add_trace_hook, call_traces, remove_trace_hook  # noqa: F401  (public here too)
 from .watchdog import WatchdogLimits
 
@@ -455,7 +455,7 @@ class RunnerClient:
         v = link.view
         assert v is not None and link.segment is not None
         if not tmetas or block_len <= COPY_RESULT_MAX:
-            tensors = [wrap(view(v.resp_arena, t.offset, t.nbytes, t.dtype, t.shape).copy(), t.kind, t.dtype)
+            tensors = [from_wire(view(v.resp_arena, t.offset, t.nbytes, t.dtype, t.shape).copy(), t.kind, t.dtype)
                        for t in tmetas]
             free_block(v.resp_arena, block_off, block_len)
             return decode_result(tensors, meta, self._device)
@@ -463,7 +463,7 @@ class RunnerClient:
         base = v.layout.resp_arena + block_off
         lease: Any = (ctypes.c_char * block_len).from_buffer(link.segment.buf, base)
         weakref.finalize(lease, free_block, v.resp_arena, block_off)
-        tensors = [wrap(np.ndarray(t.shape, numpy_dtype(t.dtype), lease, t.offset - block_off), t.kind, t.dtype)
+        tensors = [from_wire(np.ndarray(t.shape, numpy_dtype(t.dtype), lease, t.offset - block_off), t.kind, t.dtype)
                    for t in tmetas]
         return decode_result(tensors, meta, self._device)
 

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from .tensors import is_tensor, to_list
+
 __all__ = ["Headers", "IODescriptor", "dumps_json", "media_type"]
 
 Headers = Mapping[bytes, bytes]
@@ -85,10 +87,8 @@ def media_type(headers: Headers) -> bytes:
 def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if type(value).__module__.startswith("torch"):
-        return value.detach().cpu().tolist()
+    if is_tensor(value):  # orjson writes C-contiguous native numpy arrays itself; these are the others
+        return to_list(value)
     raise TypeError(f"object of type {type(value).__name__} is not JSON serializable")
 
 

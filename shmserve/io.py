@@ -45,6 +45,7 @@ from .npy import check_dtype as _check_dtype
 from .npy import check_shape as _check_shape
 from .npy import encode_npy, parse_npy
 from .npy import parse_dtype as _parse_dtype
+from .tensors import to_numpy
 
 __all__ = [
     "IODescriptor",
@@ -78,15 +79,6 @@ def _parse_shape_header(raw: bytes) -> tuple[int, ...]:
     if len(shape) > _MAX_NDIM or any(d < 0 for d in shape):
         raise InvalidInput(f"{SHAPE_HEADER} {raw.decode('latin-1')!r}: dimensions must be non-negative, at most {_MAX_NDIM} of them")
     return shape
-
-
-def _as_ndarray(value: Any) -> np.ndarray:
-    if isinstance(value, np.ndarray):
-        return value
-    module = type(value).__module__
-    if module.startswith("torch"):
-        return value.detach().cpu().numpy()
-    return np.asarray(value)
 
 
 class NumpyNdarray(IODescriptor):
@@ -252,7 +244,7 @@ class NumpyNdarray(IODescriptor):
     # -- encoding -------------------------------------------------------------
     def encode(self, value: Any, accept: bytes) -> tuple[bytes, bytes, bytes]:
         """Encode an array per `accept`: ``.npy``, raw bytes with dtype/shape headers, or JSON."""
-        arr = _as_ndarray(value)
+        arr = to_numpy(value)
         if accept:
             if _CT_NPY in accept:
                 head, data = encode_npy(arr)

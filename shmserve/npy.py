@@ -1,4 +1,4 @@
-"""The ``.npy`` wire format and the dtypes a tensor may have on the wire.
+"""The ``.npy`` format, and the dtypes and shapes a tensor in an HTTP body may have.
 
 Read with literals only (`ast.literal_eval` on the header): nothing from a
 request is ever unpickled, and object or structured dtypes are refused.
@@ -12,13 +12,14 @@ from typing import Any
 import numpy as np
 
 from .errors import InvalidInput
+from .tensors import HTTP
 
 __all__ = ["CACHE_LIMIT", "MAX_NDIM", "check_dtype", "check_shape", "parse_dtype", "parse_npy", "encode_npy"]
 
-# dtype kinds a tensor may have on the wire: bool, ints, floats, complex, fixed-size strings.
-# Object ('O') and structured/void ('V') dtypes are refused: they would need pickle or carry no layout.
-_ALLOWED_KINDS = frozenset("biufcSU")
-MAX_NDIM = 32
+# What an HTTP body's tensor may be (bool, ints, floats, complex, fixed-size strings; at most 32 dims),
+# and why that differs from the transport's limits: `shmserve.tensors`.
+_ALLOWED_KINDS = HTTP.dtype_kinds
+MAX_NDIM = HTTP.max_ndim
 _NPY_MAGIC = b"\x93NUMPY"
 _NPY_MAX_HEADER = 10_000  # numpy's own limit for reading untrusted headers
 CACHE_LIMIT = 256  # most distinct headers a parser remembers

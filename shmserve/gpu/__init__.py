@@ -1,4 +1,4 @@
-"""GPU host integration: CUDA tensors by IPC handle, pinned arenas, device-side batching.
+"""GPU host integration: CUDA tensors by IPC handle, and pinned arenas.
 
 Importing this package imports neither torch nor CuPy nor libcuda; each
 function loads what it needs on first use and raises `GpuUnavailable`
@@ -18,10 +18,6 @@ One `HandoffLedger` per process does the protocol; per message::
     ledger.take_back(meta["releases"])             # release our tensors the peer is done with
     args = ledger.decode(args)                     # handle dicts -> tensors, no copy
 
-    # worker, between decode and encode, for a batchable method
-    batch = coalesce(tensors, dim=input_dim)       # one device tensor (gather kernel or cat)
-    parts = batch.split(method(batch.tensor), dim=output_dim)   # per-caller views
-
     sweep(); ledger.forget(pid)                    # when a peer process died
 
 Underneath: `export_handle` / `open_handle` / `release` / `collect_releases`
@@ -32,13 +28,17 @@ CPU tensors headed for a GPU model: the runner page-locks each arena once
 with `register_host(arena_buffer)` and moves batch views with
 `to_device(view, device)`; it unregisters before unmapping.
 
+Which tensors are device tensors, and their dtypes, is `shmserve.tensors`
+(`kind_of`, `CUDA_IPC_DTYPES`). Device-side batching (`shmserve.gpu.batch`:
+a gather kernel or the framework's cat) is not on the serving path: calls that
+carry CUDA tensors are not batched; ``perf/gpu_bench.py`` measures it.
+
 Rules the transport must keep: spawn (never fork) processes once CUDA is
 initialised; a token is released to the process that sent the descriptor
 (`d["sender"]`), which `HandoffLedger` does for you.
 """
 from __future__ import annotations
 
-from .batch import DeviceBatch, coalesce, split
 from .driver import CudaError, GpuUnavailable, available
 from .handles import DeviceHandle, is_handle_dict
 from .ipc import claim, collect_releases, export_handle, is_device_tensor, open_handle, release, stats, sweep
@@ -47,14 +47,12 @@ from .pinned import PinnedRegion, is_pinned, pin_arena_of, register_host, root_b
 
 __all__ = [
     "CudaError",
-    "DeviceBatch",
     "DeviceHandle",
     "GpuUnavailable",
     "HandoffLedger",
     "PinnedRegion",
     "available",
     "claim",
-    "coalesce",
     "collect_releases",
     "export_handle",
     "is_device_tensor",
@@ -65,7 +63,6 @@ __all__ = [
     "register_host",
     "release",
     "root_buffer",
-    "split",
     "stats",
     "sweep",
     "to_device",

@@ -10,8 +10,13 @@ Two ways to coalesce, switchable per call or with ``SHMSERVE_GPU_BATCH``:
 
 ``"auto"`` (the default) takes the kernel when it applies, CuPy is installed
 and ``gather.cu`` is found (`kernel_path`), else ``cat``. Which is faster is for ``perf/gpu_bench.py`` to say.
-Splitting never copies: the per-caller outputs are `narrow` views of the
-batch output.
+Splitting never copies: the per-caller outputs are views of the batch output
+(`shmserve.tensors.split`, which every tensor kind shares).
+
+Not part of ``shmserve.gpu``'s public surface: the serving path does not batch
+calls that carry CUDA tensors (each call has its own IPC handles), and joins
+host tensors with `shmserve.tensors.join`. ``perf/gpu_bench.py`` measures
+these methods against each other.
 """
 from __future__ import annotations
 
@@ -25,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import settings
-from .frameworks import empty, require, tensor_kind
+from ..tensors import NUMPY, kind_of, plan, split
+from .frameworks import empty, require
 
 METHODS = ("auto", "kernel", "cat")
 KERNEL_FILE = "gather.cu"
@@ -46,47 +52,6 @@ class DeviceBatch:
     def split(self, output: Any, dim: int | None = None) -> list[Any]:
         """Per-caller views of a batch `output` (no copy); `dim` defaults to the input dim."""
         return split(output, self.sizes, self.dim if dim is None else dim)
-
-
-def split(output: Any, sizes: Sequence[int], dim: int = 0) -> list[Any]:
-    """Views of `output` along `dim`, `sizes[i]` items each. Works on torch, CuPy and numpy."""
-    total = int(output.shape[dim])
-    if sum(sizes) != total:
-        raise ValueError(
-            f"the batch output has {total} items along dim {dim} but the callers sent {sum(sizes)} "
-            f"({list(sizes)}); a batchable method must return one output item per input item"
-        )
-    views, start = [], 0
-    for n in sizes:
-        if hasattr(output, "narrow"):
-            views.append(output.narrow(dim, start, n))
-        else:
-            index = [slice(None)] * output.ndim
-            index[dim] = slice(start, start + n)
-            views.append(output[tuple(index)])
-        start += n
-    return views
-
-
-def plan(shapes: Sequence[Sequence[int]], dim: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """(sizes along `dim`, batch shape) for inputs of `shapes`; every other dim must agree."""
-    if not shapes:
-        raise ValueError("cannot batch zero tensors")
-    ndim = len(shapes[0])
-    if not -ndim <= dim < ndim:
-        raise ValueError(f"batch dim {dim} is out of range for {ndim}-d inputs")
-    dim %= ndim
-    rest = [tuple(s[:dim]) + tuple(s[dim + 1:]) for s in shapes]
-    for i, (s, r) in enumerate(zip(shapes, rest, strict=True)):
-        if len(s) != ndim or r != rest[0]:
-            raise ValueError(
-                f"input {i} has shape {tuple(s)} but input 0 has {tuple(shapes[0])}; "
-                f"batched inputs may differ only along dim {dim}"
-            )
-    sizes = tuple(int(s[dim]) for s in shapes)
-    out = list(shapes[0])
-    out[dim] = sum(sizes)
-    return sizes, tuple(out)
 
 
 def choose_method(method: str, kind: str, dim: int, contiguous: bool, have_cupy: bool,
@@ -144,13 +109,10 @@ def coalesce(tensors: Sequence[Any], dim: int = 0, method: str | None = None) ->
 
 
 def _kind(t: Any) -> str:
-    kind = tensor_kind(t)
-    if kind is None:
-        torch = sys.modules.get("torch")
-        if torch is not None and isinstance(t, torch.Tensor):
-            return "torch"  # CPU tensors batch with torch.cat too (used by tests and CPU fallbacks)
+    kind = kind_of(t)
+    if kind is None or kind is NUMPY:
         raise TypeError(f"expected torch tensors or CuPy arrays, got {type(t).__name__}")
-    return kind
+    return kind.module  # torch CPU tensors batch with torch.cat too (used by tests and CPU fallbacks)
 
 
 def _is_contiguous(t: Any) -> bool:

@@ -6,38 +6,18 @@ it (its module is in `sys.modules`) or the caller asked for that kind by name.
 from __future__ import annotations
 
 import importlib
-import sys
 from dataclasses import dataclass
 from typing import Any
 
+from ..tensors import CUDA_IPC_DTYPES, CUDA_IPC_NEEDS_VIEW, CUPY, TORCH_CUDA, kind_of
 from .driver import GpuUnavailable
 
 KINDS = ("torch", "cupy")
 
-# dtype name -> (typestr for __cuda_array_interface__, itemsize). Dtypes that
-# the interface cannot name travel as same-width unsigned ints and are
-# reinterpreted on arrival (`view`), which costs nothing.
-DTYPES: dict[str, tuple[str, int]] = {
-    "bool": ("|b1", 1),
-    "uint8": ("|u1", 1),
-    "int8": ("|i1", 1),
-    "int16": ("<i2", 2),
-    "uint16": ("<u2", 2),
-    "int32": ("<i4", 4),
-    "uint32": ("<u4", 4),
-    "int64": ("<i8", 8),
-    "uint64": ("<u8", 8),
-    "float16": ("<f2", 2),
-    "float32": ("<f4", 4),
-    "float64": ("<f8", 8),
-    "complex64": ("<c8", 8),
-    "complex128": ("<c16", 16),
-    # int16/int8 rather than uint: every torch version reads those from the interface.
-    "bfloat16": ("<i2", 2),
-    "float8_e4m3fn": ("|i1", 1),
-    "float8_e5m2": ("|i1", 1),
-}
-NEEDS_VIEW = frozenset({"bfloat16", "float8_e4m3fn", "float8_e5m2"})
+# The dtypes a device tensor may have (named by its framework; why they differ from the
+# transport's and HTTP's: `shmserve.tensors`).
+DTYPES = CUDA_IPC_DTYPES
+NEEDS_VIEW = CUDA_IPC_NEEDS_VIEW
 
 
 @dataclass(frozen=True)
@@ -59,13 +39,8 @@ def tensor_kind(x: Any) -> str | None:
     Checks only frameworks already imported: a value cannot be a torch tensor
     unless torch is in `sys.modules`.
     """
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(x, torch.Tensor):
-        return "torch" if x.is_cuda else None
-    cupy = sys.modules.get("cupy")
-    if cupy is not None and isinstance(x, cupy.ndarray):
-        return "cupy"
-    return None
+    kind = kind_of(x)
+    return "torch" if kind is TORCH_CUDA else "cupy" if kind is CUPY else None
 
 
 def require(kind: str) -> Any:

@@ -32,19 +32,13 @@ from typing import Any
 
 from .. import settings
 from ..registry import pid_alive as _pid_alive
+from ..tensors import is_device
 from . import driver as _driver
 from .driver import CudaError, GpuUnavailable
 from .frameworks import DTYPES, byte_extent, current_stream, describe, empty, from_pointer, tensor_kind
 from .handles import DeviceHandle, ImportCache, PendingReleases, ReleaseTable
 
-
-def is_device_tensor(x: Any) -> bool:
-    """True for a torch CUDA tensor or a CuPy array.
-
-    Never imports torch or CuPy: a value cannot be one of theirs unless its
-    framework is already loaded.
-    """
-    return tensor_kind(x) is not None
+is_device_tensor = is_device  # the name `shmserve.gpu` and the ledger use
 
 
 @dataclass

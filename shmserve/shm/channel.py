@@ -11,9 +11,9 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
+from ..tensors import numpy_dtype
 from . import wire
 from .segment import Segment
-from .tensor import numpy_dtype
 from .wire import DESC_SIZE, F64, U64, ChannelLayout, RequestDesc, ResponseDesc, Tensor, TensorMeta
 
 Desc = TypeVar("Desc", RequestDesc, ResponseDesc)

@@ -21,7 +21,6 @@ for the others; ``"i"`` is null for a default index), ``{"v": value}``,
 """
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -29,6 +28,8 @@ import numpy as np
 import orjson
 
 from ..errors import InvalidInput
+from ..tensors import KIND_NUMPY, is_tensor, numpy_dtype, to_wire
+from ..tensors import is_device as is_device_tensor
 from .objects import (
     CROSSES,
     KIND_RAW,
@@ -41,7 +42,6 @@ from .objects import (
     is_dataframe,
     is_raw,
 )
-from .tensor import KIND_NUMPY, as_array, is_torch_tensor, numpy_dtype, wrap
 from .wire import Tensor, layout
 
 _NO_GPU = "CUDA tensors need the GPU transport, which this process could not load"
@@ -60,22 +60,9 @@ class DeviceCodec(Protocol):
 DeviceGetter = Callable[[], DeviceCodec]
 
 
-def is_device_tensor(x: Any) -> bool:
-    """A torch CUDA tensor or a CuPy array (without importing either)."""
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(x, torch.Tensor):
-        return x.device.type == "cuda"
-    cupy = sys.modules.get("cupy")
-    return cupy is not None and isinstance(x, cupy.ndarray)
-
-
-def _is_tensor(x: Any) -> bool:
-    return isinstance(x, np.ndarray) or is_torch_tensor(x) or is_device_tensor(x)
-
-
 def _carried(x: Any) -> bool:
     """Travels outside the JSON metadata: a tensor or a raw buffer."""
-    return _is_tensor(x) or is_raw(x)
+    return is_tensor(x) or is_raw(x)
 
 
 _NESTED = ("tensors, bytes and images are accepted only as top-level arguments or results (or a result's "
@@ -85,7 +72,7 @@ _NESTED = ("tensors, bytes and images are accepted only as top-level arguments o
 def _default(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()
-    if _is_tensor(obj) or is_raw(obj):
+    if is_tensor(obj) or is_raw(obj):
         raise TypeError(_NESTED)
     raise TypeError(f"values of type {type(obj).__name__} cannot cross the transport; what crosses: {CROSSES}")
 
@@ -112,16 +99,16 @@ def encode_call(
     `releases` are hand-off tokens to return to the peer.
     """
     if len(args) == 1 and not kwargs and not releases and isinstance(args[0], np.ndarray):
-        return [as_array(args[0], "argument 0")], b""
+        return [to_wire(args[0], "argument 0")], b""
     tensors: list[Tensor] = []
 
     def spec(value: Any, where: str) -> dict[str, Any]:
-        if _is_tensor(value):
+        if is_tensor(value):
             if is_device_tensor(value):
                 if device is None:
                     raise InvalidInput(f"{where}: {_NO_GPU}")
                 return {"G": device().encode(value)}
-            tensors.append(as_array(value, where))
+            tensors.append(to_wire(value, where))
             return {"T": len(tensors) - 1}
         if is_raw(value):
             return _raw_spec(value, where, tensors)
@@ -163,12 +150,12 @@ def _raw_spec(value: Any, where: str, tensors: list[Tensor]) -> dict[str, Any]:
             if arr is None:
                 specs.append([name, {"v": values}])
                 continue
-            column, _kind, dtype_str = as_array(arr, f"{where} column {name!r}")
+            column, _kind, dtype_str = to_wire(arr, f"{where} column {name!r}")
             tensors.append((column, KIND_RAW, dtype_str))
             specs.append([name, {"A": len(tensors) - 1}])
         return {"F": specs, "i": index}
     arr, mode = image_array(value, where)
-    pixels, _kind, dtype_str = as_array(arr, where)
+    pixels, _kind, dtype_str = to_wire(arr, where)
     tensors.append((pixels, KIND_RAW, dtype_str))
     return {"P": len(tensors) - 1, "m": mode}
 
@@ -201,16 +188,16 @@ def encode_result(
 ) -> tuple[list[Tensor], bytes]:
     """Split a method's return value into tensors and metadata."""
     if isinstance(value, np.ndarray) and not releases:
-        return [as_array(value, where)], b""
+        return [to_wire(value, where)], b""
     tensors: list[Tensor] = []
 
     def spec(v: Any) -> Any:
-        if _is_tensor(v):
+        if is_tensor(v):
             if is_device_tensor(v):
                 if device is None:
                     raise InvalidInput(f"{where}: {_NO_GPU}")
                 return {"G": device().encode(v)}
-            tensors.append(as_array(v, where))
+            tensors.append(to_wire(v, where))
             return {"T": len(tensors) - 1}
         if is_raw(v):
             return _raw_spec(v, where, tensors)
@@ -271,5 +258,4 @@ __all__ = [
     "decode_result",
     "layout",
     "view",
-    "wrap",
 ]

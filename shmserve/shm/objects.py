@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import InvalidInput
 
-#: TensorHeader kind of a raw buffer (see `shmserve.shm.tensor`).
+#: TensorHeader kind of a raw buffer (see `shmserve.shm.wire` and `shmserve.tensors`).
 KIND_RAW = 2
 
 #: What crosses the transport, for error messages.

@@ -23,7 +23,7 @@ from ..shm.message import layout, view
 from ..shm.ring import BLOCK_BUSY, BLOCK_FREE, BLOCK_HEADER, U64, ChannelLayout, RingAllocator
 from ..shm.segment import Segment
 from ..shm.signal import Signal
-from ..shm.tensor import TensorMeta
+from ..shm.wire import TensorMeta
 
 RESULT_SPACE_WAIT_S = 2.0  # how long a result may wait for the caller to free result-arena space
 

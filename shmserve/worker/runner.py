@@ -35,7 +35,8 @@ from ..shm import ring
 from ..shm.health import HealthBoard
 from ..shm.message import KIND_RAW, decode_call, encode_result, view
 from ..shm.signal import Signal, Spinner, spin_budget_s
-from ..shm.tensor import TensorMeta, wrap
+from ..shm.wire import TensorMeta
+from ..tensors import from_wire, is_tensor, join, split
 from ..worker_stats import WorkerStats
 from .channel import Request, WorkerChannel
 from .control import ControlServer
@@ -286,12 +287,12 @@ class Dispatcher:
     def _assemble(self, m: MethodSlot, batch: list[Request], batched: bool) -> tuple[list[Any], dict[str, Any]]:
         first = batch[0]
         if len(batch) == 1:
-            tensors = [wrap(first.channel.input_view(t), t.kind, t.dtype) for t in first.tensors]
+            tensors = [from_wire(first.channel.input_view(t), t.kind, t.dtype) for t in first.tensors]
             return decode_call(tensors, first.meta, self.device)
         dim = m.sig.input_dim
         tensors = []
         for j, t0 in enumerate(first.tensors):
-            tensors.append(wrap(_join([r.channel for r in batch], [r.tensors[j] for r in batch], dim), t0.kind, t0.dtype))
+            tensors.append(from_wire(_join([r.channel for r in batch], [r.tensors[j] for r in batch], dim), t0.kind, t0.dtype))
         return decode_call(tensors, first.meta, self.device)
 
     def _split(self, m: MethodSlot, out: Any, batch: list[Request]) -> list[Any]:
@@ -301,15 +302,9 @@ class Dispatcher:
         bounds = np.cumsum([0] + sizes)
 
         def cut(x: Any) -> list[Any]:
-            if isinstance(x, np.ndarray) or _is_torch(x):
-                got = x.shape[dim] if x.ndim > dim else None
-                if got != total:
-                    raise ValueError(
-                        f"method {m.sig.name!r} returned shape {tuple(x.shape)} for a batch of {total} items "
-                        f"joined along dim {dim}; a batchable method must return its batch along batch_dim"
-                    )
-                return [x[(slice(None),) * dim + (slice(bounds[i], bounds[i + 1]),)] for i in range(len(batch))]
-            if isinstance(x, (tuple, list)) and any(isinstance(v, np.ndarray) or _is_torch(v) for v in x):
+            if is_tensor(x):
+                return split(x, sizes, dim, what=f"the result of method {m.sig.name!r}")
+            if isinstance(x, (tuple, list)) and any(is_tensor(v) for v in x):
                 cols = [cut(v) for v in x]
                 return [type(x)(c[i] for c in cols) for i in range(len(batch))]
             if isinstance(x, (list, tuple)) and len(x) == total:
@@ -328,11 +323,6 @@ class Dispatcher:
             r.channel.write_result(r, code, [], meta, (r.dequeue, now, now, now), len(batch))
 
 
-def _is_torch(x: Any) -> bool:
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(x, torch.Tensor)
-
-
 def _join(channels: list[WorkerChannel], metas: list[TensorMeta], dim: int) -> np.ndarray:
     """One array for several calls' tensors: a view when they are adjacent in one arena, else one copy."""
     ch0, t0 = channels[0], metas[0]
@@ -342,7 +332,7 @@ def _join(channels: list[WorkerChannel], metas: list[TensorMeta], dim: int) -> n
             rows = sum(t.shape[0] for t in metas)
             nbytes = sum(t.nbytes for t in metas)
             return view(ch0.view.req_arena, t0.offset, nbytes, t0.dtype, (rows,) + t0.shape[1:])
-    return np.concatenate([c.input_view(t) for c, t in zip(channels, metas)], axis=dim)
+    return join([c.input_view(t) for c, t in zip(channels, metas)], dim)  # type: ignore[no-any-return]
 
 
 # -- process main ----------------------------------------------------------------------

@@ -2,7 +2,7 @@
 import numpy as np
 
 from shmserve.shm.message import view
-from shmserve.shm.tensor import TensorMeta
+from shmserve.shm.wire import TensorMeta
 from shmserve.worker.runner import _join
 
 

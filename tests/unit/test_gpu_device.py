@@ -129,12 +129,12 @@ def test_pinned_arena_copy_to_device():
 def test_gather_kernel_matches_cat():
     torch = pytest.importorskip("torch")
     pytest.importorskip("cupy")
-    import shmserve.gpu as gpu
+    from shmserve.gpu import batch as gpu_batch
 
     xs = [torch.randn(n, 784, device="cuda") for n in (1, 7, 3, 64)]
     xs.append(torch.randn(9, 784, device="cuda")[:, :].contiguous())
-    k = gpu.coalesce(xs, method="kernel")
-    c = gpu.coalesce(xs, method="cat")
+    k = gpu_batch.coalesce(xs, method="kernel")
+    c = gpu_batch.coalesce(xs, method="cat")
     assert k.method == "kernel" and torch.equal(k.tensor, c.tensor)
     odd = [torch.arange(n * 3, device="cuda", dtype=torch.uint8).reshape(n, 3) for n in (5, 1, 2)]
-    assert torch.equal(gpu.coalesce(odd, method="kernel").tensor, torch.cat(odd))
+    assert torch.equal(gpu_batch.coalesce(odd, method="kernel").tensor, torch.cat(odd))

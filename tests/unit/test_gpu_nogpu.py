@@ -148,23 +148,23 @@ def test_split_returns_views_that_share_the_output_memory():
 def test_coalesce_torch_tensors_with_cat_and_split_back_without_copies():
     torch = pytest.importorskip("torch")
     xs = [torch.full((n, 4), float(i)) for i, n in enumerate((2, 3, 1))]
-    b = gpu.coalesce(xs, dim=0, method="cat")
+    b = batch_mod.coalesce(xs, dim=0, method="cat")
     assert b.method == "cat" and b.sizes == (2, 3, 1) and tuple(b.tensor.shape) == (6, 4)
     out = b.tensor * 10
     parts = b.split(out)
     for i, p in enumerate(parts):
         assert p.data_ptr() >= out.data_ptr() and p.untyped_storage().data_ptr() == out.untyped_storage().data_ptr()
         assert torch.equal(p, xs[i] * 10)
-    single = gpu.coalesce(xs[:1])
+    single = batch_mod.coalesce(xs[:1])
     assert single.tensor is xs[0] and single.method == "none"
 
 
 def test_coalesce_refuses_mixed_inputs():
     torch = pytest.importorskip("torch")
     with pytest.raises(ValueError, match="one device and dtype"):
-        gpu.coalesce([torch.zeros(1, 2), torch.zeros(1, 2, dtype=torch.float64)], method="cat")
+        batch_mod.coalesce([torch.zeros(1, 2), torch.zeros(1, 2, dtype=torch.float64)], method="cat")
     with pytest.raises(TypeError, match="torch tensors or CuPy arrays"):
-        gpu.coalesce([np.zeros((1, 2)), np.zeros((1, 2))])
+        batch_mod.coalesce([np.zeros((1, 2)), np.zeros((1, 2))])
 
 
 def test_env_switch_selects_the_method(monkeypatch):
@@ -173,9 +173,9 @@ def test_env_switch_selects_the_method(monkeypatch):
     xs = [torch.zeros(1, 2), torch.zeros(1, 2)]
     if not batch_mod._have_cupy():
         with pytest.raises(ImportError, match="needs CuPy"):
-            gpu.coalesce(xs)
+            batch_mod.coalesce(xs)
     monkeypatch.setenv("SHMSERVE_GPU_BATCH", "cat")
-    assert gpu.coalesce(xs).method == "cat"
+    assert batch_mod.coalesce(xs).method == "cat"
 
 
 def test_root_buffer_finds_the_mapping_behind_a_batch_view():

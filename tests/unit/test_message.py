@@ -3,7 +3,8 @@ import pytest
 
 from shmserve.errors import InvalidInput
 from shmserve.shm.message import decode_call, decode_result, encode_call, encode_result, layout
-from shmserve.shm.tensor import as_array, numpy_dtype
+from shmserve.tensors import numpy_dtype
+from shmserve.tensors import to_wire as as_array
 
 
 def test_single_tensor_call_has_no_metadata():
