@@ -262,12 +262,9 @@ def _supervise(ctx: Any, workers: list[_APIWorker], sock: socket.socket, signals
 def _sweep_dead() -> None:
     """Remove shared memory left by processes that died without cleaning up (a killed API worker)."""
     try:
-        removed = registry.sweep()
+        registry.sweep()  # it warns with the counts when it removed anything
     except Exception:  # cleanup must never mask the real outcome
         log.exception("sweeping shared memory of dead processes failed")
-        return
-    if removed:
-        log.info("removed %d shared-memory names left by dead processes", len(removed))
 
 
 def _stop_workers(workers: list[_APIWorker], timeout: float) -> None:
