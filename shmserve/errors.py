@@ -27,7 +27,9 @@ worker answers with when the error is raised on its side)::
      └── CudaError [500]                  a CUDA driver call failed
 
 `CATALOGUE` is that drawing as data: one row per exception with its HTTP
-status and, where it has one, the wire status. Each class's ``http_status``
+status and, where it has one, the wire status (a `shmserve.shm.wire.Status`
+name: the transport imports this module, so the table names the members
+rather than importing them; a test checks that every member has a row). Each class's ``http_status``
 is set from it, the runner client turns wire statuses into exceptions with
 `from_wire`, and the OpenAPI document lists the error responses of an API
 from it (`api_responses`). Errors raised inside a runner worker travel back to
@@ -166,7 +168,7 @@ class Entry:
 
     exception: type[ShmserveError]
     http_status: int
-    wire_status: str | None = None  # name of the `shmserve.shm.ring` status member, e.g. "BAD_REQUEST"
+    wire_status: str | None = None  # name of the `shmserve.shm.wire.Status` member, e.g. "BAD_REQUEST"
     api: bool = False
     when: str = ""
 

@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .errors import CATALOGUE, RunnerError, RunnerUnavailable, ShmserveError
-from .shm import handshake, ring
+from .errors import RunnerError, RunnerUnavailable, ShmserveError, from_wire
+from .shm import handshake
 from .shm.channel import ChannelView
 from .shm.health import HealthBoard
 from .shm.ring import BLOCK_FREE, BLOCK_HEADER, U64, ChannelLayout, RingAllocator
 from .shm.segment import Segment
 from .shm.signal import Signal
+from .shm.wire import Status
 from .traces import call_traces
 from .watchdog import Health, WatchdogLimits
 
@@ -197,9 +198,7 @@ def free_block(arena: memoryview, block_off: int, block_len: int = BLOCK_HEADER)
         pass  # the link was closed (a lease outlived it): the worker is gone and nobody reclaims the arena
 
 
-# The wire status -> exception half of the one table in `shmserve.errors`.
-_ERRORS: dict[int, type[ShmserveError]] = {getattr(ring, f"ST_{e.wire_status}"): e.exception
-                                           for e in CATALOGUE if e.wire_status}
+_STATUS_CODES = frozenset(s.value for s in Status)
 
 
 def remote_error(runner: str, method: str, code: int, meta: bytes) -> BaseException:
@@ -209,8 +208,9 @@ def remote_error(runner: str, method: str, code: int, meta: bytes) -> BaseExcept
     except ValueError:
         info = {"type": "Error", "message": meta.decode(errors="replace"), "traceback": ""}
     message = info.get("message", "")
-    if code == ring.ST_MODEL_ERROR:
+    if code == Status.MODEL_ERROR:
         return RunnerError(f"{runner}.{method} raised {info.get('type')}: {message}", info.get("type", ""),
                            info.get("traceback", ""))
-    cls = _ERRORS.get(code, RunnerError)
-    return cls(f"{runner}.{method}: {message}")
+    name = Status(code).name if code in _STATUS_CODES else ""  # a status from a newer worker: RunnerError
+    return from_wire(name, f"{runner}.{method}: {message}")
+

@@ -12,9 +12,9 @@ from shmserve.http.openapi import build_openapi
 from shmserve.io import NumpyNdarray
 from shmserve.link import remote_error
 from shmserve.service import Service
-from shmserve.shm import ring
+from shmserve.shm.wire import Status
 
-WIRE_FAILURES = {name[3:]: value for name, value in vars(ring).items() if name.startswith("ST_") and name != "ST_OK"}
+WIRE_FAILURES = {s.name: s.value for s in Status if s is not Status.OK}
 
 
 def _exception_classes() -> list[type[ShmserveError]]:
