@@ -1,6 +1,8 @@
 """The tensor kinds shmserve carries, and the limits of each place they cross.
 
-Every "is this a torch / CUDA tensor?" in shmserve asks this module::
+Every "is this a torch / CUDA tensor?" of the transport, the HTTP side and
+`shmserve.gpu` is asked here (the framework adapters in `shmserve.models`
+work with their own framework's types directly)::
 
     kind         what it is                  crosses the transport as                 wire kind
     numpy        numpy.ndarray               its bytes in an arena + a TensorHeader   0
