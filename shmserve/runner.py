@@ -90,11 +90,11 @@ class RunnerMethod:
         timeout = self.runner.timeout if timeout is None else timeout
         backend = self.runner._backend_or_raise()
         if _running_loop() is not None and not isinstance(backend, LocalBackend):
+            call = "runner" if self.name == "__call__" else f"runner.{self.name}"
             raise BlockingCall(
-                f"runner.{self.name}.run() of runner {self.runner.name!r} was called inside a running event loop "
+                f"{call}.run() of runner {self.runner.name!r} was called inside a running event loop "
                 f"(an async API or coroutine), where it would block every other request until its result came: "
-                f"use `await runner.{self.name}.async_run(...)` there, or make the API a plain `def` "
-                "(those run on a thread)"
+                f"use `await {call}.async_run(...)` there, or make the API a plain `def` (those run on a thread)"
             )
         return backend.call(self.name, args, kwargs, timeout)
 
