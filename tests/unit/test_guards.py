@@ -92,3 +92,20 @@ def test_a_queue_size_over_its_limit_is_an_error_naming_the_limit() -> None:
     with pytest.raises(InvalidSetting, match="above its limit of 1024"):
         runner.configure(max_queue_size=MAX_QUEUE_SIZE + 1)
     assert runner.max_queue_size == MAX_QUEUE_SIZE
+
+
+class CallRunnable(shmserve.Runnable):
+    @shmserve.Runnable.method(batchable=False)
+    def __call__(self, x: Any) -> Any:
+        return x
+
+
+def test_the_default_method_is_named_as_runner_async_run() -> None:
+    runner = shmserve.Runner(CallRunnable, name="guard_default")
+    runner._bind(WorkerBackend())
+
+    async def api() -> Any:
+        return runner.run(1)
+
+    with pytest.raises(BlockingCall, match=r"runner\.run\(\) of runner 'guard_default'.*`await runner\.async_run"):
+        asyncio.run(api())
