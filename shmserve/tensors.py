@@ -52,7 +52,7 @@ from .errors import InvalidInput
 __all__ = [
     "CUDA_IPC_DTYPES", "CUDA_IPC_NEEDS_VIEW", "CUPY", "HTTP", "KINDS", "KIND_NUMPY", "KIND_TORCH", "NUMPY",
     "TORCH", "TORCH_CUDA", "TRANSPORT", "TensorKind", "TensorLimits", "from_wire", "is_device", "is_tensor",
-    "is_torch", "join", "kind_of", "numpy_dtype", "plan", "split", "to_list", "to_numpy", "to_wire",
+    "join", "kind_of", "numpy_dtype", "plan", "split", "to_list", "to_numpy", "to_wire",
 ]
 
 KIND_NUMPY = 0  # TensorHeader kind codes (shmserve.shm.objects adds 2: raw buffers)
@@ -134,12 +134,6 @@ def kind_of(x: Any) -> TensorKind | None:
 def is_tensor(x: Any) -> bool:
     """Whether `x` is a tensor of any kind."""
     return kind_of(x) is not None
-
-
-def is_torch(x: Any) -> bool:
-    """Whether `x` is a torch tensor (on any device)."""
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(x, torch.Tensor)
 
 
 def is_device(x: Any) -> bool:
