@@ -32,7 +32,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import orjson
 
 from .descriptor import Headers, IODescriptor, dumps_json, media_type
 from .errors import InvalidInput, UnsupportedMediaType
