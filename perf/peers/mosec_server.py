@@ -4,8 +4,9 @@ Run inside perf/peers/.venvs/mosec (never the project's environment)::
 
     python mosec_server.py --port 3000 --address 127.0.0.1
 
-POST /inference with a JSON array (1, 784) or a .npy body (sniffed by its
-magic bytes); the answer is a JSON array. Settings as in ../../shared/bench:
+POST /inference with a JSON array (1, 784), a .npy body (sniffed by its
+magic bytes) or the raw float32 bytes of rows of 784 (anything else; Mosec
+hands the worker no headers, so the shape is implied); the answer is a JSON array. Settings as in ../../shared/bench:
 max_batch_size 64, max_wait_time 10 ms, one worker, numeric libraries at one
 thread.
 """
@@ -29,7 +30,9 @@ class MLPWorker(Worker):
         try:
             if data[:6] == _NPY_MAGIC:
                 return np.load(io.BytesIO(data), allow_pickle=False).astype(np.float32, copy=False)
-            return np.asarray(msgspec.json.decode(data), dtype=np.float32)
+            if data[:1] == b"[":
+                return np.asarray(msgspec.json.decode(data), dtype=np.float32)
+            return np.frombuffer(data, dtype=np.float32).reshape(-1, 784)
         except Exception as exc:
             raise DecodingError(f"cannot decode the body: {exc}") from exc
 

@@ -1,0 +1,219 @@
+"""Instructions per request of the API worker path, counted by callgrind (repeatable on a noisy machine).
+
+Wall-clock figures on a shared machine move by tens of percent from run to
+run; the number of instructions a process executes to answer a request does
+not, so this is the figure to judge a change of the HTTP path by.
+
+What runs:
+
+- this process starts the runner worker of ``examples.service_mlp`` (real
+  processes, real shared memory; not under valgrind);
+- an API worker, the same pieces as ``shmserve serve``'s (service loaded,
+  runners attached, `App`, `HttpServer`, the runner-trace metrics hook, uvloop),
+  runs under ``valgrind --tool=callgrind --instr-atstart=no``;
+- once it listens, this process sends ``--warmup`` requests, switches
+  instrumentation on (``callgrind_control -i on``), sends ``--requests``
+  requests over ``--connections`` keep-alive connections (each one request
+  at a time), dumps the counters (``callgrind_control -d``) and stops the worker.
+
+Instructions per request = the dump's ``summary`` / requests. They include
+everything the worker did meanwhile: the 0.5 s tick and the metrics publish
+(a few hundred thousand instructions per second of wall time) and the
+completion wake-ups, of which a worker slowed ~50x by valgrind gets about one
+per request (at full speed one wake-up brings several results), so the figure
+is an upper bound of the per-request work at saturation. ``--annotate`` prints
+the top functions (``callgrind_annotate``; C functions: the interpreter, uvloop,
+httptools, numpy, orjson)::
+
+    python -m perf.callgrind_api --body json --requests 2000
+    python -m perf.callgrind_api --body raw --requests 2000 --tree /path/to/other/checkout
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .env import REPO, THREAD_ENV, bench_dir
+
+__all__ = ["main", "load", "measure"]
+
+SERVICE = "examples.service_mlp:svc"
+#: the API worker's main, a script that imports only shmserve (of the tree under test)
+WORKER = Path(__file__).resolve().parent / "_callgrind_worker.py"
+
+
+def _request(path: str, body: bytes, ctype: str, extra: dict[str, str]) -> bytes:
+    head = [f"POST {path} HTTP/1.1", "host: 127.0.0.1", f"content-type: {ctype}", f"content-length: {len(body)}"]
+    head += [f"{k}: {v}" for k, v in extra.items()]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+async def _client(port: int, request: bytes, n: int, statuses: list[int]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for _ in range(n):
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            statuses.append(int(head.split(b" ", 2)[1]))
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            await reader.readexactly(length)
+    finally:
+        writer.close()
+
+
+def load(port: int, request: bytes, total: int, connections: int) -> list[int]:
+    """Send `total` requests over `connections` connections, each one at a time; return the statuses."""
+    statuses: list[int] = []
+    per = [total // connections + (1 if i < total % connections else 0) for i in range(connections)]
+
+    async def all_clients() -> None:
+        await asyncio.gather(*(_client(port, request, n, statuses) for n in per if n))
+
+    asyncio.run(all_clients())
+    return statuses
+
+
+def bodies() -> dict[str, tuple[bytes, str, dict[str, str]]]:
+    """The saturation benchmark's two bodies: the (1, 784) JSON array and its raw float32 bytes."""
+    raw_json = (bench_dir() / "body_array.json").read_bytes()
+    x = np.asarray(json.loads(raw_json), dtype=np.float32)
+    shape = ",".join(str(n) for n in x.shape)
+    return {"json": (raw_json, "application/json", {}),
+            "raw": (x.tobytes(), "application/octet-stream", {"x-tensor-dtype": "float32", "x-tensor-shape": shape})}
+
+
+def _control(*args: str) -> None:
+    subprocess.run(["callgrind_control", *args], check=True, capture_output=True, timeout=120)
+
+
+def measure(tree: Path, body: str, requests: int, warmup: int, connections: int, scratch: Path,
+            annotate: int) -> dict[str, Any]:
+    """One callgrind run of an API worker from `tree`; the runner worker is started here from the same tree."""
+    env = dict(os.environ, **THREAD_ENV)
+    env["PYTHONPATH"] = os.pathsep.join([str(tree), str(bench_dir())])
+    env["SHMSERVE_RUNTIME_DIR"] = str(scratch / "run")
+    (scratch / "run").mkdir(mode=0o700, exist_ok=True)
+    port_file = scratch / "port"
+    out_file = scratch / "callgrind.out"
+    # The runner worker: a plain `shmserve.start` in a helper process of the tree under test.
+    starter = subprocess.Popen(
+        [sys.executable, "-c", "import sys, shmserve; from shmserve.service import load_service; "
+         f"svc = load_service({SERVICE!r}); g = shmserve.start(*svc.runners, bind=False); "
+         "print('ready', flush=True); sys.stdin.read(); g.stop()"],
+        cwd=tree, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    worker = None
+    try:
+        assert starter.stdout is not None
+        if not starter.stdout.readline().startswith("ready"):
+            raise RuntimeError("the runner worker did not start")
+        worker = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out_file}",
+             sys.executable, str(WORKER), SERVICE, str(port_file)],
+            cwd=tree, env=env,
+            stdout=(scratch / "worker.log").open("wb"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 900
+        while not port_file.exists():
+            if worker.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the API worker did not start; see {scratch / 'worker.log'}:\n"
+                                   + (scratch / "worker.log").read_text(errors="replace")[-3000:])
+            time.sleep(0.2)
+        port = int(port_file.read_text())
+        data, ctype, extra = bodies()[body]
+        request = _request("/predict", data, ctype, extra)
+        bad = [s for s in load(port, request, warmup, connections) if s != 200]
+        if bad:
+            raise RuntimeError(f"warm-up requests answered {sorted(set(bad))}")
+        _control("-i", "on", str(worker.pid))
+        t0 = time.monotonic()
+        statuses = load(port, request, requests, connections)
+        wall = time.monotonic() - t0
+        _control("-d", str(worker.pid))
+        _control("-i", "off", str(worker.pid))
+        dumps = sorted(glob.glob(f"{out_file}.*"))
+        if not dumps:
+            raise RuntimeError("callgrind wrote no dump")
+        summary = 0
+        for line in Path(dumps[-1]).read_text(errors="replace").splitlines():
+            if line.startswith(("summary:", "totals:")):
+                summary = int(line.split()[1])
+                break
+        result: dict[str, Any] = {"tree": str(tree), "body": body, "requests": requests,
+                                  "ok": statuses.count(200), "connections": connections,
+                                  "instructions": summary, "instructions_per_request": summary / max(1, requests),
+                                  "wall_s_under_valgrind": wall}
+        if annotate:
+            ann = subprocess.run(["callgrind_annotate", "--inclusive=no", dumps[-1]], capture_output=True,
+                                 text=True, timeout=300).stdout
+            result["top"] = _top(ann, annotate)
+        return result
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(300)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+        if starter.poll() is None:
+            assert starter.stdin is not None
+            starter.stdin.close()
+            try:
+                starter.wait(60)
+            except subprocess.TimeoutExpired:
+                starter.kill()
+                starter.wait()
+
+
+def _top(annotate_text: str, n: int) -> list[str]:
+    """The first `n` function lines of callgrind_annotate's output."""
+    lines = [ln for ln in annotate_text.splitlines() if ln.strip() and ln.strip()[0].isdigit() and "  " in ln]
+    return lines[:n]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: see the module docstring."""
+    p = argparse.ArgumentParser(prog="python -m perf.callgrind_api", description=__doc__.split("\n\n")[0])
+    p.add_argument("--body", default="json", choices=("json", "raw"))
+    p.add_argument("--requests", type=int, default=2000)
+    p.add_argument("--warmup", type=int, default=300)
+    p.add_argument("--connections", type=int, default=16)
+    p.add_argument("--tree", action="append", type=Path, default=[], help="checkout to measure (repeatable; "
+                                                                            "default: this one)")
+    p.add_argument("--annotate", type=int, default=0, metavar="N", help="also list the top N functions")
+    args = p.parse_args(argv)
+    results = []
+    for tree in args.tree or [REPO]:
+        with tempfile.TemporaryDirectory(prefix="shmserve-callgrind-") as tmp:
+            res = measure(tree.resolve(), args.body, args.requests, args.warmup, args.connections, Path(tmp),
+                          args.annotate)
+        results.append(res)
+        print(f"{res['tree']}: {res['body']} body, {res['ok']}/{res['requests']} ok, "
+              f"{res['instructions_per_request']:,.0f} instructions/request "
+              f"({res['wall_s_under_valgrind']:.0f} s under valgrind)", flush=True)
+        for line in res.get("top", []):
+            print("   ", line)
+    out = REPO / "perf" / "results" / f"callgrind_api_{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=1))
+    print(f"written: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
