@@ -253,7 +253,7 @@ class RunnerSettings(Settings):
     workers_per_resource: float = Field(1.0, gt=0, description="worker processes per CPU or GPU in resources")
     arena_mb: int = Field(_runner.DEFAULT_ARENA_MB, ge=1,
                           description="MiB of each shared-memory data arena (inputs, outputs) per channel")
-    max_queue_size: int = Field(_runner_default("max_queue_size"), ge=1, le=1024,
+    max_queue_size: int = Field(_runner_default("max_queue_size"), ge=1, le=_runner.MAX_QUEUE_SIZE,
                                 description="most calls one API worker may have in flight to the runner")
 
 
