@@ -7,11 +7,11 @@ worker answers with when the error is raised on its side)::
      ├── ConfigError [500]                a runner, service or setting is invalid
      │    ├── SharedMemoryTooSmall [503]  /dev/shm has less room than the runners need
      │    ├── RuntimeDirUnsafe [500]      the runtime directory is not private (also a PermissionError)
- │    ├── InvalidSetting [500]        a setting or SHMSERVE_* variable is out of range (also a ValueError)
+     │    ├── InvalidSetting [500]        a setting or SHMSERVE_* variable is out of range (also a ValueError)
      │    └── GpuUnavailable [503]        no driver, device, CuPy or CUDA build of torch
      ├── RunnerNotStarted [503]           called before start(), connect() or init_local()
      ├── RunnerNameClash [500]            another live process serves a runner of this name
- ├── BlockingCall [500]               a sync run() on a thread running an event loop (also a RuntimeError)
+     ├── BlockingCall [500]               a sync run() on a thread running an event loop (also a RuntimeError)
      ├── InvalidInput [400]               wire: BAD_REQUEST; an argument cannot cross
      │    ├── TensorTooLarge [413]        wire: TOO_LARGE; more than the arena holds
      │    └── UnsupportedMediaType [415]  a Content-Type the API does not read
@@ -29,10 +29,10 @@ worker answers with when the error is raised on its side)::
 `CATALOGUE` is that drawing as data: one row per exception with its HTTP
 status and, where it has one, the wire status (a `shmserve.shm.wire.Status`
 name: the transport imports this module, so the table names the members
-rather than importing them; a test checks that every member has a row). Each class's ``http_status``
-is set from it, the runner client turns wire statuses into exceptions with
-`from_wire`, and the OpenAPI document lists the error responses of an API
-from it (`api_responses`). Errors raised inside a runner worker travel back to
+rather than importing them; a test checks that every member has a row).
+Each class's ``http_status`` is set from it, the runner client turns wire
+statuses into exceptions with `from_wire`, and the OpenAPI document lists the
+error responses of an API from it (`api_responses`). Errors raised inside a runner worker travel back to
 the caller as text (the exception type name, message and remote traceback),
 never as a pickled object.
 """
