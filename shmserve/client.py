@@ -23,12 +23,14 @@ import os
 import threading
 import time
 import weakref
-from contextvars import ContextVar
+from collections.abc import AsyncGenerator, Iterator
 from typing import Any
 
 import numpy as np
 
 from . import lease, registry, traces
+from .client_stream import StreamingCalls
+from .deadline import call_deadline, request_deadline  # noqa: F401  (request_deadline: public here too)
 from .errors import (
     InvalidInput,
     RunnerOverloaded,
@@ -50,13 +52,8 @@ COPY_RESULT_MAX = 64 * 1024  # results up to this size are copied out; larger on
 POLL_S = 0.1  # leader wake-up period: liveness checks of workers with calls in flight
 RECONNECT_EVERY_S = 0.05
 
-#: The deadline (CLOCK_MONOTONIC seconds) of the request being served in this context, if any: an
-#: API with a ``timeout`` sets it (`shmserve.http.app`), and every runner call made for the request
-#: is then due by it, whatever its own timeout.
-request_deadline: ContextVar[float | None] = ContextVar("shmserve_request_deadline", default=None)
 
-
-class RunnerClient:
+class RunnerClient(StreamingCalls):
     """Calls into the workers of one running runner (the shared-memory backend of a Runner)."""
 
     def __init__(self, name: str, connect_timeout: float = 10.0) -> None:
@@ -155,18 +152,13 @@ class RunnerClient:
 
     def _deadline(self, timeout: float | None) -> float | None:
         """When a call made now is due: its timeout, else the runner's default, and never past the request's."""
-        now = time.monotonic()
-        if timeout is None:
-            timeout = self.default_timeout
-        deadline = now + timeout if timeout is not None else None
-        scope = request_deadline.get()
-        if scope is not None and (deadline is None or scope < deadline):
-            deadline = scope
-        return deadline
+        return call_deadline(timeout, self.default_timeout)
 
     def _submit(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], deadline: float | None,
-                block_for_space: bool = True) -> Pending:
-        """Publish one call; `deadline` (monotonic seconds, None: none) travels with it to the worker."""
+                block_for_space: bool = True, stream: Any = None) -> Pending:
+        """Publish one call; `deadline` (monotonic seconds, None: none) travels with it to the worker.
+
+        `stream`: the item sink of a streaming call (`shmserve.client_stream`)."""
         if self._closed:
             raise RunnerUnavailable(f"the client of runner {self.name!r} is closed")
         index = self._method_index(method)
@@ -211,7 +203,7 @@ class RunnerClient:
                     block = link.requests.alloc(nbytes, align)  # type: ignore[union-attr]
                     if block is not None:
                         return self._publish(link, index, method, tensors, offsets, meta, meta_off, block,
-                                             deadline or 0.0)
+                                             deadline or 0.0, stream)
             # The arena or ring is full: results on their way back will free space.
             if not block_for_space or time.monotonic() > space_deadline:
                 raise RunnerOverloaded(f"the shared-memory arena of runner {self.name!r} stayed full; retry later")
@@ -226,7 +218,7 @@ class RunnerClient:
         return self._gpu
 
     def _publish(self, link: WorkerLink, index: int, method: str, tensors: list[Tensor], offsets: list[int],
-                 meta: bytes, meta_off: int, block: list[int], deadline: float) -> Pending:
+                 meta: bytes, meta_off: int, block: list[int], deadline: float, stream: Any = None) -> Pending:
         v = link.view
         assert v is not None
         arena = v.req_arena
@@ -249,6 +241,7 @@ class RunnerClient:
         link.req_head += 1
         v.set(ring.H_REQ_HEAD, link.req_head)
         p = Pending(seq, link, slot, block, method, submit)
+        p.stream = stream  # set before the worker can answer
         link.pending[seq] = p
         self._inflight += 1
         link.doorbell.post()  # type: ignore[union-attr]
@@ -424,6 +417,9 @@ class RunnerClient:
         while link.resp_tail < head:
             fixed, tmetas, meta = v.read_desc(v.resp_slot(link.resp_tail), v.resp_arena)
             link.resp_tail += 1
+            if fixed[1] == ring.ST_ITEM:  # one item of a streaming call: the call stays in flight
+                self._stream_item(link, link.pending.get(fixed[0]), tmetas, meta, fixed[3], fixed[4])
+                continue
             p = link.pending.pop(fixed[0], None)
             if p is None:
                 continue
@@ -474,6 +470,9 @@ class RunnerClient:
         for p, result, error in done:
             p.result, p.error = result, error
             p.done = True
+            if p.stream is not None:
+                p.stream((None, error, True))  # after its items: the same sink, the same hop
+                continue
             if p.future is not None and p.loop is not None:
                 by_loop.setdefault(p.loop, []).append((p.future, result, error))
             elif p.lock is not None:
@@ -579,17 +578,35 @@ def _close_signal(sig: Signal) -> None:
 
 # -- public helpers ---------------------------------------------------------------------------
 class RemoteMethod:
-    """`client.<method>` of a connected runner: `.run()` and `.async_run()`."""
+    """`client.<method>` of a connected runner: `.run()` and `.async_run()`, or `.stream()` and
+    `.async_stream()` for a generator method."""
 
     def __init__(self, client: RunnerClient, name: str) -> None:
         self._client = client
         self.name = name
+        self.streams = bool(client.methods.get(name, {}).get("stream"))
 
     def run(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        self._check(False)
         return self._client.call(self.name, args, kwargs, timeout)
 
     async def async_run(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        self._check(False)
         return await self._client.async_call(self.name, args, kwargs, timeout)
+
+    def stream(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Iterator[Any]:
+        self._check(True)
+        return self._client.stream(self.name, args, kwargs, timeout)
+
+    def async_stream(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> AsyncGenerator[Any, None]:
+        self._check(True)
+        return self._client.async_stream(self.name, args, kwargs, timeout)
+
+    def _check(self, stream: bool) -> None:
+        if stream != self.streams:
+            raise InvalidInput(f"{self._client.name}.{self.name} " + (
+                "is not a generator method: use run() / async_run()" if stream else
+                "is a generator method: iterate stream(...), or async_stream(...) with `async for`"))
 
 
 class ConnectedRunner:

@@ -1,4 +1,4 @@
-"""IO descriptors for media and tables: `Image`, `File`, `Multipart`, `PandasDataFrame`.
+"""IO descriptors for media and tables: `Image`, `File`, `Multipart`; `PandasDataFrame` and `PandasSeries`.
 
 They plug into ``@svc.api(input=..., output=...)`` like `shmserve.io.NumpyNdarray`
 and are importable from `shmserve.io` too. Each decodes the request body in
@@ -12,9 +12,10 @@ with a message saying what to send, and describes itself in ``/docs.json``.
   an API may return bytes, a file-like or a path.
 * `Multipart(**descriptors)` — ``multipart/form-data`` (parsed by python-multipart),
   one field per named descriptor, each decoded by it; the API gets a dict.
-* `PandasDataFrame` — JSON (`orient` ``"records"`` or ``"columns"``), CSV
-  (``text/csv``) and Parquet (``application/vnd.apache.parquet``, where pyarrow
-  is installed).
+* `PandasDataFrame` — JSON (`orient` ``"records"``, ``"columns"``, ``"split"``,
+  ``"index"`` or ``"values"``), CSV (``text/csv``) and Parquet
+  (``application/vnd.apache.parquet``, where pyarrow is installed); `PandasSeries`
+  — JSON. Both live in `shmserve.io_pandas` and are importable from here.
 
 Pillow, pandas, pyarrow and python-multipart are imported only when a
 descriptor that needs them is created.
@@ -22,7 +23,6 @@ descriptor that needs them is created.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import io
 import os
 import secrets
@@ -30,17 +30,13 @@ import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import orjson
-
-from .descriptor import Headers, IODescriptor, dumps_json, media_type
+from .descriptor import Headers, IODescriptor, media_type
 from .errors import InvalidInput, UnsupportedMediaType
+from .io_pandas import PandasDataFrame, PandasSeries
 
-__all__ = ["Image", "File", "Multipart", "PandasDataFrame"]
+__all__ = ["Image", "File", "Multipart", "PandasDataFrame", "PandasSeries"]
 
 _CT_OCTET = "application/octet-stream"
-_CT_CSV = "text/csv"
-_CT_PARQUET = "application/vnd.apache.parquet"
-_PARQUET_TYPES = (_CT_PARQUET, "application/x-parquet", _CT_OCTET)
 
 
 def _require(module: str, extra: str, what: str) -> Any:
@@ -305,111 +301,3 @@ def _parse_parts(body: bytes, boundary: bytes) -> dict[str, tuple[dict[bytes, by
             raise InvalidInput(f"multipart field {name!r} is sent twice")
         out[name] = (headers, bytes(data))
     return out
-
-
-class PandasDataFrame(IODescriptor):
-    """A pandas DataFrame from JSON, CSV or Parquet; see the module docstring.
-
-    Args:
-        orient: JSON layout, ``"records"`` (a list of row objects) or ``"columns"``
-            (an object of column name to values); responses use it too.
-        columns: required column names (HTTP 400 when one is missing).
-        dtype: a dtype, or a dict of column to dtype, the columns are cast to.
-        default_format: response format when ``Accept`` names none of
-            ``text/csv`` / ``application/vnd.apache.parquet``: ``"json"``, ``"csv"`` or ``"parquet"``.
-    """
-
-    def __init__(self, orient: str = "records", columns: Iterable[str] | None = None, dtype: Any = None,
-                 default_format: str = "json") -> None:
-        if orient not in ("records", "columns"):
-            raise ValueError(f"PandasDataFrame orient must be 'records' or 'columns', got {orient!r}")
-        if default_format not in ("json", "csv", "parquet"):
-            raise ValueError(f"PandasDataFrame default_format must be json, csv or parquet, got {default_format!r}")
-        self._pd = _require("pandas", "pandas", "shmserve.io.PandasDataFrame")
-        self.orient = orient
-        self.columns = list(columns) if columns is not None else None
-        self.dtype = dtype
-        self.default_format = default_format
-        self.parquet = importlib.util.find_spec("pyarrow") is not None
-        if default_format == "parquet" and not self.parquet:
-            raise ImportError("PandasDataFrame(default_format='parquet') needs pyarrow: pip install pyarrow")
-        self.request_media_types = ("application/json", _CT_CSV) + ((_CT_PARQUET,) if self.parquet else ())
-        self.response_media_types = self.request_media_types
-
-    def decode(self, body: bytes, headers: Headers) -> Any:
-        """Read JSON (the default), CSV or Parquet into a DataFrame."""
-        pd = self._pd
-        mt = media_type(headers).decode("latin-1")
-        try:
-            if not mt or mt == "application/json":
-                df = self._from_json(body)
-            elif mt == _CT_CSV:
-                df = pd.read_csv(io.BytesIO(body))
-            elif mt in _PARQUET_TYPES and self.parquet:
-                df = pd.read_parquet(io.BytesIO(body))
-            else:
-                raise UnsupportedMediaType(f"Content-Type {mt!r} is not read here; send one of "
-                                           f"{list(self.request_media_types)}")
-        except InvalidInput:
-            raise
-        except Exception as exc:  # pandas/pyarrow parse errors have many types
-            raise InvalidInput(f"the {mt or 'application/json'} body is not a table this API can read ({exc})") \
-                from None
-        if self.columns is not None:
-            missing = [c for c in self.columns if c not in df.columns]
-            if missing:
-                raise InvalidInput(f"columns {missing} are missing; this API needs {self.columns}")
-        if self.dtype is not None:
-            try:
-                df = df.astype(self.dtype)
-            except (ValueError, TypeError, KeyError) as exc:
-                raise InvalidInput(f"cannot convert the columns to {self.dtype!r} ({exc})") from None
-        return df
-
-    def _from_json(self, body: bytes) -> Any:
-        try:
-            obj = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidInput(f"request body is not valid JSON ({exc})") from None
-        if self.orient == "records" and not (isinstance(obj, list) and all(isinstance(r, dict) for r in obj)):
-            raise InvalidInput('orient "records" needs a JSON list of row objects, e.g. [{"a": 1, "b": 2}]')
-        if self.orient == "columns" and not isinstance(obj, dict):
-            raise InvalidInput('orient "columns" needs a JSON object of columns, e.g. {"a": [1, 2], "b": [3, 4]}')
-        if self.orient == "columns" and all(isinstance(v, list) for v in obj.values()):
-            return self._pd.DataFrame(obj)
-        return self._pd.DataFrame.from_dict(obj, orient="columns") if self.orient == "columns" \
-            else self._pd.DataFrame.from_records(obj)
-
-    def encode(self, value: Any, accept: bytes) -> tuple[bytes, bytes, bytes]:
-        """Write the DataFrame per `accept` (CSV, Parquet) or `default_format`."""
-        pd = self._pd
-        df = value if isinstance(value, pd.DataFrame) else pd.DataFrame(value)
-        fmt = self.default_format
-        if _CT_CSV.encode() in accept:
-            fmt = "csv"
-        elif self.parquet and _CT_PARQUET.encode() in accept:
-            fmt = "parquet"
-        if fmt == "csv":
-            return _CT_CSV.encode(), df.to_csv(index=False).encode("utf-8"), b""
-        if fmt == "parquet":
-            out = io.BytesIO()
-            df.to_parquet(out, index=False)
-            return _CT_PARQUET.encode(), out.getvalue(), b""
-        if self.orient == "records":
-            return b"application/json", dumps_json(df.to_dict(orient="records")), b""
-        return b"application/json", dumps_json(df.to_dict(orient="list")), b""
-
-    def openapi_schema(self) -> dict[str, Any]:
-        """Rows (records) or columns (columns) as JSON."""
-        if self.orient == "records":
-            row: dict[str, Any] = {"type": "object"}
-            if self.columns:
-                row["required"] = self.columns
-            return {"type": "array", "items": row}
-        schema: dict[str, Any] = {"type": "object", "additionalProperties": {"type": "array"}}
-        if self.columns:
-            schema["required"] = self.columns
-        return schema
-
-    def __repr__(self) -> str:
-        return f"PandasDataFrame(orient={self.orient!r}, columns={self.columns!r})"

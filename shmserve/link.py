@@ -33,7 +33,7 @@ class Pending:
     """One call in flight."""
 
     __slots__ = ("seq", "link", "slot", "block", "method", "submit", "done", "result", "error", "lock", "future",
-                 "loop", "abandoned", "sink")
+                 "loop", "abandoned", "sink", "stream")
 
     def __init__(self, seq: int, link: "WorkerLink", slot: int, block: list[int], method: str, submit: float) -> None:
         self.seq = seq
@@ -49,6 +49,7 @@ class Pending:
         self.future: asyncio.Future[Any] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.abandoned = False
+        self.stream: Any = None  # a streaming call's sink, called with (item, error, ended) from any thread
         self.sink: list[tuple[str, str, dict[str, float]]] | None = call_traces.get()
 
 

@@ -13,6 +13,7 @@ runner exposes::
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar, Union, overload
@@ -47,10 +48,16 @@ class MethodSignature:
     input_spec: Any = field(default=None, compare=False)
     output_spec: Any = field(default=None, compare=False)
     accepts_empty: bool = False
+    #: a generator method (sync or async): its items stream back one by one (``async_stream``)
+    stream: bool = False
 
     @classmethod
     def make(cls, name: str, batchable: bool = False, batch_dim: BatchDim = 0,
-             input_spec: Any = None, output_spec: Any = None, accepts_empty: bool = False) -> "MethodSignature":
+             input_spec: Any = None, output_spec: Any = None, accepts_empty: bool = False,
+             stream: bool = False) -> "MethodSignature":
+        if stream and batchable:
+            raise ConfigError(f"method {name!r} is a generator (it streams its items) and cannot be batchable; "
+                              "drop batchable=True")
         if isinstance(batch_dim, tuple):
             if len(batch_dim) != 2 or not all(isinstance(d, int) for d in batch_dim):
                 raise ConfigError(f"batch_dim of method {name!r} must be an int or (input_dim, output_dim), got {batch_dim!r}")
@@ -60,7 +67,19 @@ class MethodSignature:
         else:
             raise ConfigError(f"batch_dim of method {name!r} must be an int or (input_dim, output_dim), got {batch_dim!r}")
         return cls(name=name, batchable=bool(batchable), input_dim=input_dim, output_dim=output_dim,
-                   input_spec=input_spec, output_spec=output_spec, accepts_empty=bool(accepts_empty))
+                   input_spec=input_spec, output_spec=output_spec, accepts_empty=bool(accepts_empty),
+                   stream=bool(stream))
+
+    def empty_call_error(self, shapes: list[tuple[int, ...]]) -> str:
+        """Why a call of 0 items along the batch dim is refused (the same words served and in process)."""
+        return (f"method {self.name!r} got a call of 0 items along batch dim {self.input_dim} (shapes {shapes}); "
+                "send at least one item, or declare @Runnable.method(..., accepts_empty=True) to receive "
+                "empty calls")
+
+
+def is_generator(func: Any) -> bool:
+    """A generator or async generator function: its runner method streams."""
+    return inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func)
 
 
 class _MethodDecl:
@@ -105,7 +124,8 @@ class Runnable:
         for attr, value in list(vars(cls).items()):
             if isinstance(value, _MethodDecl):
                 methods[attr] = MethodSignature.make(attr, value.batchable, value.batch_dim,
-                                                     value.input_spec, value.output_spec, value.accepts_empty)
+                                                     value.input_spec, value.output_spec, value.accepts_empty,
+                                                     stream=is_generator(value.func))
                 setattr(cls, attr, value.func)
         cls.methods = methods
         resources = cls.SUPPORTED_RESOURCES
@@ -113,6 +133,18 @@ class Runnable:
             raise ConfigError(
                 f"{cls.__name__}.SUPPORTED_RESOURCES must be a tuple of 'cpu' and/or 'nvidia.com/gpu', got {resources!r}"
             )
+
+    @classmethod
+    def prepare_call(cls, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+                     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Rewrite a call's arguments in the caller's process, before they cross to a worker.
+
+        The default keeps them. A Runnable overrides it to turn arguments the runner cannot
+        join into tensors it can: the transformers adapter packs a list of strings into byte
+        arrays, so that concurrent calls of a batchable text pipeline join one batch, and
+        unpacks them in its method. Called only for Runnables that override it.
+        """
+        return args, kwargs
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in _CLASS_ONLY:

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import re
 import warnings
-from collections.abc import Iterable
+from collections.abc import AsyncGenerator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -60,6 +60,14 @@ class Backend(Protocol):
         self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
     ) -> Any: ...
 
+    def async_stream(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+    ) -> AsyncGenerator[Any, None]: ...
+
+    def stream(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+    ) -> Iterator[Any]: ...
+
     def close(self) -> None: ...
 
 
@@ -74,6 +82,13 @@ class RunnerMethod:
         self.runner = runner
         self.config = config
         self.name = config.name
+        prepare = getattr(runner.runnable_class, "prepare_call", None)
+        # Looked up once: most Runnables keep the default, and their calls skip it.
+        default = getattr(prepare, "__func__", None) is Runnable.prepare_call.__func__  # type: ignore[attr-defined]
+        self._prepare = None if prepare is None or default else prepare
+
+    def _args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return (args, kwargs) if self._prepare is None else self._prepare(self.name, args, kwargs)
 
     def __call__(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         return self.run(*args, timeout=timeout, **kwargs)
@@ -84,24 +99,74 @@ class RunnerMethod:
         Raises `BlockingCall` on a thread running an event loop (an ``async def``
         API) when the runner is served by worker processes: waiting there would
         stall every other request of the loop. In-process runners (`init_local`,
-        ``embedded=True``) run the method right here, as a plain call would, and
-        are let through.
+        ``embedded=True``) are let through: their wait is the method's own run,
+        as a plain call would be.
         """
+        self._not_streaming()
         timeout = self.runner.timeout if timeout is None else timeout
+        backend = self._not_blocking("run", "async_run")
+        args, kwargs = self._args(args, kwargs)
+        return backend.call(self.name, args, kwargs, timeout)
+
+    def _not_blocking(self, sync: str, use: str) -> Backend:
+        """The backend, unless a sync call would block a running event loop on worker processes."""
         backend = self.runner._backend_or_raise()
         if _running_loop() is not None and not isinstance(backend, LocalBackend):
             call = "runner" if self.name == "__call__" else f"runner.{self.name}"
             raise BlockingCall(
-                f"{call}.run() of runner {self.runner.name!r} was called inside a running event loop "
+                f"{call}.{sync}() of runner {self.runner.name!r} was called inside a running event loop "
                 f"(an async API or coroutine), where it would block every other request until its result came: "
-                f"use `await {call}.async_run(...)` there, or make the API a plain `def` (those run on a thread)"
+                f"use `{'await ' if use == 'async_run' else 'async for item in '}{call}.{use}(...)` there, or make "
+                "the API a plain `def` (those run on a thread)"
             )
-        return backend.call(self.name, args, kwargs, timeout)
+        return backend
 
     async def async_run(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         """Call the method from async code; the event loop is never blocked."""
+        self._not_streaming()
         timeout = self.runner.timeout if timeout is None else timeout
+        args, kwargs = self._args(args, kwargs)
         return await self.runner._backend_or_raise().async_call(self.name, args, kwargs, timeout)
+
+    async def async_stream(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> AsyncGenerator[Any, None]:
+        """Call a generator method: ``async for item in runner.generate.async_stream(prompt): ...``.
+
+        Items arrive as the method yields them. Leaving the loop early (break, an error,
+        a cancelled task) stops the generator in the worker. `timeout` bounds the wait
+        for each item (default: the runner's).
+        """
+        self._streaming()
+        timeout = self.runner.timeout if timeout is None else timeout
+        args, kwargs = self._args(args, kwargs)
+        stream = self.runner._backend_or_raise().async_stream(self.name, args, kwargs, timeout)
+        try:
+            async for item in stream:
+                yield item
+        finally:
+            await stream.aclose()
+
+    def stream(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Iterator[Any]:
+        """`async_stream` for synchronous code: ``for item in runner.generate.stream(prompt): ...``.
+
+        The call is sent at once. Leaving the loop early (or closing the iterator) stops
+        the generator in the worker. `timeout` bounds the wait for each item.
+        """
+        self._streaming()
+        timeout = self.runner.timeout if timeout is None else timeout
+        backend = self._not_blocking("stream", "async_stream")
+        args, kwargs = self._args(args, kwargs)
+        return backend.stream(self.name, args, kwargs, timeout)
+
+    def _streaming(self) -> None:
+        if not self.config.signature.stream:
+            raise ConfigError(f"{self.runner.name}.{self.name} is not a generator method; call it with "
+                              f"run() / async_run()")
+
+    def _not_streaming(self) -> None:
+        if self.config.signature.stream:
+            raise ConfigError(f"{self.runner.name}.{self.name} is a generator method: iterate "
+                              f"`runner.{self.name}.stream(...)`, or `runner.{self.name}.async_stream(...)` "
+                              "with `async for`")
 
     def __repr__(self) -> str:
         return f"<RunnerMethod {self.runner.name}.{self.name} batchable={self.config.signature.batchable}>"
@@ -290,19 +355,24 @@ class Runner:
     # -- calling the default method -------------------------------------------
     @property
     def default_method(self) -> RunnerMethod:
-        """The method ``runner.run`` calls: ``__call__``, or the Runnable's only method."""
+        """The method ``runner.run`` calls: the Runnable's ``DEFAULT_METHOD`` when it names one
+        (a model adapter's: the signature its stored model answers by default), else ``__call__``,
+        else the Runnable's only method."""
         names = list(self.method_configs)
-        if "__call__" in self.method_configs:
-            return self.__dict__["__call__"]  # type: ignore[no-any-return]
-        if len(names) == 1:
-            return self.__dict__[names[0]]  # type: ignore[no-any-return]
+        preferred = getattr(self.runnable_class, "DEFAULT_METHOD", None)
+        if preferred is not None and preferred not in names:
+            raise ConfigError(f"{self.runnable_class.__name__}.DEFAULT_METHOD is {preferred!r}, which is not one "
+                              f"of its methods {sorted(names)}; name one of them, or set it to None")
+        for name in (preferred, "__call__", names[0] if len(names) == 1 else None):
+            if name in self.method_configs:
+                return self.__dict__[name]  # type: ignore[no-any-return]
         raise ConfigError(
             f"runner {self.name!r} has methods {sorted(names)} and none is __call__, so runner.run() cannot pick "
             f"one; call runner.<method>.run(...), e.g. runner.{sorted(names)[0]}.run(...)"
         )
 
     def run(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
-        """Call the default method (``__call__``, or the only method) and wait for its result."""
+        """Call the default method (see `default_method`) and wait for its result."""
         return self.default_method.run(*args, timeout=timeout, **kwargs)
 
     async def async_run(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:

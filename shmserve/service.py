@@ -53,6 +53,8 @@ class API:
     timeout: float | None = None
     #: the parameter that receives a `shmserve.Context`, when the function declares one
     ctx_param: str | None = None
+    #: an async generator function: its items are streamed (see `shmserve.http.stream`)
+    streams: bool = False
     route_bytes: bytes = field(init=False, repr=False, default=b"")
 
     def __post_init__(self) -> None:
@@ -150,7 +152,8 @@ class Service:
                 func=func,
                 input=input,
                 output=output,
-                is_async=inspect.iscoroutinefunction(func),
+                is_async=inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func),
+                streams=inspect.isasyncgenfunction(func),
                 doc=doc if doc is not None else inspect.getdoc(func) or "",
                 timeout=float(timeout) if timeout is not None else None,
                 ctx_param=_context_parameter(func),

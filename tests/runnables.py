@@ -1,6 +1,7 @@
 """Runnables used by the tests; module level so spawned workers can import them."""
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 
@@ -118,3 +119,59 @@ class MediaRunnable(shmserve.Runnable):
     def total(self, df):
         """A DataFrame in and out: its numeric columns crossed as arrays."""
         return df.assign(total=df["a"] + df["b"])
+
+
+class StreamRunnable(shmserve.Runnable):
+    """Generator methods: their items stream back (runner.<method>.async_stream)."""
+
+    def __init__(self) -> None:
+        self.stopped = 0
+        self.produced = 0
+
+    @shmserve.Runnable.method
+    def count(self, n: int):
+        for i in range(n):
+            yield np.full(2, i)
+
+    @shmserve.Runnable.method
+    async def words(self, text: str):
+        for w in text.split():
+            await asyncio.sleep(0)
+            yield w
+
+    @shmserve.Runnable.method
+    def gated(self, path: str):
+        """Yields 'first', then waits (up to 10 s) for `path` to exist before yielding 'second'."""
+        yield "first"
+        deadline = time.monotonic() + 10
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        yield "second"
+
+    @shmserve.Runnable.method
+    def forever(self):
+        try:
+            while True:
+                self.produced += 1
+                yield self.produced
+                time.sleep(0.002)
+        finally:
+            self.stopped += 1
+
+    @shmserve.Runnable.method
+    def fails(self):
+        yield 1
+        raise ValueError("broken stream")
+
+    @shmserve.Runnable.method
+    def big(self, nbytes: int):
+        """Yields one small item, then one of `nbytes` bytes (more than a small arena holds)."""
+        try:
+            yield np.zeros(4, np.uint8)
+            yield np.zeros(nbytes, np.uint8)
+        finally:
+            self.stopped += 1
+
+    @shmserve.Runnable.method
+    def stats(self) -> dict:
+        return {"stopped": self.stopped, "produced": self.produced}

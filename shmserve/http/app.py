@@ -39,6 +39,7 @@ from .observe import Observer, RequestContext
 from .openapi import build_openapi
 from .protocol import HttpProtocol, Request
 from .router import Router
+from .stream import is_stream, respond_stream
 from .v2 import V2Routes
 from .worker_metrics import WorkerMetrics
 
@@ -254,7 +255,9 @@ class App:
                     request_deadline.set(time.monotonic() + api.timeout)
                     if not api.is_async:
                         func = functools.partial(contextvars.copy_context().run, func)  # executors drop contexts
-                if api.is_async:
+                if api.streams:  # an async generator API: iterated below, item by item
+                    result = func(value)
+                elif api.is_async:
                     if api.timeout is None:
                         result = await func(value)
                     else:
@@ -282,6 +285,9 @@ class App:
             self.in_flight -= 1
         if timeline is not None:
             timeline["api_done"] = time.monotonic()
+        if is_stream(result):
+            await respond_stream(self, api, result, request, conn, start, ctx)
+            return
         try:
             ctype, body, extra = api.output.encode(result, request.headers.get(b"accept", b""))
         except Exception as exc:  # the API returned something its output descriptor cannot write

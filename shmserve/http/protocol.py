@@ -121,6 +121,7 @@ class HttpProtocol(asyncio.Protocol):
         self.completed = 0
         self._discard = False  # after a fatal error: parse nothing more
         self._dispatching = False
+        self._stream_keep_alive = False  # of the chunked response being streamed, if any
         self._reading_paused = False
         self._writing_paused = False
         self._continue_wanted = False
@@ -358,6 +359,44 @@ class HttpProtocol(asyncio.Protocol):
         if hook is not None and request is not None:
             hook(self, request, status, len(body))
         if not keep_alive:
+            self.close()
+        elif not self._dispatching:
+            self._drain()
+
+    def start_stream(self, status: int, content_type: bytes, extra_headers: bytes = b"") -> None:
+        """Send the head of a chunked response to the current request; then `send_chunk`, `end_stream`."""
+        if self.closed:
+            return
+        state = self.state
+        request = self.current
+        self._stream_keep_alive = request is not None and request.keep_alive and not state.shutting_down
+        self.transport.write(b"".join((
+            state.prefix(status, content_type),
+            b"transfer-encoding: chunked\r\n",
+            extra_headers,
+            state.date_line,
+            b"\r\n" if self._stream_keep_alive else b"connection: close\r\n\r\n",
+        )))
+
+    @property
+    def writing_paused(self) -> bool:
+        """True while the peer does not read what was sent (the transport's buffer is over its limit)."""
+        return self._writing_paused and not self.closed
+
+    def send_chunk(self, data: bytes) -> None:
+        """Send one chunk of a streamed response body, at once."""
+        if data and not self.closed:
+            self.transport.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+    def end_stream(self) -> None:
+        """Finish the chunked response, then serve the next queued request (or close)."""
+        self.current = None
+        self.task = None
+        self.busy = False
+        if self.closed:
+            return
+        self.transport.write(b"0\r\n\r\n")
+        if not self._stream_keep_alive:
             self.close()
         elif not self._dispatching:
             self._drain()

@@ -11,9 +11,12 @@ batchable); other names call the pipeline's method of that name.
 
 Batching: a call with a list of inputs (``runner.run(["text a", "text b"])``)
 runs as one pipeline batch (``batch_size`` = the list's length, unless the
-call gives one). Concurrent calls are not joined by the runner: the runner
-joins only tensors, and strings do not cross the transport as tensors, so a
-text pipeline's calls each run on their own.
+call gives one). When the signature is batchable (``signatures={"__call__":
+{"batchable": True}}``), concurrent calls with lists of strings join one batch
+along dim 0, as in BentoML: the caller's process packs each list into byte
+arrays (`shmserve.models.texts`), the worker joins them like any tensors and
+the pipeline gets one list; each caller gets the results of its own strings.
+A single string (not a list), or other inputs, run on their own.
 
 The runner uses the GPU its worker was given (``device=0``) when torch sees
 one, and takes torch's thread count from ``OMP_NUM_THREADS`` (set by the
@@ -25,6 +28,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from . import texts
 from .adapter import CPU_AND_GPU, ModelRunnable, adapter_functions, resolve, store_model
 from .frameworks import require, save_signatures, signature_target, use_torch_threads
 from .store import Model, SaveArgs, Tag
@@ -34,6 +38,7 @@ if TYPE_CHECKING:
 
 FRAMEWORK = "transformers"
 PIPELINE_DIR = "pipeline"
+_PACKED = "_shmserve_packed_texts"  # the keyword that marks a call whose first argument `prepare_call` packed
 _HINT = "shmserve.transformers needs transformers and torch: pip install 'shmserve[transformers]' torch"
 
 
@@ -108,7 +113,19 @@ class TransformersRunnable(ModelRunnable):
         use_torch_threads(torch)
         self.pipeline = load_model(model, device=0 if torch.cuda.is_available() else "cpu")
 
+    @classmethod
+    def prepare_call(cls, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+                     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """A list of strings for a batchable signature crosses packed, so that calls join (see above)."""
+        sig = cls.methods.get(method)
+        if sig is None or not sig.batchable or sig.input_dim != 0 or not args or not texts.is_texts(args[0]):
+            return args, kwargs
+        return (*texts.pack(args[0]), *args[1:]), {**kwargs, _PACKED: True}
+
     def invoke(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if kwargs.get(_PACKED):
+            kwargs = {k: v for k, v in kwargs.items() if k != _PACKED}
+            args = (texts.unpack(args[0], args[1]), *args[2:])
         if method == "__call__" and args and isinstance(args[0], list) and args[0]:
             kwargs = {"batch_size": len(args[0]), **kwargs}  # one forward pass for the whole list
         return signature_target(self.pipeline, method)(*args, **kwargs)

@@ -58,7 +58,12 @@ mean different things (`RequestDesc`, `ResponseDesc`); fixed part
 its caller stops waiting (a timeout, or the HTTP client hung up) and the
 worker reads it just before the call would run, so abandoned calls never reach
 the model. It names the call (seq + 1) because the slot may have been reused
-by a later call by then; a stale mark then matches nothing.
+by a later call by then; a stale mark then matches nothing. The consumer of a
+streaming call (a generator method) that stops iterating sets the same word,
+and the worker reads it between items and closes the generator. That slot is
+not reused while the stream runs: the worker serves nothing else meanwhile, so
+no later call of the channel completes, and a client keeps at most ``slots``
+calls in flight.
 
 TensorHeader (96 bytes, ``<QQ8sBB6x8q``)::
 
@@ -123,6 +128,10 @@ class Status(IntEnum):
     TOO_LARGE = 4  # the result does not fit the response arena
     UNAVAILABLE = 5  # the worker is shutting down
     OVERLOADED = 6  # refused at admission: the queue ahead would not be served before the call's deadline
+    # One item of a streaming call (a generator method); more responses with the same seq follow, and the
+    # call ends with an OK response holding None (or an error status). The client keeps the call's
+    # request block until that final response: the generator may still read its arguments.
+    ITEM = 7
 
 
 def record_fields(fmt: str, names: tuple[str, ...]) -> dict[str, tuple[int, int]]:

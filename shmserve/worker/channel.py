@@ -12,6 +12,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -106,9 +107,33 @@ class WorkerChannel:
                 return None
             time.sleep(0.0005)  # the caller frees space as it drops leased results
 
+    def wait_response_slot(self, req: Request, final: bool = False, beat: Callable[[], None] | None = None) -> bool:
+        """Wait until the response ring has a free slot for one more response of a streaming call.
+
+        Other calls never need this: each has one response and the client keeps at most
+        `slots` calls in flight. False when the client went away, or (unless `final`)
+        gave up on the call (its cancel word). `beat` is called while waiting: a slow
+        consumer is not a hung worker.
+        """
+        v = self.view
+
+        def stop() -> bool:
+            return self.closed or (not final and self.abandoned(req))
+
+        while self.resp_head - v.get(ring.H_RESP_TAIL) >= v.layout.slots:
+            if stop():
+                return False
+            self.flush()
+            if beat is not None:
+                beat()
+            time.sleep(0.0005)  # the client's reader frees slots as it takes responses
+        return not stop()
+
     def write_result(self, req: Request, code: int, tensors: list[Any], meta: bytes, times: tuple[float, ...],
-                     batch_size: int) -> None:
-        """Write one response (descriptor + data block) and publish it; the post comes later."""
+                     batch_size: int) -> int:
+        """Write one response (descriptor + data block) and publish it; the post comes later.
+
+        Returns the status written: `code`, or ST_TOO_LARGE when the result did not fit."""
         v = self.view
         offsets, end = layout(tensors, 0, 64)
         meta_off = end
@@ -141,6 +166,7 @@ class WorkerChannel:
         self.resp_head += 1
         v.set(ring.H_RESP_HEAD, self.resp_head)
         self.dirty = True
+        return code
 
     def flush(self) -> None:
         if self.dirty:

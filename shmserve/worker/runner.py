@@ -41,6 +41,7 @@ from ..worker_stats import WorkerStats
 from .channel import Request, WorkerChannel
 from .control import ControlServer
 from .queues import MethodSlot, expired_reason
+from .stream import stream_items
 
 POLL_S = 0.25  # longest sleep between checks of the stop flag and the parent's liveness
 
@@ -147,9 +148,7 @@ class Dispatcher:
             if req.items == 0:
                 if not m.sig.accepts_empty:
                     self._fail([req], ring.ST_BAD_REQUEST, "InvalidInput",
-                               f"method {m.sig.name!r} got a call of 0 items along batch dim {dim} (shapes "
-                               f"{[t.shape for t in tensors]}); send at least one item, or declare "
-                               "@Runnable.method(..., accepts_empty=True) to receive empty calls", "")
+                               m.sig.empty_call_error([t.shape for t in tensors]), "")
                     return
                 key: Any = None  # served alone: never joined, and it teaches the batching policy nothing
             else:
@@ -268,6 +267,10 @@ class Dispatcher:
             del args, kwargs
             if board is not None:
                 board.end(time.monotonic())
+        if m.sig.stream:  # a generator: its items go back one by one (never batched, so one call)
+            self.stats.on_batch(m.index, total)
+            stream_items(out, batch[0], self.device, (batch[0].dequeue, t_batch, t_model), board)
+            return
         t_done = time.monotonic()
         self.stats.on_batch(m.index, total)
         if batched:
@@ -367,7 +370,7 @@ def main(spec: WorkerSpec) -> None:
     dispatcher = Dispatcher(spec, instance, doorbell)
     methods_info = {
         sig.name: {"index": i, "batchable": sig.batchable, "input_dim": sig.input_dim, "output_dim": sig.output_dim,
-                   "max_batch_size": mbs, "max_latency_ms": mlat}
+                   "max_batch_size": mbs, "max_latency_ms": mlat, "stream": sig.stream}
         for i, (sig, mbs, mlat) in enumerate(spec.methods)
     }
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

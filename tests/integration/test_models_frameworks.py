@@ -78,7 +78,7 @@ def test_lightgbm_estimator_served(home: Path) -> None:  # noqa: F811
 
 
 def test_transformers_pipeline_served(home: Path) -> None:  # noqa: F811
-    # Text calls cross as JSON and each runs on its own (the runner joins only tensors).
+    # Not batchable (the default signature): text calls cross as JSON and each runs on its own.
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     import shmserve
@@ -98,6 +98,26 @@ def test_transformers_pipeline_served(home: Path) -> None:  # noqa: F811
             same(got, pipe(text))
 
     _serve(stored, check)
+
+
+def test_transformers_text_lists_join_one_batch(home: Path) -> None:  # noqa: F811
+    # A batchable signature: concurrent calls with lists of strings join along dim 0, as in BentoML.
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    import shmserve
+    from tests.tiny_models import text_classifier
+
+    pipe = text_classifier()
+    lists = [["the movie was good"], ["bad plot", "awful"], ["not a very great film"], ["good"], ["a bad film"]] * 2
+    want = [pipe(x) for x in lists]
+    stored = shmserve.transformers.save_model("sentiment", pipe, signatures={"__call__": {"batchable": True}})
+
+    def same(i: int, got: list[dict]) -> None:
+        assert [g["label"] for g in got] == [w["label"] for w in want[i]]
+        np.testing.assert_allclose([g["score"] for g in got], [w["score"] for w in want[i]], rtol=1e-5)
+
+    _serve(stored, lambda runner: _check_batched(runner, "__call__", lists, same), max_batch_size=16,
+           max_latency_ms=20)
 
 
 def test_keras_model_served(home: Path) -> None:  # noqa: F811

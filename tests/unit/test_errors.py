@@ -14,7 +14,7 @@ from shmserve.link import remote_error
 from shmserve.service import Service
 from shmserve.shm.wire import Status
 
-WIRE_FAILURES = {s.name: s.value for s in Status if s is not Status.OK}
+WIRE_FAILURES = {s.name: s.value for s in Status if s not in (Status.OK, Status.ITEM)}  # ITEM: a streamed item
 
 
 def _exception_classes() -> list[type[ShmserveError]]:

@@ -43,6 +43,9 @@ def test_save_load_and_runner(home: Path) -> None:
     runner.init_local()
     np.testing.assert_array_equal(runner.predict.run(x[:5]), clf.predict(x[:5]))
     np.testing.assert_allclose(runner.predict_proba.run(x[:5]), clf.predict_proba(x[:5]))
+    # two signatures and no __call__: runner.run() calls the adapter's DEFAULT_METHOD, predict
+    assert runner.runnable_class.DEFAULT_METHOD == "predict"
+    np.testing.assert_array_equal(runner.run(x[:5]), clf.predict(x[:5]))
 
 
 def test_custom_runnable_over_stored_model(home: Path) -> None:

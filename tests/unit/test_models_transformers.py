@@ -54,3 +54,28 @@ def test_default_signatures_and_refusals(home: Path) -> None:
     with pytest.raises(ValueError, match="summarize"):
         shmserve.transformers.save_model("sentiment", pipe, signatures={"summarize": {}})
     assert len(shmserve.models.list()) == 1
+
+
+def test_texts_pack_into_rows_that_join_and_unpack_exactly() -> None:
+    from shmserve.models import texts
+
+    rows, lengths = texts.pack(["a", "héllo", "nul\x00"])
+    assert rows.dtype == np.uint8 and rows.shape == (3, 16) and list(lengths) == [1, 6, 4]
+    assert texts.pack(["x" * 17])[0].shape == (1, 32)  # widths are powers of two: similar calls share one
+    joined = np.concatenate([rows, texts.pack(["z"])[0]]), np.concatenate([lengths, [1]])
+    assert texts.unpack(*joined) == ["a", "héllo", "nul\x00", "z"]
+    assert not texts.is_texts([]) and not texts.is_texts(["a", 1]) and texts.is_texts(["a"])
+
+
+def test_a_batchable_text_signature_crosses_packed(home: Path) -> None:
+    pipe = text_classifier()
+    stored = shmserve.transformers.save_model("sentiment", pipe, signatures={"__call__": {"batchable": True}})
+    runner = stored.to_runner()
+    cls = runner.runnable_class
+    args, kwargs = cls.prepare_call("__call__", (TEXTS,), {})
+    assert isinstance(args[0], np.ndarray) and args[0].shape[0] == len(TEXTS) and len(kwargs) == 1
+    assert cls.prepare_call("__call__", ("one text",), {}) == (("one text",), {})  # not a list: as it is
+    runner.init_local(quiet=True)
+    assert_same(runner.run(TEXTS), pipe(TEXTS))
+    assert_same(runner.run(TEXTS[:1]), pipe(TEXTS[:1]))
+    assert_same(runner.run(TEXTS[0]), pipe(TEXTS[0]))

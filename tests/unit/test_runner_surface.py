@@ -44,9 +44,12 @@ def test_run_calls_dunder_call_or_the_only_method():
     r.init_local(quiet=True)
     assert r.run(1) == 2 and r.other.run(1) == 0
     assert asyncio.run(r.async_run(1)) == 2
-    only = shmserve.Runner(OnlyRunnable)
+    only = shmserve.Runner(OnlyRunnable, timeout=None)  # no deadline: a sync local call runs in the calling thread
     only.init_local(quiet=True)
     assert only.run(0) == threading.get_ident()
+    bounded = shmserve.Runner(OnlyRunnable)  # the default timeout: on the backend's thread, which can be waited on
+    bounded.init_local(quiet=True)
+    assert bounded.run(0) != threading.get_ident() and bounded.run(0) == bounded.run(0)
 
 
 def test_run_without_a_default_says_which_method_to_call():
@@ -54,6 +57,39 @@ def test_run_without_a_default_says_which_method_to_call():
     r.init_local(quiet=True)
     with pytest.raises(ConfigError, match=r"none is __call__.*runner\.<method>\.run"):
         r.run(np.ones(1))
+
+
+class Preferring(shmserve.Runnable):
+    DEFAULT_METHOD = "second"
+
+    @shmserve.Runnable.method
+    def __call__(self, x):
+        return ("call", x)
+
+    @shmserve.Runnable.method
+    def second(self, x):
+        return ("second", x)
+
+
+def test_default_method_class_attribute_comes_before_dunder_call():
+    r = shmserve.Runner(Preferring)
+    r.init_local(quiet=True)
+    assert r.run(1) == ("second", 1) and asyncio.run(r.async_run(2)) == ("second", 2)
+    assert r.default_method is r.second
+
+
+def test_a_default_method_that_is_not_a_method_is_a_clear_error():
+    class Wrong(shmserve.Runnable):
+        DEFAULT_METHOD = "missing"
+
+        @shmserve.Runnable.method
+        def only(self, x):
+            return x
+
+    r = shmserve.Runner(Wrong)
+    r.init_local(quiet=True)
+    with pytest.raises(ConfigError, match=r"DEFAULT_METHOD is 'missing'.*\['only'\]"):
+        r.run(1)
 
 
 def test_a_method_named_run_shadows_runner_run_and_still_works():

@@ -1,0 +1,181 @@
+"""Streaming calls of the shared-memory client: a generator method's items, as they arrive.
+
+The worker answers a streaming call with one ``ST_ITEM`` response per item and a
+final response (`shmserve.shm.ring`). The client's reader hands each item to the
+call's *sink* (``Pending.stream``): for `async_stream` a queue fed on the
+consumer's loop with ``loop.call_soon_threadsafe``, for `stream` a thread-safe
+queue. The final response takes the same path (`RunnerClient._deliver`), so it
+never overtakes an item. A consumer that leaves early marks the call's cancel
+word (`RunnerClient.cancel`); the worker reads it before the next item and
+closes the generator.
+"""
+from __future__ import annotations
+
+import asyncio
+import queue
+import time
+from collections.abc import AsyncGenerator, Callable
+from typing import Any, Protocol
+
+from .errors import InvalidInput, RunnerTimeout
+from .link import Pending, WorkerLink, free_block
+
+Entry = tuple[Any, "BaseException | None", bool]  # (item, error, ended)
+
+
+class RunnerClient(Protocol):
+    """What streaming needs of `shmserve.client.RunnerClient` (named here, not imported: no cycle)."""
+
+    name: str
+    default_timeout: float | None
+    _wake_loop: asyncio.AbstractEventLoop | None
+
+    def _ensure_thread(self) -> None: ...
+    def _listen_on(self, loop: asyncio.AbstractEventLoop) -> None: ...
+    def _deadline(self, timeout: float | None) -> float | None: ...
+    def _submit(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], deadline: float | None,
+                block_for_space: bool = True, stream: Any = None) -> Pending: ...
+    def _decode(self, link: WorkerLink, tmetas: list[Any], meta: bytes, block_off: int, block_len: int) -> Any: ...
+    def cancel(self, p: Pending) -> None: ...
+
+
+class StreamingCalls:
+    """The streaming half of `shmserve.client.RunnerClient`."""
+
+    async def async_stream(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+                           timeout: float | None) -> AsyncGenerator[Any, None]:
+        """The items of a generator method as the worker produces them.
+
+        Leaving the iteration early (break, an exception, a cancelled task) tells the
+        worker to stop the generator. `timeout` (default: the runner's) bounds the wait
+        for each item, and no wait outlasts the deadline of the request being served.
+        """
+        client: RunnerClient = self  # type: ignore[assignment]
+        loop = asyncio.get_running_loop()
+        client._ensure_thread()
+        if client._wake_loop is not loop and (client._wake_loop is None or client._wake_loop.is_closed()):
+            client._listen_on(loop)
+        items: asyncio.Queue[Entry] = asyncio.Queue()
+        p = client._submit(method, args, kwargs, client._deadline(timeout), block_for_space=False,
+                           stream=_loop_sink(loop, items))
+        try:
+            while True:
+                try:
+                    item, error, ended = await asyncio.wait_for(items.get(), _wait_s(client, timeout))
+                except asyncio.TimeoutError:
+                    raise _no_item(client, method, timeout) from None
+                if error is not None:
+                    raise error
+                if ended:
+                    return
+                yield item
+        finally:
+            if not p.done:
+                client.cancel(p)
+
+    def stream(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+               timeout: float | None) -> SyncStream:
+        """`async_stream` for synchronous code: a generator of the items as they arrive.
+
+        The call is sent at once (not at the first ``next()``), so a bad call fails here.
+        Closing the generator early (``break``, ``close()``, garbage collection) stops the
+        worker's generator.
+        """
+        client: RunnerClient = self  # type: ignore[assignment]
+        client._ensure_thread()  # the completion thread reads the responses; this thread only waits
+        items: queue.SimpleQueue[Entry] = queue.SimpleQueue()
+        p = client._submit(method, args, kwargs, client._deadline(timeout), stream=items.put)
+        return SyncStream(client, p, items, method, timeout)
+
+    def _stream_item(self, link: WorkerLink, p: Pending | None, tmetas: list[Any], meta: bytes,
+                     block_off: int, block_len: int) -> None:
+        """Hand one streamed item to its call's sink, in order with the call's end (see `_deliver`)."""
+        client: RunnerClient = self  # type: ignore[assignment]
+        v = link.view
+        assert v is not None
+        if p is None or p.abandoned or p.stream is None:
+            free_block(v.resp_arena, block_off, block_len)
+            return
+        try:
+            entry: Entry = (client._decode(link, tmetas, meta, block_off, block_len), None, False)
+        except Exception as exc:
+            entry = (None, InvalidInput(f"an item of {client.name}.{p.method} could not be decoded: {exc}"), False)
+        p.stream(entry)
+
+
+class SyncStream:
+    """The items of a streaming call for synchronous code (what `StreamingCalls.stream` returns).
+
+    Iterate it; `close()` (also on garbage collection, or leaving a ``with`` block)
+    stops the worker's generator when the items are not all taken.
+    """
+
+    def __init__(self, client: RunnerClient, p: Pending, items: queue.SimpleQueue[Entry], method: str,
+                 timeout: float | None) -> None:
+        self._client, self._p, self._items, self._method, self._timeout = client, p, items, method, timeout
+        self._ended = False
+
+    def __iter__(self) -> SyncStream:
+        return self
+
+    def __next__(self) -> Any:
+        if self._ended:
+            raise StopIteration
+        try:
+            item, error, ended = self._items.get(timeout=_wait_s(self._client, self._timeout))
+        except queue.Empty:
+            self.close()
+            raise _no_item(self._client, self._method, self._timeout) from None
+        if error is not None or ended:
+            self._ended = True
+            if error is not None:
+                raise error
+            raise StopIteration
+        return item
+
+    def close(self) -> None:
+        """Stop the call if it is still producing; further `next()` ends the iteration."""
+        self._ended = True
+        if not self._p.done:
+            self._client.cancel(self._p)
+
+    def __enter__(self) -> SyncStream:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        p = self._p
+        if not p.done:
+            # A finalizer may run while this thread holds the client's lock, so not `cancel()`: the
+            # word is written unlocked, which is safe because it names the call (a stale mark matches nothing).
+            p.abandoned = True
+            view = p.link.view
+            if view is not None:
+                try:
+                    view.cancel(p.slot, p.seq)
+                except Exception:
+                    pass  # the link closed meanwhile: the call is gone with it
+
+
+def _loop_sink(loop: asyncio.AbstractEventLoop, items: asyncio.Queue[Entry]) -> Callable[[Entry], None]:
+    """A sink that queues entries for a consumer on `loop`, from any thread."""
+    def put(entry: Entry) -> None:
+        try:
+            loop.call_soon_threadsafe(items.put_nowait, entry)
+        except RuntimeError:
+            pass  # that loop is closed: nobody consumes the stream any more
+    return put
+
+
+def _wait_s(client: RunnerClient, timeout: float | None) -> float | None:
+    """How long to wait for the next item: `timeout` (or the runner's), never past the request's deadline."""
+    deadline = client._deadline(timeout)
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def _no_item(client: RunnerClient, method: str, timeout: float | None) -> RunnerTimeout:
+    limit = client.default_timeout if timeout is None else timeout
+    return RunnerTimeout(f"no item of {client.name}.{method} within its timeout"
+                         + (f" ({limit} s)" if limit is not None else " (the request's deadline passed)"))
