@@ -62,9 +62,12 @@ def main() -> None:
     run = method.run
 
     def run_before(*args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
-        """`RunnerMethod.run` as it was before the guard."""
+        """`RunnerMethod.run` without its event-loop check (`_not_blocking`)."""
+        method._not_streaming()
         timeout = method.runner.timeout if timeout is None else timeout
-        return method.runner._backend_or_raise().call(method.name, args, kwargs, timeout)
+        backend = method.runner._backend_or_raise()
+        args, kwargs = method._args(args, kwargs)
+        return backend.call(method.name, args, kwargs, timeout)
 
     def guarded() -> Any:
         return run(x)

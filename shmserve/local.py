@@ -5,17 +5,15 @@ import asyncio
 import concurrent.futures
 import functools
 import inspect
-import sys
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
-import numpy as np
-
 from .deadline import call_deadline
 from .errors import ConfigError, InvalidInput, RunnerTimeout
+from .tensors import is_tensor
 
 
 class RunnerSpec(Protocol):
@@ -65,7 +63,8 @@ class LocalBackend:
         func = self._method(method)
         sig = self.runner.method_configs[method].signature
         if sig.batchable and not sig.accepts_empty:
-            shapes = [tuple(v.shape) for v in (*args, *kwargs.values()) if _is_tensor(v)]
+            # the tensors a worker counts along the batch dim
+            shapes = [tuple(v.shape) for v in (*args, *kwargs.values()) if is_tensor(v)]
             if any(len(s) > sig.input_dim and s[sig.input_dim] == 0 for s in shapes):
                 raise InvalidInput(sig.empty_call_error(shapes))
         return func
@@ -154,14 +153,6 @@ class LocalBackend:
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
         self.instance = None  # type: ignore[assignment]
-
-
-def _is_tensor(value: Any) -> bool:
-    """What a worker counts along the batch dim: numpy arrays and torch tensors."""
-    if isinstance(value, np.ndarray):
-        return True
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(value, torch.Tensor)
 
 
 def wait_s(timeout: float | None) -> float | None:
