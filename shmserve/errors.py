@@ -202,8 +202,12 @@ CATALOGUE: tuple[Entry, ...] = (
 #: what the HTTP server itself answers with, before or around the API function (not exceptions of the API).
 HTTP_SERVER_ERRORS: dict[int, str] = {
     400: "malformed HTTP",
+    408: "a request head or body that did not arrive within the server's timeouts",
     413: "a body larger than the server's --max-body-size",
+    414: "a request target longer than api_server.http.max_url_size",
+    431: "a request line and headers larger than api_server.http.max_header_size",
     500: "the API function raised",
+    503: "more connections open than the API worker accepts",
     504: "the API function did not finish within its timeout",
 }
 
