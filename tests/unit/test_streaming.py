@@ -5,6 +5,7 @@ import asyncio
 from typing import Any
 
 import orjson
+import pytest
 
 from shmserve.errors import RunnerTimeout
 from shmserve.http.stream import send_stream
@@ -204,3 +205,26 @@ def test_an_empty_stream_is_an_empty_body() -> None:
     conn = FakeConn()
     send(conn, agen([]))
     assert conn.out == [("head", 200, b"application/json"), "end"]
+
+
+def test_a_sync_stream_inside_a_running_loop_names_async_stream() -> None:
+    import shmserve
+    from shmserve.errors import BlockingCall
+    from tests.runnables import StreamRunnable
+
+    class WorkerBackend:  # stands in for the shared-memory client
+        def stream(self, method: str, args: Any, kwargs: Any, timeout: Any) -> Any:
+            return iter(["from a worker"])
+
+        def close(self) -> None:
+            pass
+
+    runner = shmserve.Runner(StreamRunnable, name="guard_stream")
+    runner._bind(WorkerBackend())  # type: ignore[arg-type]
+
+    async def api() -> Any:
+        return list(runner.words.stream("a b"))
+
+    with pytest.raises(BlockingCall, match=r"async for item in runner\.words\.async_stream\(\.\.\.\)"):
+        asyncio.run(api())
+    assert list(runner.words.stream("a b")) == ["from a worker"]  # outside a loop it is a plain call
