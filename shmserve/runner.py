@@ -355,21 +355,8 @@ class Runner:
     # -- calling the default method -------------------------------------------
     @property
     def default_method(self) -> RunnerMethod:
-        """The method ``runner.run`` calls: the Runnable's ``DEFAULT_METHOD`` when it names one
-        (a model adapter's: the signature its stored model answers by default), else ``__call__``,
-        else the Runnable's only method."""
-        names = list(self.method_configs)
-        preferred = getattr(self.runnable_class, "DEFAULT_METHOD", None)
-        if preferred is not None and preferred not in names:
-            raise ConfigError(f"{self.runnable_class.__name__}.DEFAULT_METHOD is {preferred!r}, which is not one "
-                              f"of its methods {sorted(names)}; name one of them, or set it to None")
-        for name in (preferred, "__call__", names[0] if len(names) == 1 else None):
-            if name in self.method_configs:
-                return self.__dict__[name]  # type: ignore[no-any-return]
-        raise ConfigError(
-            f"runner {self.name!r} has methods {sorted(names)} and none is __call__, so runner.run() cannot pick "
-            f"one; call runner.<method>.run(...), e.g. runner.{sorted(names)[0]}.run(...)"
-        )
+        """The method ``runner.run`` calls (see `default_method_name`)."""
+        return self.__dict__[default_method_name(self.runnable_class, self.name, list(self.method_configs))]  # type: ignore[no-any-return]
 
     def run(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         """Call the default method (see `default_method`) and wait for its result."""
@@ -442,3 +429,18 @@ def _check_positive(what: str, value: Any, runner: str, allow_zero: bool = False
         raise ConfigError(f"{what} of runner {runner!r} must be a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
 
 
+def default_method_name(runnable_class: type, runner: str, names: list[str]) -> str:
+    """Which of `names` ``runner.run`` calls: the Runnable's ``DEFAULT_METHOD`` when it names one (a
+    model adapter's: the signature its stored model answers by default), else ``__call__``, else
+    the only method."""
+    preferred = getattr(runnable_class, "DEFAULT_METHOD", None)
+    if preferred is not None and preferred not in names:
+        raise ConfigError(f"{runnable_class.__name__}.DEFAULT_METHOD is {preferred!r}, which is not one "
+                          f"of its methods {sorted(names)}; name one of them, or set it to None")
+    for name in (preferred, "__call__", names[0] if len(names) == 1 else None):
+        if name in names:
+            return str(name)
+    raise ConfigError(
+        f"runner {runner!r} has methods {sorted(names)} and none is __call__, so runner.run() cannot pick "
+        f"one; call runner.<method>.run(...), e.g. runner.{sorted(names)[0]}.run(...)"
+    )
