@@ -31,6 +31,7 @@ shmserve/Mosec per round (median and range), and writes
 
     python -m perf.bench_saturation --rounds 3 --duration 5
     python -m perf.bench_saturation --rev main --rounds 3     # before (main) and after (this tree)
+    python -m perf.bench_saturation --api-workers 1,2 --no-mosec   # API workers per core
 """
 from __future__ import annotations
 
@@ -84,7 +85,7 @@ class Server:
     pids: dict[int, str] = field(default_factory=dict)
 
 
-def _shmserve(tree: Path) -> Any:
+def _shmserve(tree: Path, api_workers: int = 1) -> Any:
     def start(port: int, log: Path) -> subprocess.Popen:
         env = dict(os.environ, **THREAD_ENV)
         env["PYTHONPATH"] = os.pathsep.join([str(tree), str(bench_dir())])
@@ -95,7 +96,7 @@ def _shmserve(tree: Path) -> Any:
         env["SHMSERVE_RUNTIME_DIR"] = str(log.parent / "run")
         (log.parent / "run").mkdir(mode=0o700, exist_ok=True)
         cmd = [sys.executable, "-m", "shmserve.cli", "serve", SERVICE, "--host", "127.0.0.1", "--port", str(port),
-               "--api-workers", "1"]
+               "--api-workers", str(api_workers)]
         proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT,
                                 start_new_session=True)
         try:
@@ -212,6 +213,7 @@ def measure(server: Server, body_set: dict[str, Any], connections: tuple[int, ..
                 for pid, role in pids.items():
                     if role in ("resource_tracker", "other"):
                         continue
+                    # several API workers: their sum, as one role (the CPU one request costs)
                     cpu[role] = cpu.get(role, 0.0) + (after[pid] - before[pid]) / _TICK / n * 1e6
                 out[f"{body}.c{c}"] = {"rps": res.rps, "p50_ms": res.latency_ms.get("p50"),
                                        "p99_ms": res.latency_ms.get("p99"), "requests": res.requests,
@@ -276,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bodies", default="json,raw")
     p.add_argument("--tree", action="append", type=Path, default=[], help="another checkout to serve (repeatable)")
     p.add_argument("--rev", action="append", default=[], help="a git revision to serve beside this tree (repeatable)")
+    p.add_argument("--api-workers", default="1", help="comma list: serve this tree once per API worker count "
+                                                     "(e.g. 1,2; --tree/--rev checkouts get one)")
     p.add_argument("--no-mosec", action="store_true")
     p.add_argument("--no-this-tree", action="store_true", help="serve only the --tree/--rev checkouts")
     args = p.parse_args(argv)
@@ -293,7 +297,9 @@ def main(argv: list[str] | None = None) -> int:
         body_set = {k: v for k, v in bodies(scratch).items() if k in args.bodies.split(",")}
         servers: list[Server] = []
         if not args.no_this_tree:
-            servers.append(Server("shmserve", _shmserve(REPO), "/predict", _shmserve_roles))
+            for n in (int(x) for x in args.api_workers.split(",")):
+                name = "shmserve" if n == 1 else f"shmserve_{n}api"
+                servers.append(Server(name, _shmserve(REPO, n), "/predict", _shmserve_roles))
         for tree in args.tree:
             servers.append(Server(f"shmserve@{tree}", _shmserve(tree.resolve()), "/predict", _shmserve_roles))
         for rev in args.rev:

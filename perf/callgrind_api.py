@@ -16,10 +16,11 @@ What runs:
   requests over ``--connections`` keep-alive connections (each one request
   at a time), dumps the counters (``callgrind_control -d``) and stops the worker.
 
-Instructions per request = the dump's ``summary`` / requests. They include
-everything the worker did meanwhile: the 0.5 s tick and the metrics publish
-(a few hundred thousand instructions per second of wall time) and the
-completion wake-ups, of which a worker slowed ~50x by valgrind gets about one
+Instructions per request = (the dump's ``summary`` - what the worker executes
+per second with no requests, measured for ``--idle`` seconds right after, times
+the wall time of the run) / requests: the 0.5 s tick and the metrics publish
+are taken out, since under valgrind their share depends on how fast the run
+went. They include the completion wake-ups, of which a worker slowed ~50x by valgrind gets about one
 per request (at full speed one wake-up brings several results), so the figure
 is an upper bound of the per-request work at saturation. ``--annotate`` prints
 the top functions (``callgrind_annotate``; C functions: the interpreter, uvloop,
@@ -103,7 +104,7 @@ def _control(*args: str) -> None:
 
 
 def measure(tree: Path, body: str, requests: int, warmup: int, connections: int, scratch: Path,
-            annotate: int) -> dict[str, Any]:
+            annotate: int, idle_s: float = 10.0) -> dict[str, Any]:
     """One callgrind run of an API worker from `tree`; the runner worker is started here from the same tree."""
     env = dict(os.environ, **THREAD_ENV)
     env["PYTHONPATH"] = os.pathsep.join([str(tree), str(bench_dir())])
@@ -144,21 +145,25 @@ def measure(tree: Path, body: str, requests: int, warmup: int, connections: int,
         statuses = load(port, request, requests, connections)
         wall = time.monotonic() - t0
         _control("-d", str(worker.pid))
+        measured = _last_dump(out_file)
+        summary = _summary(measured)
+        # What the worker does with no requests (the tick, the metrics publish) over the same wall
+        # time is taken out, so the figure does not depend on how fast valgrind ran this time.
+        _control("-z", str(worker.pid))
+        t1 = time.monotonic()
+        time.sleep(idle_s)
+        _control("-d", str(worker.pid))
+        idle_rate = _summary(_last_dump(out_file)) / (time.monotonic() - t1)
         _control("-i", "off", str(worker.pid))
-        dumps = sorted(glob.glob(f"{out_file}.*"))
-        if not dumps:
-            raise RuntimeError("callgrind wrote no dump")
-        summary = 0
-        for line in Path(dumps[-1]).read_text(errors="replace").splitlines():
-            if line.startswith(("summary:", "totals:")):
-                summary = int(line.split()[1])
-                break
+        per_request = (summary - idle_rate * wall) / max(1, requests)
         result: dict[str, Any] = {"tree": str(tree), "body": body, "requests": requests,
                                   "ok": statuses.count(200), "connections": connections,
-                                  "instructions": summary, "instructions_per_request": summary / max(1, requests),
+                                  "instructions": summary, "idle_instructions_per_s": idle_rate,
+                                  "instructions_per_request": per_request,
+                                  "instructions_per_request_with_idle": summary / max(1, requests),
                                   "wall_s_under_valgrind": wall}
         if annotate:
-            ann = subprocess.run(["callgrind_annotate", "--inclusive=no", dumps[-1]], capture_output=True,
+            ann = subprocess.run(["callgrind_annotate", "--inclusive=no", measured], capture_output=True,
                                  text=True, timeout=300).stdout
             result["top"] = _top(ann, annotate)
         return result
@@ -180,6 +185,21 @@ def measure(tree: Path, body: str, requests: int, warmup: int, connections: int,
                 starter.wait()
 
 
+def _last_dump(out_file: Path) -> str:
+    dumps = sorted(glob.glob(f"{out_file}.*"), key=lambda p: int(p.rsplit(".", 1)[1]))
+    if not dumps:
+        raise RuntimeError("callgrind wrote no dump")
+    return dumps[-1]
+
+
+def _summary(dump: str) -> int:
+    """The total instruction count of one callgrind dump."""
+    for line in Path(dump).read_text(errors="replace").splitlines():
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1])
+    raise RuntimeError(f"no summary line in {dump}")
+
+
 def _top(annotate_text: str, n: int) -> list[str]:
     """The first `n` function lines of callgrind_annotate's output."""
     lines = [ln for ln in annotate_text.splitlines() if ln.strip() and ln.strip()[0].isdigit() and "  " in ln]
@@ -195,16 +215,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", type=int, default=16)
     p.add_argument("--tree", action="append", type=Path, default=[], help="checkout to measure (repeatable; "
                                                                             "default: this one)")
+    p.add_argument("--idle", type=float, default=10.0, metavar="S",
+                   help="seconds without requests measured after the run (their rate is subtracted)")
     p.add_argument("--annotate", type=int, default=0, metavar="N", help="also list the top N functions")
     args = p.parse_args(argv)
     results = []
     for tree in args.tree or [REPO]:
         with tempfile.TemporaryDirectory(prefix="shmserve-callgrind-") as tmp:
             res = measure(tree.resolve(), args.body, args.requests, args.warmup, args.connections, Path(tmp),
-                          args.annotate)
+                          args.annotate, args.idle)
         results.append(res)
         print(f"{res['tree']}: {res['body']} body, {res['ok']}/{res['requests']} ok, "
               f"{res['instructions_per_request']:,.0f} instructions/request "
+              f"({res['instructions_per_request_with_idle']:,.0f} before the idle rate is subtracted) "
               f"({res['wall_s_under_valgrind']:.0f} s under valgrind)", flush=True)
         for line in res.get("top", []):
             print("   ", line)

@@ -34,6 +34,7 @@ from ..traces import call_traces
 from .access_log import AccessLog
 from .docs_ui import ASSET_PATHS, DocsUI
 from .edge import Edge
+from .endpoints import RETRY_AFTER, ServerEndpoints, runner_ready
 from .metrics import Metrics, MetricsExchange
 from .observe import Observer, RequestContext
 from .openapi import build_openapi
@@ -47,10 +48,6 @@ __all__ = ["App", "runner_ready", "check_settings"]
 
 log = logging.getLogger("shmserve.http")
 
-_CT_JSON = b"application/json"
-_CT_TEXT = b"text/plain; charset=utf-8"
-_CT_PROM = b"text/plain; version=0.0.4; charset=utf-8"
-_RETRY_AFTER = b"retry-after: 1\r\n"
 _TRACE_HEADER = b"x-shmserve-trace"
 _OTHER = "-"  # metrics label for requests that match no API
 
@@ -66,21 +63,6 @@ def check_settings(config: ShmserveConfig) -> None:
         from .tracing import span_exporter
 
         span_exporter(config.tracing).shutdown()
-
-
-def runner_ready(runner: Any) -> bool:
-    """True when `runner` is bound and its backend reports a live worker.
-
-    The shared-memory backend's ``ready()`` re-attaches to restarted workers
-    first (otherwise only the next call would notice them), so the probe may
-    block briefly: call it off the event loop. A backend without ``ready()``
-    (the in-process ``init_local`` one) counts as ready once bound.
-    """
-    backend = getattr(runner, "_backend", None)
-    if backend is None:
-        return False
-    probe = getattr(backend, "ready", None)
-    return bool(probe()) if callable(probe) else True
 
 
 class App:
@@ -121,13 +103,14 @@ class App:
         exchange = MetricsExchange(metrics_dir) if metrics_dir else None
         self.metrics = Metrics(service.name, lambda: self.in_flight, exchange)
         self.metrics.registry.register(WorkerMetrics([r.name for r in service.runners]))  # type: ignore[arg-type]
-        self._ready = ready or self._runners_ready
-        self._openapi = orjson.dumps(build_openapi(service, version, auth=settings.auth.enabled))
+        openapi = orjson.dumps(build_openapi(service, version, auth=settings.auth.enabled))
+        self.endpoints = server = ServerEndpoints(service, executor, self.metrics, openapi, ready)
+        self._ready = server.ready
         self._docs_ui = DocsUI(service.name)
-        endpoints: dict[str, Any] = {"/livez": self._livez, "/readyz": self._readyz,
-                                     "/docs": self._docs_ui.serve_page, "/docs.json": self._docs}
+        endpoints: dict[str, Any] = {"/livez": server.livez, "/readyz": server.readyz,
+                                     "/docs": self._docs_ui.serve_page, "/docs.json": server.docs}
         if settings.metrics.enabled:
-            endpoints["/metrics"] = self._metrics
+            endpoints["/metrics"] = server.metrics_page
         for path in ASSET_PATHS:
             endpoints[path] = self._docs_ui.serve_asset
         self.router = Router(service, endpoints)
@@ -220,9 +203,11 @@ class App:
     def _serve_call(self, api: API, value: Any, request: Request, conn: HttpProtocol, start: float) -> Any:
         """The coroutine that calls the API: observed (access log, spans, timeline) or plain."""
         asked = _TRACE_HEADER in request.headers
-        ctx = self.observer.begin(request, api.name, asked)
-        if ctx is not None:
-            return self._observed_call(api, value, request, conn, start, ctx, asked)
+        observer = self.observer
+        if asked or observer.active:  # checked here: most requests are not observed, and skip the call
+            ctx = observer.begin(request, api.name, asked)
+            if ctx is not None:
+                return self._observed_call(api, value, request, conn, start, ctx, asked)
         return self._call(api, value, request, conn, start)
 
     async def _observed_call(self, api: API, value: Any, request: Request, conn: HttpProtocol, start: float,
@@ -321,36 +306,4 @@ class App:
         # RunnerError's str() carries the remote traceback: log it, do not send it.
         message = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
         conn.reply_error(status, type(exc).__name__, message or type(exc).__name__,
-                         _RETRY_AFTER if status == 503 else b"")
-
-    # -- server endpoints -----------------------------------------------------
-    def _livez(self, request: Request, conn: HttpProtocol) -> None:
-        conn.reply(200, _CT_TEXT, b"ok\n")
-
-    def _readyz(self, request: Request, conn: HttpProtocol) -> None:
-        loop = asyncio.get_running_loop()
-        conn.task = loop.create_task(self._readyz_task(conn))
-
-    async def _readyz_task(self, conn: HttpProtocol) -> None:
-        # Probing may re-attach to restarted runner workers (socket connects): not on the loop.
-        try:
-            ok, detail = await asyncio.get_running_loop().run_in_executor(self.executor, self._ready)
-        except Exception as exc:
-            log.exception("readiness probe failed")
-            ok, detail = False, f"readiness probe failed: {exc}"
-        if ok:
-            conn.reply(200, _CT_TEXT, b"ready\n")
-        else:
-            conn.reply_error(503, "NotReady", detail, _RETRY_AFTER)
-
-    def _metrics(self, request: Request, conn: HttpProtocol) -> None:
-        conn.reply(200, _CT_PROM, self.metrics.render())
-
-    def _docs(self, request: Request, conn: HttpProtocol) -> None:
-        conn.reply(200, _CT_JSON, self._openapi)
-
-    def _runners_ready(self) -> tuple[bool, str]:
-        missing = [r.name for r in self.service.runners if not runner_ready(r)]
-        if missing:
-            return False, f"runners without a live worker: {', '.join(missing)}"
-        return True, ""
+                         RETRY_AFTER if status == 503 else b"")

@@ -28,15 +28,32 @@ import time
 from collections.abc import Callable
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from .protocol import HttpProtocol, Request
+from .request import Request
 
-__all__ = ["ServerState", "TICK_S"]
+__all__ = ["ServerState", "Connection", "TICK_S"]
 
 #: period of `ServerState.tick`: Date header refresh and every deadline check
 TICK_S = 0.5
+
+
+class Connection(Protocol):
+    """What the server's tick and shutdown ask of each connection (`shmserve.http.protocol.HttpProtocol`)."""
+
+    idle_ticks: int
+    #: the task serving the connection's current request (cancelled when the server stops)
+    task: Any
+
+    def check_deadlines(self, now: float) -> bool: ...
+
+    def idle(self) -> bool: ...
+
+    def has_partial_request(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+    def begin_shutdown(self) -> None: ...
 
 
 class ServerState:
@@ -64,7 +81,7 @@ class ServerState:
         self.body_timeout = float(body_timeout)
         self.send_timeout = float(send_timeout)
         self.max_connections = int(max_connections)
-        self.connections: set[HttpProtocol] = set()
+        self.connections: set[Connection] = set()
         #: connections refused because `max_connections` were open (for metrics and logs)
         self.refused = 0
         #: connections closed by a header, body or send deadline
@@ -72,27 +89,32 @@ class ServerState:
         self.shutting_down = False
         #: called as ``on_response(conn, request, status, body_bytes)`` after each response is
         #: written (the access log and tracing use it); None costs one check per response
-        self.on_response: Callable[[HttpProtocol, Request, int, int], None] | None = None
-        self.date_line = b""
-        self._prefixes: dict[tuple[int, bytes], bytes] = {}
+        self.on_response: Callable[[Any, Request, int, int], None] | None = None
+        #: the ``date:`` line followed by the end of the head, with and without ``connection: close``
+        self.date_end = self.date_close = b""
+        self._heads: dict[tuple[int, bytes], bytes] = {}
         self.update_date()
 
     def update_date(self) -> None:
         """Refresh the cached ``date:`` header line."""
-        self.date_line = b"date: " + formatdate(time.time(), usegmt=True).encode() + b"\r\n"
+        date = b"date: " + formatdate(time.time(), usegmt=True).encode() + b"\r\n"
+        self.date_end = date + b"\r\n"
+        self.date_close = date + b"connection: close\r\n\r\n"
 
-    def prefix(self, status: int, content_type: bytes) -> bytes:
-        """Status line plus content-type line, built once per (status, type)."""
+    def head(self, status: int, content_type: bytes) -> bytes:
+        """A response head up to the ``content-length`` value: status line, server, content-type; built
+        once per (status, type), since every response but its length, extra headers and date repeats it."""
         key = (status, content_type)
-        head = self._prefixes.get(key)
+        head = self._heads.get(key)
         if head is None:
             try:
                 phrase = HTTPStatus(status).phrase
             except ValueError:
                 phrase = "Status"
-            head = b"HTTP/1.1 %d %s\r\nserver: shmserve\r\ncontent-type: %s\r\n" % (status, phrase.encode(), content_type)
-            if len(self._prefixes) < 1024:
-                self._prefixes[key] = head
+            head = (b"HTTP/1.1 %d %s\r\nserver: shmserve\r\ncontent-type: %s\r\ncontent-length: "
+                    % (status, phrase.encode(), content_type))
+            if len(self._heads) < 1024:
+                self._heads[key] = head
         return head
 
     def tick(self, now: float | None = None) -> None:
