@@ -161,8 +161,9 @@ class HttpProtocol(asyncio.Protocol):
             hook(self, request, status, len(body))
         if not keep_alive:
             self.close()
-        elif not self._dispatching:
-            self._drain()
+        elif not self._dispatching and (self.queue or self._reading_paused or state.shutting_down
+                                        or self.reader.continue_wanted):
+            self._drain()  # only when there is something for it to do: most replies leave nothing queued
 
     def start_stream(self, status: int, content_type: bytes, extra_headers: bytes = b"") -> None:
         """Send the head of a chunked response to the current request; then `send_chunk`, `end_stream`."""
