@@ -22,8 +22,11 @@ Mosec's worker reads the bytes as rows of 784). Around every wrk run the
 utime + stime of every process of the server (``/proc/<pid>/stat``, all
 threads) is read, and its delta divided by the requests served gives **CPU µs
 per request per process**: API worker, runner worker, supervisor (Mosec:
-front, worker, supervisor). That figure barely moves with the machine's load;
-req/s and latencies do, a lot, on a shared machine, so read their ranges.
+front, worker, supervisor). That figure moves less with the machine's load
+than req/s and latencies, which move a lot on a shared machine (read their
+ranges). Also per process: **wake-ups per request**, the voluntary context
+switches of all its threads over the run divided by requests (how often it
+slept on a doorbell, a semaphore or epoll and was woken).
 
 Prints medians over rounds (req/s, p50, p99, CPU µs/request) and the ratio
 shmserve/Mosec per round (median and range), and writes
@@ -71,6 +74,23 @@ def cpu_ticks(pid: int) -> int:
     except OSError:
         return 0
     return int(stat[11]) + int(stat[12])
+
+
+def wakeups(pid: int) -> int:
+    """Voluntary context switches of every thread of `pid` so far: how often it slept and was woken."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tids:
+        try:
+            for line in Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
+        except (OSError, ValueError):
+            pass  # the thread ended
+    return total
 
 
 @dataclass
@@ -205,19 +225,22 @@ def measure(server: Server, body_set: dict[str, Any], connections: tuple[int, ..
         for body, (path, ctype, env) in body_set.items():
             wrk.run(url, path, ctype, 16, 1.0, script=SCRIPT, script_env=env)  # warm-up
             for c in connections:
-                before = {pid: cpu_ticks(pid) for pid in pids}
+                before = {pid: (cpu_ticks(pid), wakeups(pid)) for pid in pids}
                 res = wrk.run(url, path, ctype, c, duration, script=SCRIPT, script_env=env)
-                after = {pid: cpu_ticks(pid) for pid in pids}
+                after = {pid: (cpu_ticks(pid), wakeups(pid)) for pid in pids}
                 n = max(1, res.requests)
                 cpu: dict[str, float] = {}
+                woken: dict[str, float] = {}
                 for pid, role in pids.items():
                     if role in ("resource_tracker", "other"):
                         continue
                     # several API workers: their sum, as one role (the CPU one request costs)
-                    cpu[role] = cpu.get(role, 0.0) + (after[pid] - before[pid]) / _TICK / n * 1e6
+                    cpu[role] = cpu.get(role, 0.0) + (after[pid][0] - before[pid][0]) / _TICK / n * 1e6
+                    woken[role] = woken.get(role, 0.0) + (after[pid][1] - before[pid][1]) / n
                 out[f"{body}.c{c}"] = {"rps": res.rps, "p50_ms": res.latency_ms.get("p50"),
                                        "p99_ms": res.latency_ms.get("p99"), "requests": res.requests,
-                                       "errors": res.errors, "cpu_us_per_request": cpu}
+                                       "errors": res.errors, "cpu_us_per_request": cpu,
+                                       "wakeups_per_request": woken}
     finally:
         stop(proc, group=server.name == "mosec")
     return out
@@ -239,6 +262,8 @@ def _table(names: list[str], runs: dict[str, list[dict[str, Any]]], keys: list[s
             roles = sorted({role for x in rr for role in x["cpu_us_per_request"]})
             fig["cpu_us_per_request"] = {role: median([x["cpu_us_per_request"].get(role, np.nan) for x in rr])
                                          for role in roles}
+            fig["wakeups_per_request"] = {role: median([x.get("wakeups_per_request", {}).get(role, np.nan)
+                                                        for x in rr]) for role in roles}
             summary.setdefault(n, {})[key] = fig
             row += f"{fig['rps']:>14.0f} {fig['p50_ms']:>8.2f} {fig['p99_ms']:>8.2f} {fig['errors']:>4}"
         lines.append(row)
@@ -250,6 +275,12 @@ def _table(names: list[str], runs: dict[str, list[dict[str, Any]]], keys: list[s
             total = sum(v for v in cpu.values() if np.isfinite(v))
             lines.append(f"  {n:28} {key:10} " + "  ".join(f"{r} {v:6.1f}" for r, v in cpu.items())
                          + f"  | total {total:6.1f}")
+    lines.append("")
+    lines.append("wake-ups per request (voluntary context switches of all threads / requests), per process role")
+    for n in names:
+        for key in keys:
+            woken = summary[n][key]["wakeups_per_request"]
+            lines.append(f"  {n:28} {key:10} " + "  ".join(f"{r} {v:5.2f}" for r, v in woken.items()))
     return "\n".join(lines), summary
 
 

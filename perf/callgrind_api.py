@@ -104,7 +104,7 @@ def _control(*args: str) -> None:
 
 
 def measure(tree: Path, body: str, requests: int, warmup: int, connections: int, scratch: Path,
-            annotate: int, idle_s: float = 10.0) -> dict[str, Any]:
+            annotate: int, idle_s: float = 10.0, inclusive: bool = False) -> dict[str, Any]:
     """One callgrind run of an API worker from `tree`; the runner worker is started here from the same tree."""
     env = dict(os.environ, **THREAD_ENV)
     env["PYTHONPATH"] = os.pathsep.join([str(tree), str(bench_dir())])
@@ -163,7 +163,7 @@ def measure(tree: Path, body: str, requests: int, warmup: int, connections: int,
                                   "instructions_per_request_with_idle": summary / max(1, requests),
                                   "wall_s_under_valgrind": wall}
         if annotate:
-            ann = subprocess.run(["callgrind_annotate", "--inclusive=no", measured], capture_output=True,
+            ann = subprocess.run(["callgrind_annotate", f"--inclusive={'yes' if inclusive else 'no'}", measured], capture_output=True,
                                  text=True, timeout=300).stdout
             result["top"] = _top(ann, annotate)
         return result
@@ -217,13 +217,14 @@ def main(argv: list[str] | None = None) -> int:
                                                                             "default: this one)")
     p.add_argument("--idle", type=float, default=10.0, metavar="S",
                    help="seconds without requests measured after the run (their rate is subtracted)")
+    p.add_argument("--inclusive", action="store_true", help="--annotate lists inclusive counts (callees counted)")
     p.add_argument("--annotate", type=int, default=0, metavar="N", help="also list the top N functions")
     args = p.parse_args(argv)
     results = []
     for tree in args.tree or [REPO]:
         with tempfile.TemporaryDirectory(prefix="shmserve-callgrind-") as tmp:
             res = measure(tree.resolve(), args.body, args.requests, args.warmup, args.connections, Path(tmp),
-                          args.annotate, args.idle)
+                          args.annotate, args.idle, args.inclusive)
         results.append(res)
         print(f"{res['tree']}: {res['body']} body, {res['ok']}/{res['requests']} ok, "
               f"{res['instructions_per_request']:,.0f} instructions/request "

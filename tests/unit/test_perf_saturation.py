@@ -45,3 +45,17 @@ def test_top_keeps_function_lines_only() -> None:
             "34,372,098 (12.30%)  obmalloc.c:_PyObject_Free [libpython]\n")
     top = callgrind_api._top(text, 2)
     assert len(top) == 2 and "PROGRAM TOTALS" in top[0] and "_PyEval_EvalFrameDefault" in top[1]
+
+
+def test_wakeups_count_the_sleeps_of_every_thread() -> None:
+    import threading
+    import time
+
+    before = bench_saturation.wakeups(os.getpid())
+    t = threading.Thread(target=time.sleep, args=(0.01,))  # a thread that blocks once, then ends
+    t.start()
+    time.sleep(0.01)  # and this one blocks too
+    after = bench_saturation.wakeups(os.getpid())
+    t.join()
+    assert after >= before + 1
+    assert bench_saturation.wakeups(2**22 + 12345) == 0
