@@ -76,11 +76,6 @@ class HttpProtocol(asyncio.Protocol):
         #: when the peer stopped reading (writes paused) or we closed with data unsent (0: never)
         self._stuck_since = 0.0
 
-    @property
-    def completed(self) -> int:
-        """Requests fully received on this connection."""
-        return self.reader.completed
-
     # -- asyncio callbacks -----------------------------------------------------
     def connection_made(self, transport: Any) -> None:
         """Remember the transport and join the server's connection set, or refuse when it is full."""
@@ -176,8 +171,7 @@ class HttpProtocol(asyncio.Protocol):
             state.prefix(status, content_type),
             b"transfer-encoding: chunked\r\n",
             extra_headers,
-            state.date_line,
-            b"\r\n" if self._stream_keep_alive else b"connection: close\r\n\r\n",
+            state.date_end if self._stream_keep_alive else state.date_close,
         )))
 
     @property
@@ -235,13 +229,7 @@ class HttpProtocol(asyncio.Protocol):
             # (SO_LINGER 0, as nginx's reset_timedout_connection) so the kernel drops the unsent
             # bytes now too, instead of keeping them, and the peer learns at once.
             self.closed = reader.discard = True
-            sock = self.transport.get_extra_info("socket")
-            if sock is not None:
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                except OSError:
-                    pass
-            self.transport.abort()
+            _reset(self.transport)
             return True
         deadline = reader.deadline
         if not deadline or now <= deadline or reader.discard:
@@ -313,6 +301,17 @@ class HttpProtocol(asyncio.Protocol):
         if self._reading_paused and not self.reader.discard and not self.closed:
             self._reading_paused = False
             self.transport.resume_reading()
+
+
+def _reset(transport: Any) -> None:
+    """Abort the connection with a reset: SO_LINGER 0 makes the kernel drop its unsent bytes too."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+    transport.abort()
 
 
 def _unread_bytes(transport: Any) -> int:

@@ -90,29 +90,39 @@ class ServerState:
         #: called as ``on_response(conn, request, status, body_bytes)`` after each response is
         #: written (the access log and tracing use it); None costs one check per response
         self.on_response: Callable[[Any, Request, int, int], None] | None = None
-        #: the ``date:`` line followed by the end of the head, with and without ``connection: close``
-        self.date_end = self.date_close = b""
+        #: the ``date:`` line; and it followed by the end of the head, without and with ``connection: close``
+        self.date_line = self.date_end = self.date_close = b""
+        self._prefixes: dict[tuple[int, bytes], bytes] = {}
         self._heads: dict[tuple[int, bytes], bytes] = {}
         self.update_date()
 
     def update_date(self) -> None:
         """Refresh the cached ``date:`` header line."""
-        date = b"date: " + formatdate(time.time(), usegmt=True).encode() + b"\r\n"
+        self.date_line = date = b"date: " + formatdate(time.time(), usegmt=True).encode() + b"\r\n"
         self.date_end = date + b"\r\n"
         self.date_close = date + b"connection: close\r\n\r\n"
 
-    def head(self, status: int, content_type: bytes) -> bytes:
-        """A response head up to the ``content-length`` value: status line, server, content-type; built
-        once per (status, type), since every response but its length, extra headers and date repeats it."""
+    def prefix(self, status: int, content_type: bytes) -> bytes:
+        """Status line, server and content-type lines, built once per (status, type)."""
         key = (status, content_type)
-        head = self._heads.get(key)
-        if head is None:
+        prefix = self._prefixes.get(key)
+        if prefix is None:
             try:
                 phrase = HTTPStatus(status).phrase
             except ValueError:
                 phrase = "Status"
-            head = (b"HTTP/1.1 %d %s\r\nserver: shmserve\r\ncontent-type: %s\r\ncontent-length: "
-                    % (status, phrase.encode(), content_type))
+            prefix = b"HTTP/1.1 %d %s\r\nserver: shmserve\r\ncontent-type: %s\r\n" % (status, phrase.encode(), content_type)
+            if len(self._prefixes) < 1024:
+                self._prefixes[key] = prefix
+        return prefix
+
+    def head(self, status: int, content_type: bytes) -> bytes:
+        """`prefix` followed by ``content-length: `` (the value comes next), built once per (status, type):
+        every response but its length, extra headers and date repeats it."""
+        key = (status, content_type)
+        head = self._heads.get(key)
+        if head is None:
+            head = self.prefix(status, content_type) + b"content-length: "
             if len(self._heads) < 1024:
                 self._heads[key] = head
         return head
