@@ -26,7 +26,10 @@ so the machine's load is the same for all, four phases of ``--seconds`` each:
   connections, of a valid zero-row tensor (``x-tensor-shape: 0,784``, empty body);
 * ``malformed``: ``--flood-rate`` requests a second of bad bodies in turn (JSON
   cut short, strings for numbers, wrong shapes, a ``.npy`` of impossible shape,
-  an unknown dtype, bad chunked framing), each answered 400 (or closed).
+  an unknown dtype, bad chunked framing), each answered 400 (or closed);
+* ``cpu_control``: no attack, only a process that burns ``--control-cpu`` of a
+  core (about what an attacker process uses), so the latency that an attack's
+  load on a small shared machine adds, whatever the server does, can be read off.
 
 The attackers run in a process of their own, so the honest clients' loop is
 not slowed by theirs (the two still share the machine's CPUs).
@@ -35,7 +38,10 @@ An attacker whose connection the server closes opens a new one at once, so the
 pressure stays at ``--attackers`` connections. Figures per phase: honest p50/p99
 (ms), honest requests that failed, attack connections the server closed and
 their lifetime (p50, max), and those still open at the end; for the floods and
-the storm, the attack requests or connections made and the statuses answered.
+the storm, the attack requests or connections made and the statuses answered;
+and the CPU share (of one core) the API worker and the attacker process used
+during the phase, so a latency change can be told apart from the attack's own
+load on a shared machine.
 ``--rounds N`` runs every tree's phases N times, trees taking turns, and the
 table gives each figure's median with its range over the rounds (``p50_vs_none``
 is each round's ratio to the mean of that round's two ``none`` phases, one before
@@ -51,6 +57,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import socket
 import statistics
 import struct
@@ -65,12 +72,12 @@ import numpy as np
 import orjson
 
 from .env import REPO, THREAD_ENV
-from .procs import free_port, stop, wait_http
+from .procs import cpu_seconds, free_port, stop, wait_http
 from .stats import percentiles
 from .trees import compare_trees, tree_parser
 
 PHASES = ("none", "slowloris", "slow_body", "slow_reader", "unterminated_headers", "connection_storm", "zero_rows",
-          "malformed")
+          "malformed", "cpu_control")
 _SLOW = ("slowloris", "slow_body", "slow_reader", "unterminated_headers")
 _DOCS = b"GET /docs.json HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n"
 _TCP_ESTABLISHED = 1
@@ -89,7 +96,7 @@ def _supports(tree: Path, flag: str) -> bool:
     return flag in out.stdout
 
 
-def _start(tree: Path, deadline_s: float, log: Path) -> tuple[subprocess.Popen, int, bool]:
+def _start(tree: Path, deadline_s: float, log: Path) -> tuple[subprocess.Popen, int, bool, int | None]:
     port = free_port()
     env = dict(os.environ)
     env.update(THREAD_ENV)
@@ -97,6 +104,8 @@ def _start(tree: Path, deadline_s: float, log: Path) -> tuple[subprocess.Popen, 
     env["SHMSERVE_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="shs-attack-")  # runner 'mlp' may run elsewhere too
     cmd = [sys.executable, "-m", "shmserve.cli", "serve", "service_mlp:svc", "--host", "127.0.0.1",
            "--port", str(port), "--api-workers", "1"]
+    if _supports(tree, "--log-level"):
+        cmd += ["--log-level", "INFO"]  # the log names the API worker's pid
     deadlines = _supports(tree, "--header-timeout")
     if deadlines:
         cmd += ["--header-timeout", str(deadline_s), "--body-timeout", str(deadline_s), "--send-timeout", str(deadline_s)]
@@ -107,7 +116,8 @@ def _start(tree: Path, deadline_s: float, log: Path) -> tuple[subprocess.Popen, 
     except Exception:
         stop(proc)
         raise RuntimeError(f"the server of {tree} did not get ready:\n{log.read_text(errors='replace')[-3000:]}") from None
-    return proc, port, deadlines
+    found = re.search(r"API worker \d+: pid (\d+)", log.read_text(errors="replace"))
+    return proc, port, deadlines, int(found.group(1)) if found else None
 
 
 def _established(sock: socket.socket) -> bool:
@@ -290,6 +300,28 @@ async def _honest(port: int, seconds: float, out: list[float], failures: list[in
             writer.close()
 
 
+def _cpu(pid: int | None) -> float | None:
+    """CPU seconds `pid` has used, or None."""
+    if pid is None:
+        return None
+    try:
+        return cpu_seconds(pid)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+async def _control_main(share: float, seconds: float) -> dict[str, Any]:
+    """The control process: busy `share` of each 20 ms for `seconds`, touching no server."""
+    print("ready", flush=True)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        busy_until = time.monotonic() + 0.02 * share
+        while time.monotonic() < busy_until:
+            pass
+        await asyncio.sleep(0.02 * (1 - share))
+    return {}
+
+
 async def _flood_main(kind: str, port: int, rate: float, seconds: float) -> dict[str, Any]:
     """The attacker process of a flood or storm: `rate` a second for `seconds`, then what was answered."""
     flood = Flood(kind, port, rate)
@@ -318,12 +350,12 @@ async def _attack_main(kind: str, port: int, count: int, seconds: float) -> dict
             "attack_life_max_s": max(life) if life else None}
 
 
-async def _phase(kind: str, port: int, args: argparse.Namespace) -> dict[str, Any]:
+async def _phase(kind: str, port: int, args: argparse.Namespace, api_pid: int | None) -> dict[str, Any]:
     attacker = None
     if kind != "none":
         # In a process of its own, so that its hundreds of sockets do not slow the honest client's loop.
-        count = {"slow_reader": args.slow_readers, "connection_storm": args.storm_rate}.get(
-            kind, args.flood_rate if kind not in _SLOW else args.attackers)
+        count = {"slow_reader": args.slow_readers, "connection_storm": args.storm_rate,
+                 "cpu_control": int(args.control_cpu * 100)}.get(kind, args.flood_rate if kind not in _SLOW else args.attackers)
         attacker = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "perf.bench_attack", "--attack", kind, "--port", str(port),
             "--attackers", str(count), "--seconds", str(args.seconds + 0.5), cwd=REPO,
@@ -333,8 +365,16 @@ async def _phase(kind: str, port: int, args: argparse.Namespace) -> dict[str, An
         assert line.strip() == b"ready", line
     latencies: list[float] = []
     failures = [0]
+    cpu0, attacker_cpu0, t0 = _cpu(api_pid), _cpu(attacker.pid if attacker else None), time.monotonic()
     await asyncio.gather(*(_honest(port, args.seconds, latencies, failures) for _ in range(args.honest)))
+    took = time.monotonic() - t0
     result: dict[str, Any] = {"honest": len(latencies), "honest_failed": failures[0]}
+    # CPU shares (of one core): what the attack costs the API worker, and what the attacker itself burns on
+    # this shared machine (latency the server did not cause).
+    if cpu0 is not None:
+        result["api_worker_cpu"] = ((_cpu(api_pid) or cpu0) - cpu0) / took
+    if attacker_cpu0 is not None:
+        result["attacker_cpu"] = ((_cpu(attacker.pid if attacker else None) or attacker_cpu0) - attacker_cpu0) / took
     result.update({f"honest_{k}_ms": v for k, v in percentiles(latencies).items() if k in ("p50", "p99")})
     if attacker is not None:
         out, _ = await asyncio.wait_for(attacker.communicate(), 60.0)
@@ -348,14 +388,14 @@ def run_tree(tree: Path, args: argparse.Namespace, logs: Path) -> dict[str, Any]
     args.rounds_done[str(tree)] += 1
     attacks = PHASES[1:]
     order = attacks[done % len(attacks):] + attacks[:done % len(attacks)]  # each round starts elsewhere: drift averages out
-    proc, port, deadlines = _start(tree, args.deadline_s, logs / f"attack_{abs(hash(str(tree))) % 10**6}_{done}.log")
+    proc, port, deadlines, api = _start(tree, args.deadline_s, logs / f"attack_{abs(hash(str(tree))) % 10**6}_{done}.log")
     try:
-        phases = {"none": asyncio.run(_phase("none", port, args))}
-        phases.update({kind: asyncio.run(_phase(kind, port, args)) for kind in order})
-        after = asyncio.run(_phase("none", port, args))  # a second baseline, after the attacks
+        phases = {"none": asyncio.run(_phase("none", port, args, api))}
+        phases.update({kind: asyncio.run(_phase(kind, port, args, api)) for kind in order})
+        after = asyncio.run(_phase("none", port, args, api))  # a second baseline, after the attacks
     finally:
         stop(proc, group=True)
-    for key in ("honest_p50_ms", "honest_p99_ms"):
+    for key in ("honest_p50_ms", "honest_p99_ms", "api_worker_cpu"):
         phases["none"][key + "_after"] = after.get(key)
     return {"tree": str(tree), "deadlines": deadlines, "order": list(order), "phases": phases}
 
@@ -389,7 +429,7 @@ def table(runs: list[dict[str, Any]]) -> str:
     lines = [f"{rounds} round(s) per tree, interleaved; median (range) over the rounds", "",
              "| phase | figure | " + " | ".join(names) + " |", "| --- | --- |" + " --- |" * len(by_tree)]
     keys = ["honest", "honest_failed", "honest_p50_ms", "honest_p99_ms", "honest_p50_ms_after", "honest_p99_ms_after",
-            "p50_vs_none", "p99_vs_none", "attack_closed",
+            "p50_vs_none", "p99_vs_none", "api_worker_cpu", "api_worker_cpu_after", "attacker_cpu", "attack_closed",
             "attack_still_open", "attack_life_p50_s", "attack_life_max_s", "attack_sent", "attack_statuses"]
     for phase in PHASES:
         for key in keys:
@@ -423,11 +463,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flood-rate", type=int, default=200,
                         help="requests a second in the zero-row and malformed-body floods")
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds of every tree's phases")
+    parser.add_argument("--control-cpu", type=float, default=0.1, help="share of a core the cpu_control phase burns")
     parser.add_argument("--deadline-s", type=float, default=2.0, help="header/body/send timeout given to the server")
     parser.add_argument("--attack", choices=PHASES[1:], help=argparse.SUPPRESS)  # the attacker process
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.attack:
+        if args.attack == "cpu_control":
+            print(orjson.dumps(asyncio.run(_control_main(args.attackers / 100, args.seconds))).decode())
+            return 0
         main_of = _attack_main if args.attack in _SLOW else _flood_main
         print(orjson.dumps(asyncio.run(main_of(args.attack, args.port, args.attackers, args.seconds))).decode())
         return 0

@@ -19,7 +19,10 @@ over the same time with no decode at all (what the loaded machine alone
 costs). ``max_loop_cpu_ms`` is the most CPU time the process spent between two
 ticks: the longest piece of work the loop waited behind, which the machine's
 load does not inflate (on a loaded machine the wall-clock gaps include time the
-process was not scheduled at all). The parent samples the child's RSS every
+process was not scheduled at all); ``max_gc_pause_ms`` is the longest pause of
+Python's cyclic garbage collector meanwhile (CPU time; it walks every list a
+decode makes, so ``JSON()``'s nested lists cost pauses no decoder can split).
+The parent samples the child's RSS every
 2 ms from outside (a stalled loop could not). Figures: decode seconds, peak RSS
 growth during the decode as a multiple of the body size, and the longest loop
 stall (ms). ``--rounds``
@@ -46,7 +49,7 @@ from .trees import compare_trees, tree_parser
 DECODERS = ("ndarray", "json", "v2")
 
 _CHILD = r'''
-import asyncio, json, resource, sys, time
+import asyncio, gc, json, resource, sys, time
 import numpy as np
 
 with open(sys.argv[1], "rb") as f:  # written by the parent: building it here would set the peak RSS
@@ -81,6 +84,14 @@ elif kind == "json":
 else:
     mode, start = v2_decoder()
 
+gc_pauses = []  # the cyclic collector's pauses (it walks every list the decode makes)
+def on_gc(phase, info, started=[0.0]):
+    if phase == "start":
+        started[0] = time.process_time()
+    else:
+        gc_pauses.append(time.process_time() - started[0])
+gc.callbacks.append(on_gc)
+
 base = rss()
 peak = [base]
 print(json.dumps({"base": base}), flush=True)
@@ -103,6 +114,7 @@ async def ticked(work, seconds=None):
     await asyncio.sleep(0.02)
     gaps.clear()
     cpu_gaps.clear()
+    gc_pauses.clear()
     t0 = time.perf_counter()
     if work is None:
         await asyncio.sleep(seconds)
@@ -114,17 +126,17 @@ async def ticked(work, seconds=None):
     took = time.perf_counter() - t0
     stop = True
     await ticker
-    return out, took, max(gaps), max(cpu_gaps)
+    return out, took, max(gaps), max(cpu_gaps), max(gc_pauses, default=0.0)
 
 async def main():
-    out, took, stall, cpu = await ticked(start)
+    out, took, stall, cpu, gc_max = await ticked(start)
     del out
-    _, _, idle, _ = await ticked(None, max(0.05, took))
-    return took, stall, cpu, idle
+    _, _, idle, _, _ = await ticked(None, max(0.05, took))
+    return took, stall, cpu, gc_max, idle
 
-took, stall, cpu, idle = asyncio.run(main())
+took, stall, cpu, gc_max, idle = asyncio.run(main())
 print(json.dumps({"mode": mode, "decode_s": took, "max_loop_stall_ms": stall * 1e3, "max_loop_cpu_ms": cpu * 1e3,
-                  "idle_stall_ms": idle * 1e3}))
+                  "max_gc_pause_ms": gc_max * 1e3, "idle_stall_ms": idle * 1e3}))
 '''
 
 
@@ -194,8 +206,9 @@ def table(runs: list[dict[str, Any]]) -> str:
     lines = ["| case | figure | " + " | ".join(names) + " |", "| --- | --- |" + " --- |" * len(seen)]
     cases = list(next(iter(seen.values()))["cases"])
     for case in cases:
-        for key in ("decode_s", "peak_growth_x_body", "max_loop_stall_ms", "max_loop_cpu_ms", "idle_stall_ms"):
-            cells = [_fmt([c[key] for c in r["cases"][case]]) for r in seen.values()]
+        for key in ("decode_s", "peak_growth_x_body", "max_loop_stall_ms", "max_loop_cpu_ms", "max_gc_pause_ms",
+                    "idle_stall_ms"):
+            cells = [_fmt([c.get(key, 0.0) for c in r["cases"][case]]) for r in seen.values()]
             lines.append(f"| {case} | {key} | " + " | ".join(cells) + " |")
         modes = [",".join(sorted({c["mode"] for c in r["cases"][case]})) for r in seen.values()]
         lines.append(f"| {case} | decoded | " + " | ".join(modes) + " |")

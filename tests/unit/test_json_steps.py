@@ -113,7 +113,8 @@ def test_v2_small_and_large_bodies_decode_alike() -> None:
 @pytest.mark.parametrize("big", [False, True])
 def test_v2_strings_and_out_of_range_numbers_in_data_are_a_400(big: bool) -> None:
     pad = [0.5] * (200_000 if big else 1)
-    for bad, match in (([1e39], "out of range for float32"), (["nan"], "numbers"), ([[1, 2], [3]], "rectangular")):
+    for bad, match in (([1e39], "out of range for float32"), (["nan"], "strings"), (["1.5"], "strings"),
+                       ([[1, 2], [3]], "rectangular")):
         body = _v2_body(pad + bad if not isinstance(bad[0], list) else bad * (50_000 if big else 1), "FP32", [1])
         with pytest.raises(InferError, match=match) as err:
             decode_request(body, {}, None, LIMIT)

@@ -216,7 +216,7 @@ def _from_json(data: Any, dtype: np.dtype, count: int, name: str) -> Steps[np.nd
         if isinstance(data, NumberSpan):
             arr = yield from span_steps(data.body, data.open_at, data.close_at, dtype)
         else:
-            arr = to_array(data if isinstance(data, list) else [data], dtype)
+            arr = to_array(data if isinstance(data, list) else [data], dtype, may_hold_strings=True)
     except InvalidInput as exc:
         raise InferError(400, f"input {name!r}: 'data' must be numbers of its datatype, in row-major order ({exc})") from None
     if arr.size != count:
