@@ -63,7 +63,6 @@ import statistics
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -96,12 +95,13 @@ def _supports(tree: Path, flag: str) -> bool:
     return flag in out.stdout
 
 
-def _start(tree: Path, deadline_s: float, log: Path) -> tuple[subprocess.Popen, int, bool, int | None]:
+def _start(tree: Path, deadline_s: float, log: Path, runtime: Path) -> tuple[subprocess.Popen, int, bool, int | None]:
     port = free_port()
     env = dict(os.environ)
     env.update(THREAD_ENV)
     env["PYTHONPATH"] = os.pathsep.join([str(tree), str(REPO / "examples")])
-    env["SHMSERVE_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="shs-attack-")  # runner 'mlp' may run elsewhere too
+    runtime.mkdir(mode=0o700)
+    env["SHMSERVE_RUNTIME_DIR"] = str(runtime)  # runner 'mlp' may run elsewhere too; removed with the run's scratch
     cmd = [sys.executable, "-m", "shmserve.cli", "serve", "service_mlp:svc", "--host", "127.0.0.1",
            "--port", str(port), "--api-workers", "1"]
     if _supports(tree, "--log-level"):
@@ -388,7 +388,8 @@ def run_tree(tree: Path, args: argparse.Namespace, logs: Path) -> dict[str, Any]
     args.rounds_done[str(tree)] += 1
     attacks = PHASES[1:]
     order = attacks[done % len(attacks):] + attacks[:done % len(attacks)]  # each round starts elsewhere: drift averages out
-    proc, port, deadlines, api = _start(tree, args.deadline_s, logs / f"attack_{abs(hash(str(tree))) % 10**6}_{done}.log")
+    tag = f"{abs(hash(str(tree))) % 10**6}_{done}"
+    proc, port, deadlines, api = _start(tree, args.deadline_s, logs / f"attack_{tag}.log", logs / f"run_{tag}")
     try:
         phases = {"none": asyncio.run(_phase("none", port, args, api))}
         phases.update({kind: asyncio.run(_phase(kind, port, args, api)) for kind in order})

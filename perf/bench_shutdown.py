@@ -88,7 +88,7 @@ def _start(tree: Path, workdir: Path, api_ms: float, log: Path) -> tuple[subproc
     env = dict(os.environ)
     env.update(THREAD_ENV)
     env["PYTHONPATH"] = os.pathsep.join([str(tree), str(workdir)])
-    env["SHMSERVE_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="shs-shutdown-")
+    env["SHMSERVE_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="shs-shutdown-", dir=workdir)  # removed with the run's scratch
     env["SHUTDOWN_API_MS"] = str(api_ms)
     cmd = [sys.executable, "-m", "shmserve.cli", "serve", "shutdown_service:svc", "--host", "127.0.0.1",
            "--port", str(port), "--api-workers", "2"]

@@ -26,6 +26,7 @@ import asyncio
 import io
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -149,6 +150,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Start the server, soak it, return the figures and what went wrong (``problems``)."""
     port = free_port()
     runtime = tempfile.mkdtemp(prefix="shs-soak-")
+    keep = True  # until the soak ends without problems
     tag = "sk" + os.urandom(3).hex()  # SHMSERVE_NAME_TAG: at most 8 letters or digits
     env = dict(os.environ)
     env.update(THREAD_ENV)
@@ -196,9 +198,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 problems.append(f"{seen[key]} slow clients: {key}")
         if "Traceback" in log.read_text(errors="replace"):
             problems.append(f"the server logged a traceback; see {log}")
+        keep = bool(problems)
         return {"requests": dict(seen), "before": before, "after": after, "problems": problems}
     finally:
         stop(proc, group=True)
+        if not keep:  # a soak with problems keeps its folder: the server log is there
+            shutil.rmtree(runtime, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
