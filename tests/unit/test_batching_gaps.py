@@ -1,7 +1,8 @@
 """Edges of the adaptive batching policy the main tests leave open, with a fake clock.
 
 A typical call larger than the room left in the batch; the arrival model's window evicting old
-gaps; and waiting for a completion's echo only when the wait pays.
+gaps and calls seen out of stamp order; waiting for a completion's echo only when the wait pays,
+for no more calls than fit; the cost model's intercept never below zero.
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import random
 
 import pytest
 
-from shmserve.batching import ArrivalModel, BatchPolicy
+from shmserve.batching import ArrivalModel, BatchPolicy, CostModel
 
 US = 1e-6
 MS = 1e-3
@@ -92,3 +93,32 @@ def test_an_echo_too_far_off_to_pay_is_not_waited_for() -> None:
     now = echo_end - pays_for / 2
     d = policy.decide([1] * 8, done - 200 * US, done - 150 * US, now)
     assert not d.run and d.wait_until == pytest.approx(echo_end)
+
+
+def test_the_echo_waited_for_is_capped_by_the_room_left() -> None:
+    # 16 callers are coming back, but only 2 more items fit: the wait is weighed against those 2.
+    policy, done = _closed_loop_policy(echo_lag=20 * US)
+    arr = policy.arrivals
+    queued = 62
+    budget = policy.cost.fixed / queued
+    echo_end = done + arr.echo_span
+    assert budget * 2 < echo_end - done < budget * arr.echo_remaining  # pays for 16, not for 2
+    assert policy.decide([1] * queued, done - 200 * US, done - 150 * US, done).run
+
+
+def test_a_call_stamped_before_the_latest_one_does_not_lengthen_the_next_gap() -> None:
+    # Calls from several clients are seen in intake order, not in the order of their stamps.
+    arr = ArrivalModel(window=1, min_gaps=1)
+    arr.observe(1.0)
+    arr.observe(0.5)  # a call submitted earlier, seen later
+    arr.observe(1.1)
+    assert arr.expected_gap == pytest.approx(0.1 / 0.6931471805599453)
+
+
+def test_the_cost_model_never_estimates_a_negative_fixed_cost() -> None:
+    model = CostModel()
+    for n in range(1, 65):
+        model.observe(n, 10 * US * n - 5 * US)  # a fit's intercept would be -5 us
+    assert model.fixed == 0.0
+    assert model.per_item == pytest.approx(10 * US, rel=0.05)
+    assert model.estimate(1) > 0.0

@@ -7,6 +7,8 @@ responses without bound.
 """
 from __future__ import annotations
 
+import time
+
 from tests.unit.test_http_protocol import make, post, responses
 
 
@@ -45,3 +47,18 @@ def test_resume_writing_keeps_reading_paused_while_the_pipeline_is_full() -> Non
         _, conn = app.pending.pop(0)
         conn.reply(200, b"text/plain", b"")
     assert not tr.paused and len(responses(tr.data)) == 40
+
+
+def test_a_peer_that_stops_reading_gets_no_extension_of_its_header_deadline() -> None:
+    # Reading pauses on the peer's account here (it does not read), unlike a full pipeline (ours):
+    # its half-sent head still gets 408 at the deadline.
+    proto, tr, app, state = make(header_timeout=10.0)
+    before = time.monotonic()
+    proto.data_received(post(b"/a", b"") + b"GET /b HTTP/1.1\r\nHost: x\r\n")
+    after = time.monotonic()
+    proto.pause_writing()
+    state.tick(now=before + 10.0 - 0.01)
+    assert not tr.closed
+    state.tick(now=after + 10.0 + 0.01)
+    got = responses(tr.data)
+    assert [s for s, _, _ in got] == [200, 408] and tr.closed
