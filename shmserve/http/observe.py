@@ -38,7 +38,11 @@ class RequestContext:
 
     def runner_seconds(self) -> float:
         """Summed round trips of the request's runner calls."""
-        return sum(t["complete"] - t["submit"] for _, _, t in self.sink if "complete" in t and "submit" in t)
+        total = 0.0
+        for _, _, t in self.sink:  # a loop, not sum(<generator>): this runs for every logged request
+            if "complete" in t and "submit" in t:
+                total += t["complete"] - t["submit"]
+        return total
 
 
 class Observer:
@@ -63,6 +67,8 @@ class Observer:
         if not (asked or self.active):
             return None
         parent = self.tracer.sample(request.headers) if self.tracer is not None else None
+        if parent is None and not asked and self.access_log is None:
+            return None  # traced only when sampled, and this one is not: nothing to collect
         timeline = None
         if asked or parent is not None:
             timeline = {"begin": request.t_begin, "parsed": request.t_parsed, "decoded": time.monotonic()}

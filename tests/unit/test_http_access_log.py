@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import logging
+import time
+import types
 
 import orjson
 import pytest
 from pydantic import ValidationError
 
 from shmserve.config.schema import AccessLogSettings, ApiServerSettings, LoggingSettings
+from shmserve.http import access_log
 from shmserve.http.access_log import AccessLog
+from shmserve.http.protocol import HttpProtocol, Request
 from tests.unit.test_http_app import Harness
 from tests.unit.test_http_protocol import post
 
@@ -71,3 +75,99 @@ def test_settings_are_checked() -> None:
         AccessLogSettings(format="xml")  # type: ignore[arg-type]
     with pytest.raises(ValidationError, match="sample_rate"):
         AccessLogSettings(sample_rate=1.5)
+
+
+class CountingStream:
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> None:
+        self.writes.append(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def _entry(i: int) -> tuple:
+    return (time.monotonic(), ("127.0.0.1", 1), b"POST", b"/p", 200, 1, 2, 0.001, 0.0, b"id-%d" % i)
+
+
+def test_responses_only_queue_lines_and_the_writer_comes_for_them_by_itself() -> None:
+    cap = Capture()
+    log = AccessLog(AccessLogSettings(enabled=True), [cap])
+    h = Harness(settings=ApiServerSettings(logging=LoggingSettings(access=AccessLogSettings(enabled=True))),
+                access_log=log)
+    try:
+        conn = object.__new__(HttpProtocol)
+        conn.transport = None
+        req = Request(b"GET", b"/x", {}, b"", True)
+        log.stop()  # no writer: a response leaves exactly one entry behind, nothing else
+        log.record(conn, req, 200, 0, 0.0)
+        assert len(log._pending) == 1 and cap.lines == []
+        log.start()
+        h.exchange(post(b"/v1/upper", b"abc") * 20, 20)
+        deadline = time.monotonic() + 10
+        while len(cap.lines) < 21 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(cap.lines) == 21  # written by the writer's own turns, before any stop()
+    finally:
+        h.close()
+
+
+def test_a_batch_is_one_write_through_the_handlers_formatter() -> None:
+    stream = CountingStream()
+    handler = logging.StreamHandler(stream)  # type: ignore[arg-type]
+    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+    log = AccessLog(AccessLogSettings(enabled=True), [handler])
+    log._pending.extend(_entry(i) for i in range(50))
+    log.flush()
+    assert len(stream.writes) == 1
+    lines = stream.writes[0].splitlines()
+    assert len(lines) == 50 and lines[0].startswith('shmserve.access INFO 127.0.0.1:1 "POST /p" 200 in=1 out=2 ')
+    assert lines[49].endswith("id=id-49")
+
+
+def test_json_timestamps_keep_their_microseconds_across_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    cap = Capture()
+    log = AccessLog(AccessLogSettings(enabled=True, format="json"), [cap])
+    log._pending.extend([(10.25, None, b"GET", b"/", 200, 0, 0, 0.0, 0.0, b"a"),
+                         (11.5, None, b"GET", b"/", 200, 0, 0, 0.0, 0.0, b"b")])
+    # Monotonic 0.0 is wall-clock 1_699_999_990: the entries were recorded at ...000.25 and ...001.5.
+    clock = types.SimpleNamespace(time=lambda: 1_699_999_990.0, monotonic=lambda: 0.0, strftime=time.strftime,
+                                  gmtime=time.gmtime)
+    monkeypatch.setattr(access_log, "time", clock)
+    log.flush()
+    assert [orjson.loads(x)["time"] for x in cap.lines] == ["2023-11-14T22:13:20.250000Z", "2023-11-14T22:13:21.500000Z"]
+    assert orjson.loads(cap.lines[0])["client"] == "-"
+
+
+def test_stop_writes_every_waiting_line_and_a_failing_handler_does_not_lose_the_others() -> None:
+    class Broken(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            raise OSError("disk full")
+
+        def handleError(self, record: logging.LogRecord) -> None:
+            self.failed = True
+
+    cap, broken = Capture(), Broken()
+    log = AccessLog(AccessLogSettings(enabled=True), [broken, cap])
+    log.start()
+    log._pending.extend(_entry(i) for i in range(7))
+    log.stop()
+    assert len(cap.lines) == 7 and broken.failed
+
+
+def test_json_lines_go_bare_to_the_servers_log_streams_in_one_write() -> None:
+    stream = CountingStream()
+    root = logging.getLogger()
+    server_handler = logging.StreamHandler(stream)  # type: ignore[arg-type]
+    server_handler.setFormatter(logging.Formatter("%(asctime)s api[0] %(message)s"))
+    root.addHandler(server_handler)
+    try:
+        log = AccessLog(AccessLogSettings(enabled=True, format="json"))  # the server's handlers
+    finally:
+        root.removeHandler(server_handler)
+    log._pending.extend(_entry(i) for i in range(3))
+    log.flush()
+    assert len(stream.writes) == 1
+    assert [orjson.loads(line)["request_id"] for line in stream.writes[0].splitlines()] == ["id-0", "id-1", "id-2"]
