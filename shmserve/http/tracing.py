@@ -55,7 +55,7 @@ def span_exporter(settings: TracingSettings) -> Any:
     _require_sdk()
     if settings.exporter == "console":
         return LogSpanExporter()
-    kwargs = {"endpoint": settings.endpoint} if settings.endpoint else {}
+    kwargs: dict[str, Any] = {"endpoint": settings.endpoint} if settings.endpoint else {}
     try:
         if settings.protocol == "grpc":
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter

@@ -133,48 +133,6 @@ def test_console_exporter_writes_spans_to_the_server_log(caplog: pytest.LogCaptu
     assert any('"name": "POST /x"' in r.getMessage() for r in caplog.records)
 
 
-def test_otlp_over_http_reaches_a_collector_on_loopback() -> None:
-    """The OTLP exporter path: spans arrive as an OTLP/HTTP protobuf request (a stdlib server plays collector)."""
-    pytest.importorskip("opentelemetry.exporter.otlp.proto.http.trace_exporter")
-    import http.server
-    import threading
-
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
-    received: list[bytes] = []
-
-    class Collector(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-            received.append(self.rfile.read(int(self.headers["Content-Length"])))
-            self.send_response(200)
-            self.send_header("Content-Type", "application/x-protobuf")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Collector)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        settings = TracingSettings(exporter="otlp", protocol="http",
-                                   endpoint=f"http://127.0.0.1:{server.server_port}/v1/traces")
-        tracer = Tracer(settings, "svc")
-        tracer.export(tracer.sample({b"traceparent": TRACEPARENT}), b"POST", b"/predict", "predict", 200, b"r-otlp",
-                      {"begin": 1.0, "parsed": 1.001, "decoded": 1.002}, 1.01)
-        tracer.shutdown()  # flushes the batch processor
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-    assert received
-    req = ExportTraceServiceRequest.FromString(received[0])
-    spans = [s for rs in req.resource_spans for ss in rs.scope_spans for s in ss.spans]
-    assert {s.name for s in spans} == {"POST /predict", "decode"}
-    assert {s.trace_id.hex() for s in spans} == {TRACE_ID}
-
-
 def test_check_settings_fails_early_on_what_every_worker_would_fail_on(tmp_path: object) -> None:
     from shmserve.errors import ConfigError
     from shmserve.http.app import check_settings
