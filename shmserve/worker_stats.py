@@ -8,6 +8,12 @@ rename). The API worker's ``/metrics`` reads the snapshots of its service's
 runners at scrape time (`read_worker_stats`). A snapshot is plain JSON of
 numbers; nothing in it comes from a request.
 
+A snapshot names the worker's lease (`shmserve.lease`), and its temp file is
+``.<runner>-<index>.stats.<lease>.tmp``: so the sweep at every start
+(`shmserve.registry.sweep`) removes both once the worker is dead, however it
+died (SIGKILL, OOM kill), and keeps those of live workers, also those of other
+servers sharing the runtime directory or running in another PID namespace.
+
 Counting a batch is one histogram update; the file write happens on the
 dispatch loop's idle checks, never between a call and its result.
 """
@@ -20,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from . import lease
 from .registry import pid_alive, runtime_dir
 
 __all__ = ["WorkerStats", "read_worker_stats", "stats_path", "PUBLISH_EVERY_S", "BATCH_BOUNDS"]
@@ -79,7 +86,8 @@ class WorkerStats:
     def snapshot(self, queue_depth: int, shm_bytes: int) -> dict[str, Any]:
         """This worker's numbers as plain data."""
         return {
-            "runner": self.runner, "worker": self.index, "pid": os.getpid(), "time": time.time(),
+            "runner": self.runner, "worker": self.index, "pid": os.getpid(), "lease": lease.current().id,
+            "time": time.time(),
             "restarts": self.restarts, "queue_depth": queue_depth, "shm_bytes": shm_bytes,
             "methods": {name: {"counts": s.counts, "sum": s.sum, "count": s.count}
                         for name, s in zip(self.methods, self.sizes)},
@@ -87,7 +95,7 @@ class WorkerStats:
 
     def publish(self, queue_depth: int, shm_bytes: int) -> None:
         """Replace the snapshot file (a failure to write only loses this snapshot)."""
-        tmp = self.path.with_suffix(".tmp")
+        tmp = self._tmp_path()
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "wb") as f:
@@ -96,9 +104,13 @@ class WorkerStats:
         except OSError:
             pass
 
+    def _tmp_path(self) -> Path:
+        # Named like the registry's staged records (".<name>.<lease>.tmp"), which the sweep knows.
+        return self.path.with_name(f".{self.path.name[:-len('.json')]}.{lease.current().id}.tmp")
+
     def unlink(self) -> None:
         """Remove the snapshot file (the worker is stopping)."""
-        for p in (self.path, self.path.with_suffix(".tmp")):
+        for p in (self.path, self._tmp_path()):
             try:
                 os.unlink(p)
             except OSError:
@@ -106,7 +118,7 @@ class WorkerStats:
 
 
 def read_worker_stats(runners: list[str], directory: Path | None = None) -> list[dict[str, Any]]:
-    """The snapshots of the live workers of `runners` (dead workers' files are skipped)."""
+    """The snapshots of the live workers of `runners` (a dead worker's file, its lease not held, is skipped)."""
     out: list[dict[str, Any]] = []
     try:
         where = directory if directory is not None else runtime_dir()
@@ -118,6 +130,14 @@ def read_worker_stats(runners: list[str], directory: Path | None = None) -> list
                 snap = orjson.loads(path.read_bytes())
             except (OSError, ValueError):
                 continue
-            if isinstance(snap, dict) and snap.get("runner") == name and pid_alive(int(snap.get("pid", 0))):
+            if isinstance(snap, dict) and snap.get("runner") == name and _alive(snap):
                 out.append(snap)
     return out
+
+
+def _alive(snap: dict[str, Any]) -> bool:
+    """Whether the worker that wrote `snap` runs: its lease is held (the pid, for a snapshot without one)."""
+    held = snap.get("lease")
+    if isinstance(held, str):
+        return lease.state(held) == lease.LIVE
+    return pid_alive(int(snap.get("pid", 0)))

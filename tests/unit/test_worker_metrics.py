@@ -1,15 +1,15 @@
 """Runner-worker snapshots and the /metrics families built from them, read back with prometheus-client's parser."""
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from shmserve import __version__
+from shmserve import __version__, lease, registry
 from shmserve.http.worker_metrics import WorkerMetrics
-from shmserve.worker_stats import WorkerStats, read_worker_stats
+from shmserve.worker_stats import WorkerStats, read_worker_stats, stats_path
 
 
 def families(collector: object) -> dict[str, list]:
@@ -18,14 +18,14 @@ def families(collector: object) -> dict[str, list]:
     return {f.name: f.samples for f in text_string_to_metric_families(generate_latest(reg).decode())}
 
 
-def test_snapshots_round_trip_and_only_live_workers_count(tmp_path: Path) -> None:
+def test_snapshots_round_trip_and_only_live_workers_count(tmp_path: Path, dead_lease: Callable[[], str]) -> None:
     stats = WorkerStats("mlp", 0, ["predict", "embed"], restarts=2, path=tmp_path / "mlp-0.stats.json")
     for items in (1, 3, 3, 64, 2000):
         stats.on_batch(0, items)
     stats.publish(queue_depth=5, shm_bytes=1 << 20)
     dead = WorkerStats("mlp", 1, ["predict"], restarts=0, path=tmp_path / "mlp-1.stats.json")
     dead.publish(0, 0)
-    text = (tmp_path / "mlp-1.stats.json").read_text().replace(f'"pid":{os.getpid()}', '"pid":999999999')
+    text = (tmp_path / "mlp-1.stats.json").read_text().replace(f'"lease":"{lease.current().id}"', f'"lease":"{dead_lease()}"')
     (tmp_path / "mlp-1.stats.json").write_text(text)
     WorkerStats("mlp-b", 0, ["predict"], 0, path=tmp_path / "mlp-b-0.stats.json").publish(0, 0)
     snaps = read_worker_stats(["mlp"], tmp_path)
@@ -65,3 +65,20 @@ def test_build_info_carries_the_package_version() -> None:
     fams = families(WorkerMetrics([]))
     (sample,) = fams["shmserve_build_info"]
     assert sample.labels["version"] == __version__
+
+
+def test_the_sweep_removes_dead_workers_snapshots_and_keeps_live_ones(runtime_dir: Path, dead_lease: Callable[[], str]) -> None:
+    """A SIGKILLed worker leaves its snapshot (and maybe a temp file) under a lease nobody holds."""
+    live = WorkerStats("sweep_live", 0, ["predict"], 0)
+    live.publish(0, 0)
+    killed = dead_lease()
+    stale = stats_path("sweep_dead", 0)
+    stale.write_bytes(live.path.read_bytes().replace(lease.current().id.encode(), killed.encode()))
+    staged = stale.with_name(f".sweep_dead-0.stats.{killed}.tmp")  # killed between write and rename
+    staged.write_bytes(b"{")
+    registry.sweep()
+    assert not stale.exists() and not staged.exists()
+    assert live.path.exists(), "the sweep removed the snapshot of a live worker"
+    assert [s["runner"] for s in read_worker_stats(["sweep_live", "sweep_dead"])] == ["sweep_live"]
+    live.unlink()
+    assert not live.path.exists()
