@@ -34,9 +34,8 @@ class Edge:
 
         `routed`: whether the path names a route of this server (only those get preflight answers).
         """
+        self.identify(request)
         headers = request.headers
-        rid = request.request_id = self.ids.accept(headers.get(HEADER))
-        request.response_headers = _ECHO + rid + b"\r\n"
         cors = self.cors
         if cors is not None and b"origin" in headers:
             if routed and is_preflight(request.method, headers):
@@ -47,6 +46,12 @@ class Edge:
                                                   "or 'X-API-Key: <key>'", _UNAUTHORIZED)
             return 401
         return 0
+
+    def identify(self, request: Request) -> None:
+        """Give `request` its ID and the header line echoing it (``ServerState.identify``: for the answers
+        the protocol makes itself, which are not routed)."""
+        rid = request.request_id = self.ids.accept(request.headers.get(HEADER))
+        request.response_headers = _ECHO + rid + b"\r\n"
 
     @staticmethod
     def _preflight(cors: Cors, request: Request, conn: HttpProtocol) -> int:

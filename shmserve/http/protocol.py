@@ -45,7 +45,7 @@ __all__ = ["Request", "HttpProtocol", "ServerState", "Application", "error_body"
 _PIPELINE_LOW = 4  # queued requests below which a connection paused by a full pipeline reads again
 # Sent to a connection over `max_connections` before closing it; nothing of it is read.
 _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nserver: shmserve\r\ncontent-type: application/json\r\n"
-         b"retry-after: 1\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%s")
+         b"retry-after: 1\r\n%sconnection: close\r\ncontent-length: %d\r\n\r\n%s")
 
 
 class Application(Protocol):
@@ -83,12 +83,17 @@ class HttpProtocol(asyncio.Protocol):
         state = self.state
         if len(state.connections) >= state.max_connections:
             state.refused += 1
-            body = error_body(503, "TooManyConnections",
-                              f"this API worker has {state.max_connections} connections open; retry later "
-                              "or raise api_server.http.max_connections (--max-connections)")
+            message = (f"this API worker has {state.max_connections} connections open; retry later "
+                       "or raise api_server.http.max_connections (--max-connections)")
+            refused = Request(b"", b"", {}, b"", False, (503, message))
+            if state.identify is not None:
+                state.identify(refused)  # its ID, as every answer has (header and body), and its log line
+            body = error_body(503, "TooManyConnections", message, refused.request_id)
             self.closed = self.reader.discard = True
-            transport.write(_BUSY % (len(body), body))
+            transport.write(_BUSY % (refused.response_headers, len(body), body))
             transport.close()
+            if state.on_response is not None:
+                state.on_response(self, refused, 503, len(body))
             return
         state.connections.add(self)
         if state.shutting_down:  # taken from the backlog while stopping: serve what it has sent
@@ -171,6 +176,7 @@ class HttpProtocol(asyncio.Protocol):
             state.prefix(status, content_type),
             b"transfer-encoding: chunked\r\n",
             extra_headers,
+            request.response_headers if request is not None else b"",
             state.date_end if self._stream_keep_alive else state.date_close,
         )))
 
@@ -281,6 +287,8 @@ class HttpProtocol(asyncio.Protocol):
                 self.current = request
                 if request.error is not None:
                     status, message = request.error
+                    if self.state.identify is not None:
+                        self.state.identify(request)  # the caller's X-Request-ID, if its headers came
                     self.reply_error(status, HTTPStatus(status).phrase, message)
                 else:
                     app.dispatch(request, self)

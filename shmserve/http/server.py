@@ -56,6 +56,7 @@ class HttpServer:
         self.settings = settings or ApiServerSettings()
         self.state = server_state(self.settings)
         self.state.on_response = app.on_response  # access log and spans; None while both are off
+        self.state.identify = app.edge.identify  # request IDs of the answers the protocol makes itself
         self._server: asyncio.AbstractServer | None = None
         self._sock: socket.socket | None = None
         self._ticker: asyncio.TimerHandle | None = None

@@ -90,6 +90,9 @@ class ServerState:
         #: called as ``on_response(conn, request, status, body_bytes)`` after each response is
         #: written (the access log and tracing use it); None costs one check per response
         self.on_response: Callable[[Any, Request, int, int], None] | None = None
+        #: called as ``identify(request)`` on a request the protocol answers itself (400, 408, 413,
+        #: 414, 431, 503 when full): gives it its request ID, as the application gives the others
+        self.identify: Callable[[Request], None] | None = None
         #: the ``date:`` line; and it followed by the end of the head, without and with ``connection: close``
         self.date_line = self.date_end = self.date_close = b""
         self._prefixes: dict[tuple[int, bytes], bytes] = {}
