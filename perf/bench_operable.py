@@ -14,24 +14,33 @@ connections, the order rotated every round:
 
 Prints, per connection count, the median req/s and p99 over the rounds and the
 ratios off/before and on/off (with their range over rounds), and writes them
-to ``perf/results/operable_<stamp>.json``::
+to ``perf/results/operable_<stamp>.json``. With ``--instructions`` it first
+counts an API worker's instructions per request, off and on, under callgrind
+(`perf.callgrind_api`, both at once): a figure the machine's load does not
+move, where req/s on a shared machine moves by more than the cost measured.
+They are given for every thread and for the event loop's thread alone: the
+other threads' counts include periodic wake-ups (the runner client's 0.1 s
+liveness poll, the access log writer's 0.1 s turn), which weigh ~50 times more
+under valgrind, where every second of serving lasts ~50 times longer::
 
-    python -m perf.bench_operable --rounds 5 --duration 5
+    python -m perf.bench_operable --rounds 5 --duration 5 --instructions
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from . import wrk
+from . import callgrind_api, wrk
 from .env import REPO, THREAD_ENV, bench_dir
 from .procs import free_port, stop, wait_http
 from .stats import median
@@ -105,6 +114,36 @@ def measure(kind: str, tree: Path, connections: tuple[int, ...], duration: float
         stop(proc)
 
 
+def count_instructions(requests: int, warmup: int = 50, connections: int = 16) -> dict[str, dict[str, float]]:
+    """Instructions per request of an API worker off and on (every thread, and the event loop's alone)."""
+    def one(kind: str) -> dict[str, Any]:
+        with tempfile.TemporaryDirectory(prefix=f"shmserve-cg-{kind}-") as tmp:
+            config = None
+            if kind == "on":
+                config = Path(tmp) / "shmserve.yaml"
+                config.write_text(ON_CONFIG)
+            return callgrind_api.measure(REPO, "json", requests, warmup, connections, Path(tmp), 0, config=config,
+                                         per_thread=True)
+
+    with ThreadPoolExecutor(2) as pool:  # side by side: counts do not depend on the load
+        runs = dict(zip(("off", "on"), pool.map(one, ("off", "on"))))
+    return {k: {"per_request": r["instructions_per_request"],
+                "loop_per_request": r["per_thread_instructions_per_request"].get(1, 0.0),
+                "raw_per_request": r["instructions_per_request_with_idle"],
+                "raw_loop_per_request": r["per_thread_instructions_per_request_with_idle"].get(1, 0.0),
+                "wall_s_under_valgrind": r["wall_s_under_valgrind"], "requests": r["requests"]}
+            for k, r in runs.items()}
+
+
+def instructions_line(fig: dict[str, dict[str, float]]) -> str:
+    """One line: instructions per request off and on, with their ratios."""
+    off, on = fig["off"], fig["on"]
+    return (f"instructions/request (callgrind, {on['requests']:.0f} requests each): every thread off "
+            f"{off['per_request']:,.0f} on {on['per_request']:,.0f} (on/off {on['per_request'] / off['per_request']:.3f}); "
+            f"event loop thread off {off['loop_per_request']:,.0f} on {on['loop_per_request']:,.0f} "
+            f"(on/off {on['loop_per_request'] / off['loop_per_request']:.3f})")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: see the module docstring."""
     p = argparse.ArgumentParser(prog="python -m perf.bench_operable", description=__doc__.split("\n\n")[0])
@@ -112,9 +151,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=5.0, help="seconds of wrk per connection count")
     p.add_argument("--before", default=None, help="git revision of the 'before' tree (default: see above)")
     p.add_argument("--connections", default="1,128")
+    p.add_argument("--instructions", action="store_true",
+                   help="also count instructions per request, off and on, under callgrind (valgrind)")
+    p.add_argument("--instruction-requests", type=int, default=300, help="requests counted per setting")
     args = p.parse_args(argv)
     if not wrk.available():
         raise SystemExit("wrk is not installed: apt-get install wrk")
+    if args.instructions and not shutil.which("valgrind"):
+        raise SystemExit("--instructions needs valgrind: apt-get install valgrind")
+    instructions = count_instructions(args.instruction_requests) if args.instructions else None
+    if instructions is not None:
+        print(instructions_line(instructions), flush=True)
     conns = tuple(int(c) for c in args.connections.split(","))
     rev = args.before or before_commit()
     kinds = ("before", "off", "on")
@@ -130,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {r + 1}/{args.rounds} {kind}: " + ", ".join(
                     f"c{c} {v['rps']:.0f} req/s p99 {v['p99_ms']:.2f} ms" for c, v in runs[kind][-1].items()), flush=True)
     summary: dict[str, Any] = {"before_rev": rev, "rounds": args.rounds, "duration_s": args.duration,
-                               "on_config": ON_CONFIG, "figures": {}}
+                               "on_config": ON_CONFIG, "figures": {}, "instructions": instructions}
     print("\nmedians over rounds (this machine is shared and noisy: read the ranges)")
     for c in conns:
         fig: dict[str, Any] = {}
@@ -148,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"       p99 ms before {fig['before']['p99_ms']:8.2f}  off {fig['off']['p99_ms']:8.2f}  "
               f"on {fig['on']['p99_ms']:8.2f};  p50 ms before {fig['before']['p50_ms']:.3f}  "
               f"off {fig['off']['p50_ms']:.3f}  on {fig['on']['p50_ms']:.3f}")
+    if instructions is not None:
+        print(instructions_line(instructions))
     out = REPO / "perf" / "results" / f"operable_{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"summary": summary, "runs": runs}, indent=1))

@@ -104,8 +104,14 @@ def _control(*args: str) -> None:
 
 
 def measure(tree: Path, body: str, requests: int, warmup: int, connections: int, scratch: Path,
-            annotate: int, idle_s: float = 10.0, inclusive: bool = False) -> dict[str, Any]:
-    """One callgrind run of an API worker from `tree`; the runner worker is started here from the same tree."""
+            annotate: int, idle_s: float = 10.0, inclusive: bool = False, config: Path | None = None,
+            per_thread: bool = False) -> dict[str, Any]:
+    """One callgrind run of an API worker from `tree`; the runner worker is started here from the same tree.
+
+    `config`: a ``shmserve.yaml`` for the API worker. `per_thread`: also count each thread apart
+    (``per_thread_instructions_per_request``, idle rate taken out, by callgrind's thread number;
+    1 is the event loop's).
+    """
     env = dict(os.environ, **THREAD_ENV)
     env["PYTHONPATH"] = os.pathsep.join([str(tree), str(bench_dir())])
     env["SHMSERVE_RUNTIME_DIR"] = str(scratch / "run")
@@ -125,7 +131,8 @@ def measure(tree: Path, body: str, requests: int, warmup: int, connections: int,
             raise RuntimeError("the runner worker did not start")
         worker = subprocess.Popen(
             ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out_file}",
-             sys.executable, str(WORKER), SERVICE, str(port_file)],
+             *(["--separate-threads=yes"] if per_thread else []),
+             sys.executable, str(WORKER), SERVICE, str(port_file), *([str(config)] if config else [])],
             cwd=tree, env=env,
             stdout=(scratch / "worker.log").open("wb"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 900
@@ -145,15 +152,18 @@ def measure(tree: Path, body: str, requests: int, warmup: int, connections: int,
         statuses = load(port, request, requests, connections)
         wall = time.monotonic() - t0
         _control("-d", str(worker.pid))
-        measured = _last_dump(out_file)
-        summary = _summary(measured)
+        threads = _thread_counts(out_file) if per_thread else {}
+        measured = _last_dump(out_file) if not per_thread else f"{out_file}.1-01"
+        summary = sum(threads.values()) if per_thread else _summary(measured)
         # What the worker does with no requests (the tick, the metrics publish) over the same wall
         # time is taken out, so the figure does not depend on how fast valgrind ran this time.
         _control("-z", str(worker.pid))
         t1 = time.monotonic()
         time.sleep(idle_s)
         _control("-d", str(worker.pid))
-        idle_rate = _summary(_last_dump(out_file)) / (time.monotonic() - t1)
+        idle_wall = time.monotonic() - t1
+        idle_threads = _thread_counts(out_file) if per_thread else {}
+        idle_rate = (sum(idle_threads.values()) if per_thread else _summary(_last_dump(out_file))) / idle_wall
         _control("-i", "off", str(worker.pid))
         per_request = (summary - idle_rate * wall) / max(1, requests)
         result: dict[str, Any] = {"tree": str(tree), "body": body, "requests": requests,
@@ -162,6 +172,11 @@ def measure(tree: Path, body: str, requests: int, warmup: int, connections: int,
                                   "instructions_per_request": per_request,
                                   "instructions_per_request_with_idle": summary / max(1, requests),
                                   "wall_s_under_valgrind": wall}
+        if per_thread:
+            result["per_thread_instructions_per_request"] = {
+                t: (n - idle_threads.get(t, 0) / idle_wall * wall) / max(1, requests) for t, n in threads.items()}
+            result["per_thread_instructions_per_request_with_idle"] = {
+                t: n / max(1, requests) for t, n in threads.items()}
         if annotate:
             ann = subprocess.run(["callgrind_annotate", f"--inclusive={'yes' if inclusive else 'no'}", measured], capture_output=True,
                                  text=True, timeout=300).stdout
@@ -190,6 +205,17 @@ def _last_dump(out_file: Path) -> str:
     if not dumps:
         raise RuntimeError("callgrind wrote no dump")
     return dumps[-1]
+
+
+def _thread_counts(out_file: Path) -> dict[int, int]:
+    """Thread number -> count of the last dump written with ``--separate-threads`` (<out>.<dump>-<thread>)."""
+    files: dict[int, dict[int, str]] = {}
+    for p in glob.glob(f"{out_file}.*-*"):
+        number, _, thread = p.rsplit(".", 1)[1].partition("-")
+        files.setdefault(int(number), {})[int(thread)] = p
+    if not files:
+        raise RuntimeError("callgrind wrote no dump")
+    return {t: _summary(p) for t, p in files[max(files)].items()}
 
 
 def _summary(dump: str) -> int:

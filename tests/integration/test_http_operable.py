@@ -94,6 +94,17 @@ def test_a_sampled_traceparent_yields_spans_across_the_runner_call(server: Confi
     assert got["POST /predict"]["parent_id"] == "0xb7ad6b7169203331"
 
 
+def test_the_request_id_reaches_the_runner_calls_timeline(server: ConfiguredServer) -> None:
+    """``X-Shmserve-Trace``: the request's ID on the timeline and on each shared-memory runner call in it."""
+    status, headers, _ = server.request("POST", "/predict", b"[[1, 2, 3]]",
+                                        AUTH + "X-Shmserve-Trace: 1\r\nX-Request-ID: int-trace\r\n")
+    assert status == 200 and headers["x-request-id"] == "int-trace"
+    timeline = orjson.loads(headers["x-shmserve-trace"])
+    (call,) = timeline["runners"]
+    assert timeline["request_id"] == call["request_id"] == "int-trace"
+    assert call["runner"] == f"double-{server.suffix}" and call["submit"] <= call["model_start"] <= call["complete"]
+
+
 def test_metrics_show_the_runner_workers_own_batches(server: ConfiguredServer) -> None:
     for _ in range(3):
         assert server.request("POST", "/predict", b"[[1, 2, 3], [4, 5, 6]]", AUTH)[0] == 200
