@@ -6,7 +6,8 @@ running runner workers with ``shmserve.client.attach``; with ``local_runners``
 (the ``--local-runners`` debug option) it instead runs each Runnable inside
 itself with ``runner.init_local()``, so no shared memory is involved at all.
 
-It reports ``("ready", pid)`` or ``("error", message)`` on its status pipe, and
+It reports ready, or the error that stopped its start, on its status pipe
+(`shmserve.process.report_ready` / `report_error`), and
 exits when it gets SIGTERM/SIGINT or when the supervisor's end of the pipe
 closes (the supervisor died). Stopping closes the listening socket first (new
 connections are refused), then answers every request already received,
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import resource
 import signal
 import socket
@@ -25,12 +25,14 @@ import sys
 import traceback
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from ..config import ApiServerSettings, Config
+from ..config import ApiServerSettings
+from ..config.serve import ServeConfig
 from ..errors import ConfigError
+from ..process import API_WORKER, report_error, report_ready
 from ..traces import add_trace_hook
 
 __all__ = ["APIWorkerSpec", "bind_runners", "unbind_runners", "run_api_worker"]
@@ -42,13 +44,10 @@ log = logging.getLogger("shmserve.api")
 class APIWorkerSpec:
     """Everything an API worker process needs; picklable, so it crosses the spawn boundary."""
 
-    service: str
-    cwd: str
+    #: what ``shmserve serve`` serves and how: the service, ``config.settings.api_server`` for this
+    #: process, and the runner settings (a runner's call timeout applies on the calling side)
+    serve: ServeConfig
     index: int = 0
-    local_runners: bool = False
-    #: the deployment's configuration: ``config.settings.api_server`` for this process, and the
-    #: runner settings (a runner's call timeout applies on the calling side)
-    config: Config = field(default_factory=Config)
     #: folder where API workers share metric snapshots (None: each reports only itself)
     metrics_dir: str | None = None
     #: the gRPC port the supervisor reserved for every API worker (None: no gRPC)
@@ -57,8 +56,9 @@ class APIWorkerSpec:
     regions_dir: str | None = None
 
 
-def bind_runners(runners: Iterable[Any], local: bool, timeout: float = 30.0) -> None:
-    """Bind each runner: to the running runner workers, or in-process when `local` or embedded."""
+def bind_runners(runners: Iterable[Any], local: bool, timeout: float) -> None:
+    """Bind each runner: to the running runner workers (waiting up to `timeout` seconds to
+    connect to each), or in-process when `local` or embedded."""
     runners = list(runners)
     for runner in runners:
         if local or runner.embedded:
@@ -88,13 +88,14 @@ def unbind_runners(runners: Iterable[Any]) -> None:
 
 def run_api_worker(spec: APIWorkerSpec, sock: socket.socket, status: Connection) -> None:
     """Process main of one API worker (the spawn target)."""
-    api = spec.config.settings.api_server
+    opts = spec.serve
+    api = opts.config.settings.api_server
     logging.basicConfig(level=api.logging.level, format=f"%(asctime)s api[{spec.index}] %(levelname)s %(name)s: %(message)s")
-    # Signals are handled by the event loop; until it runs, a SIGINT from the terminal must not
-    # leave a half-started worker behind a traceback.
+    # Signals are handled by the event loop (`_serve`); until it runs, a SIGINT from the terminal
+    # must not leave a half-started worker behind a traceback (`shmserve.process`: the signal scheme).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if spec.cwd not in sys.path:
-        sys.path.insert(0, spec.cwd)
+    if opts.cwd not in sys.path:
+        sys.path.insert(0, opts.cwd)
     import uvloop
 
     from .. import __version__
@@ -106,9 +107,9 @@ def run_api_worker(spec: APIWorkerSpec, sock: socket.socket, status: Connection)
     asyncio.set_event_loop(loop)
     executor = ThreadPoolExecutor(max_workers=api.threads, thread_name_prefix="shmserve-api")
     try:
-        svc = load_service(spec.service)
-        spec.config.apply(svc.runners)
-        bind_runners(svc.runners, spec.local_runners, api.startup_timeout)
+        svc = load_service(opts.service)
+        opts.config.apply(svc.runners)
+        bind_runners(svc.runners, opts.local_runners, api.startup_timeout)
         regions = None
         if spec.regions_dir is not None:
             from ..oip.regions import RegionTable
@@ -116,11 +117,11 @@ def run_api_worker(spec: APIWorkerSpec, sock: socket.socket, status: Connection)
             regions = RegionTable(spec.regions_dir)
         # Settings that cannot work (a missing API keys file, tracing without its extra) fail the start here.
         app = App(svc, executor=executor, version=__version__, metrics_dir=spec.metrics_dir, regions=regions,
-                  settings=api, tracing=spec.config.settings.tracing)
+                  settings=api, tracing=opts.config.settings.tracing)
     except BaseException as exc:
         executor.shutdown(wait=False)
         loop.close()
-        status.send(("error", f"{type(exc).__name__}: {exc}"))
+        report_error(status, f"{type(exc).__name__}: {exc}")
         raise SystemExit(1) from exc
     add_trace_hook(app.metrics.on_trace)  # runner batch size, queue wait and compute histograms
     server = HttpServer(app, _fit_connections(api))
@@ -133,7 +134,7 @@ def run_api_worker(spec: APIWorkerSpec, sock: socket.socket, status: Connection)
         try:
             loop.run_until_complete(app.startup())  # @svc.on_startup hooks, before the first request
         except BaseException as exc:
-            status.send(("error", f"an on_startup hook raised {type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+            report_error(status, f"an on_startup hook raised {type(exc).__name__}: {exc}\n{traceback.format_exc()}")
             raise SystemExit(1) from exc
         loop.run_until_complete(_serve(server, sock, status, grpc_server, api.graceful_shutdown_timeout))
         loop.run_until_complete(app.shutdown())
@@ -177,7 +178,7 @@ def _fit_connections(api: ApiServerSettings) -> ApiServerSettings:
 async def _serve(server: Any, sock: socket.socket, status: Connection, grpc_server: Any, grace: float) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in API_WORKER.stop:  # the handler only records the signal; the stop is below
         loop.add_signal_handler(sig, stop.set)
     # EOF on the status pipe means the supervisor is gone: exit instead of serving orphaned.
     loop.add_reader(status.fileno(), stop.set)
@@ -186,10 +187,10 @@ async def _serve(server: Any, sock: socket.socket, status: Connection, grpc_serv
         try:
             await grpc_server.start()
         except Exception as exc:
-            status.send(("error", f"{type(exc).__name__}: {exc}"))
+            report_error(status, f"{type(exc).__name__}: {exc}")
             await server.shutdown()
             return
-    status.send(("ready", os.getpid()))
+    report_ready(status)
     await stop.wait()
     loop.remove_reader(status.fileno())
     log.debug("shutting down: %d connections open", len(server.state.connections))

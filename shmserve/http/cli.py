@@ -11,6 +11,7 @@ __all__ = ["register", "run_serve", "serve_config"]
 def register(subparsers: Any) -> None:
     """Add the ``serve`` subcommand; its option flags come from the configuration schema."""
     from ..config.flags import add_config_argument, add_flags
+    from ..config.serve import add_serve_arguments
 
     p = subparsers.add_parser(
         "serve",
@@ -20,13 +21,9 @@ def register(subparsers: Any) -> None:
                     "from the defaults, then --config FILE (or $SHMSERVE_CONFIG), then "
                     "$SHMSERVE_CONFIG_OPTIONS, then these flags; `shmserve config show` prints the result.",
     )
-    p.add_argument("service", help="the Service to serve, as module:attribute (e.g. service:svc); "
-                                   "the module is imported from the current directory")
+    add_serve_arguments(p)  # the service, --local-runners: `ServeConfig`'s own fields
     add_config_argument(p)
-    p.add_argument("--local-runners", action="store_true",
-                   help="debugging: run each Runnable inside every API worker (runner.init_local()) "
-                        "instead of in shared-memory runner workers")
-    add_flags(p)
+    add_flags(p)  # one flag per shmserve.yaml key that declares one
     p.set_defaults(func=run_serve)
 
 
@@ -40,8 +37,9 @@ def serve_config(args: argparse.Namespace) -> Any:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Entry point of ``shmserve serve``."""
+    from ..config.serve import ServeConfig
     from ..errors import ShmserveError
-    from .serve import ServeOptions, serve
+    from .serve import serve
 
     log = logging.getLogger("shmserve.serve")
     try:
@@ -53,7 +51,7 @@ def run_serve(args: argparse.Namespace) -> int:
     level = config.settings.api_server.logging.level
     logging.basicConfig(level=level, format="%(asctime)s serve %(levelname)s %(name)s: %(message)s")
     try:
-        return serve(ServeOptions(service=args.service, config=config, local_runners=args.local_runners))
+        return serve(ServeConfig.from_args(args, config))
     except ShmserveError as exc:  # configuration, name clashes, runners that cannot start
         log.error("%s: %s", type(exc).__name__, exc)
         return 2

@@ -14,7 +14,8 @@
    new connections are refused), answer every request already received, and
    exit. Only then do the runners stop, which removes their shared memory: their
    workers ignore SIGTERM and SIGINT (see ``shmserve.start(outlive_sigterm=True)``),
-   so the calls of a draining API worker still reach them.
+   so the calls of a draining API worker still reach them. The signal of every
+   process role is in `shmserve.process`.
 """
 from __future__ import annotations
 
@@ -26,71 +27,36 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from multiprocessing.connection import wait
 from typing import Any
 
 from .. import registry
-from ..config import Config
+from ..config.serve import ServeConfig
+from ..process import API_WORKER, SERVE, Child, CrashHistory, RestartPolicy, SignalFlag, spawn, stop_children
 from ..shm import budget
 from .api_worker import APIWorkerSpec, run_api_worker
 from .server import bind_tcp
 
-__all__ = ["ServeOptions", "serve", "MAX_RESTARTS", "RESTART_WINDOW_S"]
+__all__ = ["serve", "MAX_RESTARTS", "RESTART_WINDOW_S", "RESTART_POLICY"]
 
 log = logging.getLogger("shmserve.serve")
 
 MAX_RESTARTS = 5
 RESTART_WINDOW_S = 30.0
+#: API workers restart at once; past `MAX_RESTARTS` crashes (of all of them) in `RESTART_WINDOW_S` the server stops
+RESTART_POLICY = RestartPolicy(window_s=RESTART_WINDOW_S, give_up_after=MAX_RESTARTS)
+#: seconds an API worker gets, after the graceful shutdown timeout, before it is killed
+STOP_MARGIN_S = 5.0
 
 
-@dataclass(frozen=True)
-class ServeOptions:
-    """What ``shmserve serve`` runs: the service, its configuration (`shmserve.config`), and the
-    ``--local-runners`` debugging switch."""
-
-    service: str
-    config: Config = field(default_factory=Config)
-    local_runners: bool = False
-
-
-class _APIWorker:
-    """One API worker process and the supervisor's end of its status pipe."""
+class _APIWorker(Child):
+    """One API worker process, the supervisor's end of its status pipe, and its spec."""
 
     def __init__(self, ctx: Any, spec: APIWorkerSpec, sock: socket.socket) -> None:
+        child = spawn(ctx, run_api_worker, (spec, sock), name=f"shmserve-api-{spec.index}", daemon=False)
+        super().__init__(child.process, child.status)
         self.spec = spec
-        self.status, child_end = ctx.Pipe(duplex=False)
-        self.process = ctx.Process(target=run_api_worker, args=(spec, sock, child_end),
-                                   name=f"shmserve-api-{spec.index}", daemon=False)
-        self.process.start()
-        child_end.close()
-        self.ready = False
-        self.started = time.monotonic()
-
-    def poll_status(self) -> tuple[str, Any] | None:
-        """Read one status message if any; None when there is none or the pipe closed."""
-        try:
-            if self.status.poll():
-                msg: tuple[str, Any] = self.status.recv()
-                if msg[0] == "ready":
-                    self.ready = True
-                return msg
-        except (EOFError, OSError):
-            pass
-        return None
-
-    def terminate(self) -> None:
-        """Ask for a graceful stop."""
-        if self.process.is_alive() and self.process.pid is not None:
-            try:
-                os.kill(self.process.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-
-    def close(self) -> None:
-        """Release the pipe and process handles (after the process exited)."""
-        self.status.close()
-        self.process.close()
 
 
 def _listen(host: str, port: int, backlog: int) -> socket.socket:
@@ -100,44 +66,15 @@ def _listen(host: str, port: int, backlog: int) -> socket.socket:
     return sock
 
 
-class _Signals:
-    """SIGTERM/SIGINT set `stop` and wake the supervisor's wait() through a socketpair."""
-
-    def __init__(self) -> None:
-        self.stop = False
-        self.read_end, self._write_end = socket.socketpair()
-        self.read_end.setblocking(False)
-        self._write_end.setblocking(False)
-        self._old_fd = signal.set_wakeup_fd(self._write_end.fileno())
-        self._old = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if not self.stop:
-            log.info("got %s: shutting down", signal.Signals(signum).name)
-        self.stop = True
-
-    def drain(self) -> None:
-        """Empty the wake-up socket."""
-        try:
-            while self.read_end.recv(512):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
-
-    def restore(self) -> None:
-        """Put the previous handlers back."""
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        signal.set_wakeup_fd(self._old_fd)
-        self.read_end.close()
-        self._write_end.close()
+def _on_signal(sig: signal.Signals) -> None:
+    log.info("got %s: shutting down", sig.name)
 
 
-def serve(options: ServeOptions) -> int:
+def serve(options: ServeConfig) -> int:
     """Run the server until SIGTERM/SIGINT; returns the process exit status."""
     from ..service import load_service
 
-    cwd = os.getcwd()
+    cwd = options.cwd
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
     svc = load_service(options.service)  # fail here, clearly, before any process starts
@@ -148,7 +85,7 @@ def serve(options: ServeOptions) -> int:
     api = options.config.settings.api_server
     if svc.runners and not options.local_runners:  # every API worker maps a channel to every runner worker
         budget.check(budget.runners_budget(svc.runners, clients=api.workers))
-    signals = _Signals()
+    signals = SignalFlag(SERVE, wakeup=True, on_signal=_on_signal)
     sock = _listen(api.http.host, api.http.port, api.http.backlog)
     port = sock.getsockname()[1]
     ctx = mp.get_context("spawn")
@@ -159,8 +96,7 @@ def serve(options: ServeOptions) -> int:
     if api.allow_client_shm:  # inside the metrics folder: swept with it if this process is killed
         regions_dir = os.path.join(metrics_dir, "regions")
         os.mkdir(regions_dir, 0o700)
-    base = APIWorkerSpec(service=options.service, cwd=cwd, local_runners=options.local_runners,
-                         config=options.config, metrics_dir=metrics_dir, grpc_port=grpc_port, regions_dir=regions_dir)
+    base = APIWorkerSpec(serve=options, metrics_dir=metrics_dir, grpc_port=grpc_port, regions_dir=regions_dir)
     workers: list[_APIWorker] = []
     handle: Any = None
     code = 0
@@ -189,7 +125,7 @@ def serve(options: ServeOptions) -> int:
         sock.close()  # first: the API workers close theirs on SIGTERM, then connections are refused
         if grpc_sock is not None:
             grpc_sock.close()
-        _stop_workers(workers, api.graceful_shutdown_timeout + 5.0)
+        _stop_workers(workers, api.graceful_shutdown_timeout + STOP_MARGIN_S)
         if handle is not None:
             handle.stop()
         _sweep_dead()
@@ -208,7 +144,7 @@ def _reserve_grpc(api: Any) -> socket.socket | None:
     return reserve_port(api.http.host, api.grpc.port)
 
 
-def _wait_ready(workers: list[_APIWorker], signals: _Signals, timeout: float) -> bool:
+def _wait_ready(workers: list[_APIWorker], signals: SignalFlag, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while not all(w.ready for w in workers):
         if signals.stop:
@@ -221,9 +157,9 @@ def _wait_ready(workers: list[_APIWorker], signals: _Signals, timeout: float) ->
         wait([w.status for w in pending] + [w.process.sentinel for w in pending] + [signals.read_end], min(left, 1.0))
         signals.drain()
         for w in pending:
-            msg = w.poll_status()
-            if msg is not None and msg[0] == "error":
-                log.error("API worker %d failed to start: %s", w.spec.index, msg[1])
+            status = w.poll_quietly()
+            if status is not None and not status.ready:
+                log.error("API worker %d failed to start: %s", w.spec.index, status.error)
                 return False
             if not w.ready and not w.process.is_alive():
                 log.error("API worker %d exited with code %s while starting", w.spec.index, w.process.exitcode)
@@ -231,8 +167,8 @@ def _wait_ready(workers: list[_APIWorker], signals: _Signals, timeout: float) ->
     return True
 
 
-def _supervise(ctx: Any, workers: list[_APIWorker], sock: socket.socket, signals: _Signals) -> int:
-    restarts: list[float] = []
+def _supervise(ctx: Any, workers: list[_APIWorker], sock: socket.socket, signals: SignalFlag) -> int:
+    crashes = CrashHistory(RESTART_POLICY)
     while not signals.stop:
         wait([w.process.sentinel for w in workers] + [w.status for w in workers if not w.ready] + [signals.read_end], 1.0)
         signals.drain()
@@ -240,17 +176,16 @@ def _supervise(ctx: Any, workers: list[_APIWorker], sock: socket.socket, signals
             break
         for i, w in enumerate(workers):
             if not w.ready:
-                msg = w.poll_status()
-                if msg is not None and msg[0] == "error":
-                    log.error("restarted API worker %d failed to start: %s", w.spec.index, msg[1])
+                status = w.poll_quietly()
+                if status is not None and not status.ready:
+                    log.error("restarted API worker %d failed to start: %s", w.spec.index, status.error)
             if w.process.is_alive():
                 continue
             log.warning("API worker %d (pid %s) exited with code %s; restarting it",
                         w.spec.index, w.process.pid, w.process.exitcode)
-            now = time.monotonic()
-            restarts = [t for t in restarts if now - t < RESTART_WINDOW_S] + [now]
-            if len(restarts) > MAX_RESTARTS:
-                log.error("API workers crashed %d times in %.0f s; giving up", len(restarts), RESTART_WINDOW_S)
+            decision = crashes.crashed(time.monotonic())
+            if not decision.restart:
+                log.error("API workers crashed %d times in %.0f s; giving up", decision.crashes, RESTART_WINDOW_S)
                 return 1
             w.close()
             _sweep_dead()  # the dead worker's client channels and semaphores
@@ -268,13 +203,10 @@ def _sweep_dead() -> None:
 
 
 def _stop_workers(workers: list[_APIWorker], timeout: float) -> None:
+    def killing(w: Child) -> None:
+        assert isinstance(w, _APIWorker)
+        log.warning("API worker %d did not stop within %.0f s; killing it", w.spec.index, timeout)
+
+    stop_children(workers, API_WORKER.stop_signal, timeout, on_kill=killing)
     for w in workers:
-        w.terminate()
-    deadline = time.monotonic() + timeout
-    for w in workers:
-        w.process.join(max(0.0, deadline - time.monotonic()))
-        if w.process.is_alive():
-            log.warning("API worker %d did not stop within %.0f s; killing it", w.spec.index, timeout)
-            w.process.kill()
-            w.process.join(5.0)
         w.close()

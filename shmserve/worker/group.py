@@ -23,14 +23,22 @@ import signal
 import threading
 import time
 from collections.abc import Iterable
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import wait
 from typing import Any
-
-import orjson
 
 from .. import lease, registry
 from ..client import RunnerClient
 from ..errors import ConfigError, RunnerError
+from ..process import (
+    RUNNER_WORKER,
+    RUNNER_WORKER_OUTLIVING,
+    Child,
+    CrashHistory,
+    RestartPolicy,
+    SignalRole,
+    spawn,
+    stop_children,
+)
 from ..runner import Runner
 from ..shm import budget
 from ..shm.health import HealthBoard
@@ -40,13 +48,15 @@ from ..watchdog import Health
 from ..worker_stats import stats_path
 from . import runner as worker_main
 
+#: seconds every worker of a runner gets to import its Runnable and run its ``__init__`` (loading a model)
 READY_TIMEOUT_S = 120.0
 #: how a group started with ``outlive_sigterm=True`` stops its workers (they ignore SIGTERM)
-OUTLIVE_STOP_SIGNAL = signal.SIGUSR1
+OUTLIVE_STOP_SIGNAL = RUNNER_WORKER_OUTLIVING.stop_signal
 STOP_GRACE_S = 5.0
 WATCH_EVERY_S = 0.25  # how often the watcher reads the health boards
+#: a worker slot restarts its worker at once, then with a growing delay once it crashed 4 times in 10 s
+RESTART_POLICY = RestartPolicy(window_s=10.0, backoff_after=3)
 log = logging.getLogger("shmserve.watchdog")
-_env_lock = threading.Lock()
 
 
 class WorkerHandle:
@@ -58,16 +68,19 @@ class WorkerHandle:
         self.index = plan.index
         self.doorbell = Signal.create()
         self.socket_path = str(registry.runtime_dir() / f"{sup.runner.name}-{plan.index}.sock")
-        self.process: Any = None
-        self.status: Connection | None = None
+        self.child: Child | None = None
         self.restarts = 0
-        self.crash_times: list[float] = []
+        self.crashes = CrashHistory(RESTART_POLICY)
         self.board = HealthBoard.create()  # the watchdog's view of this slot's worker (one per slot, kept)
         self.killed_pid = 0  # the pid the watchdog killed last, so it is not killed twice
 
+    @property
+    def process(self) -> Any:
+        """The current worker process (None before the first spawn)."""
+        return self.child.process if self.child is not None else None
+
     def spawn(self) -> None:
         r = self.sup.runner
-        recv, send = self.sup.ctx.Pipe(duplex=False)
         spec = worker_main.WorkerSpec(
             runner_name=r.name,
             index=self.index,
@@ -76,61 +89,42 @@ class WorkerHandle:
             methods=[(c.signature, c.max_batch_size, c.max_latency_ms) for c in r.method_configs.values()],
             socket_path=self.socket_path,
             doorbell_name=self.doorbell.name,
-            status=send,
             threads=self.plan.threads,
             parent_pid=os.getpid(),
             gpu=self.plan.gpu,
             health_name=self.board.name,
-            stop_signal=self.sup.stop_signal,
+            signals=self.sup.signals,
             restarts=self.restarts,
         )
-        proc = self.sup.ctx.Process(target=worker_main.main, args=(spec,), name=f"shmserve-{r.name}-{self.index}",
-                                    daemon=True)
-        with _env_lock:  # the child inherits the environment at exec: set its thread and GPU variables
-            saved = {k: os.environ.get(k) for k in self.plan.env}
-            os.environ.update(self.plan.env)
-            try:
-                proc.start()
-            finally:
-                for k, v in saved.items():
-                    if v is None:
-                        os.environ.pop(k, None)
-                    else:
-                        os.environ[k] = v
+        # The child inherits the environment at exec: its thread and GPU variables.
+        child = spawn(self.sup.ctx, worker_main.main, (spec,), name=f"shmserve-{r.name}-{self.index}",
+                      daemon=True, env=self.plan.env)
         self.board.reset()  # after start: a worker about to write its first beat is "starting"
-        send.close()
-        if self.status is not None:
-            self.status.close()
-        self.process, self.status = proc, recv
+        if self.child is not None:
+            self.child.status.close()
+        self.child = child
 
     def wait_ready(self, deadline: float) -> None:
-        assert self.status is not None
+        assert self.child is not None
         name = self.sup.runner.name
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise RunnerError(f"runner {name!r} worker {self.index} did not become ready in {READY_TIMEOUT_S:.0f} s")
             try:
-                if not self.status.poll(min(remaining, 0.5)):
-                    continue
-                msg = orjson.loads(self.status.recv_bytes())
+                status = self.child.poll(min(remaining, 0.5))
             except (EOFError, OSError):
                 self.process.join(1.0)
                 raise RunnerError(
                     f"runner {name!r} worker {self.index} exited with code {self.process.exitcode} before it was "
                     f"ready; is {self.sup.runner.runnable_class.__qualname__} importable (defined at module level)?"
                 ) from None
-            if msg.get("ready"):
+            if status is None:
+                continue
+            if status.ready:
                 return
             raise RunnerError(f"runner {name!r} failed to start: its Runnable raised during __init__",
-                              "InitError", msg.get("error", ""))
-
-    def terminate(self) -> None:
-        if self.process is not None and self.process.is_alive() and self.process.pid is not None:
-            try:
-                os.kill(self.process.pid, self.sup.stop_signal)
-            except ProcessLookupError:
-                pass
+                              "InitError", status.error)
 
     def check_hung(self, now: float) -> None:
         """Kill this slot's worker if its health board says it is hung (the watcher then restarts it)."""
@@ -150,8 +144,8 @@ class WorkerHandle:
         self.board.close(unlink=True)
         self.doorbell.unlink()
         self.doorbell.close()
-        if self.status is not None:
-            self.status.close()
+        if self.child is not None:
+            self.child.status.close()
         for path in (self.socket_path, str(stats_path(self.sup.runner.name, self.index))):
             try:
                 os.unlink(path)
@@ -162,10 +156,10 @@ class WorkerHandle:
 class RunnerSupervisor:
     """The workers of one runner."""
 
-    def __init__(self, runner: Runner, workers: int | None, ctx: Any, stop_signal: int = signal.SIGTERM) -> None:
+    def __init__(self, runner: Runner, workers: int | None, ctx: Any, signals: SignalRole = RUNNER_WORKER) -> None:
         self.runner = runner
         self.ctx = ctx
-        self.stop_signal = stop_signal
+        self.signals = signals  # what the workers stop on (`shmserve.process`: the signal scheme)
         self.plans = runner.strategy.plan(runner.runnable_class, workers if workers is not None else runner.workers,
                                           gpus=runner.gpus)
         self.handles: list[WorkerHandle] = []
@@ -197,15 +191,7 @@ class RunnerSupervisor:
         }
 
     def stop(self) -> None:
-        for h in self.handles:
-            h.terminate()
-        deadline = time.monotonic() + STOP_GRACE_S
-        for h in self.handles:
-            if h.process is not None:
-                h.process.join(max(0.0, deadline - time.monotonic()))
-                if h.process.is_alive():
-                    h.process.kill()
-                    h.process.join(2.0)
+        stop_children([h.child for h in self.handles if h.child is not None], self.signals.stop_signal, STOP_GRACE_S)
         for h in self.handles:
             h.cleanup()
         if self.registered:
@@ -278,9 +264,7 @@ class RunnerGroup:
                 if h is None or h.process.is_alive():
                     continue
                 h.process.join(0)
-                now = time.monotonic()
-                h.crash_times = [t for t in h.crash_times if now - t < 10.0] + [now]
-                backoff = min(5.0, 0.1 * 2 ** max(0, len(h.crash_times) - 3)) if len(h.crash_times) > 3 else 0.0
+                backoff = h.crashes.crashed(time.monotonic()).delay_s
                 if backoff and self._stopping.wait(backoff):
                     return
                 with self._lock:
@@ -360,7 +344,7 @@ def start(*runners: Runner, workers: int | dict[str, int] | None = None, bind: b
                     group.runners.append(r)
                 continue
             count = workers.get(r.name) if isinstance(workers, dict) else workers
-            sup = RunnerSupervisor(r, count, ctx, OUTLIVE_STOP_SIGNAL if outlive_sigterm else signal.SIGTERM)
+            sup = RunnerSupervisor(r, count, ctx, RUNNER_WORKER_OUTLIVING if outlive_sigterm else RUNNER_WORKER)
             group.supervisors.append(sup)
             sup.start()
             group.runners.append(r)

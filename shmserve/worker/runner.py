@@ -16,13 +16,12 @@ tensor and nothing from a request ever crosses them.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import sys
-import threading
 import time
 import traceback
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
@@ -30,6 +29,7 @@ import orjson
 import posix_ipc
 
 from ..batching import fifo_prefix
+from ..process import RUNNER_WORKER, SignalFlag, SignalRole, report_error, report_ready
 from ..runnable import MethodSignature, Runnable
 from ..shm import ring
 from ..shm.health import HealthBoard
@@ -57,13 +57,12 @@ class WorkerSpec:
     methods: list[tuple[MethodSignature, int, float]]  # (signature, max_batch_size, max_latency_ms)
     socket_path: str
     doorbell_name: str
-    status: Any  # multiprocessing Connection; carries orjson bytes, never pickles
     threads: int
     parent_pid: int
     gpu: str | None = None  # the GPU this worker was given (CUDA_VISIBLE_DEVICES), if any
-    health_name: str | None = None  # this worker slot's watchdog board (shmserve.worker.watchdog)
-    #: the signal that stops this worker; when not SIGTERM, SIGTERM is ignored (see ``start(outlive_sigterm=)``)
-    stop_signal: int = signal.SIGTERM
+    health_name: str | None = None  # this worker slot's watchdog board (shmserve.watchdog)
+    #: the signals that stop this worker and those it ignores (see ``start(outlive_sigterm=)``)
+    signals: SignalRole = RUNNER_WORKER
     restarts: int = 0  # times this worker slot was restarted before this process (for /metrics)
 
 
@@ -339,33 +338,20 @@ def _join(channels: list[WorkerChannel], metas: list[TensorMeta], dim: int) -> n
 
 
 # -- process main ----------------------------------------------------------------------
-def _status(conn: Any, **msg: Any) -> None:
-    try:
-        conn.send_bytes(orjson.dumps(msg))
-    except OSError:
-        pass
-
-
-def main(spec: WorkerSpec) -> None:
-    """Entry point of a runner worker process (spawned by the supervisor)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
-    stop = threading.Event()
-
-    def on_term(_signo: int, _frame: Any) -> None:
-        stop.set()
-
-    if spec.stop_signal != signal.SIGTERM:
-        # A SIGTERM to the whole process group (systemd, `kill -- -PGID`) must not stop us while
-        # the API workers still drain their calls: the supervisor stops us with stop_signal after them.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(spec.stop_signal, on_term)
+def main(spec: WorkerSpec, status: Connection) -> None:
+    """Entry point of a runner worker process (spawned by `shmserve.worker.group`); it reports
+    on `status` (`shmserve.process.report_ready` / `report_error`)."""
+    # The handlers only record the signal; the loop below checks it at least every POLL_S.
+    # Ctrl-C is the supervisor's to handle; under `shmserve serve` a SIGTERM to the whole process
+    # group must not stop us while the API workers still drain their calls (`shmserve.process`).
+    stop = SignalFlag(spec.signals)
     doorbell = Signal.open(spec.doorbell_name)
     try:
         spin_s = spin_budget_s()  # a bad SHMSERVE_SPIN_US fails the start, with its message
         instance = spec.runnable_class(**spec.init_params)
         _set_threads(spec.threads)
     except BaseException:
-        _status(spec.status, ready=False, error=traceback.format_exc())
+        report_error(status, traceback.format_exc())
         raise SystemExit(1) from None
     dispatcher = Dispatcher(spec, instance, doorbell)
     methods_info = {
@@ -389,7 +375,7 @@ def main(spec: WorkerSpec) -> None:
     board = dispatcher.board = HealthBoard.attach(spec.health_name) if spec.health_name else None
     if board is not None:
         board.start(os.getpid(), time.monotonic())
-    _status(spec.status, ready=True, pid=os.getpid())
+    report_ready(status)
     # A lone caller's next call tends to come within a few tens of µs: poll for it instead of
     # sleeping, since waking a sleeping process on another CPU is what such a call costs most.
     # Only after a wake-up that brought one call, though: when calls come in bunches the CPUs are
@@ -398,7 +384,7 @@ def main(spec: WorkerSpec) -> None:
     check_parent_at = 0.0
     try:
         wake = time.monotonic() + POLL_S
-        while not stop.is_set():
+        while not stop.stop:
             timeout = max(0.0, min(wake - time.monotonic(), POLL_S))
             try:
                 if dispatcher.busy or dispatcher.arrived > 1:  # a batch waits for its window, or load
