@@ -102,10 +102,10 @@ def serve(options: ServeConfig) -> int:
     code = 0
     try:
         if svc.runners and not options.local_runners:
-            import shmserve
+            from ..worker.group import start
 
             # The supervisor makes no calls itself: the API workers attach on their own.
-            handle = shmserve.start(*svc.runners, bind=False, outlive_sigterm=True)
+            handle = start(*svc.runners, bind=False, outlive_sigterm=True)
         if signals.stop:
             return 0
         workers = [_APIWorker(ctx, replace(base, index=i), sock) for i in range(api.workers)]

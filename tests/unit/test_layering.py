@@ -1,0 +1,189 @@
+"""Which parts of shmserve may import which, and what importing shmserve does (nothing).
+
+The parts are shmserve's subpackages and its top-level modules, the latter grouped by role
+(the model, the calling side, IO descriptors); `ALLOWED` says what each may import. Every
+import counts: at module level, inside functions and under ``TYPE_CHECKING``, since each is a
+dependency a reader has to hold in mind. The table is itself free of cycles, so a change that
+adds an import outside it (and with it, possibly, a cycle) fails here and has to say why in
+the table.
+"""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import shmserve
+
+ROOT = Path(shmserve.__file__).parent
+
+#: top-level modules grouped into one part each; every other top-level module or subpackage is its own part
+GROUPS = {
+    "model": {"runnable", "runner", "local", "strategy"},  # the programming model and its configuration
+    "calling": {"client", "link"},  # the calling side of the transport
+    "io": {"io", "io_media", "jsonarray", "npy"},  # IO descriptors: HTTP bodies <-> Python values
+}
+#: the package's face (shmserve/__init__.py): its lazy table names modules as strings, not imports
+FACE = "shmserve"
+
+# What each part may import, lowest layers first.
+ALLOWED: dict[str, set[str]] = {
+    "errors": set(),
+    "process": set(),
+    "traces": set(),
+    "batching": set(),
+    "context": set(),
+    "cli": set(),
+    "watchdog": {"errors"},
+    "lease": {"errors"},
+    "model": {"errors", "watchdog"},
+    FACE: {"errors", "model"},
+    "shm": {"errors", "lease", "watchdog", "model"},
+    "registry": {"errors", "lease", "shm"},
+    "worker_stats": {"registry"},
+    "gpu": {"errors", "registry"},
+    "calling": {"errors", "gpu", "lease", "registry", "shm", "traces", "watchdog"},
+    "worker": {"batching", "calling", "errors", "gpu", "lease", "model", "process", "registry", "shm", "watchdog",
+               "worker_stats"},
+    "io": {"errors"},
+    "service": {"errors", "io", "model"},
+    "oip": {"errors", "io", "model", "service"},
+    "config": {"errors", "model", "service", "shm", "watchdog"},
+    "models": {"errors", "registry", "model", FACE},
+    "http": {"calling", "config", "context", "errors", "io", "oip", "process", "registry", "service", "shm",
+             "traces", "worker", "worker_stats", FACE},
+    "deploy": {"config", "errors", "models", "shm", FACE},
+    "compat": {"context", "errors", "io", "model", "service"},
+    "examples": {"io", "shm", FACE},
+}
+
+
+def _modules() -> dict[str, Path]:
+    mods = {}
+    for path in ROOT.rglob("*.py"):
+        rel = path.relative_to(ROOT.parent).with_suffix("")
+        name = ".".join(rel.parts)
+        mods[name.removesuffix(".__init__")] = path
+    return mods
+
+
+def _part(module: str) -> str:
+    parts = module.split(".")
+    if len(parts) == 1:
+        return FACE
+    for group, members in GROUPS.items():
+        if parts[1] in members:
+            return group
+    return parts[1]
+
+
+def _imports(module: str, path: Path, mods: dict[str, Path]) -> set[str]:
+    """The shmserve modules `module` imports, anywhere in its source."""
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            # `from pkg import mod` imports mod (and runs pkg's __init__, which the import of pkg covers
+            # only when a name is not a module of it)
+            names = [f"{target}.{a.name}" if f"{target}.{a.name}" in mods else target for a in node.names]
+        else:
+            continue
+        for name in names:
+            if name != FACE and not name.startswith(FACE + "."):
+                continue
+            while name not in mods:
+                name = name.rsplit(".", 1)[0]
+            found.add(name)
+    return found
+
+
+def part_graph() -> dict[str, set[str]]:
+    """Which part imports which (edges inside one part left out)."""
+    mods = _modules()
+    graph: dict[str, set[str]] = defaultdict(set)
+    for module, path in mods.items():
+        a = _part(module)
+        graph[a]
+        for target in _imports(module, path, mods):
+            b = _part(target)
+            # a package's __init__ importing its own children is not a dependency between parts
+            if b != a:
+                graph[a].add(b)
+    return dict(graph)
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of `graph`, or None."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        stack.append(n)
+        for m in sorted(graph.get(n, ())):
+            if state.get(m) == 1:
+                return stack[stack.index(m):] + [m]
+            if m not in state and (found := visit(m)) is not None:
+                return found
+        state[n] = 2
+        stack.pop()
+        return None
+
+    for n in sorted(graph):
+        if n not in state and (found := visit(n)) is not None:
+            return found
+    return None
+
+
+def test_the_allowed_table_has_no_cycle() -> None:
+    assert _cycle(ALLOWED) is None, _cycle(ALLOWED)
+
+
+def test_every_import_between_parts_is_allowed() -> None:
+    graph = part_graph()
+    unknown = sorted(set(graph) - set(ALLOWED))
+    assert not unknown, f"new parts {unknown}: add each to ALLOWED (tests/unit/test_layering.py) with what it may import"
+    extra = {a: sorted(bs - ALLOWED[a]) for a, bs in graph.items() if bs - ALLOWED[a]}
+    assert not extra, (f"imports outside the allowed table: {extra}; import from a lower layer, or move the "
+                       "shared code down, or (when the layering is meant to change) change ALLOWED")
+    assert _cycle(graph) is None
+
+
+def test_the_check_sees_a_forbidden_import_and_a_cycle() -> None:
+    # The checker itself: an import of http from worker is outside the table, and closes a cycle.
+    graph = part_graph()
+    graph["worker"] = graph["worker"] | {"http"}
+    assert "http" not in ALLOWED["worker"]
+    assert _cycle(graph) is not None
+    assert _part("shmserve.http.serve") == "http" and _part("shmserve.link") == "calling"
+    mods = _modules()
+    assert "shmserve.worker.group" in _imports("shmserve.http.serve", mods["shmserve.http.serve"], mods)
+
+
+def test_importing_shmserve_starts_nothing_and_loads_no_framework() -> None:
+    # A fresh interpreter: this test process already holds threads and frameworks.
+    code = (
+        "import sys, threading, multiprocessing, os\n"
+        "before = set(os.listdir('/dev/shm')) if os.path.isdir('/dev/shm') else set()\n"
+        "import shmserve, shmserve.errors\n"
+        "frameworks = ('torch', 'numpy', 'cupy', 'tensorflow', 'jax', 'sklearn', 'onnxruntime', 'uvloop',\n"
+        "              'httptools', 'pydantic', 'grpc')\n"
+        "loaded = [m for m in frameworks if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+        "assert threading.active_count() == 1, threading.enumerate()\n"
+        "assert not multiprocessing.active_children()\n"
+        "after = set(os.listdir('/dev/shm')) if os.path.isdir('/dev/shm') else set()\n"
+        "assert not {n for n in after - before if 'shmserve' in n}, after - before\n"
+        "print('ok')\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr
