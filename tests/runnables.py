@@ -175,3 +175,24 @@ class StreamRunnable(shmserve.Runnable):
     @shmserve.Runnable.method
     def stats(self) -> dict:
         return {"stopped": self.stopped, "produced": self.produced}
+
+
+class ParkingRunnable(shmserve.Runnable):
+    """For the result-parking test: results of a chosen size, and a mark file once the model ran."""
+
+    SUPPORTED_RESOURCES = ("cpu",)
+    SUPPORTS_CPU_MULTI_THREADING = False
+
+    def __init__(self, result_wait_s: float) -> None:
+        # How long a parked result waits for room (2 s by default): long enough here that the test
+        # never depends on how fast a loaded machine runs the steps in between.
+        from shmserve.worker import results
+
+        results.RESULT_SPACE_WAIT_S = result_wait_s
+
+    @shmserve.Runnable.method(batchable=False)
+    def big(self, nbytes: int, mark: str = "") -> np.ndarray:
+        if mark:
+            with open(mark, "w"):
+                pass
+        return np.ones(nbytes, dtype=np.uint8)

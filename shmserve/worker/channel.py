@@ -88,7 +88,9 @@ class WorkerChannel:
     def _block_released(self, block: list[int]) -> bool:
         return U64.unpack_from(self.view.resp_arena, block[0])[0] == BLOCK_FREE
 
-    def alloc_result(self, nbytes: int) -> list[int] | None:
+    def alloc_result(self, nbytes: int, wait_s: float = 0.0) -> list[int] | None:
+        """A result block for `nbytes` bytes, waiting up to `wait_s` seconds for the caller to free
+        room; None when there is none."""
         total = BLOCK_HEADER + nbytes
         if total > self.results.size:
             return None
@@ -102,8 +104,8 @@ class WorkerChannel:
                 U64.pack_into(arena, block[0] + 8, total)
                 return block
             now = time.monotonic()
-            deadline = deadline or now + RESULT_SPACE_WAIT_S
-            if self.closed or now > deadline:
+            deadline = deadline or now + wait_s
+            if self.closed or now >= deadline:
                 return None
             time.sleep(0.0005)  # the caller frees space as it drops leased results
 
@@ -130,15 +132,30 @@ class WorkerChannel:
         return not stop()
 
     def write_result(self, req: Request, code: int, tensors: list[Any], meta: bytes, times: tuple[float, ...],
-                     batch_size: int) -> int:
+                     batch_size: int, wait_s: float = RESULT_SPACE_WAIT_S) -> int:
         """Write one response (descriptor + data block) and publish it; the post comes later.
 
-        Returns the status written: `code`, or ST_TOO_LARGE when the result did not fit."""
+        Returns the status written: `code`, or ST_TOO_LARGE when the result is larger than the arena
+        or found no room within `wait_s` seconds (results the caller still holds)."""
+        written = self._write(req, code, tensors, meta, times, batch_size, wait_s)
+        assert written is not None  # only a write that may not wait can write nothing
+        return written
+
+    def try_write_result(self, req: Request, code: int, tensors: list[Any], meta: bytes, times: tuple[float, ...],
+                         batch_size: int) -> int | None:
+        """`write_result` without waiting: None (and nothing written) when the result would fit but
+        finds no room now; the dispatch loop then parks it (`shmserve.worker.results`)."""
+        return self._write(req, code, tensors, meta, times, batch_size, None)
+
+    def _write(self, req: Request, code: int, tensors: list[Any], meta: bytes, times: tuple[float, ...],
+               batch_size: int, wait_s: float | None) -> int | None:
         v = self.view
         offsets, end = layout(tensors, 0, 64)
         meta_off = end
         nbytes = end + (len(meta) if len(meta) > ring.META_INLINE_MAX else 0)
-        block = self.alloc_result(nbytes)
+        block = self.alloc_result(nbytes, wait_s or 0.0)
+        if block is None and wait_s is None and BLOCK_HEADER + nbytes <= self.results.size and not self.closed:
+            return None
         if block is None:
             limit = self.results.size - BLOCK_HEADER
             what = "exceeds" if BLOCK_HEADER + nbytes > self.results.size else "does not fit (results held by the caller fill)"

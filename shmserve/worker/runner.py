@@ -41,6 +41,7 @@ from ..worker_stats import WorkerStats
 from .channel import Request, WorkerChannel
 from .control import ControlServer
 from .queues import MethodSlot, expired_reason
+from .results import RETRY_S, ResultWriter
 from .stream import stream_items
 
 POLL_S = 0.25  # longest sleep between checks of the stop flag and the parent's liveness
@@ -76,6 +77,7 @@ class Dispatcher:
             MethodSlot(i, sig, getattr(instance, sig.name), mbs, mlat) for i, (sig, mbs, mlat) in enumerate(spec.methods)
         ]
         self.channels: list[WorkerChannel] = []
+        self.results = ResultWriter()  # writes results, parking those whose caller holds its arena full
         self.stopping = False
         self._gpu: Any = None  # shmserve.gpu.HandoffLedger, created when a CUDA tensor first crosses
         self.busy: dict[int, MethodSlot] = {}  # methods with queued calls, by index
@@ -91,6 +93,8 @@ class Dispatcher:
     # -- intake ----------------------------------------------------------------
     def intake(self) -> None:
         now = time.monotonic()
+        if self.results:
+            self.results.retry(now)
         live = []
         for ch in self.channels:
             if ch.closed:
@@ -124,6 +128,7 @@ class Dispatcher:
             self._gpu.forget(ch.client_pid)
         for m in self.methods:
             m.forget(ch)
+        self.results.forget(ch)
         ch.close()
 
     def _enqueue(self, req: Request) -> None:
@@ -284,7 +289,7 @@ class Dispatcher:
             self._fail(batch, ring.ST_MODEL_ERROR, type(exc).__name__, str(exc), traceback.format_exc())
             return
         for r, (tensors, meta) in zip(batch, encoded):
-            r.channel.write_result(r, ring.ST_OK, tensors, meta, (r.dequeue, t_batch, t_model, t_done), total)
+            self.results.write(r, ring.ST_OK, tensors, meta, (r.dequeue, t_batch, t_model, t_done), total)
 
     def _assemble(self, m: MethodSlot, batch: list[Request], batched: bool) -> tuple[list[Any], dict[str, Any]]:
         first = batch[0]
@@ -322,7 +327,7 @@ class Dispatcher:
         meta = orjson.dumps({"type": etype, "message": message, "traceback": tb})
         now = time.monotonic()
         for r in batch:
-            r.channel.write_result(r, code, [], meta, (r.dequeue, now, now, now), len(batch))
+            self.results.write(r, code, [], meta, (r.dequeue, now, now, now), len(batch))
 
 
 def _join(channels: list[WorkerChannel], metas: list[TensorMeta], dim: int) -> np.ndarray:
@@ -386,6 +391,8 @@ def main(spec: WorkerSpec, status: Connection) -> None:
         wake = time.monotonic() + POLL_S
         while not stop.stop:
             timeout = max(0.0, min(wake - time.monotonic(), POLL_S))
+            if dispatcher.results:  # a parked result: look for the room its caller frees soon
+                timeout = min(timeout, RETRY_S)
             try:
                 if dispatcher.busy or dispatcher.arrived > 1:  # a batch waits for its window, or load
                     doorbell.wait(timeout)
@@ -410,6 +417,7 @@ def main(spec: WorkerSpec, status: Connection) -> None:
         # Graceful stop: serve what has already arrived, then exit.
         dispatcher.intake()
         dispatcher.drain_all()
+        dispatcher.results.finish()
     finally:
         control.stop()
         if board is not None:

@@ -17,7 +17,7 @@ import shmserve
 from shmserve import client as shm_client
 from shmserve.registry import pid_alive
 from tests.conftest import ROOT, shm_entries
-from tests.runnables import EchoRunnable
+from tests.runnables import EchoRunnable, ParkingRunnable
 
 pytestmark = pytest.mark.integration
 
@@ -72,6 +72,38 @@ def test_large_results_are_leased_and_freed(echo):
     view = kept[0][10:20]  # a view keeps the lease alive after its parent array is gone
     del kept
     assert view.sum() == 10
+
+
+def test_a_client_whose_result_arena_is_full_does_not_delay_another_client(unique_name, shm_clean, tmp_path):
+    # One worker, two clients. Client A holds 3 MB of its 4 MB result arena, then asks for 2 MB more:
+    # that result finds no room until A drops what it holds. Meanwhile client B's call on the same
+    # worker must be answered (the dispatch loop must not wait for A's room).
+    r = shmserve.Runner(ParkingRunnable, name=unique_name, runnable_init_params={"result_wait_s": 60.0},
+                        arena_mb=4, timeout=120.0)
+    mark = tmp_path / "ran"
+    with shmserve.start(r, workers=1):
+        held = [r.big.run(1 << 20) for _ in range(3)]
+        outcome: dict[str, object] = {}
+
+        def parked_call() -> None:
+            try:
+                outcome["value"] = r.big.run(2 << 20, mark=str(mark))
+            except BaseException as exc:  # reported by the assertions below
+                outcome["error"] = exc
+
+        a = threading.Thread(target=parked_call)
+        a.start()
+        try:
+            wait_for(mark.exists, what="client A's call to run in the worker")
+            with shmserve.connect(unique_name) as b:
+                assert int(b.big.run(10).sum()) == 10
+            assert not outcome, f"client A's call finished before it had room: {outcome}"
+        finally:
+            del held  # A drops its results: now its parked result fits
+            a.join(60.0)
+        assert "error" not in outcome, outcome.get("error")
+        assert outcome["value"].shape == (2 << 20,)  # type: ignore[attr-defined]
+        outcome.clear()  # drop the result (its lease) before the runner stops
 
 
 def test_model_error_reaches_caller_and_runner_keeps_serving(echo):
@@ -321,7 +353,7 @@ def test_stop_leaves_nothing_and_unbinds(unique_name, runtime_dir):
 
 SERVE_SCRIPT = """
 import sys, time, numpy as np, shmserve
-from tests.runnables import EchoRunnable
+from tests.runnables import EchoRunnable, ParkingRunnable
 if __name__ == "__main__":
     r = shmserve.Runner(EchoRunnable, name=sys.argv[1], arena_mb=4)
     with shmserve.start(r, workers=1) as g:
