@@ -22,15 +22,18 @@ ROOT = Path(shmserve.__file__).parent
 #: top-level modules grouped into one part each; every other top-level module or subpackage is its own part
 GROUPS = {
     "model": {"runnable", "runner", "local", "strategy"},  # the programming model and its configuration
-    "calling": {"client", "link"},  # the calling side of the transport
-    "io": {"io", "io_media", "jsonarray", "npy"},  # IO descriptors: HTTP bodies <-> Python values
+    "calling": {"client", "link", "client_stream", "delivery", "pool"},  # the calling side of the transport
+    "io": {"io", "io_media", "descriptor", "jsonarray", "npy"},  # IO descriptors: HTTP bodies <-> Python values
 }
 #: the package's face (shmserve/__init__.py): its lazy table names modules as strings, not imports
 FACE = "shmserve"
 
-# What each part may import, lowest layers first.
+# What each part may import, lowest layers first. Every part may import the base: the exceptions and
+# the settings read from the environment.
+BASE = {"errors", "settings"}
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
+    "settings": {"errors"},
     "process": set(),
     "traces": set(),
     "batching": set(),
@@ -58,6 +61,11 @@ ALLOWED: dict[str, set[str]] = {
     "compat": {"context", "errors", "io", "model", "service"},
     "examples": {"io", "shm", FACE},
 }
+
+
+for _part_name, _allowed in ALLOWED.items():
+    if _part_name not in BASE:
+        _allowed |= BASE
 
 
 def _modules() -> dict[str, Path]:
