@@ -10,7 +10,8 @@ import selectors
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from .. import lease
 from ..shm import handshake
@@ -18,19 +19,24 @@ from ..shm.segment import Segment, owner_lease
 from ..shm.signal import Signal, unlink_semaphore
 from .channel import WorkerChannel, pin_request_arena
 
-if TYPE_CHECKING:
-    from .runner import Dispatcher, WorkerSpec
-
 
 class ControlServer(threading.Thread):
-    """Accepts client channels and notices clients that went away."""
+    """Accepts client channels and notices clients that went away.
 
-    def __init__(self, listener: socket.socket, dispatcher: "Dispatcher", spec: "WorkerSpec", methods_info: dict[str, Any]) -> None:
+    Each accepted channel is handed to `on_channel` (the dispatch loop's intake); a client that
+    leaves marks its channel closed and rings `doorbell`, so the loop drops it. The handshake
+    answers with `doorbell`'s name and `methods_info`; with `gpu`, each channel's request arena is
+    page-locked.
+    """
+
+    def __init__(self, listener: socket.socket, doorbell: Signal, methods_info: dict[str, Any],
+                 on_channel: Callable[[WorkerChannel], None], gpu: bool = False) -> None:
         super().__init__(name="shmserve-control", daemon=True)
         self.listener = listener
-        self.dispatcher = dispatcher
-        self.spec = spec
+        self.doorbell = doorbell
         self.methods_info = methods_info
+        self.on_channel = on_channel
+        self.gpu = gpu
         self.sel = selectors.DefaultSelector()
         self.stop_r, self.stop_w = os.pipe()
         # Clients whose socket closed while their lease was still held (a killed process closes its
@@ -79,12 +85,12 @@ class ControlServer(threading.Thread):
             try:
                 reply = Signal.open(req["signal"])
                 channel = WorkerChannel(segment, sock, reply, int(req.get("pid", 0)))
-                if self.spec.gpu:
+                if self.gpu:
                     channel.pinned = pin_request_arena(channel)
             except BaseException:
                 segment.close()
                 raise
-            handshake.send(sock, {"ok": True, "doorbell": self.spec.doorbell_name, "pid": os.getpid(),
+            handshake.send(sock, {"ok": True, "doorbell": self.doorbell.name, "pid": os.getpid(),
                                   "methods": self.methods_info})
         except Exception as exc:
             try:
@@ -97,7 +103,7 @@ class ControlServer(threading.Thread):
             return
         sock.setblocking(False)
         self.sel.register(sock, selectors.EVENT_READ, channel)
-        self.dispatcher.channels = self.dispatcher.channels + [channel]
+        self.on_channel(channel)
 
     def _client_event(self, sock: socket.socket, channel: WorkerChannel) -> None:
         try:
@@ -116,6 +122,6 @@ class ControlServer(threading.Thread):
         if not data:  # the client closed its end: it exited or detached
             self.sel.unregister(sock)
             channel.closed = True
-            self.dispatcher.doorbell.post()
+            self.doorbell.post()
             self.departed.append((channel.reply.name, time.monotonic() + 5.0))
             self._sweep_departed()

@@ -3,7 +3,7 @@ import numpy as np
 
 from shmserve.shm.message import view
 from shmserve.shm.wire import TensorMeta
-from shmserve.worker.runner import _join
+from shmserve.worker.batch import join_inputs as _join
 
 
 class FakeChannel:

@@ -1,0 +1,278 @@
+"""The dispatch loop of a runner worker: intake, batching decisions, running batches, results.
+
+The loop (`shmserve.worker.runner.main` drives it) reads new descriptors from every channel,
+queues each call under its batch key (`shmserve.worker.queues`), asks the batching policy
+(`shmserve.batching`) whether to run now, runs the method on the joined batch
+(`shmserve.worker.batch`) and writes each call's share back (`shmserve.worker.results`).
+Whatever goes wrong with one call or one batch fails those calls, never the worker.
+"""
+from __future__ import annotations
+
+import time
+import traceback
+from typing import Any
+
+import orjson
+
+from ..batching import fifo_prefix
+from ..runnable import MethodSignature, Runnable
+from ..shm import ring
+from ..shm.health import HealthBoard
+from ..shm.message import KIND_RAW, decode_call, encode_result
+from ..tensors import from_wire
+from ..worker_stats import WorkerStats
+from .batch import join_inputs, split_result
+from .channel import Request, WorkerChannel
+from .queues import MethodSlot, expired_reason
+from .results import ResultWriter
+from .stream import stream_items
+
+__all__ = ["Dispatcher", "POLL_S"]
+
+POLL_S = 0.25  # longest sleep between checks of the stop flag and the parent's liveness
+
+
+class Dispatcher:
+    """The dispatch loop of one worker."""
+
+    def __init__(self, instance: Runnable, methods: list[tuple[MethodSignature, int, float]],
+                 stats: WorkerStats) -> None:
+        self.methods = [
+            MethodSlot(i, sig, getattr(instance, sig.name), mbs, mlat) for i, (sig, mbs, mlat) in enumerate(methods)
+        ]
+        self.channels: list[WorkerChannel] = []
+        self.results = ResultWriter()  # writes results, parking those whose caller holds its arena full
+        self.stopping = False
+        self._gpu: Any = None  # shmserve.gpu.HandoffLedger, created when a CUDA tensor first crosses
+        self.busy: dict[int, MethodSlot] = {}  # methods with queued calls, by index
+        self.arrived = 0  # calls read since the main loop last reset it
+        self.board: HealthBoard | None = None  # the watchdog's view of this worker, when it has one
+        self.stats = stats
+
+    def publish_stats(self) -> None:
+        """Write this worker's snapshot for ``/metrics`` (`shmserve.worker_stats`)."""
+        depth = sum(len(q) for m in self.busy.values() for q in m.queues.values())
+        self.stats.publish(depth, sum(ch.segment.size for ch in self.channels if not ch.closed))
+
+    # -- intake ----------------------------------------------------------------
+    def add_channel(self, ch: WorkerChannel) -> None:
+        """A new client's channel (called by the control thread: the list is replaced, never changed,
+        so the dispatch loop iterates a consistent one)."""
+        self.channels = self.channels + [ch]
+
+    def intake(self) -> None:
+        now = time.monotonic()
+        if self.results:
+            self.results.retry(now)
+        live = []
+        for ch in self.channels:
+            if ch.closed:
+                self._drop(ch)
+                continue
+            live.append(ch)
+            for req in ch.read_new(now):
+                self.arrived += 1
+                try:
+                    self._enqueue(req)
+                except Exception as exc:  # a descriptor this code cannot file: fail the call, not the worker
+                    self._fail([req], ring.ST_BAD_REQUEST, "InvalidInput", f"the call could not be queued: {exc}",
+                               traceback.format_exc())
+        if len(live) != len(self.channels):
+            self.channels = live
+        self.publish_backlog()
+
+    def device(self) -> Any:
+        """The CUDA hand-off ledger of this worker (imports shmserve.gpu on first use)."""
+        if self._gpu is None:
+            from ..gpu import HandoffLedger
+
+            self._gpu = HandoffLedger()
+        return self._gpu
+
+    def _drop(self, ch: WorkerChannel) -> None:
+        if self._gpu is not None:
+            from ..gpu import sweep
+
+            sweep()
+            self._gpu.forget(ch.client_pid)
+        for m in self.methods:
+            m.forget(ch)
+        self.results.forget(ch)
+        ch.close()
+
+    def _enqueue(self, req: Request) -> None:
+        if req.method >= len(self.methods):
+            self._fail([req], ring.ST_BAD_REQUEST, "BadRequest", f"unknown method index {req.method}", "")
+            return
+        m = self.methods[req.method]
+        tensors = req.tensors
+        if m.sig.batchable and tensors and not any(t.kind == KIND_RAW for t in tensors):  # bytes/images run alone
+            dim = m.sig.input_dim
+            try:
+                sizes = {t.shape[dim] for t in tensors}
+            except IndexError:  # a tensor without the batch dim
+                sizes = set()
+            if len(sizes) != 1:
+                self._fail([req], ring.ST_BAD_REQUEST, "InvalidInput",
+                           f"method {m.sig.name!r} batches along dim {dim}: every tensor argument needs that "
+                           f"dim with the same size, got shapes {[t.shape for t in tensors]}", "")
+                return
+            req.items = tensors[0].shape[dim]
+            if req.items == 0:
+                if not m.sig.accepts_empty:
+                    self._fail([req], ring.ST_BAD_REQUEST, "InvalidInput",
+                               m.sig.empty_call_error([t.shape for t in tensors]), "")
+                    return
+                key: Any = None  # served alone: never joined, and it teaches the batching policy nothing
+            else:
+                # Calls join only with calls of the same non-tensor arguments, dtypes and trailing shapes.
+                key = (req.meta, tuple([(t.dtype, t.shape[:dim] + t.shape[dim + 1:], t.kind) for t in tensors]))
+        else:
+            key = None  # not joinable: runs alone, in arrival order
+        why = expired_reason(req, req.dequeue)
+        if why is not None:
+            self._fail([req], ring.ST_EXPIRED, "RunnerTimeout", why, "")
+            return
+        why = m.refusal(req, key, req.dequeue)
+        if why is not None:
+            self._fail([req], ring.ST_OVERLOADED, "RunnerOverloaded", why, "")
+            return
+        if m.push(key, req):
+            self.busy[m.index] = m
+
+    # -- decisions ---------------------------------------------------------------
+    def step(self) -> float:
+        """Run every batch that is due; return the time to re-decide at the latest."""
+        wake = time.monotonic() + POLL_S
+        for m in list(self.busy.values()):
+            for key, q in list(m.queues.items()):
+                while q:
+                    now = time.monotonic()
+                    if key is None:
+                        self._run(m, [q.popleft()], batched=False)
+                        self._flush()
+                        continue
+                    dead = m.prune(key, q, now)
+                    for r, why in dead:
+                        self._fail([r], ring.ST_EXPIRED, "RunnerTimeout", why, "")
+                    if not q:
+                        break
+                    items = [r.items for r in q]
+                    d = m.policy.decide(items, q[0].submit, q[-1].submit, now)
+                    if not d.run:
+                        wake = min(wake, d.wait_until)
+                        break
+                    self._run(m, m.take(key, q, d.calls), batched=True)
+                    self._flush()
+                    self.intake()  # calls that arrived while the model ran join the next decision
+                if not q:
+                    del m.queues[key]
+            if not m.queues:
+                self.busy.pop(m.index, None)
+        self.publish_backlog()
+        self._flush()  # errors written during intake
+        return wake
+
+    def publish_backlog(self) -> None:
+        """Tell every client the soonest deadline a call arriving now could have and be admitted, so
+        it refuses calls due sooner at once (RunnerOverloaded) instead of sending them to be refused."""
+        backlog = max([m.admission_wait(1) for m in self.busy.values() if m.queued], default=0.0)
+        drained_at = time.monotonic() + backlog if backlog else 0.0
+        for ch in self.channels:
+            ch.view.set_time(ring.H_DRAINED_AT, drained_at)
+
+    def _flush(self) -> None:
+        for ch in self.channels:
+            ch.flush()
+
+    def drain_all(self) -> None:
+        """Run everything queued, in batches, without waiting (used when stopping)."""
+        for m in self.methods:
+            for key, q in list(m.queues.items()):
+                while q:
+                    if key is None:
+                        self._run(m, [q.popleft()], batched=False)
+                    else:
+                        self._run(m, m.take(key, q, fifo_prefix([r.items for r in q], m.max_batch_size)[0]),
+                                  batched=True)
+            m.clear()
+        self.busy.clear()
+        self._flush()
+
+    # -- execution ---------------------------------------------------------------
+    def _run(self, m: MethodSlot, batch: list[Request], batched: bool) -> None:
+        """Run one batch; whatever goes wrong fails this batch's calls, never the worker."""
+        try:
+            self._run_batch(m, batch, batched)
+        except Exception as exc:
+            self._fail(batch, ring.ST_MODEL_ERROR, type(exc).__name__,
+                       f"serving the batch failed in the worker: {exc}", traceback.format_exc())
+
+    def _run_batch(self, m: MethodSlot, batch: list[Request], batched: bool) -> None:
+        t_batch = time.monotonic()
+        finish = t_batch + m.policy.cost.estimate(sum(r.items for r in batch)) if batched else t_batch
+        live = []
+        for r in batch:  # the last look before the model: expired and abandoned calls never reach it
+            why = expired_reason(r, t_batch, finish)
+            if why is None:
+                live.append(r)
+            else:
+                self._fail([r], ring.ST_EXPIRED, "RunnerTimeout", why, "")
+        batch = live
+        if not batch:
+            return
+        try:
+            args, kwargs = self._assemble(m, batch, batched)
+        except Exception as exc:
+            self._fail(batch, ring.ST_BAD_REQUEST, "InvalidInput", str(exc), traceback.format_exc())
+            return
+        total = sum(r.items for r in batch)
+        board = self.board
+        t_model = time.monotonic()
+        if board is not None:
+            board.begin(t_model, m.policy.cost.estimate(total) if batched else 0.0)
+        try:
+            out = m.func(*args, **kwargs)
+        except Exception as exc:
+            self._fail(batch, ring.ST_MODEL_ERROR, type(exc).__name__, str(exc), traceback.format_exc())
+            return
+        finally:
+            del args, kwargs
+            if board is not None:
+                board.end(time.monotonic())
+        if m.sig.stream:  # a generator: its items go back one by one (never batched, so one call)
+            self.stats.on_batch(m.index, total)
+            stream_items(out, batch[0], self.device, (batch[0].dequeue, t_batch, t_model), board)
+            return
+        t_done = time.monotonic()
+        self.stats.on_batch(m.index, total)
+        if batched:
+            m.policy.on_batch_done(total, t_done - t_model, done_at=t_done)
+        gpu = self._gpu
+        try:
+            parts = split_result(m.sig.name, out, [r.items for r in batch], m.sig.output_dim) if len(batch) > 1 else [out]
+            encoded = [encode_result(p, device=self.device,
+                                     releases=gpu.owed_to(r.channel.client_pid) if gpu is not None else None)
+                       for p, r in zip(parts, batch)]
+        except Exception as exc:
+            self._fail(batch, ring.ST_MODEL_ERROR, type(exc).__name__, str(exc), traceback.format_exc())
+            return
+        for r, (tensors, meta) in zip(batch, encoded):
+            self.results.write(r, ring.ST_OK, tensors, meta, (r.dequeue, t_batch, t_model, t_done), total)
+
+    def _assemble(self, m: MethodSlot, batch: list[Request], batched: bool) -> tuple[list[Any], dict[str, Any]]:
+        first = batch[0]
+        if len(batch) == 1:
+            tensors = [from_wire(first.channel.input_view(t), t.kind, t.dtype) for t in first.tensors]
+            return decode_call(tensors, first.meta, self.device)
+        dim = m.sig.input_dim
+        tensors = []
+        for j, t0 in enumerate(first.tensors):
+            tensors.append(from_wire(join_inputs([r.channel for r in batch], [r.tensors[j] for r in batch], dim), t0.kind, t0.dtype))
+        return decode_call(tensors, first.meta, self.device)
+
+    def _fail(self, batch: list[Request], code: int, etype: str, message: str, tb: str) -> None:
+        meta = orjson.dumps({"type": etype, "message": message, "traceback": tb})
+        now = time.monotonic()
+        for r in batch:
+            self.results.write(r, code, [], meta, (r.dequeue, now, now, now), len(batch))
