@@ -173,11 +173,13 @@ class Dispatcher:
         self._flush()  # errors written during intake
         return wake
 
-    def publish_backlog(self) -> None:
-        """Tell every client the soonest deadline a call arriving now could have and be admitted, so
-        it refuses calls due sooner at once (RunnerOverloaded) instead of sending them to be refused."""
+    def publish_backlog(self, busy_until: float = 0.0) -> None:
+        """Tell every client the soonest deadline a call arriving now could have and be admitted (the
+        work queued, after the batch running until `busy_until`), so it refuses calls due sooner at once
+        (RunnerOverloaded) instead of sending them to be refused when the loop reads them."""
         backlog = max([m.admission_wait(1) for m in self.busy.values() if m.queued], default=0.0)
-        drained_at = time.monotonic() + backlog if backlog else 0.0
+        start = max(time.monotonic(), busy_until)
+        drained_at = start + backlog if backlog or busy_until else 0.0
         for ch in self.channels:
             ch.view.set_time(ring.H_DRAINED_AT, drained_at)
 
@@ -229,8 +231,11 @@ class Dispatcher:
         total = sum(r.items for r in batch)
         board = self.board
         t_model = time.monotonic()
+        estimate = m.policy.cost.estimate(total) if batched else 0.0
         if board is not None:
-            board.begin(t_model, m.policy.cost.estimate(total) if batched else 0.0)
+            board.begin(t_model, estimate)
+        if estimate:  # nobody reads the channels while the model runs: callers learn now when it ends
+            self.publish_backlog(busy_until=t_model + estimate)
         try:
             out = m.func(*args, **kwargs)
         except Exception as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from shmserve.batching import BatchPolicy
@@ -121,3 +123,62 @@ def test_expired_reason_is_none_for_a_live_call() -> None:
     ch = FakeChannel()
     assert expired_reason(request(ch, 1, 0.0), 1e9) is None  # no deadline
     assert expired_reason(request(ch, 2, 101.0), 100.0) is None
+
+
+# ---- admission while a batch runs ---------------------------------------------------------------
+
+
+class PublishingChannel:
+    """Stands in for a WorkerChannel in the dispatch loop: records what the worker publishes."""
+
+    closed = False
+
+    def __init__(self) -> None:
+        self.drained_at: list[float] = []
+        self.view = self
+        self.written: list[int] = []
+
+    def set_time(self, _word: int, value: float) -> None:
+        self.drained_at.append(value)
+
+    def abandoned(self, _req: Request) -> bool:
+        return False
+
+    def write_result(self, req: Request, code: int, *_args: object, defer: bool = False) -> bool:
+        self.written.append(code)
+        return True
+
+    def flush(self) -> None:
+        pass
+
+
+def test_callers_learn_when_the_running_batch_ends_before_the_model_runs(tmp_path) -> None:
+    # While the model runs, the loop reads no channel: a call due before the batch ends must be
+    # refused by its caller at once (from the published drained-at time), not one batch later.
+    from shmserve.worker.dispatch import Dispatcher
+    from shmserve.worker_stats import WorkerStats
+
+    ch = PublishingChannel()
+    during: list[tuple[float, float]] = []
+
+    class Model:
+        def predict(self, *_args: object) -> list[int]:
+            during.append((ch.drained_at[-1] if ch.drained_at else 0.0, time.monotonic()))
+            return [0]
+
+    sig = MethodSignature("predict", batchable=True)
+    d = Dispatcher(Model(), [(sig, 8, 5.0)], WorkerStats("r", 0, ["predict"], 0, path=tmp_path / "stats"))
+    d.channels = [ch]  # type: ignore[list-item]
+    m = d.methods[0]
+    for n in (1, 2, 1, 2):
+        m.policy.on_batch_done(n, 50 * MS)
+    estimate = m.policy.cost.estimate(1)
+    assert estimate > 0
+    d._assemble = lambda *_a: ((), {})  # type: ignore[method-assign]  # no arena here: the call has no tensors
+    before = time.monotonic()
+    d._run(m, [request(ch, 1, 0.0, now=before)], batched=True)  # type: ignore[arg-type]
+    assert ch.written == [0]  # ST_OK
+    published, inside = during[0]
+    assert before + estimate <= published <= inside + estimate
+    d.publish_backlog()  # the batch is over and nothing is queued: no backlog any more
+    assert ch.drained_at[-1] == 0.0
