@@ -23,7 +23,7 @@ ROOT = Path(shmserve.__file__).parent
 GROUPS = {
     "model": {"runnable", "runner", "local", "strategy"},  # the programming model and its configuration
     "calling": {"client", "link", "client_stream", "delivery", "pool"},  # the calling side of the transport
-    "io": {"io", "io_media", "descriptor", "jsonarray", "npy"},  # IO descriptors: HTTP bodies <-> Python values
+    "io": {"io", "io_media", "descriptor", "jsonarray", "jsonscan", "jsonvalue", "npy"},  # HTTP bodies <-> values
 }
 #: the package's face (shmserve/__init__.py): its lazy table names modules as strings, not imports
 FACE = "shmserve"
