@@ -28,12 +28,13 @@ GROUPS = {
 #: the package's face (shmserve/__init__.py): its lazy table names modules as strings, not imports
 FACE = "shmserve"
 
-# What each part may import, lowest layers first. Every part may import the base: the exceptions and
-# the settings read from the environment.
-BASE = {"errors", "settings"}
+# What each part may import, lowest layers first. Every part may import the base: the exceptions, the
+# settings read from the environment, and the tensor kinds.
+BASE = {"errors", "settings", "tensors"}
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "settings": {"errors"},
+    "tensors": {"errors"},
     "process": set(),
     "traces": set(),
     "batching": set(),
