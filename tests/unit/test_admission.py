@@ -144,9 +144,9 @@ class PublishingChannel:
     def abandoned(self, _req: Request) -> bool:
         return False
 
-    def write_result(self, req: Request, code: int, *_args: object, defer: bool = False) -> bool:
+    def try_write_result(self, req: Request, code: int, *_args: object) -> int | None:
         self.written.append(code)
-        return True
+        return code
 
     def flush(self) -> None:
         pass
