@@ -193,16 +193,6 @@ class Child:
         self.status = status
         self.ready = False
 
-    @property
-    def pid(self) -> int | None:
-        """The child's pid (None before it started)."""
-        pid: int | None = self.process.pid
-        return pid
-
-    def alive(self) -> bool:
-        """Whether the child process is running."""
-        return bool(self.process.is_alive())
-
     def poll(self, timeout: float = 0.0) -> Status | None:
         """The child's status message, if one comes within `timeout`; None otherwise.
 
