@@ -165,7 +165,7 @@ class WorkerChannel:
                                  f"result of {nbytes / 2**20:.1f} MB {what} the {limit / 2**20:.0f} MB result arena; "
                                  "raise Runner(arena_mb=...) (runners.<name>.arena_mb in the config) or drop leased results sooner", "traceback": ""})
             meta_off = 0
-            block = self.alloc_result(len(meta)) if len(meta) > ring.META_INLINE_MAX else None
+            block = self.alloc_result(len(meta), wait_s or 0.0) if len(meta) > ring.META_INLINE_MAX else None
             base = block[0] + BLOCK_HEADER if block else 0
         else:
             base = block[0] + BLOCK_HEADER
