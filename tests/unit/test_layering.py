@@ -23,7 +23,8 @@ ROOT = Path(shmserve.__file__).parent
 GROUPS = {
     "model": {"runnable", "runner", "local", "strategy"},  # the programming model and its configuration
     "calling": {"client", "link", "client_stream", "delivery", "pool"},  # the calling side of the transport
-    "io": {"io", "io_media", "descriptor", "jsonarray", "jsonscan", "jsonvalue", "npy"},  # HTTP bodies <-> values
+    # IO descriptors: HTTP bodies <-> Python values
+    "io": {"io", "io_media", "io_pandas", "descriptor", "jsonarray", "jsonscan", "jsonvalue", "npy"},
 }
 #: the package's face (shmserve/__init__.py): its lazy table names modules as strings, not imports
 FACE = "shmserve"
@@ -40,15 +41,16 @@ ALLOWED: dict[str, set[str]] = {
     "batching": set(),
     "context": set(),
     "cli": set(),
+    "deadline": set(),
     "watchdog": {"errors"},
     "lease": {"errors"},
-    "model": {"errors", "watchdog"},
+    "model": {"deadline", "errors", "watchdog"},
     FACE: {"errors", "model"},
     "shm": {"errors", "lease", "watchdog", "model"},
     "registry": {"errors", "lease", "shm"},
     "worker_stats": {"registry"},
     "gpu": {"errors", "registry"},
-    "calling": {"errors", "gpu", "lease", "registry", "shm", "traces", "watchdog"},
+    "calling": {"deadline", "errors", "gpu", "lease", "registry", "shm", "traces", "watchdog"},
     "worker": {"batching", "calling", "errors", "gpu", "lease", "model", "process", "registry", "shm", "watchdog",
                "worker_stats"},
     "io": {"errors"},
@@ -56,7 +58,7 @@ ALLOWED: dict[str, set[str]] = {
     "oip": {"errors", "io", "model", "service"},
     "config": {"errors", "model", "service", "shm", "watchdog"},
     "models": {"errors", "registry", "model", FACE},
-    "http": {"calling", "config", "context", "errors", "io", "oip", "process", "registry", "service", "shm",
+    "http": {"calling", "config", "context", "errors", "io", "model", "oip", "process", "registry", "service", "shm",
              "traces", "worker", "worker_stats", FACE},
     "deploy": {"config", "errors", "models", "shm", FACE},
     "compat": {"context", "errors", "io", "model", "service"},
