@@ -48,7 +48,7 @@ ALLOWED: dict[str, set[str]] = {
     FACE: {"errors", "model"},
     "shm": {"errors", "lease", "watchdog", "model"},
     "registry": {"errors", "lease", "shm"},
-    "worker_stats": {"registry"},
+    "worker_stats": {"lease", "registry"},
     "gpu": {"errors", "registry"},
     "calling": {"deadline", "errors", "gpu", "lease", "registry", "shm", "traces", "watchdog"},
     "worker": {"batching", "calling", "errors", "gpu", "lease", "model", "process", "registry", "shm", "watchdog",
