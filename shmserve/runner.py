@@ -376,21 +376,33 @@ class Runner:
         if not quiet and not self.embedded:
             log.warning("runner %r runs in-process (init_local): for debugging and tests only; serve with "
                         "shmserve.start() or `shmserve serve`", self.name)
-        self._bind(LocalBackend(self))
+        self.bind(LocalBackend(self))
 
-    def _bind(self, backend: Backend) -> None:
+    def bind(self, backend: Backend) -> None:
+        """Serve this runner's calls through `backend`, closing the one bound before (`shmserve.start`,
+        `attach` and `init_local` bind for you; a backend has ``call``, ``async_call``, ``close``)."""
         if self._backend is not None:
             self._backend.close()
         self._backend = backend
 
-    def _unbind(self) -> None:
+    def unbind(self) -> None:
+        """Close and drop the bound backend; calls then raise RunnerNotStarted."""
         backend, self._backend = self._backend, None
         if backend is not None:
             backend.close()
 
+    _bind, _unbind = bind, unbind  # the names the runtime used before they were public
+
     @property
     def is_bound(self) -> bool:
+        """Whether a backend serves this runner's calls."""
         return self._backend is not None
+
+    def ready(self) -> bool:
+        """Bound, and the backend's ``ready()`` (if it has one: the shared-memory backend re-attaches
+        restarted workers first, so this may block briefly) says a worker can take calls."""
+        probe = getattr(self._backend, "ready", None)
+        return self._backend is not None and (bool(probe()) if callable(probe) else True)
 
     def _backend_or_raise(self) -> Backend:
         backend = self._backend

@@ -81,7 +81,7 @@ def unbind_runners(runners: Iterable[Any]) -> None:
     """Release every runner binding of this process."""
     for runner in runners:
         try:
-            runner._unbind()
+            runner.unbind()
         except Exception:  # closing one binding must not keep the others open
             log.exception("closing runner %r failed", getattr(runner, "name", runner))
 

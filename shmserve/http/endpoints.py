@@ -33,7 +33,10 @@ def runner_ready(runner: Any) -> bool:
     block briefly: call it off the event loop. A backend without ``ready()``
     (the in-process ``init_local`` one) counts as ready once bound.
     """
-    backend = getattr(runner, "_backend", None)
+    ready = getattr(runner, "ready", None)
+    if callable(ready):
+        return bool(ready())  # a Runner asks its backend (`Runner.ready`)
+    backend = getattr(runner, "_backend", None)  # a runner-like object without ready()
     if backend is None:
         return False
     probe = getattr(backend, "ready", None)

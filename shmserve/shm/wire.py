@@ -5,7 +5,8 @@ runner worker. Requests and responses each get a descriptor ring (fixed-size
 records) and a data arena (tensor bytes). The client owns the segment. The
 functions here are the only code that knows where a field sits: everything
 else reads and writes records through their names (`RequestDesc`,
-`ResponseDesc`, `TensorMeta`, the block header, the header words). The
+`ResponseDesc`, `TensorMeta`, the block header, the header words; the
+handshake's messages are declared in `shmserve.shm.handshake`). The
 offsets below are computed from these declarations by
 ``tests/unit/test_wire.py``, which also checks them against
 ``docs/transport.md``.
@@ -101,7 +102,6 @@ from __future__ import annotations
 
 import re
 import struct
-from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, NamedTuple
 
@@ -293,18 +293,21 @@ def pack_tensor(buf: Any, pos: int, offset: int, arr: np.ndarray, kind: int, dty
     TENSOR_HEADER.pack_into(buf, pos, offset, arr.nbytes, dtype_str.encode(), ndim, kind, *shape, *_NO_DIMS[ndim:])
 
 
+_unpack_tensor = TENSOR_HEADER.unpack_from
+_new = tuple.__new__  # builds a record from its fields without the NamedTuple's Python-level __new__ (hot path)
+
+
 def unpack_tensor(buf: Any, pos: int) -> TensorMeta:
     """Read the TensorHeader at byte `pos`."""
-    f = TENSOR_HEADER.unpack_from(buf, pos)
-    ndim = f[3]
-    return TensorMeta(f[0], f[1], f[2].rstrip(b"\0").decode(), tuple(f[5 : 5 + ndim]), f[4])
+    f = _unpack_tensor(buf, pos)
+    return _new(TensorMeta, (f[0], f[1], f[2].rstrip(b"\0").decode(), f[5 : 5 + f[3]], f[4]))
 
 
 Tensor = tuple[np.ndarray, int, str]  # (array, kind, dtype string): one tensor on its way in
 
 
 def pack_desc(buf: Any, pos: int, seq: int, code: int, block_off: int, block_len: int, meta_off: int,
-              times: tuple[float, float, float, float, float], batch_size: int,
+              times: tuple[float, ...], batch_size: int,
               tensors: list[Tensor], offsets: list[int], meta: bytes) -> None:
     """Write one descriptor at byte `pos`: the fixed part, the tensor headers and inline metadata.
 
@@ -325,22 +328,29 @@ def pack_desc(buf: Any, pos: int, seq: int, code: int, block_off: int, block_len
         tpos += TENSOR_SLOT
 
 
+_unpack_desc = DESC_FIXED.unpack_from
+
+
 def unpack_desc(buf: Any, pos: int, arena: Any, record: type[RequestDesc] | type[ResponseDesc]
                 ) -> tuple[Any, list[TensorMeta], bytes]:
     """Read the descriptor at byte `pos` as `record`: (fixed fields, tensor headers, metadata bytes).
 
     Out-of-line metadata is read from `arena`, the data arena of the descriptor's ring.
     """
-    fixed = tuple.__new__(record, DESC_FIXED.unpack_from(buf, pos))
-    meta_len = fixed.meta_len
+    f = _unpack_desc(buf, pos)  # by position: this module is where the positions live
+    meta_len = f[5]
     if not meta_len:
         meta = b""
-    elif fixed.flags & FLAG_META_IN_ARENA:
-        meta = bytes(arena[fixed.meta_off : fixed.meta_off + meta_len])
+    elif f[2] & FLAG_META_IN_ARENA:
+        meta = bytes(arena[f[7] : f[7] + meta_len])
     else:
         meta = bytes(buf[pos + META_INLINE_OFF : pos + META_INLINE_OFF + meta_len])
     tpos = pos + TENSORS_OFF
-    tensors = [unpack_tensor(buf, tpos + i * TENSOR_SLOT) for i in range(fixed.ntensors)]
+    tensors = []
+    for _ in range(f[6]):  # ntensors
+        tensors.append(unpack_tensor(buf, tpos))
+        tpos += TENSOR_SLOT
+    fixed = _new(record, f)
     return fixed, tensors, meta
 
 
@@ -415,63 +425,3 @@ def block_layout(tensors: list[Tensor], meta_len: int, align_to: int | None = No
     offsets, end = layout(tensors, 0, align_to)
     meta_off = (end + META_ALIGN - 1) & ~(META_ALIGN - 1)
     return offsets, meta_off, meta_off + meta_len if meta_len > META_INLINE_MAX else end
-
-
-# -- the attach handshake and the control socket --------------------------------------------------
-#: a control-socket message from the client: its event loop's eventfd rides along (SCM_RIGHTS)
-CTL_LOOP_WAKE = b"W"
-
-
-@dataclass(frozen=True)
-class Attach:
-    """Client to worker, once: map my channel segment and post my reply semaphore."""
-
-    segment: str
-    signal: str
-    pid: int = 0
-
-    def to_message(self) -> dict[str, Any]:
-        """The orjson object sent on the socket."""
-        return {"segment": self.segment, "signal": self.signal, "pid": self.pid}
-
-    @classmethod
-    def from_message(cls, m: dict[str, Any]) -> "Attach":
-        """Read a received message; ValueError names what is missing or mistyped."""
-        segment, sig, pid = m.get("segment"), m.get("signal"), m.get("pid", 0)
-        if not isinstance(segment, str) or not isinstance(sig, str) or not isinstance(pid, int):
-            raise ValueError("attach message needs 'segment' and 'signal' names and an integer 'pid'")
-        return cls(segment, sig, pid)
-
-
-@dataclass(frozen=True)
-class Attached:
-    """Worker to client: the channel is mapped; ring my doorbell; these are my methods."""
-
-    doorbell: str
-    pid: int
-    methods: dict[str, Any]
-
-    def to_message(self) -> dict[str, Any]:
-        """The orjson object sent on the socket."""
-        return {"ok": True, "doorbell": self.doorbell, "pid": self.pid, "methods": self.methods}
-
-
-@dataclass(frozen=True)
-class Refused:
-    """Worker to client: the channel could not be attached, and why."""
-
-    error: str
-
-    def to_message(self) -> dict[str, Any]:
-        """The orjson object sent on the socket."""
-        return {"ok": False, "error": self.error}
-
-
-def read_answer(m: dict[str, Any]) -> Attached | Refused:
-    """The worker's answer to `Attach`; ValueError when it is neither answer."""
-    if not m.get("ok"):
-        return Refused(str(m.get("error")))
-    doorbell, pid, methods = m.get("doorbell"), m.get("pid"), m.get("methods")
-    if not isinstance(doorbell, str) or not isinstance(pid, int) or not isinstance(methods, dict):
-        raise ValueError("attach answer needs a 'doorbell' name, an integer 'pid' and a 'methods' table")
-    return Attached(doorbell, pid, methods)

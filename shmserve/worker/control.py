@@ -80,21 +80,20 @@ class ControlServer(threading.Thread):
         sock.settimeout(5.0)
         channel = None
         try:
-            req = handshake.receive(sock)
-            segment = Segment.attach(req["segment"])
+            req = handshake.Attach.from_message(handshake.receive(sock))
+            segment = Segment.attach(req.segment)
             try:
-                reply = Signal.open(req["signal"])
-                channel = WorkerChannel(segment, sock, reply, int(req.get("pid", 0)))
+                reply = Signal.open(req.signal)
+                channel = WorkerChannel(segment, sock, reply, req.pid)
                 if self.gpu:
                     channel.pinned = pin_request_arena(channel)
             except BaseException:
                 segment.close()
                 raise
-            handshake.send(sock, {"ok": True, "doorbell": self.doorbell.name, "pid": os.getpid(),
-                                  "methods": self.methods_info})
+            handshake.send(sock, handshake.Attached(self.doorbell.name, os.getpid(), self.methods_info).to_message())
         except Exception as exc:
             try:
-                handshake.send(sock, {"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+                handshake.send(sock, handshake.Refused(f"{type(exc).__name__}: {exc}").to_message())
             except OSError:
                 pass
             sock.close()
@@ -115,7 +114,7 @@ class ControlServer(threading.Thread):
         for fd in fds[1:]:
             os.close(fd)
         if fds:
-            if data.startswith(b"W"):  # the client's event loop wake-up eventfd
+            if data.startswith(handshake.CTL_LOOP_WAKE):  # the client's event loop wake-up eventfd
                 channel.set_loop_wake(fds[0])
             else:
                 os.close(fds[0])

@@ -288,7 +288,7 @@ class RunnerGroup:
         if self._watcher is not None and self._watcher is not threading.current_thread():
             self._watcher.join(5.0)
         for r in self.runners:
-            r._unbind()
+            r.unbind()
         for sup in reversed(self.supervisors):
             sup.stop()
         os.close(self._wake_r)
@@ -351,7 +351,7 @@ def start(*runners: Runner, workers: int | dict[str, int] | None = None, bind: b
         if bind:
             for r in runners:
                 if not r.embedded:
-                    r._bind(RunnerClient(r.name))
+                    r.bind(RunnerClient(r.name))
     except BaseException:
         group.stop()
         raise

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shmserve.shm import wire
+from shmserve.shm import handshake, wire
 from shmserve.shm.channel import ChannelView
 from shmserve.shm.message import encode_call, encode_result
 from shmserve.shm.wire import ChannelLayout, RequestDesc, ResponseDesc, Status
@@ -177,13 +177,13 @@ def test_status_values_are_the_wire_integers():
 
 
 def test_handshake_messages_round_trip_and_refuse_bad_fields():
-    attach = wire.Attach("/shmserve_a", "/shmserve_b", 42)
-    assert wire.Attach.from_message(attach.to_message()) == attach
-    assert wire.Attach.from_message({"segment": "s", "signal": "r"}).pid == 0
+    attach = handshake.Attach("/shmserve_a", "/shmserve_b", 42)
+    assert handshake.Attach.from_message(attach.to_message()) == attach
+    assert handshake.Attach.from_message({"segment": "s", "signal": "r"}).pid == 0
     with pytest.raises(ValueError, match="segment"):
-        wire.Attach.from_message({"segment": 1, "signal": "r"})
-    answer = wire.Attached("/shmserve_d", 7, {"run": {"index": 0}})
-    assert wire.read_answer(answer.to_message()) == answer
-    assert wire.read_answer(wire.Refused("no room").to_message()) == wire.Refused("no room")
+        handshake.Attach.from_message({"segment": 1, "signal": "r"})
+    answer = handshake.Attached("/shmserve_d", 7, {"run": {"index": 0}})
+    assert handshake.read_answer(answer.to_message()) == answer
+    assert handshake.read_answer(handshake.Refused("no room").to_message()) == handshake.Refused("no room")
     with pytest.raises(ValueError, match="doorbell"):
-        wire.read_answer({"ok": True, "pid": 7, "methods": {}})
+        handshake.read_answer({"ok": True, "pid": 7, "methods": {}})
