@@ -380,8 +380,8 @@ class Text(IODescriptor):
         return "Text()"
 
 
-#: shmserve.io.Image, File, Multipart and PandasDataFrame (not in __all__: star-imports stay dependency-free)
-_MEDIA = frozenset({"Image", "File", "Multipart", "PandasDataFrame"})
+#: shmserve.io.Image, File, Multipart, PandasDataFrame and PandasSeries (not in __all__: star-imports stay dependency-free)
+_MEDIA = frozenset({"Image", "File", "Multipart", "PandasDataFrame", "PandasSeries"})
 
 
 def __getattr__(name: str) -> Any:

@@ -139,3 +139,10 @@ def test_docs_json_carries_the_orient_shapes() -> None:
     assert request["required"] == ["columns", "data"] and "text/csv" in post["requestBody"]["content"]
     response = post["responses"]["200"]["content"]["application/json"]["schema"]
     assert response == {"type": "object", "additionalProperties": {}}
+
+
+def test_the_pandas_descriptors_are_reachable_from_shmserve_io() -> None:
+    import shmserve.io
+
+    assert shmserve.io.PandasSeries is PandasSeries
+    assert shmserve.io.PandasDataFrame is PandasDataFrame
