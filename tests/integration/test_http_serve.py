@@ -197,6 +197,7 @@ class Server:
         env["HTTP_TEST_SUFFIX"] = self.suffix
         env.setdefault("OMP_NUM_THREADS", "1")
         self._log = open(self.log_path, "wb")
+        self.family: set[int] = set()  # filled once started; stop() may run first, when the start fails
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "shmserve.cli", "serve", "http_test_service:svc", "--port", "0",
              *(["--api-workers", str(api_workers)] if api_workers is not None else []), "--log-level", "INFO", *args],
