@@ -163,7 +163,8 @@ class Entry:
     """One row of the catalogue: an exception, its HTTP status and its wire status (if any).
 
     `api` marks the errors an HTTP API call can answer with (listed in OpenAPI);
-    `when` says, for the OpenAPI document, what leads to it.
+    `when` says, for the OpenAPI document, what leads to it; `grpc_status` is
+    the gRPC status of the errors an inference call can end with (one per HTTP status).
     """
 
     exception: type[ShmserveError]
@@ -171,6 +172,7 @@ class Entry:
     wire_status: str | None = None  # name of the `shmserve.shm.wire.Status` member, e.g. "BAD_REQUEST"
     api: bool = False
     when: str = ""
+    grpc_status: str = ""  # name of the ``grpc.StatusCode`` a gRPC inference call ends with (shmserve.oip)
 
 
 CATALOGUE: tuple[Entry, ...] = (
@@ -180,19 +182,22 @@ CATALOGUE: tuple[Entry, ...] = (
     Entry(RuntimeDirUnsafe, 500),
     Entry(InvalidSetting, 500),
     Entry(GpuUnavailable, 503),
-    Entry(RunnerNotStarted, 503, api=True, when="a runner is not started"),
+    Entry(RunnerNotStarted, 503, api=True, when="a runner is not started", grpc_status="UNAVAILABLE"),
     Entry(RunnerNameClash, 500),
     Entry(BlockingCall, 500),
     Entry(InvalidInput, 400, "BAD_REQUEST", True, "a body the input descriptor cannot read (bad JSON, wrong dtype "
-                                                  "or shape), or an argument that cannot reach the runner"),
-    Entry(TensorTooLarge, 413, "TOO_LARGE", True, "a tensor too large for the runner's arena"),
-    Entry(UnsupportedMediaType, 415, api=True, when="an unsupported Content-Type"),
-    Entry(RunnerError, 500, "MODEL_ERROR", True, "the model raised"),
-    Entry(RunnerUnavailable, 503, "UNAVAILABLE", True, "no live runner worker, retry after the Retry-After seconds"),
-    Entry(RunnerOverloaded, 503, "OVERLOADED", True, "the runner is overloaded, retry after the Retry-After seconds"),
-    Entry(RunnerTimeout, 504, "EXPIRED", True, "the call's deadline passed"),
+                                                  "or shape), or an argument that cannot reach the runner",
+          "INVALID_ARGUMENT"),
+    Entry(TensorTooLarge, 413, "TOO_LARGE", True, "a tensor too large for the runner's arena", "RESOURCE_EXHAUSTED"),
+    Entry(UnsupportedMediaType, 415, api=True, when="an unsupported Content-Type", grpc_status="INVALID_ARGUMENT"),
+    Entry(RunnerError, 500, "MODEL_ERROR", True, "the model raised", "INTERNAL"),
+    Entry(RunnerUnavailable, 503, "UNAVAILABLE", True, "no live runner worker, retry after the Retry-After seconds",
+          "UNAVAILABLE"),
+    Entry(RunnerOverloaded, 503, "OVERLOADED", True, "the runner is overloaded, retry after the Retry-After seconds",
+          "UNAVAILABLE"),
+    Entry(RunnerTimeout, 504, "EXPIRED", True, "the call's deadline passed", "DEADLINE_EXCEEDED"),
     Entry(ModelStoreError, 500),
-    Entry(ModelNotFound, 404),
+    Entry(ModelNotFound, 404, grpc_status="NOT_FOUND"),
     Entry(CorruptModel, 500),
     Entry(UnknownFramework, 500),
     Entry(ModelExists, 500),

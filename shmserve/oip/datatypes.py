@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..tensors import HTTP
 from .errors import InferError
 
 __all__ = ["DATATYPES", "to_dtype", "to_datatype", "element_count"]
@@ -53,7 +54,14 @@ def to_datatype(dtype: np.dtype, tensor: str) -> str:
 
 
 def element_count(shape: list[int] | tuple[int, ...], tensor: str) -> int:
-    """The number of elements of `shape`, checked to be a list of non-negative ints."""
+    """The number of elements of `shape`, checked to be a list of non-negative ints.
+
+    At most `shmserve.tensors.HTTP`'s dimensions, the limit of every request body
+    (a runner method further needs the transport's, which the runner client checks).
+    """
+    if len(shape) > HTTP.max_ndim:
+        raise InferError(400, f"input {tensor!r}: shape {list(shape)!r} has {len(shape)} dimensions; "
+                              f"tensors of up to {HTTP.max_ndim} dimensions are supported")
     n = 1
     for d in shape:
         if not isinstance(d, int) or isinstance(d, bool) or d < 0:

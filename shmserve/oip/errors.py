@@ -1,14 +1,18 @@
 """`InferError`: a v2 request that fails, with the HTTP status it is answered with.
 
 REST answers ``{"error": message}`` with `status`; gRPC maps the status to a
-gRPC code with `grpc_code_name`.
+gRPC code with `grpc_code_name`, read from the error catalogue
+(`shmserve.errors.CATALOGUE`, each row's ``grpc_status``), so an HTTP status
+and its gRPC code are declared once.
 """
 from __future__ import annotations
 
-__all__ = ["InferError", "status_of"]
+from ..errors import CATALOGUE, ShmserveError
 
-_GRPC_CODES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 413: "RESOURCE_EXHAUSTED", 503: "UNAVAILABLE",
-               504: "DEADLINE_EXCEEDED", 501: "UNIMPLEMENTED"}
+__all__ = ["InferError", "status_of", "GRPC_CODES"]
+
+#: HTTP status -> ``grpc.StatusCode`` name; a status no row names is INTERNAL
+GRPC_CODES: dict[int, str] = {e.http_status: e.grpc_status for e in CATALOGUE if e.grpc_status}
 
 
 class InferError(Exception):
@@ -22,15 +26,13 @@ class InferError(Exception):
     @property
     def grpc_code_name(self) -> str:
         """Name of the ``grpc.StatusCode`` member for this status."""
-        return _GRPC_CODES.get(self.status, "INTERNAL")
+        return GRPC_CODES.get(self.status, "INTERNAL")
 
 
 def status_of(exc: BaseException) -> InferError:
     """`exc` as an `InferError`: shmserve errors keep their HTTP status, timeouts are 504, others 500."""
     if isinstance(exc, InferError):
         return exc
-    from ..errors import ShmserveError
-
     message = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
     message = message or type(exc).__name__
     if isinstance(exc, ShmserveError):

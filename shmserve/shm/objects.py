@@ -8,7 +8,8 @@ call or result metadata says how to rebuild them (`shmserve.shm.message`):
 * a ``PIL.Image.Image`` -> its pixel array (``numpy.asarray(img)``) plus its mode;
   rebuilt as an image of that mode and size. Palette images (``P``, ``PA``)
   are refused: their palette is not in the pixel array.
-* a ``pandas.DataFrame`` -> one array per numeric or bool column; other columns
+* a ``pandas.DataFrame`` -> one array per column of a dtype the transport carries
+  (`shmserve.tensors.TRANSPORT`: numbers, complex and bools); other columns
   (strings, mixed objects) and a non-default index travel as JSON values in
   the metadata. Rebuilt with the same column order, names and dtypes.
 
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInput
+from ..tensors import TRANSPORT
 
 #: TensorHeader kind of a raw buffer (see `shmserve.shm.wire` and `shmserve.tensors`).
 KIND_RAW = 2
@@ -95,7 +97,7 @@ def frame_columns(df: Any, where: str) -> tuple[list[tuple[Any, np.ndarray | Non
     cols: list[tuple[Any, np.ndarray | None, Any]] = []
     for i, name in enumerate(names):
         col = df.iloc[:, i]
-        if col.dtype.kind in "biuf" and isinstance(col.dtype, np.dtype):
+        if isinstance(col.dtype, np.dtype) and col.dtype.kind in TRANSPORT.dtype_kinds:
             cols.append((name, col.to_numpy(), None))
         else:
             cols.append((name, None, col.tolist()))

@@ -85,3 +85,17 @@ def test_dataframe_with_duplicate_columns_is_refused():
 
     with pytest.raises(InvalidInput, match="duplicate column"):
         encode_call((pd.DataFrame([[1, 2]], columns=["a", "a"]),), {})
+
+
+def test_dataframe_columns_of_every_transport_dtype_cross_as_arrays():
+    import pandas as pd
+
+    from shmserve.tensors import TRANSPORT
+
+    # the column rule is the transport's (complex columns were refused: not JSON values, not "numeric")
+    df = pd.DataFrame({"c": np.array([1 + 2j, 3 - 1j]), "h": np.array([1, 2], np.float16), "u": np.array([1, 2], np.uint8)})
+    tensors, meta = encode_call((df,), {})
+    assert sorted(t[0].dtype.kind for t in tensors) == sorted("cfu")
+    assert {t[0].dtype.kind for t in tensors} <= TRANSPORT.dtype_kinds
+    (back,), _ = decode_call(_through(tensors), meta)
+    pd.testing.assert_frame_equal(back, df)

@@ -64,3 +64,36 @@ def test_region_references_need_client_shm() -> None:
                                      "parameters": {"shared_memory_region": "r", "shared_memory_byte_size": 4}}]})
     with pytest.raises(InferError, match="--allow-client-shm"):
         decode_request(body, {}, None, LIMIT)
+
+
+def test_grpc_codes_come_from_the_error_catalogue() -> None:
+    grpc = pytest.importorskip("grpc")
+    from shmserve.errors import CATALOGUE
+
+    by_http: dict[int, set[str]] = {}
+    for entry in CATALOGUE:
+        if entry.api:  # every error an inference call can end with has its gRPC status
+            assert entry.grpc_status, entry.exception.__name__
+        if entry.grpc_status:
+            assert hasattr(grpc.StatusCode, entry.grpc_status), entry.grpc_status
+            by_http.setdefault(entry.http_status, set()).add(entry.grpc_status)
+    assert all(len(codes) == 1 for codes in by_http.values()), by_http  # one gRPC code per HTTP status
+    assert InferError(400, "x").grpc_code_name == "INVALID_ARGUMENT"
+    assert InferError(404, "x").grpc_code_name == "NOT_FOUND"
+    assert InferError(413, "x").grpc_code_name == "RESOURCE_EXHAUSTED"
+    assert InferError(504, "x").grpc_code_name == "DEADLINE_EXCEEDED"
+    assert InferError(500, "x").grpc_code_name == "INTERNAL"
+
+
+def test_inputs_have_the_http_bodies_dimension_limit() -> None:
+    from shmserve.tensors import HTTP
+
+    def body(ndim: int) -> bytes:
+        return orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1] * ndim, "data": [1.0]}]})
+
+    assert decode_request(body(HTTP.max_ndim), {}, None, LIMIT).inputs["x"].ndim == HTTP.max_ndim
+    # one more is a clear 400 (past numpy's own limit it was a ValueError, answered as a crash)
+    for ndim in (HTTP.max_ndim + 1, 70):
+        with pytest.raises(InferError, match=f"up to {HTTP.max_ndim} dimensions") as err:
+            decode_request(body(ndim), {}, None, LIMIT)
+        assert err.value.status == 400
