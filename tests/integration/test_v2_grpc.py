@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -153,3 +153,63 @@ def test_asyncio_client_overload_and_statistics(server: V2Server) -> None:
     errors = [r for r in results if isinstance(r, InferenceServerException)]
     assert errors and all(e.status() == "StatusCode.UNAVAILABLE" for e in errors), results
     assert "RunnerOverloaded" in errors[0].message()
+
+
+def test_model_stream_infer_answers_each_request_and_errors_per_request(server: V2Server) -> None:
+    import queue
+
+    answers: queue.Queue[tuple[object, object]] = queue.Queue()
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        client.start_stream(callback=lambda result, error: answers.put((result, error)))
+        x = np.arange(6, dtype=np.float32).reshape(2, 3)
+        # a slow request first (3 s, on a runner of its own): the ones behind it are answered without waiting
+        client.async_stream_infer(f"{GATE}.sleep", [tensor("x", np.array([3.0], np.float32), "FP32")],
+                                  request_id="slow")
+        for i in range(5):
+            client.async_stream_infer(f"{MATHS}.predict", [tensor("x", x + i, "FP32")], request_id=f"ok-{i}")
+        client.async_stream_infer(f"{MATHS}.boom", [tensor("x", x, "FP32")], request_id="boom")
+        client.async_stream_infer(f"{MATHS}.echo", [tensor("y", x, "FP32")], request_id="badinput")
+        client.async_stream_infer("no-such-model", [tensor("x", x, "FP32")], request_id="nomodel")
+        client.async_stream_infer(f"{MATHS}.predict", [tensor("x", x + 9, "FP32")], request_id="after-errors")
+        got: list[tuple[object, object]] = [answers.get(timeout=60) for _ in range(10)]
+    finally:
+        client.stop_stream()
+        client.close()
+    results = {r.get_response().id: r for r, e in got if e is None}
+    errors = sorted(str(e) for r, e in got if e is not None)
+    assert set(results) == {"slow", "after-errors", *(f"ok-{i}" for i in range(5))}, (results, errors)
+    for i in range(5):
+        np.testing.assert_array_equal(results[f"ok-{i}"].as_numpy("output"), (x + i) * 2)
+    np.testing.assert_array_equal(results["after-errors"].as_numpy("output"), (x + 9) * 2)
+    ids = [r.get_response().id if e is None else "" for r, e in got]
+    assert ids.index("slow") > ids.index("ok-0")  # answered as each finished, not in request order
+    assert len(errors) == 3
+    assert "request 'badinput'" in errors[0] and "no input named 'y'" in errors[0], errors
+    assert "request 'boom'" in errors[1] and "model exploded" in errors[1], errors
+    assert "request 'nomodel'" in errors[2] and "no-such-model" in errors[2], errors
+
+
+def test_model_stream_infer_with_the_asyncio_client(server: V2Server) -> None:
+    x = np.ones((1, 3), np.float32)
+
+    async def main() -> list[tuple[object, object]]:
+        c = aioclient.InferenceServerClient(server.grpc_url)
+
+        async def requests() -> "AsyncIterator[dict[str, object]]":
+            for i in range(4):
+                yield {"model_name": f"{MATHS}.predict", "inputs": [tensor("x", x * i, "FP32")], "request_id": f"a{i}"}
+            yield {"model_name": f"{MATHS}.boom", "inputs": [tensor("x", x, "FP32")], "request_id": "a-boom"}
+
+        try:
+            return [item async for item in c.stream_infer(requests())]
+        finally:
+            await c.close()
+
+    got = asyncio.run(main())
+    ok = {r.get_response().id: r.as_numpy("output") for r, e in got if e is None}
+    assert sorted(ok) == ["a0", "a1", "a2", "a3"]
+    for i in range(4):
+        np.testing.assert_array_equal(ok[f"a{i}"], x * i * 2)
+    errors = [e for r, e in got if e is not None]
+    assert len(errors) == 1 and "model exploded" in str(errors[0])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -21,6 +21,7 @@ from tritonclient.grpc import service_pb2_grpc
 from ...oip.errors import InferError, status_of
 from ...oip.server import InferenceServer
 from .codec import decode_inputs, fill_response, parameters_of, requested_outputs
+from .stream import serve_stream
 
 __all__ = ["InferenceServicer", "HealthServicer", "SERVICE_NAME"]
 
@@ -118,6 +119,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     @_rpc
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         """One inference; tensors as raw contents, typed contents or shared-memory references."""
+        return await self._infer(request)
+
+    async def _infer(self, request: Any) -> Any:
         server = self.server
         model = server.models.get(request.model_name, request.model_version)
         regions = server.regions
@@ -128,6 +132,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
         fill_response(response, outputs, requested, model.name, regions)
         return response
+
+    async def ModelStreamInfer(self, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+        """Bidirectional streaming inference: see `shmserve.http.grpc.stream`."""
+        async for response in serve_stream(requests, self._infer):
+            yield response
 
     # -- system shared memory ---------------------------------------------------------------
     def _regions(self) -> Any:
