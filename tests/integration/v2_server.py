@@ -70,6 +70,16 @@ SERVICE_SOURCE = textwrap.dedent('''
             time.sleep(float(x.reshape(-1)[0]))
             return x
 
+        @shmserve.Runnable.method()
+        def hold(self, x):
+            """Creates held-<x[0]> in V2_TEST_DIR, then returns x once the test creates release there (60 s at most)."""
+            folder = os.environ["V2_TEST_DIR"]
+            open(os.path.join(folder, "held-%d" % int(x.reshape(-1)[0])), "w").close()
+            deadline = time.monotonic() + 60
+            while not os.path.exists(os.path.join(folder, "release")) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return x
+
 
     maths = shmserve.Runner(Maths, name="maths-" + SUFFIX, workers=1, max_latency_ms=200)
     gate = shmserve.Runner(Maths, name="gate-" + SUFFIX, workers=1, max_queue_size=1)
@@ -109,6 +119,7 @@ class V2Server(Server):
         env = dict(os.environ)
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         env["V2_TEST_SUFFIX"] = SUFFIX
+        env["V2_TEST_DIR"] = str(workdir)
         env.setdefault("OMP_NUM_THREADS", "1")
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
