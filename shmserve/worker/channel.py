@@ -156,7 +156,10 @@ class WorkerChannel:
         block = self.alloc_result(nbytes, wait_s or 0.0)
         if block is None and wait_s is None and BLOCK_HEADER + nbytes <= self.results.size and not self.closed:
             return None
-        if block is None:
+        if block is None and not tensors and code not in (ring.ST_OK, ring.ST_ITEM):
+            # An error whose message and traceback find no room: its type and message travel inline.
+            meta, meta_off, base = _inline_error(meta, keep_type=code == ring.ST_MODEL_ERROR), 0, 0
+        elif block is None:
             limit = self.results.size - BLOCK_HEADER
             what = "exceeds" if BLOCK_HEADER + nbytes > self.results.size else "does not fit (results held by the caller fill)"
             code = ring.ST_TOO_LARGE
@@ -166,6 +169,10 @@ class WorkerChannel:
                                  "raise Runner(arena_mb=...) (runners.<name>.arena_mb in the config) or drop leased results sooner", "traceback": ""})
             meta_off = 0
             block = self.alloc_result(len(meta), wait_s or 0.0) if len(meta) > ring.META_INLINE_MAX else None
+            if block is None:  # no room for the message either: a shorter one, inline
+                meta = _inline_error(orjson.dumps({"message": f"result of {nbytes / 2**20:.1f} MB finds no room in the "
+                                                   f"{limit / 2**20:.0f} MB result arena; raise arena_mb or drop "
+                                                   "leased results sooner"}), keep_type=False)
             base = block[0] + BLOCK_HEADER if block else 0
         else:
             base = block[0] + BLOCK_HEADER
@@ -223,6 +230,26 @@ class WorkerChannel:
         except BufferError:
             pass
         self.segment.close()
+
+
+def _inline_error(meta: bytes, keep_type: bool) -> bytes:
+    """Error metadata cut to fit a descriptor inline: the message (shortened if need be), and the
+    type where the caller reads it (a model error; other statuses name their exception themselves).
+
+    Without a block the metadata cannot go to the arena: a descriptor that said it did would point
+    the caller at bytes written for another call (another caller's data in an error message)."""
+    try:
+        info = orjson.loads(meta)
+        etype, message = str(info.get("type", "Error")), str(info.get("message", ""))
+    except (ValueError, AttributeError):
+        etype, message = "Error", meta.decode(errors="replace")
+    fields = {"type": etype[:48]} if keep_type else {}
+    out = orjson.dumps({**fields, "message": message})
+    raw = message.encode()
+    while len(out) > ring.META_INLINE_MAX:
+        raw = raw[: max(0, len(raw) - (len(out) - ring.META_INLINE_MAX) - 3)]
+        out = orjson.dumps({**fields, "message": raw.decode(errors="ignore") + "..."})
+    return out
 
 
 def pin_request_arena(channel: WorkerChannel) -> Any:

@@ -1,0 +1,118 @@
+"""Invariants of one channel, both ends in this process: what a caller reads is what was written for it.
+
+The worker's side (`shmserve.worker.channel.WorkerChannel`) writes responses into a segment held in
+plain memory here, and the client's reading code (`ChannelView.read_desc`, `remote_error`) reads
+them back, so no process or shared memory is needed.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from shmserve.errors import RunnerError, TensorTooLarge
+from shmserve.link import free_block, remote_error
+from shmserve.shm import ring
+from shmserve.shm.wire import META_INLINE_MAX, ChannelLayout
+from shmserve.worker.channel import Request, WorkerChannel
+
+ARENA = 8192
+
+
+class MemorySegment:
+    """What WorkerChannel needs of a segment, in process memory."""
+
+    def __init__(self, size: int) -> None:
+        self.buf = bytearray(size)
+        self.size = size
+
+    def close(self) -> None:
+        pass
+
+
+def channel(slots: int = 8, arena: int = ARENA) -> WorkerChannel:
+    chan = ChannelLayout(slots, arena, arena)
+    seg = MemorySegment(chan.total)
+    chan.write_header(memoryview(seg.buf))
+    return WorkerChannel(seg, None, None)  # type: ignore[arg-type]  (socket and signal: unused here)
+
+
+def request(ch: WorkerChannel, seq: int) -> Request:
+    return Request(seq, ch, ch.view.req_slot(seq), 0, b"", [], 0.0, 0.0, 0.0)
+
+
+def read(ch: WorkerChannel, n: int) -> tuple[Any, list[Any], bytes]:
+    v = ch.view
+    return v.read_desc(v.resp_slot(n), v.resp_arena)
+
+
+def result(ch: WorkerChannel, tmetas: list[Any]) -> np.ndarray:
+    (t,) = tmetas
+    return np.ndarray(t.shape, np.dtype(t.dtype), ch.view.resp_arena, t.offset).copy()
+
+
+def fill(ch: WorkerChannel, seq: int) -> None:
+    """Write one result that takes (nearly) the whole result arena, and keep it (never freed)."""
+    big = np.full((ARENA - 256) // 8, 7.0)
+    assert ch.write_result(request(ch, seq), ring.ST_OK, [(big, 0, "<f8")], b"", (0.0,) * 4, 1, wait_s=0.0) == ring.ST_OK
+
+
+def test_a_result_that_finds_no_room_says_so_in_words() -> None:
+    # The arena is full of a result the caller holds. The next result cannot be written, and the
+    # answer (TensorTooLarge) needs room for its long message too: it must not point the caller at
+    # arena bytes nobody wrote for it (those hold the other result's data).
+    ch = channel()
+    fill(ch, 0)
+    x = np.arange(600, dtype=np.float64)
+    code = ch.write_result(request(ch, 1), ring.ST_OK, [(x, 0, "<f8")], b"", (0.0,) * 4, 1, wait_s=0.0)
+    assert code == ring.ST_TOO_LARGE
+    fixed, tmetas, meta = read(ch, 1)
+    assert fixed.seq == 1 and fixed.status == ring.ST_TOO_LARGE and tmetas == []
+    info = orjson.loads(meta)  # JSON the worker wrote, not another call's bytes
+    err = remote_error("r", "m", fixed.status, meta)
+    assert isinstance(err, TensorTooLarge)
+    assert "result arena" in info["message"] and "arena_mb" in info["message"], info
+
+
+def test_an_error_that_finds_no_room_keeps_its_status_and_message() -> None:
+    # A model error's metadata (message and traceback) is longer than a descriptor holds inline; with
+    # the arena full it still reaches the caller as that error, not as some other call's bytes.
+    ch = channel()
+    fill(ch, 0)
+    meta = orjson.dumps({"type": "ValueError", "message": "model exploded", "traceback": "x" * 500})
+    assert len(meta) > META_INLINE_MAX
+    ch.write_result(request(ch, 1), ring.ST_MODEL_ERROR, [], meta, (0.0,) * 4, 1, wait_s=0.0)
+    fixed, _, got = read(ch, 1)
+    err = remote_error("r", "m", fixed.status, got)
+    assert fixed.status == ring.ST_MODEL_ERROR and isinstance(err, RunnerError)
+    assert "ValueError" in str(err) and "model exploded" in str(err), str(err)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_every_response_carries_its_own_result_while_blocks_are_reused(seed: int) -> None:
+    # Results of random sizes, freed by the caller in random order (leased results die in any
+    # order): each response, read when the caller gets to it, holds exactly its call's result.
+    rng = np.random.default_rng(seed)
+    ch = channel(slots=16)
+    held: dict[int, tuple[Any, list[Any], np.ndarray]] = {}  # seq -> (descriptor, tensors, what was written)
+    seq = 0
+    for _ in range(400):
+        if held and (rng.random() < 0.5 or len(held) >= 15):
+            s = int(rng.choice(list(held)))
+            fixed, _, _ = held.pop(s)
+            free_block(ch.view.resp_arena, fixed.block_off, fixed.block_len)
+            continue
+        x = np.full(int(rng.integers(1, 300)), float(seq))
+        code = ch.write_result(request(ch, seq), ring.ST_OK, [(x, 0, "<f8")], b"", (0.0,) * 4, 1, wait_s=0.0)
+        fixed, tmetas, _ = read(ch, seq)
+        assert fixed.seq == seq
+        if code == ring.ST_OK:
+            # Every result still held reads back unchanged: no block was handed out twice.
+            for s, (_, tm, want) in held.items():
+                np.testing.assert_array_equal(result(ch, tm), want, err_msg=f"result {s}")
+            np.testing.assert_array_equal(result(ch, tmetas), x)
+            held[seq] = (fixed, tmetas, x)
+        ch.view.set(ring.H_RESP_TAIL, seq + 1)  # the caller consumed the descriptor
+        seq += 1
