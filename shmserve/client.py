@@ -80,6 +80,10 @@ class RunnerClient(StreamingCalls):
         # results are then delivered on the loop itself, without the completion thread's hop.
         self.loop_wake: int | None = None
         self._wake_loop: asyncio.AbstractEventLoop | None = None
+        # Calls in flight whose caller waits on the reply semaphore, per link: their count is the
+        # channel's reply_wanted word (while it is 0 a worker signals only the loop's eventfd).
+        self._sem_calls: dict[WorkerLink, set[int]] = {}
+        self._bells: list[WorkerLink] = []  # doorbells the wake loop posts at the end of its turn
         self.watchdog = WatchdogLimits.of(record.get("watchdog"))
         self.links = [WorkerLink(self, w["index"], w["socket"], w.get("health")) for w in record["workers"]]
         self.methods: dict[str, Any] = {}
@@ -131,6 +135,7 @@ class RunnerClient(StreamingCalls):
     def _fail_link(self, link: WorkerLink, why: str) -> list[tuple[Pending, Any, BaseException | None]]:
         """The worker behind `link` died: fail its calls and drop the link."""
         link.live = False
+        self._sem_calls.pop(link, None)  # a new channel starts with reply_wanted 0
         failed = list(link.pending.values())
         link.pending.clear()
         self._inflight -= len(failed)
@@ -155,10 +160,13 @@ class RunnerClient(StreamingCalls):
         return call_deadline(timeout, self.default_timeout)
 
     def _submit(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], deadline: float | None,
-                block_for_space: bool = True, stream: Any = None) -> Pending:
+                block_for_space: bool = True, stream: Any = None,
+                bell_loop: asyncio.AbstractEventLoop | None = None) -> Pending:
         """Publish one call; `deadline` (monotonic seconds, None: none) travels with it to the worker.
 
-        `stream`: the item sink of a streaming call (`shmserve.client_stream`)."""
+        `stream`: the item sink of a streaming call (`shmserve.client_stream`). `bell_loop`: the wake
+        loop, when the caller awaits on it (its result is read there, and the doorbell is posted once
+        per turn of that loop); otherwise the caller waits on the reply semaphore."""
         if self._closed:
             raise RunnerUnavailable(f"the client of runner {self.name!r} is closed")
         index = self._method_index(method)
@@ -203,7 +211,7 @@ class RunnerClient(StreamingCalls):
                     block = link.requests.alloc(nbytes, align)  # type: ignore[union-attr]
                     if block is not None:
                         return self._publish(link, index, method, tensors, offsets, meta, meta_off, block,
-                                             deadline or 0.0, stream)
+                                             deadline or 0.0, stream, bell_loop)
             # The arena or ring is full: results on their way back will free space.
             if not block_for_space or time.monotonic() > space_deadline:
                 raise RunnerOverloaded(f"the shared-memory arena of runner {self.name!r} stayed full; retry later")
@@ -218,7 +226,8 @@ class RunnerClient(StreamingCalls):
         return self._gpu
 
     def _publish(self, link: WorkerLink, index: int, method: str, tensors: list[Tensor], offsets: list[int],
-                 meta: bytes, meta_off: int, block: list[int], deadline: float, stream: Any = None) -> Pending:
+                 meta: bytes, meta_off: int, block: list[int], deadline: float, stream: Any = None,
+                 bell_loop: asyncio.AbstractEventLoop | None = None) -> Pending:
         v = link.view
         assert v is not None
         arena = v.req_arena
@@ -236,6 +245,10 @@ class RunnerClient(StreamingCalls):
         self._seq += 1
         submit = time.monotonic()
         slot = v.req_slot(link.req_head)
+        if bell_loop is None:  # before the call is published: a worker that reads it reads this too
+            waiting = self._sem_calls.setdefault(link, set())
+            waiting.add(seq)
+            v.set(ring.H_REPLY_WANTED, len(waiting))
         v.write_desc(slot, (seq, index, base, block[1] - base, base + meta_off, submit, deadline, 0.0, 0.0, 0.0, 0),
                      tensors, [base + o for o in offsets], meta)
         link.req_head += 1
@@ -244,8 +257,26 @@ class RunnerClient(StreamingCalls):
         p.stream = stream  # set before the worker can answer
         link.pending[seq] = p
         self._inflight += 1
-        link.doorbell.post()  # type: ignore[union-attr]
+        if bell_loop is None:
+            link.doorbell.post()  # type: ignore[union-attr]
+        elif link not in self._bells:
+            if not self._bells:
+                bell_loop.call_soon(self._ring_bells)
+            self._bells.append(link)
         return p
+
+    def _ring_bells(self) -> None:
+        """Post the doorbells of the calls the wake loop published this turn: one post per link and
+        turn instead of one per call, so a worker that sleeps is woken once for the lot (and takes
+        one post, not one per call). On the wake loop only, so `_bells` needs no lock."""
+        bells, self._bells = self._bells, []
+        for link in bells:
+            bell = link.doorbell
+            if bell is not None:
+                try:
+                    bell.post()
+                except Exception:  # closed with its link (the worker died): its calls fail with it
+                    pass
 
     def _wait_for_space(self) -> None:
         # Let whoever reads responses make progress; take the reader role if nobody does.
@@ -272,7 +303,8 @@ class RunnerClient(StreamingCalls):
         if self._wake_loop is not loop and (self._wake_loop is None or self._wake_loop.is_closed()):
             self._listen_on(loop)
         deadline = self._deadline(timeout)
-        p = self._submit(method, args, kwargs, deadline, block_for_space=False)
+        p = self._submit(method, args, kwargs, deadline, block_for_space=False,
+                         bell_loop=loop if self._wake_loop is loop else None)
         p.loop = loop
         p.future = fut
         if p.done:  # resolved before the future was attached
@@ -423,6 +455,8 @@ class RunnerClient(StreamingCalls):
             p = link.pending.pop(fixed[0], None)
             if p is None:
                 continue
+            if self._sem_calls:
+                self._sem_call_done(link, p.seq)
             self._inflight -= 1
             link.requests.release(p.block)  # type: ignore[union-attr]
             code, block_off, block_len = fixed[1], fixed[3], fixed[4]
@@ -446,6 +480,14 @@ class RunnerClient(StreamingCalls):
                     "model_end": fixed[11], "written": fixed[12], "complete": complete, "batch_size": fixed[13]}, p.sink)
             done.append((p, result, error))
         v.set(ring.H_RESP_TAIL, link.resp_tail)
+
+    def _sem_call_done(self, link: WorkerLink, seq: int) -> None:
+        waiting = self._sem_calls.get(link)
+        if waiting is not None and seq in waiting:
+            waiting.discard(seq)
+            link.view.set(ring.H_REPLY_WANTED, len(waiting))  # type: ignore[union-attr]
+            if not waiting:
+                del self._sem_calls[link]  # the async path's check stays one empty-dict test
 
     def _decode(self, link: WorkerLink, tmetas: list[Any], meta: bytes, block_off: int, block_len: int) -> Any:
         v = link.view

@@ -1,0 +1,189 @@
+"""Wake-ups between a client and a worker: coalesced, and never lost.
+
+The client posts a worker's doorbell once per turn of its event loop for the calls that loop
+published (not once per call); the worker wakes the client once per flush, and signals only the
+event loop's eventfd while no caller waits on the reply semaphore (the channel's ``reply_wanted``
+word). Both ends run here in one process on one channel in memory, with fake semaphores that
+count their posts: no process, no shared memory.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+from typing import Any
+
+import numpy as np
+
+from shmserve.client import RunnerClient
+from shmserve.link import WorkerLink
+from shmserve.shm import ring
+from shmserve.shm.channel import ChannelView
+from shmserve.shm.ring import ChannelLayout, RingAllocator
+from shmserve.watchdog import WatchdogLimits
+from shmserve.worker.channel import WorkerChannel
+
+ARENA = 1 << 16
+
+
+class FakeSignal:
+    """Counts posts; what `Signal` offers the two ends here."""
+
+    def __init__(self) -> None:
+        self.posts = 0
+        self.name = "fake"
+
+    def post(self) -> None:
+        self.posts += 1
+
+    def close(self) -> None:
+        pass
+
+
+class MemorySegment:
+    """A channel segment in process memory (both ends map the same bytes)."""
+
+    def __init__(self, layout: ChannelLayout) -> None:
+        self.buf = bytearray(layout.total)
+        self.size = layout.total
+        self.name = "memory"
+
+    def close(self) -> None:
+        pass
+
+
+class Pair:
+    """One client (its one link) and the worker's channel, on one segment in memory."""
+
+    def __init__(self) -> None:
+        layout = ChannelLayout(16, ARENA, ARENA)
+        seg = MemorySegment(layout)
+        layout.write_header(memoryview(seg.buf))
+        self.doorbell, self.reply = FakeSignal(), FakeSignal()
+        client: Any = RunnerClient.__new__(RunnerClient)
+        client.name, client.methods, client._gpu, client._closed = "t", {"echo": {"index": 0}}, None, False
+        client.max_queue_size, client.slots, client.arena_bytes = 16, 16, ARENA
+        client._lock, client._seq, client._inflight = threading.Lock(), 0, 0
+        client._sem_calls, client._bells, client.watchdog = {}, [], WatchdogLimits.of(None)
+        client.default_timeout = None
+        link = WorkerLink.__new__(WorkerLink)
+        link.client, link.index, link.board, link.live, link.pending = client, 0, None, True, {}
+        link.view, link.segment, link.doorbell = ChannelView(seg, layout), seg, self.doorbell  # type: ignore[arg-type]
+        link.requests, link.req_head, link.resp_tail, link.last_attempt = RingAllocator(ARENA), 0, 0, 0.0
+        link.worker_pid = 0
+        client.links = [link]
+        self.client, self.link = client, link
+        self.sock_a, self.sock_b = socket.socketpair()
+        self.worker = WorkerChannel(seg, self.sock_b, self.reply)  # type: ignore[arg-type]
+
+    def submit(self, bell_loop: asyncio.AbstractEventLoop | None = None) -> Any:
+        return self.client._submit("echo", (np.ones(4, np.float32),), {}, None, block_for_space=False,
+                                   bell_loop=bell_loop)
+
+    def serve(self) -> int:
+        """The worker reads what arrived, answers each call, and flushes once; returns the calls read."""
+        reqs = self.worker.read_new(0.0)
+        for r in reqs:
+            self.worker.write_result(r, ring.ST_OK, [], b"", (0.0, 0.0, 0.0, 0.0), len(reqs))
+        self.worker.flush()
+        return len(reqs)
+
+    def read(self) -> list[Any]:
+        done: list[Any] = []
+        with self.client._lock:
+            self.client._read_link(self.link, done)
+        return [p for p, _result, _error in done]
+
+    def reply_wanted(self) -> int:
+        return self.link.view.get(ring.H_REPLY_WANTED)
+
+    def close(self) -> None:
+        self.worker.close()
+        self.sock_a.close()
+
+
+def test_calls_of_one_loop_turn_ring_the_doorbell_once_and_none_is_missed() -> None:
+    pair = Pair()
+    loop = asyncio.new_event_loop()
+    try:
+        def one_turn(n: int) -> None:
+            for _ in range(n):
+                pair.submit(bell_loop=loop)
+            assert pair.doorbell.posts == before  # not yet: at the end of the turn
+
+        before = 0
+        loop.call_soon(one_turn, 5)
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.run_until_complete(asyncio.sleep(0))
+        assert pair.doorbell.posts == 1
+        assert pair.serve() == 5  # the one post covers every call of that turn
+        before = 1
+        loop.call_soon(one_turn, 1)  # a call of a later turn gets a post of its own
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.run_until_complete(asyncio.sleep(0))
+        assert pair.doorbell.posts == 2 and pair.serve() == 1
+        assert len(pair.read()) == 6
+    finally:
+        loop.close()
+        pair.close()
+
+
+def test_a_call_from_outside_the_wake_loop_posts_at_once() -> None:
+    pair = Pair()
+    try:
+        pair.submit()
+        assert pair.doorbell.posts == 1
+    finally:
+        pair.close()
+
+
+def test_with_the_loop_eventfd_and_no_semaphore_waiter_only_the_eventfd_is_signalled() -> None:
+    pair = Pair()
+    efd = os.eventfd(0, os.EFD_NONBLOCK)
+    pair.worker.set_loop_wake(os.dup(efd))
+    loop = asyncio.new_event_loop()
+    try:
+        loop.call_soon(pair.submit, loop)
+        loop.run_until_complete(asyncio.sleep(0))
+        assert pair.reply_wanted() == 0 and pair.serve() == 1
+        assert pair.reply.posts == 0 and os.eventfd_read(efd) == 1
+        assert len(pair.read()) == 1
+    finally:
+        loop.close()
+        os.close(efd)
+        pair.close()
+
+
+def test_a_semaphore_waiter_in_flight_makes_every_flush_post_the_semaphore_until_it_is_answered() -> None:
+    pair = Pair()
+    efd = os.eventfd(0, os.EFD_NONBLOCK)
+    pair.worker.set_loop_wake(os.dup(efd))
+    loop = asyncio.new_event_loop()
+    try:
+        sync_call = pair.submit()  # a synchronous caller: it waits on the reply semaphore
+        assert pair.reply_wanted() == 1
+        assert pair.serve() == 1 and pair.reply.posts == 1 and os.eventfd_read(efd) == 1
+        assert pair.read() == [sync_call]
+        assert pair.reply_wanted() == 0 and pair.client._sem_calls == {}
+        loop.call_soon(pair.submit, loop)  # after it: the loop's own calls wake the loop only
+        loop.run_until_complete(asyncio.sleep(0))
+        assert pair.serve() == 1 and pair.reply.posts == 1 and os.eventfd_read(efd) == 1
+    finally:
+        loop.close()
+        os.close(efd)
+        pair.close()
+
+
+def test_without_the_loop_eventfd_every_flush_posts_the_semaphore() -> None:
+    pair = Pair()
+    loop = asyncio.new_event_loop()
+    try:
+        loop.call_soon(pair.submit, loop)
+        loop.run_until_complete(asyncio.sleep(0))
+        assert pair.serve() == 1 and pair.reply.posts == 1
+        pair.worker.flush()  # nothing new since: no post
+        assert pair.reply.posts == 1
+    finally:
+        loop.close()
+        pair.close()
