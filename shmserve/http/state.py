@@ -24,6 +24,7 @@ stores a time per request.
 """
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from email.utils import formatdate
@@ -76,7 +77,9 @@ class ServerState:
         self.max_body_bytes = int(max_body_bytes)
         self.max_header_bytes = int(max_header_bytes)
         self.max_url_bytes = int(max_url_bytes)
-        self.keepalive_ticks = max(1, int(round(keepalive_timeout / TICK_S)))
+        # Rounded up: a connection closes only once it has surely been idle for the whole timeout
+        # (a tick may come right after it went idle), at most two ticks after.
+        self.keepalive_ticks = max(1, math.ceil(keepalive_timeout / TICK_S - 1e-9))
         self.header_timeout = float(header_timeout)
         self.body_timeout = float(body_timeout)
         self.send_timeout = float(send_timeout)

@@ -57,3 +57,16 @@ def test_a_request_still_arriving_is_not_cut_by_the_keep_alive_timeout(partial: 
     proto.data_received(partial)
     _tick(state, 3 * TICKS)
     assert not tr.closed
+
+
+@pytest.mark.parametrize("timeout", [0.25, 0.7, 1.2, 2.0, 3.3])
+def test_a_timeout_between_ticks_is_never_cut_short(timeout: float) -> None:
+    # After n ticks a connection has surely been idle only (n - 1) ticks: it may close at the first
+    # tick where that covers the timeout, and no later.
+    due = next(n for n in range(1, 100) if (n - 1) * TICK_S >= timeout)
+    proto, tr, app, state = make(keepalive_timeout=timeout)
+    proto.data_received(post(b"/a", b""))
+    _tick(state, due - 1)
+    assert not tr.closed, f"closed after {due - 1} ticks: idle for perhaps {(due - 2) * TICK_S} s < {timeout} s"
+    _tick(state, 1)
+    assert tr.closed
