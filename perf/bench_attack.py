@@ -2,6 +2,7 @@
 
     python -m perf.bench_attack --rounds 3                             # this tree, three interleaved rounds
     python -m perf.bench_attack --tree /path/to/old/checkout --tree .  # side by side, one run
+    python -m perf.bench_attack --phases slow_reader,cpu_control      # only these attacks (and none)
 
 Each ``--tree`` (a checkout whose ``shmserve`` the server imports) serves
 ``examples/service_mlp.py`` with one API worker. Against each, in the same run
@@ -386,7 +387,7 @@ def run_tree(tree: Path, args: argparse.Namespace, logs: Path) -> dict[str, Any]
     """Every phase against the `shmserve` of `tree`."""
     done = args.rounds_done.setdefault(str(tree), 0)
     args.rounds_done[str(tree)] += 1
-    attacks = PHASES[1:]
+    attacks = tuple(p for p in PHASES[1:] if p in args.phases)
     order = attacks[done % len(attacks):] + attacks[:done % len(attacks)]  # each round starts elsewhere: drift averages out
     tag = f"{abs(hash(str(tree))) % 10**6}_{done}"
     proc, port, deadlines, api = _start(tree, args.deadline_s, logs / f"attack_{tag}.log", logs / f"run_{tag}")
@@ -433,6 +434,8 @@ def table(runs: list[dict[str, Any]]) -> str:
             "p50_vs_none", "p99_vs_none", "api_worker_cpu", "api_worker_cpu_after", "attacker_cpu", "attack_closed",
             "attack_still_open", "attack_life_p50_s", "attack_life_max_s", "attack_sent", "attack_statuses"]
     for phase in PHASES:
+        if not all(phase in r["phases"] for r in runs):
+            continue
         for key in keys:
             cells = []
             for tree_runs in by_tree.values():
@@ -466,9 +469,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds of every tree's phases")
     parser.add_argument("--control-cpu", type=float, default=0.1, help="share of a core the cpu_control phase burns")
     parser.add_argument("--deadline-s", type=float, default=2.0, help="header/body/send timeout given to the server")
+    parser.add_argument("--phases", type=lambda s: [p for p in s.split(",") if p], default=list(PHASES[1:]),
+                        help="comma-separated attack phases to run (the 'none' baselines always run); default: all")
     parser.add_argument("--attack", choices=PHASES[1:], help=argparse.SUPPRESS)  # the attacker process
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    unknown = set(args.phases) - set(PHASES[1:])
+    if unknown:
+        parser.error(f"unknown phases {sorted(unknown)}; choose from {', '.join(PHASES[1:])}")
     if args.attack:
         if args.attack == "cpu_control":
             print(orjson.dumps(asyncio.run(_control_main(args.attackers / 100, args.seconds))).decode())

@@ -256,11 +256,13 @@ class HttpProtocol(asyncio.Protocol):
     def begin_shutdown(self) -> None:
         """Graceful shutdown: serve what was received so far, then close (see `ServerState.begin_shutdown`)."""
         reader = self.reader
-        reader.quota = _unread_bytes(self.transport)
+        reader.quota = _unread_bytes(self.transport) + len(reader.rest.data)  # the kept rest was received too
         reader.cutoff = reader.quota == 0
         if self.closed or self.busy or self._more_to_serve():
             return
         self.close()
+
+    reading_paused = property(lambda self: self._reading_paused, doc="True while reading is paused (`pause_reading`).")
 
     def pause_reading(self) -> None:
         """Stop reading from the socket (a full pipeline, a peer that does not read, or nothing more to parse)."""
@@ -308,7 +310,8 @@ class HttpProtocol(asyncio.Protocol):
     def _resume_reading(self) -> None:
         if self._reading_paused and not self.reader.discard and not self.closed:
             self._reading_paused = False
-            self.transport.resume_reading()
+            if self.reader.rest.resume():  # False: the rest of the last read is parsed first, on a later loop turn
+                self.transport.resume_reading()
 
 
 def _reset(transport: Any) -> None:

@@ -7,9 +7,18 @@ with its answer decided, and nothing after it is parsed), keeps the header
 and body deadlines the connection's tick checks, and, once graceful shutdown
 began, takes only what the kernel had received by then. Complete requests are
 appended to the queue it shares with its `shmserve.http.protocol.HttpProtocol`.
+
+A read is parsed in slices of `SLICE` bytes (a body of known length in one),
+and once more than `PIPELINE_HIGH` requests are queued the rest of the read is
+kept (`pending`) and reading pauses: a client that pipelines a thousand small
+requests in one 64 KiB read must not hold the event loop while they are all
+parsed and answered. The protocol feeds the kept bytes again, on a later turn
+of the loop (`resume`), once the queue has drained and the peer reads its
+answers.
 """
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from typing import Any, Protocol
@@ -19,10 +28,14 @@ import httptools
 from .request import Request
 from .state import ServerState
 
-__all__ = ["RequestReader", "Owner", "PIPELINE_HIGH", "CONTINUE"]
+__all__ = ["RequestReader", "Rest", "Owner", "PIPELINE_HIGH", "CONTINUE", "SLICE"]
 
-#: queued requests before the connection stops reading
+#: queued requests before the connection stops reading (and parsing the rest of a read)
 PIPELINE_HIGH = 32
+#: bytes of a read parsed at a time: bounds the requests queued past `PIPELINE_HIGH` (one read of
+#: 64 KiB can hold a thousand small pipelined requests)
+SLICE = 2048
+_BODY_STEP = 64 * 1024  # a chunked body: its length is unknown, so it is parsed a read at a time
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -30,9 +43,15 @@ class Owner(Protocol):
     """What the reader needs of its connection (`shmserve.http.protocol.HttpProtocol`)."""
 
     busy: bool
+    closed: bool
     transport: Any
 
+    @property
+    def reading_paused(self) -> bool: ...
+
     def pause_reading(self) -> None: ...
+
+    def data_received(self, data: Any) -> None: ...
 
 
 class RequestReader:
@@ -58,6 +77,8 @@ class RequestReader:
         self.quota = 0
         self.cutoff = False
         self._now = 0.0  # when the chunk being fed arrived
+        #: the unparsed rest of a read, kept while the pipeline is full (see the module docstring)
+        self.rest = Rest(self)
         # The message being parsed.
         self._t_begin = 0.0
         self._url: bytes | list[bytes] = b""
@@ -65,13 +86,38 @@ class RequestReader:
         self._headers: dict[bytes, bytes] = {}
         self._body: bytes | list[bytes] | None = None
         self._body_len = 0
+        self._body_left = -1  # body bytes still to come, when the length is known (-1: not known)
         self._head_len = 0  # request target plus complete headers, counted exactly
         self._head_fed = 0  # bytes fed while the head was incomplete (an upper bound on its size)
         self._rejected = False
 
-    def feed(self, data: bytes) -> None:
-        """Parse `data` (one read from the socket)."""
-        self._now = time.monotonic()  # one clock read per chunk serves every request it begins
+    def feed(self, data: bytes | memoryview) -> None:
+        """Parse `data` (one read from the socket), a slice at a time; keep the rest when the pipeline fills."""
+        rest = self.rest
+        if rest.data:  # not expected (reading is paused meanwhile), but keep the order if it happens
+            rest.data = bytes(rest.data) + bytes(data)
+            return
+        # One clock read per chunk serves every request it begins (the kept rest: when it arrived).
+        now = self._now = rest.at or time.monotonic()
+        rest.at = 0.0
+        size = len(data)
+        if size <= SLICE:
+            self._feed_slice(data)
+            return
+        view = memoryview(data)
+        queue = self.queue
+        start = 0
+        while start < size and not self.discard:
+            if len(queue) > PIPELINE_HIGH:  # reading is paused (`on_message_complete`): keep the rest
+                rest.data, rest.at = view[start:], now
+                return
+            step = SLICE
+            if self.in_message and not self.in_head:  # in a body: its known length in one go
+                step += self._body_left if self._body_left >= 0 else _BODY_STEP
+            self._feed_slice(view[start:start + step])
+            start += step
+
+    def _feed_slice(self, data: bytes | memoryview) -> None:
         head_before = self.in_head
         began_at_start = not self.in_message
         completed = self.completed
@@ -101,7 +147,7 @@ class RequestReader:
             # httptools keeps a partial header inside itself and reports it only once it is
             # complete, so its size is counted here, from the bytes fed. When this chunk also
             # ended an earlier request, where the new head starts in it is unknown: it is counted
-            # from the next chunk on (the head may then exceed the limit by one read).
+            # from the next chunk on (the head may then exceed the limit by one slice).
             if head_before or (began_at_start and completed == self.completed):
                 self._head_fed += len(data)
             if self._head_fed > state.max_header_bytes:
@@ -118,6 +164,7 @@ class RequestReader:
         self.in_message = self.in_head = True
         self._url = b""
         self._url_len = self._head_len = self._head_fed = self._body_len = 0
+        self._body_left = -1
         self._headers = {}
         self._body = None
         self._rejected = False
@@ -164,6 +211,7 @@ class RequestReader:
                 n = int(length)
             except ValueError:
                 n = -1
+            self._body_left = n
             if n > state.max_body_bytes:
                 self.reject(413, f"request body of {n} bytes exceeds the limit of {state.max_body_bytes} bytes; "
                                  "send a smaller body or raise --max-body-size")
@@ -179,6 +227,7 @@ class RequestReader:
         if self._rejected or self.discard:
             return
         self._body_len += len(body)
+        self._body_left -= len(body)
         if self._body_len > self.state.max_body_bytes:
             self.reject(413, f"request body exceeds the limit of {self.state.max_body_bytes} bytes; "
                              "send a smaller body or raise --max-body-size")
@@ -228,6 +277,7 @@ class RequestReader:
         self.discard = True
         self.in_message = self.in_head = False
         self.deadline = 0.0
+        self.rest.data = b""
         self.conn.pause_reading()
 
     def _reject_head(self) -> None:
@@ -237,3 +287,40 @@ class RequestReader:
     def _joined_url(self) -> bytes:
         url = self._url
         return b"".join(url) if isinstance(url, list) else url
+
+
+class Rest:
+    """The unparsed rest of one read, kept while its connection's pipeline is full (see the module docstring)."""
+
+    __slots__ = ("reader", "data", "at", "_scheduled")
+
+    def __init__(self, reader: RequestReader) -> None:
+        self.reader = reader
+        self.data: bytes | memoryview = b""
+        self.at = 0.0  # when it arrived (0 when nothing is kept)
+        self._scheduled = False
+
+    def resume(self) -> bool:
+        """Reading may go on: True when nothing is kept (read from the socket again); otherwise the kept
+        bytes are fed on a later turn of the event loop, so that other connections are served first."""
+        if not self.data or self.reader.discard:
+            self.data, self.at = b"", 0.0
+            return True
+        if not self._scheduled:
+            self._scheduled = True
+            try:
+                asyncio.get_running_loop().call_soon(self._feed)
+            except RuntimeError:  # no loop running (the protocol driven by hand, as in tests): now
+                self._feed()
+        return False
+
+    def _feed(self) -> None:
+        self._scheduled = False
+        reader = self.reader
+        conn = reader.conn
+        if conn.closed or reader.discard or conn.reading_paused:
+            return  # closed, or paused again meanwhile (`resume` is called again then)
+        data, self.data = self.data, b""
+        conn.data_received(data)  # parses (keeping a rest again if the pipeline fills) and serves
+        if not self.data and not conn.closed and not reader.discard and not conn.reading_paused:
+            conn.transport.resume_reading()
