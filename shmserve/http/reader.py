@@ -34,7 +34,7 @@ __all__ = ["RequestReader", "Rest", "Owner", "PIPELINE_HIGH", "CONTINUE", "SLICE
 PIPELINE_HIGH = 32
 #: bytes of a read parsed at a time: bounds the requests queued past `PIPELINE_HIGH` (one read of
 #: 64 KiB can hold a thousand small pipelined requests)
-SLICE = 2048
+SLICE = 4096
 _BODY_STEP = 64 * 1024  # a chunked body: its length is unknown, so it is parsed a read at a time
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
