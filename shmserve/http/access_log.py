@@ -3,7 +3,10 @@
 On the event loop a response costs one tuple appended to a deque (well under
 a microsecond, no lock, no wake-up). A writer thread sleeps `FLUSH_S`
 seconds, takes every waiting entry, formats them and writes the batch with
-one write per handler, and sleeps again. So the loop never waits on a write
+one write per handler, and sleeps again (in a server that is the observer's
+writer, `shmserve.http.observe`, which builds the spans on the same turn;
+`AccessLog.start` runs one of its own). Even the runner time is summed there,
+from the request's runner call traces the entry holds. So the loop never waits on a write
 and never wakes a thread: waking the writer for every line (as a
 ``QueueHandler``/``QueueListener`` pair does) hands the GIL back and forth once
 per request, which measurably cost throughput (see the README's *Operational
@@ -34,6 +37,7 @@ from typing import Any
 import orjson
 
 from ..config.schema import AccessLogSettings
+from ..traces import Sink
 
 __all__ = ["AccessLog", "LOGGER_NAME", "FLUSH_S"]
 
@@ -42,18 +46,54 @@ LOGGER_NAME = "shmserve.access"
 FLUSH_S = 0.1
 
 # One entry: (CLOCK_MONOTONIC time, peer address, method, path, status, bytes in, bytes out, seconds,
-# runner seconds, id); the writer turns the monotonic time into a wall-clock one.
-Entry = tuple[float, Any, bytes, bytes, int, int, int, float, float, bytes]
+# the runner calls' traces (`shmserve.traces.Sink`) or None, id); the writer turns the monotonic time
+# into a wall-clock one and the traces into the runner time.
+Entry = tuple[float, Any, bytes, bytes, int, int, int, float, Sink | None, bytes]
+
+# JSON line template: formatting one line with `%` costs a quarter of building a dict and
+# orjson.dumps-ing it (2 µs against 9 µs a line), and the writer holds the GIL while it formats.
+# Method and path are JSON-quoted by orjson (`_Quoted`); the client address (an IP and a port)
+# and the request ID (token characters only: `shmserve.http.request_id`) need no escaping.
+_JSON = ('{"time":"%s.%06dZ","client":"%s","method":%s,"path":%s,"status":%d,"bytes_in":%d,'
+         '"bytes_out":%d,"duration_ms":%.3f,"runner_ms":%.3f,"request_id":"%s"}')
 
 
 def _client(peer: Any) -> str:
     return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "-"
 
 
+def runner_seconds(sink: Sink | None) -> float:
+    """Summed round trips (submit to complete) of the runner calls in `sink`."""
+    total = 0.0
+    for _, _, t in sink or ():
+        if "complete" in t and "submit" in t:
+            total += t["complete"] - t["submit"]
+    return total
+
+
+class _Quoted:
+    """JSON string literals of byte strings, the few that recur (methods, API paths) kept."""
+
+    _KEEP = 512  # distinct values kept; a scan of random paths stops adding once it is full
+    _LONGEST = 256  # longer values are quoted each time, never kept
+
+    def __init__(self) -> None:
+        self._known: dict[bytes, str] = {}
+
+    def __call__(self, value: bytes) -> str:
+        known = self._known.get(value)
+        if known is None:
+            known = orjson.dumps(value.decode("latin-1")).decode()
+            if len(self._known) < self._KEEP and len(value) <= self._LONGEST:
+                self._known[value] = known
+        return known
+
+
 def _text(e: Entry) -> str:
-    ts, peer, method, path, status, n_in, n_out, seconds, runner_s, rid = e
+    ts, peer, method, path, status, n_in, n_out, seconds, sink, rid = e
     return (f'{_client(peer)} "{method.decode("latin-1")} {path.decode("latin-1")}" {status} in={n_in} '
-            f"out={n_out} {seconds * 1e3:.3f}ms runner={runner_s * 1e3:.3f}ms id={rid.decode('latin-1')}")
+            f"out={n_out} {seconds * 1e3:.3f}ms runner={runner_seconds(sink) * 1e3:.3f}ms "
+            f"id={rid.decode('latin-1')}")
 
 
 class _JsonLines:
@@ -62,18 +102,16 @@ class _JsonLines:
     def __init__(self) -> None:
         self._second = -1
         self._stamp = ""
+        self._quote = _Quoted()
 
     def __call__(self, e: Entry) -> str:
-        ts, peer, method, path, status, n_in, n_out, seconds, runner_s, rid = e
+        ts, peer, method, path, status, n_in, n_out, seconds, sink, rid = e
         second = int(ts)
         if second != self._second:
             self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return orjson.dumps({
-            "time": f"{self._stamp}.{int((ts - second) * 1e6):06d}Z",
-            "client": _client(peer), "method": method.decode("latin-1"), "path": path.decode("latin-1"),
-            "status": status, "bytes_in": n_in, "bytes_out": n_out, "duration_ms": round(seconds * 1e3, 3),
-            "runner_ms": round(runner_s * 1e3, 3), "request_id": rid.decode("latin-1"),
-        }).decode()
+        quote = self._quote
+        return _JSON % (self._stamp, int((ts - second) * 1e6), _client(peer), quote(method), quote(path), status,
+                        n_in, n_out, seconds * 1e3, runner_seconds(sink) * 1e3, rid.decode("latin-1"))
 
 
 class _LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -157,8 +195,11 @@ class AccessLog:
             self._thread = None
         self.flush()  # lines recorded without a writer, or after it stopped
 
-    def record(self, conn: Any, request: Any, status: int, body_bytes: int, runner_s: float) -> None:
-        """Keep the line of one response for the writer (on the event loop; one deque append)."""
+    def record(self, conn: Any, request: Any, status: int, body_bytes: int, sink: Sink | None = None) -> None:
+        """Keep the line of one response for the writer (on the event loop; one deque append).
+
+        `sink`: the request's runner call traces; the writer sums their round trips (runner time).
+        """
         now = time.monotonic()
         seconds = now - (request.t_begin or request.t_parsed)
         if self._rate < 1.0 and status < 500 and seconds < self._slow_s and random.random() >= self._rate:
@@ -166,7 +207,7 @@ class AccessLog:
         transport = conn.transport
         self._pending.append((now, transport.get_extra_info("peername") if transport is not None else None,
                               request.method or b"-", request.path or b"-", status, len(request.body), body_bytes,
-                              seconds, runner_s, request.request_id or b"-"))
+                              seconds, sink, request.request_id or b"-"))
 
     def flush(self) -> None:
         """Format and write every waiting line now (the writer thread calls this; so may tests)."""

@@ -1,26 +1,37 @@
-"""After a response is written: the access log line and the request's spans.
+"""After a response is written: the access log line and the request's spans, both made off the loop.
 
 `Observer.begin` gives an API request a `RequestContext` when anything wants
 to know about it (the access log, a sampled trace, a caller's
 ``X-Shmserve-Trace``); the context collects the runner calls' traces. The
-protocol's ``on_response`` hook (`Observer.on_response`) then writes the
-access line and exports the spans. While the access log and tracing are off
-(the default) the hook is not installed and no context is made.
+protocol's ``on_response`` hook (`Observer.on_response`) then only appends
+tuples: the access line's fields to the access log's queue, and a sampled
+request's context and end time to the span queue. One writer thread wakes
+every `FLUSH_S` seconds, formats and writes the waiting access lines and
+builds and exports the waiting spans (`shmserve.http.tracing.Tracer.export`,
+from the recorded timestamps), so neither formatting nor the OpenTelemetry
+SDK's span objects cost the event loop anything. While the access log and
+tracing are off (the default) the hook is not installed, no context is made
+and no thread runs.
 """
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import deque
 from typing import Any
 
 from ..config.schema import AccessLogSettings, TracingSettings
 from ..traces import Sink
-from .access_log import AccessLog
+from .access_log import FLUSH_S, AccessLog, runner_seconds
 from .protocol import HttpProtocol, Request
 
 __all__ = ["Observer", "RequestContext"]
 
 log = logging.getLogger("shmserve.http")
+
+# A traced request waiting for its spans: (context, method, path, status, request ID, end time).
+_Traced = tuple["RequestContext", bytes, bytes, int, bytes, float]
 
 
 class RequestContext:
@@ -38,15 +49,11 @@ class RequestContext:
 
     def runner_seconds(self) -> float:
         """Summed round trips of the request's runner calls."""
-        total = 0.0
-        for _, _, t in self.sink:  # a loop, not sum(<generator>): this runs for every logged request
-            if "complete" in t and "submit" in t:
-                total += t["complete"] - t["submit"]
-        return total
+        return runner_seconds(self.sink)
 
 
 class Observer:
-    """The access log and the tracer of one API worker (either may be None)."""
+    """The access log and the tracer of one API worker (either may be None), and their writer thread."""
 
     def __init__(self, access: AccessLogSettings, tracing: TracingSettings, service_name: str,
                  access_log: AccessLog | None = None, tracer: Any = None) -> None:
@@ -59,8 +66,13 @@ class Observer:
         self.access_log = access_log
         self.tracer = tracer
         self.active = access_log is not None or tracer is not None
-        if access_log is not None:
-            access_log.start()
+        # The loop appends, the writer pops (deque.append and popleft are atomic: no lock).
+        self._traced: deque[_Traced] = deque()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        if self.active:
+            self._thread = threading.Thread(target=self._run, name="shmserve-observe", daemon=True)
+            self._thread.start()
 
     def begin(self, request: Request, api: str, asked: bool) -> RequestContext | None:
         """The context of an API request, or None when nobody observes it."""
@@ -76,21 +88,51 @@ class Observer:
         return ctx
 
     def on_response(self, conn: HttpProtocol, request: Request, status: int, body_bytes: int) -> None:
-        """The protocol's hook: log the response and export its spans (never raises)."""
+        """The protocol's hook: queue the access line and the spans for the writer (never raises)."""
         ctx: RequestContext | None = request.ctx
         try:
             if self.access_log is not None:
-                self.access_log.record(conn, request, status, body_bytes, ctx.runner_seconds() if ctx else 0.0)
-            if ctx is not None and ctx.parent is not None and self.tracer is not None:
-                timeline = ctx.timeline or {}
-                timeline["runners"] = ctx.sink
-                self.tracer.export(ctx.parent, request.method, request.path, ctx.api, status, request.request_id,
-                                   timeline, time.monotonic())
+                self.access_log.record(conn, request, status, body_bytes, ctx.sink if ctx is not None else None)
+            if ctx is not None and ctx.parent is not None:
+                self._traced.append((ctx, request.method, request.path, status, request.request_id, time.monotonic()))
         except Exception:
-            log.exception("access log or span export failed for request %s", request.request_id.decode())
+            log.exception("recording the access line or spans of request %s failed", request.request_id.decode())
+
+    def flush(self) -> None:
+        """Write the waiting access lines and export the waiting spans now (the writer calls this; so may tests)."""
+        if self.access_log is not None:
+            self.access_log.flush()
+        traced, tracer = self._traced, self.tracer
+        while traced:
+            try:
+                ctx, method, path, status, rid, end = traced.popleft()
+            except IndexError:  # another caller of flush() took the last one
+                break
+            if tracer is None:
+                continue
+            timeline = dict(ctx.timeline or ())
+            timeline["runners"] = ctx.sink
+            try:
+                tracer.export(ctx.parent, method, path, ctx.api, status, rid, timeline, end)
+            except Exception:  # one request's broken spans must not stop the others'
+                log.exception("building the spans of request %s failed", rid.decode("latin-1"))
+
+    def _run(self) -> None:
+        while not self._stopping:
+            time.sleep(FLUSH_S)
+            try:
+                self.flush()
+            except Exception:  # a broken formatter or handler must not end the log for good
+                log.exception("writing access log lines failed")
 
     def close(self) -> None:
-        """Flush and stop the access log and the span exporter."""
+        """Stop the writer, write and export what waits, then flush and stop the access log and the exporter."""
+        thread = self._thread
+        if thread is not None:
+            self._stopping = True
+            thread.join(10.0)
+            self._thread = None
+        self.flush()
         if self.access_log is not None:
             self.access_log.stop()
         if self.tracer is not None:

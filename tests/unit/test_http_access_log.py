@@ -89,29 +89,40 @@ class CountingStream:
 
 
 def _entry(i: int) -> tuple:
-    return (time.monotonic(), ("127.0.0.1", 1), b"POST", b"/p", 200, 1, 2, 0.001, 0.0, b"id-%d" % i)
+    return (time.monotonic(), ("127.0.0.1", 1), b"POST", b"/p", 200, 1, 2, 0.001, None, b"id-%d" % i)
 
 
 def test_responses_only_queue_lines_and_the_writer_comes_for_them_by_itself() -> None:
     cap = Capture()
-    log = AccessLog(AccessLogSettings(enabled=True), [cap])
+    log = AccessLog(AccessLogSettings(enabled=True), [cap])  # not started, no observer: nothing writes
+    conn = object.__new__(HttpProtocol)
+    conn.transport = None
+    log.record(conn, Request(b"GET", b"/x", {}, b"", True), 200, 0)
+    assert len(log._pending) == 1 and cap.lines == []  # a response leaves exactly one entry behind
     h = Harness(settings=ApiServerSettings(logging=LoggingSettings(access=AccessLogSettings(enabled=True))),
                 access_log=log)
     try:
-        conn = object.__new__(HttpProtocol)
-        conn.transport = None
-        req = Request(b"GET", b"/x", {}, b"", True)
-        log.stop()  # no writer: a response leaves exactly one entry behind, nothing else
-        log.record(conn, req, 200, 0, 0.0)
-        assert len(log._pending) == 1 and cap.lines == []
-        log.start()
         h.exchange(post(b"/v1/upper", b"abc") * 20, 20)
         deadline = time.monotonic() + 10
         while len(cap.lines) < 21 and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert len(cap.lines) == 21  # written by the writer's own turns, before any stop()
+        assert len(cap.lines) == 21  # written by the observer's writer thread, before any close()
     finally:
         h.close()
+
+
+def test_json_lines_quote_odd_paths_and_sum_the_runner_time() -> None:
+    cap = Capture()
+    log = AccessLog(AccessLogSettings(enabled=True, format="json"), [cap])
+    odd = b'/a"b\\c\x01\xe9'
+    sink = [("r", "m", {"submit": 1.0, "complete": 1.25}), ("r", "m", {"submit": 2.0, "complete": 2.5}),
+            ("r", "m", {"submit": 3.0})]  # a call without its end counts nothing
+    log._pending.extend([(1.0, ("::1", 8, 0, 0), odd, odd, 200, 0, 0, 0.001, sink, b"x"),
+                         (1.0, None, b"GET", odd, 200, 0, 0, 0.001, None, b"y")])
+    log.flush()
+    first, second = (orjson.loads(line) for line in cap.lines)
+    assert first["path"] == first["method"] == odd.decode("latin-1") == second["path"]
+    assert first["client"] == "::1:8" and first["runner_ms"] == 750.0 and second["runner_ms"] == 0.0
 
 
 def test_a_batch_is_one_write_through_the_handlers_formatter() -> None:
@@ -130,8 +141,8 @@ def test_a_batch_is_one_write_through_the_handlers_formatter() -> None:
 def test_json_timestamps_keep_their_microseconds_across_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
     cap = Capture()
     log = AccessLog(AccessLogSettings(enabled=True, format="json"), [cap])
-    log._pending.extend([(10.25, None, b"GET", b"/", 200, 0, 0, 0.0, 0.0, b"a"),
-                         (11.5, None, b"GET", b"/", 200, 0, 0, 0.0, 0.0, b"b")])
+    log._pending.extend([(10.25, None, b"GET", b"/", 200, 0, 0, 0.0, None, b"a"),
+                         (11.5, None, b"GET", b"/", 200, 0, 0, 0.0, None, b"b")])
     # Monotonic 0.0 is wall-clock 1_699_999_990: the entries were recorded at ...000.25 and ...001.5.
     clock = types.SimpleNamespace(time=lambda: 1_699_999_990.0, monotonic=lambda: 0.0, strftime=time.strftime,
                                   gmtime=time.gmtime)

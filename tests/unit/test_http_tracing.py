@@ -27,6 +27,12 @@ def traced(rate: float = 1.0) -> tuple[Harness, InMemorySpanExporter]:
     return h, exporter
 
 
+def finished(h: Harness, exporter: InMemorySpanExporter) -> tuple:
+    """The spans exported so far, after the writer's turn (spans are built on the writer thread)."""
+    h.app.observer.flush()
+    return exporter.get_finished_spans()
+
+
 @pytest.fixture
 def tr() -> Iterator[tuple[Harness, InMemorySpanExporter]]:
     h, exporter = traced()
@@ -38,7 +44,7 @@ def test_incoming_traceparent_is_the_parent_and_its_trace_id_is_on_every_span(tr
     h, exporter = tr
     (status, _, _), = h.exchange(post(b"/predict", b"[[1, 2, 3]]", b"traceparent: %s\r\nX-Request-ID: span-1\r\n" % TRACEPARENT))
     assert status == 200
-    spans = exporter.get_finished_spans()
+    spans = finished(h, exporter)
     assert {format(s.context.trace_id, "032x") for s in spans} == {TRACE_ID}
     server, = (s for s in spans if s.kind == SpanKind.SERVER)
     assert server.name == "POST /predict" and format(server.parent.span_id, "016x") == PARENT_ID
@@ -55,20 +61,20 @@ def test_incoming_traceparent_is_the_parent_and_its_trace_id_is_on_every_span(tr
 def test_unsampled_traceparent_is_not_traced(tr: tuple[Harness, InMemorySpanExporter]) -> None:
     h, exporter = tr
     h.exchange(post(b"/predict", b"[[1, 2, 3]]", b"traceparent: 00-%s-%s-00\r\n" % (TRACE_ID.encode(), PARENT_ID.encode())))
-    assert exporter.get_finished_spans() == ()
+    assert finished(h, exporter) == ()
 
 
 def test_without_traceparent_the_sample_rate_decides() -> None:
     h, exporter = traced(rate=0.0)
     try:
         h.exchange(post(b"/predict", b"[[1, 2, 3]]") * 5, 5)
-        assert exporter.get_finished_spans() == ()
+        assert finished(h, exporter) == ()
     finally:
         h.close()
     h, exporter = traced(rate=1.0)
     try:
         h.exchange(post(b"/predict", b"[[1, 2, 3]]") * 2, 2)
-        roots = [s for s in exporter.get_finished_spans() if s.parent is None]
+        roots = [s for s in finished(h, exporter) if s.parent is None]
         assert len(roots) == 2 and roots[0].context.trace_id != roots[1].context.trace_id
     finally:
         h.close()
@@ -77,7 +83,7 @@ def test_without_traceparent_the_sample_rate_decides() -> None:
 def test_probes_are_not_traced(tr: tuple[Harness, InMemorySpanExporter]) -> None:
     h, exporter = tr
     h.exchange(b"GET /livez HTTP/1.1\r\nHost: x\r\ntraceparent: %s\r\n\r\n" % TRACEPARENT)
-    assert exporter.get_finished_spans() == ()
+    assert finished(h, exporter) == ()
 
 
 def test_server_errors_mark_the_span() -> None:
@@ -85,8 +91,33 @@ def test_server_errors_mark_the_span() -> None:
     try:
         (status, _, _), = h.exchange(post(b"/fail", b'{"kind": "model"}', b"traceparent: %s\r\n" % TRACEPARENT))
         assert status == 500
-        server, = (s for s in exporter.get_finished_spans() if s.kind == SpanKind.SERVER)
+        server, = (s for s in finished(h, exporter) if s.kind == SpanKind.SERVER)
         assert not server.status.is_ok
+    finally:
+        h.close()
+
+
+def test_spans_are_built_on_the_writer_thread_not_the_event_loop() -> None:
+    import threading
+    import time
+
+    class ThreadNoting(InMemorySpanExporter):
+        threads: set[str] = set()
+
+        def export(self, spans):  # type: ignore[no-untyped-def]
+            self.threads.add(threading.current_thread().name)
+            return super().export(spans)
+
+    exporter = ThreadNoting()
+    settings = TracingSettings(exporter="console", sample_rate=1.0)
+    h = Harness(tracing=settings, tracer=Tracer(settings, "test_svc", exporter=exporter))
+    try:
+        (status, _, _), = h.exchange(post(b"/predict", b"[[1, 2, 3]]", b"traceparent: %s\r\n" % TRACEPARENT))
+        assert status == 200
+        deadline = time.monotonic() + 10
+        while not exporter.get_finished_spans() and time.monotonic() < deadline:
+            time.sleep(0.01)  # nobody calls flush(): the writer's own turn builds them
+        assert exporter.get_finished_spans() and exporter.threads == {"shmserve-observe"}
     finally:
         h.close()
 
@@ -123,14 +154,30 @@ def test_runner_calls_become_queue_batch_model_spans_in_the_right_shape() -> Non
 
 
 def test_console_exporter_writes_spans_to_the_server_log(caplog: pytest.LogCaptureFixture) -> None:
+    import json
     import logging
 
     from shmserve.http.tracing import LogSpanExporter
 
-    tracer = Tracer(TracingSettings(exporter="console"), "svc", exporter=LogSpanExporter())
+    exporter = InMemorySpanExporter()
+    tracer = Tracer(TracingSettings(exporter="console"), "svc", exporter=exporter)
+    tracer.export(tracer.sample({}), b"POST", b"/x", "x", 503, b"r", {"begin": 1.0, "parsed": 1.0, "decoded": 1.25}, 1.5)
     with caplog.at_level(logging.INFO, logger="shmserve.tracing"):
-        tracer.export(tracer.sample({}), b"POST", b"/x", "x", 200, b"r", {"begin": 1.0}, 1.5)
-    assert any('"name": "POST /x"' in r.getMessage() for r in caplog.records)
+        LogSpanExporter().export(exporter.get_finished_spans())
+    lines = {json.loads(r.getMessage())["name"]: json.loads(r.getMessage()) for r in caplog.records}
+    assert set(lines) == {"POST /x", "decode"} and all("\n" not in r.getMessage() for r in caplog.records)
+    # the SDK's own JSON of the same span, key for key and value for value
+    sdk = {s.name: json.loads(s.to_json(indent=None)) for s in exporter.get_finished_spans()}
+
+    def micros(iso: str) -> int:  # the SDK rounds through a float: allow one microsecond
+        return int(iso[-8:-1].replace(".", ""))
+
+    for name, line in lines.items():
+        for key in ("start_time", "end_time"):
+            assert line[key][:-8] == sdk[name][key][:-8]
+            assert abs(micros(line.pop(key)) - micros(sdk[name].pop(key))) <= 1
+    assert lines == sdk
+    assert lines["POST /x"]["status"]["status_code"] == "ERROR" and lines["decode"]["parent_id"]
 
 
 def test_check_settings_fails_early_on_what_every_worker_would_fail_on(tmp_path: object) -> None:
@@ -152,3 +199,11 @@ def test_check_settings_fails_early_on_what_every_worker_would_fail_on(tmp_path:
             check_settings(grpc)
     else:
         check_settings(grpc)
+
+
+def test_the_callers_tracestate_is_carried_by_every_span(tr: tuple[Harness, InMemorySpanExporter]) -> None:
+    h, exporter = tr
+    h.exchange(post(b"/predict", b"[[1, 2, 3]]", b"traceparent: %s\r\ntracestate: vendor=abc\r\n" % TRACEPARENT))
+    spans = finished(h, exporter)
+    assert spans and {s.context.trace_state.get("vendor") for s in spans} == {"abc"}
+    assert all(not s.context.is_remote and s.context.trace_flags.sampled for s in spans)
