@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from .descriptor import Headers, IODescriptor, dumps_json, media_type
+from .descriptor import Headers, IODescriptor, dumps_json, dumps_json_steps, json_in_steps, media_type
 from .errors import InvalidInput, UnsupportedMediaType
 from .jsonarray import array_steps
 from .jsonscan import PIECE_BYTES, run, run_async
@@ -261,6 +261,16 @@ class NumpyNdarray(IODescriptor):
                 return _CT_OCTET, arr.tobytes(), extra
         return _CT_JSON, dumps_json(arr), b""
 
+    def encode_in_steps(self, value: Any, accept: bytes) -> bool:
+        """A large ndarray written as JSON is written a block of rows at a time (`dumps_json_steps`)."""
+        return not (accept and (_CT_NPY in accept or _CT_OCTET in accept)) and json_in_steps(value)
+
+    async def encode_async(self, value: Any, accept: bytes) -> tuple[bytes, bytes, bytes]:
+        """`encode`, a large JSON answer in steps with the event loop free in between."""
+        if not self.encode_in_steps(value, accept):
+            return self.encode(value, accept)
+        return _CT_JSON, await run_async(dumps_json_steps(value)), b""
+
     def openapi_schema(self) -> dict[str, Any]:
         """JSON schema: nested arrays of numbers, one level per dimension of `shape`."""
         kind = self.dtype.kind if self.dtype is not None else "f"
@@ -335,6 +345,14 @@ class JSON(IODescriptor):
         if hasattr(value, "model_dump") and hasattr(type(value), "model_validate"):
             value = value.model_dump(mode="json")
         return _CT_JSON, dumps_json(value), b""
+
+    def encode_in_steps(self, value: Any, accept: bytes) -> bool:
+        """Large arrays and lists (also inside a dict or list) are written in steps (`dumps_json_steps`)."""
+        return json_in_steps(value)
+
+    async def encode_async(self, value: Any, accept: bytes) -> tuple[bytes, bytes, bytes]:
+        """`encode`, a large value in steps with the event loop free in between."""
+        return _CT_JSON, await run_async(dumps_json_steps(value)), b""
 
     def openapi_schema(self) -> dict[str, Any]:
         """Any JSON value, or the pydantic model's JSON schema."""

@@ -274,7 +274,11 @@ class App:
             await respond_stream(self, api, result, request, conn, start, ctx)
             return
         try:
-            ctype, body, extra = api.output.encode(result, request.headers.get(b"accept", b""))
+            accept = request.headers.get(b"accept", b"")
+            if api.output.encode_in_steps(result, accept):  # a large JSON answer: the loop is free between steps
+                ctype, body, extra = await api.output.encode_async(result, accept)
+            else:
+                ctype, body, extra = api.output.encode(result, accept)
         except Exception as exc:  # the API returned something its output descriptor cannot write
             log.exception("API %r: encoding the result failed", api.name)
             self._fail(conn, api, start, 500, RuntimeError(
