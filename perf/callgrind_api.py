@@ -28,6 +28,7 @@ httptools, numpy, orjson)::
 
     python -m perf.callgrind_api --body json --requests 2000
     python -m perf.callgrind_api --body raw --requests 2000 --tree /path/to/other/checkout
+    python -m perf.callgrind_api --body v2 --requests 2000     # the v2 binary request of perf/bench_v2.py
 """
 from __future__ import annotations
 
@@ -91,12 +92,22 @@ def load(port: int, request: bytes, total: int, connections: int) -> list[int]:
 
 
 def bodies() -> dict[str, tuple[bytes, str, dict[str, str]]]:
-    """The saturation benchmark's two bodies: the (1, 784) JSON array and its raw float32 bytes."""
+    """The saturation benchmark's two bodies: the (1, 784) JSON array and its raw float32 bytes; and ``v2``,
+    the same tensor as an Open Inference Protocol binary request (perf/bench_v2.py's) to `V2_PATH`."""
     raw_json = (bench_dir() / "body_array.json").read_bytes()
     x = np.asarray(json.loads(raw_json), dtype=np.float32)
     shape = ",".join(str(n) for n in x.shape)
+    v2_head = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": list(x.shape),
+                                      "parameters": {"binary_data_size": x.nbytes}}],
+                          "outputs": [{"name": "output", "parameters": {"binary_data": True}}]}).encode()
     return {"json": (raw_json, "application/json", {}),
-            "raw": (x.tobytes(), "application/octet-stream", {"x-tensor-dtype": "float32", "x-tensor-shape": shape})}
+            "raw": (x.tobytes(), "application/octet-stream", {"x-tensor-dtype": "float32", "x-tensor-shape": shape}),
+            "v2": (v2_head + x.tobytes(), "application/octet-stream",
+                   {"inference-header-content-length": str(len(v2_head))})}
+
+
+#: where each body is sent: the native API, or the runner method as a v2 model
+PATHS = {"json": "/predict", "raw": "/predict", "v2": "/v2/models/mlp.predict/infer"}
 
 
 def _control(*args: str) -> None:
@@ -143,7 +154,7 @@ def measure(tree: Path, body: str, requests: int, warmup: int, connections: int,
             time.sleep(0.2)
         port = int(port_file.read_text())
         data, ctype, extra = bodies()[body]
-        request = _request("/predict", data, ctype, extra)
+        request = _request(PATHS[body], data, ctype, extra)
         bad = [s for s in load(port, request, warmup, connections) if s != 200]
         if bad:
             raise RuntimeError(f"warm-up requests answered {sorted(set(bad))}")
@@ -235,7 +246,7 @@ def _top(annotate_text: str, n: int) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: see the module docstring."""
     p = argparse.ArgumentParser(prog="python -m perf.callgrind_api", description=__doc__.split("\n\n")[0])
-    p.add_argument("--body", default="json", choices=("json", "raw"))
+    p.add_argument("--body", default="json", choices=("json", "raw", "v2"))
     p.add_argument("--requests", type=int, default=2000)
     p.add_argument("--warmup", type=int, default=300)
     p.add_argument("--connections", type=int, default=16)

@@ -104,6 +104,9 @@ class Model:
 
 def outputs_of(result: Any) -> list[tuple[str, np.ndarray]]:
     """Name a model's result as outputs (see the module docstring)."""
+    if type(result) is np.ndarray:  # the common case, without the checks below
+        to_datatype(result.dtype, "output")
+        return [("output", result)]
     if isinstance(result, dict):
         items = [(str(k), v) for k, v in result.items()]
     elif isinstance(result, (tuple, list)) and result and not isinstance(result[0], (int, float, bool)):
@@ -203,6 +206,7 @@ class RunnerModel(Model):
         super().__init__()
         self.input_names = frozenset(t.name for t in self.inputs) | (self.optional if not self.var_kw else frozenset())
         self._open = self.var_kw
+        self._required_names = frozenset(self.required) if self.required else None  # None: never the fast path
 
     def ready(self) -> bool:
         """Ready when the runner has a live worker."""
@@ -211,6 +215,10 @@ class RunnerModel(Model):
     async def infer(self, inputs: dict[str, np.ndarray], parameters: Mapping[str, Any], timeout: float | None,
                     executor: Executor | None) -> list[tuple[str, np.ndarray]]:
         """See `Model.infer`; a method taking ``**kwargs`` accepts any extra input."""
+        if not parameters and inputs.keys() == self._required_names:
+            # Exactly the required inputs and no parameters (most requests): nothing to check or sort out.
+            args = [inputs[n] for n in self.required]
+            return outputs_of(await self._method.async_run(*args, timeout=timeout))
         if self._open:
             kwargs = {k: v for k, v in parameters.items() if k not in RESERVED_PARAMETERS and not k.startswith("triton_")}
             return outputs_of(await self._call(inputs, kwargs, timeout, executor))

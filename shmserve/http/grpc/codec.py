@@ -32,6 +32,8 @@ _CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_cont
 
 def parameters_of(params: Any) -> dict[str, Any]:
     """A protobuf ``map<string, InferParameter>`` as a plain dict."""
+    if not params:  # most tensors have none; iterating even an empty map goes through Python-level Mapping code
+        return {}
     out = {}
     for key, p in params.items():
         which = p.WhichOneof("parameter_choice")
@@ -67,7 +69,7 @@ def decode_inputs(request: Any, regions: "RegionTable | None") -> dict[str, np.n
         shape = list(tensor.shape)
         count = element_count(shape, name)
         nbytes = count * dtype.itemsize
-        ref = region_ref(parameters_of(tensor.parameters), f"input {name!r}")
+        ref = region_ref(parameters_of(tensor.parameters), f"input {name!r}") if tensor.parameters else None
         field = _CONTENTS.get(tensor.datatype)
         if ref is not None:
             arr = input_from_region(regions, ref, dtype, count, name, tensor.datatype, shape)
@@ -101,7 +103,7 @@ def requested_outputs(request: Any, regions: "RegionTable | None") -> list[Reque
         return None
     out = []
     for o in request.outputs:
-        ref = region_ref(parameters_of(o.parameters), f"output {o.name!r}")
+        ref = region_ref(parameters_of(o.parameters), f"output {o.name!r}") if o.parameters else None
         if ref is not None:
             check_output_region(regions, ref, o.name)
         out.append(RequestedOutput(o.name, True, ref))

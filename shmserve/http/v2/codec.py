@@ -102,11 +102,16 @@ def _decompress(body: bytes, encoding: bytes, limit: int) -> Steps[bytearray]:
     return out
 
 
-def _parameters(obj: dict[str, Any], where: str) -> dict[str, Any]:
+_NO_PARAMETERS: dict[str, Any] = {}  # shared, never written to
+
+
+def _parameters(obj: dict[str, Any], what: str, name: str = "") -> dict[str, Any]:
+    """`obj`'s ``parameters``; `what` and `name` say whose, for the error (not formatted unless needed)."""
     params = obj.get("parameters")
     if params is None:
-        return {}
-    if not isinstance(params, dict):
+        return _NO_PARAMETERS
+    if type(params) is not dict:
+        where = f"{what} {name!r}" if name else what
         raise InferError(400, f"{where}: 'parameters' must be a JSON object, got {type(params).__name__}")
     return params
 
@@ -168,9 +173,9 @@ def decode_request_steps(body: Any, headers: dict[bytes, bytes], regions: "Regio
             raise InferError(400, f"input {name!r} needs 'shape': a list of integers")
         count = element_count(shape, name)
         nbytes = count * dtype.itemsize
-        params = _parameters(tensor, f"input {name!r}")
+        params = _parameters(tensor, "input", name)
         size = params.get("binary_data_size")
-        ref = region_ref(params, f"input {name!r}")
+        ref = region_ref(params, f"input {name!r}") if "shared_memory_region" in params else None
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size != nbytes:
                 raise InferError(400, f"input {name!r}: binary_data_size {size!r} does not match shape {shape} of "
@@ -199,11 +204,11 @@ def decode_request_steps(body: Any, headers: dict[bytes, bytes], regions: "Regio
         for i, out in enumerate(raw_outputs):
             if not isinstance(out, dict) or not isinstance(out.get("name"), str):
                 raise InferError(400, f"outputs[{i}] must be an object with a string 'name'")
-            oparams = _parameters(out, f"output {out['name']!r}")
+            oparams = _parameters(out, "output", out["name"])
             binary_flag = oparams.get("binary_data", binary_output)
             if not isinstance(binary_flag, bool):
                 raise InferError(400, f"output {out['name']!r}: 'binary_data' must be true or false")
-            oref = region_ref(oparams, f"output {out['name']!r}")
+            oref = region_ref(oparams, f"output {out['name']!r}") if "shared_memory_region" in oparams else None
             if oref is not None:
                 check_output_region(regions, oref, out["name"])
             outputs.append(RequestedOutput(out["name"], binary_flag, oref))

@@ -29,6 +29,7 @@ import orjson
 
 from ...jsonscan import PIECE_BYTES, run_async
 from ...oip.errors import InferError
+from ...oip.models import Model
 from ...oip.server import InferenceServer
 from ..protocol import HttpProtocol, Request
 from .codec import InferRequest, decode_request, decode_request_steps, encode_response
@@ -40,6 +41,8 @@ log = logging.getLogger("shmserve.http.v2")
 _CT_JSON = b"application/json"
 _RETRY_AFTER = b"retry-after: 1\r\n"
 _EMPTY_OK = b""
+#: inference paths remembered by `V2Routes` (a model is reached by a handful of spellings)
+_MAX_CACHED_PATHS = 256
 
 
 def reply_json(conn: HttpProtocol, status: int, obj: Any) -> None:
@@ -59,12 +62,21 @@ class V2Routes:
         self.server = server
         self.max_body_bytes = max_body_bytes
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Request path -> model, for the inference paths resolved so far: a client sends the same
+        # path again and again, and splitting and unquoting it each time is a tenth of the v2 layer's
+        # cost per request. Only paths that named a model are kept (the models are fixed at start),
+        # at most _MAX_CACHED_PATHS of them, so no request can grow it without bound.
+        self._infer_paths: dict[bytes, Model] = {}
 
     # -- dispatch ----------------------------------------------------------------
     def dispatch(self, request: Request, conn: HttpProtocol) -> None:
         """Answer `request` (its path starts with ``/v2``) now, or from a task."""
         try:
-            self._route(request, conn)
+            model = self._infer_paths.get(request.path) if request.method == b"POST" else None
+            if model is not None:
+                self._infer_request(model, request, conn)
+            else:
+                self._route(request, conn)
         except InferError as err:
             reply_v2_error(conn, err)
 
@@ -137,11 +149,9 @@ class V2Routes:
         action = rest[0] if len(rest) == 1 else ("" if not rest else None)
         if action == "infer":
             self._need(method, b"POST", request)
-            if len(request.body) > PIECE_BYTES or b"content-encoding" in request.headers:
-                # decoded in steps, other requests served in between
-                return self._task(conn, self._decode_and_infer(conn, model, request))
-            req = decode_request(request.body, request.headers, self.server.regions, self.max_body_bytes)
-            return self._task(conn, self._infer(conn, model, req))
+            if len(self._infer_paths) < _MAX_CACHED_PATHS:
+                self._infer_paths[request.path] = model
+            return self._infer_request(model, request, conn)
         if action == "":
             self._need(method, b"GET", request)
             return reply_json(conn, 200, model.metadata())
@@ -160,13 +170,30 @@ class V2Routes:
             })
         raise InferError(404, f"no v2 route {request.path.decode('latin-1')!r}")
 
-    async def _decode_and_infer(self, conn: HttpProtocol, model: Any, request: Request) -> None:
+    def _infer_request(self, model: Model, request: Request, conn: HttpProtocol) -> None:
+        if len(request.body) > PIECE_BYTES or b"content-encoding" in request.headers:
+            # decoded in steps, other requests served in between
+            return self._task(conn, self._decode_and_infer(conn, model, request))
+        req = decode_request(request.body, request.headers, self.server.regions, self.max_body_bytes)
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        conn.task = loop.create_task(self._infer(conn, model, req))
+
+    async def _decode_and_infer(self, conn: HttpProtocol, model: Model, request: Request) -> None:
         steps = decode_request_steps(request.body, request.headers, self.server.regions, self.max_body_bytes)
         await self._infer(conn, model, await run_async(steps))
 
-    async def _infer(self, conn: HttpProtocol, model: Any, req: InferRequest) -> None:
-        outputs = await self.server.infer(model, req.inputs, req.parameters)
-        ctype, body, extra = encode_response(model.name, model.version, req, outputs, self.server.regions)
+    async def _infer(self, conn: HttpProtocol, model: Model, req: InferRequest) -> None:
+        """Call the model and reply; `_guard`'s error handling inline (one coroutine per request, not two)."""
+        try:
+            outputs = await self.server.infer(model, req.inputs, req.parameters)
+            ctype, body, extra = encode_response(model.name, model.version, req, outputs, self.server.regions)
+        except InferError as err:
+            return reply_v2_error(conn, err)
+        except Exception as exc:  # a bug here loses the request, not the worker
+            log.exception("v2 request failed")
+            return reply_v2_error(conn, InferError(500, f"{type(exc).__name__}: {exc}"))
         conn.reply(200, ctype, body, extra)
 
     async def _health_ready(self, conn: HttpProtocol) -> None:
