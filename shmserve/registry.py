@@ -9,9 +9,13 @@ or a pid reused after a restart, is judged correctly.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import re
 import shutil
+import socket
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +32,8 @@ __all__ = ["runtime_dir", "pid_alive", "register", "update", "unregister", "look
 
 DEV_SHM = Path("/dev/shm")
 METRICS_PREFIX = "metrics-"
+#: a runner worker's Unix socket in the runtime directory: ``<runner>-<index>.sock``
+_WORKER_SOCKET = re.compile(r"^.+-[0-9]+\.sock$")
 
 
 def pid_alive(pid: int) -> bool:
@@ -130,9 +136,61 @@ def metrics_dir() -> Path:
     return path
 
 
+def _live_sockets(rdir: Path) -> set[str]:
+    """The worker socket paths named by the records of live runners."""
+    live: set[str] = set()
+    for rec in rdir.glob("*.json"):
+        try:
+            record = orjson.loads(rec.read_bytes())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(record, dict) or lease.state(str(record.get("lease", ""))) != lease.LIVE:
+            continue
+        for worker in record.get("workers") or ():
+            if isinstance(worker, dict) and isinstance(worker.get("socket"), str):
+                live.add(worker["socket"])
+    return live
+
+
+def _listening(path: Path) -> bool:
+    """Whether a process listens on Unix socket `path` (a dead one's file refuses the connection)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except OSError as exc:
+        # ECONNREFUSED: nobody listens on it; ENOENT: gone meanwhile. Anything else (a full
+        # backlog: EAGAIN, a timeout) means someone might: keep it.
+        return exc.errno not in (errno.ECONNREFUSED, errno.ENOENT)
+    finally:
+        probe.close()
+    return True
+
+
+def _sweep_sockets(rdir: Path) -> list[str]:
+    """Remove the worker sockets of dead runs (SIGKILL leaves them; a clean stop unlinks them); their paths.
+
+    A socket goes only when no live runner's record names it and nobody listens on it:
+    a starting runner names its sockets in its record before its workers bind them.
+    """
+    live = _live_sockets(rdir)
+    removed: list[str] = []
+    for path in rdir.glob("*.sock"):
+        if not _WORKER_SOCKET.match(path.name) or str(path) in live:
+            continue
+        try:
+            if not stat.S_ISSOCK(os.lstat(path).st_mode) or _listening(path):
+                continue
+            os.unlink(path)
+            removed.append(str(path))
+        except FileNotFoundError:
+            pass
+    return removed
+
+
 def sweep() -> list[str]:
     """Remove what processes whose lease is dead left: names in /dev/shm, registry records,
-    metrics folders, and then their lease files. Returns what was removed, and
+    worker snapshots, metrics folders, worker sockets, and then their lease files. Returns what was removed, and
     logs a warning with the counts when anything was.
 
     Called at every start, so a run that was killed (SIGKILL, power loss of a
@@ -161,13 +219,14 @@ def sweep() -> list[str]:
         if lease.state(folder.name[len(METRICS_PREFIX):], leases) != lease.LIVE:
             shutil.rmtree(folder, ignore_errors=True)
             folders.append(str(folder))
+    sockets = _sweep_sockets(rdir)  # after the records: a dead runner's record no longer names them live
     for lease_id in dead:  # last: a sweep killed halfway finds the rest next time
         lease.remove(lease_id, leases)
     unfinished = lease.sweep_unfinished(leases)
-    removed = names_removed + records + folders
+    removed = names_removed + records + folders + sockets
     if removed or staged or unfinished or dead:
         log.warning("removed what %d processes that died without cleaning up left in %s and /dev/shm: "
                     "%d shared-memory names, %d registry records (%d half-written), %d metrics folders, "
-                    "%d lease files (%d half-made)", len(dead), rdir, len(names_removed), len(records) + staged,
-                    staged, len(folders), len(dead) + unfinished, unfinished)
+                    "%d worker sockets, %d lease files (%d half-made)", len(dead), rdir, len(names_removed),
+                    len(records) + staged, staged, len(folders), len(sockets), len(dead) + unfinished, unfinished)
     return removed

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -29,18 +30,51 @@ def test_a_sweep_warns_with_what_it_removed(private_runtime_dir: Path, shm_clean
     (private_runtime_dir / f"{registry.METRICS_PREFIX}{dead}").mkdir()
     (private_runtime_dir / f".somerunner.{dead}.tmp").write_bytes(b"{}")
     (lease.lease_dir() / ".half.new").touch(mode=0o600)
+    stale_socket(private_runtime_dir / "somerunner-0.sock")
     try:
         with caplog.at_level(logging.WARNING, logger="shmserve"):
             removed = registry.sweep()
     finally:
         seg.close()
         sem.close()
-    assert len(removed) == 3
+    assert len(removed) == 4 and not (private_runtime_dir / "somerunner-0.sock").exists()
     (record,) = [r for r in caplog.records if "died without cleaning up" in r.getMessage()]
     assert record.levelno == logging.WARNING
     assert record.getMessage() == (
         f"removed what 1 processes that died without cleaning up left in {private_runtime_dir} and /dev/shm: "
-        "2 shared-memory names, 1 registry records (1 half-written), 1 metrics folders, 2 lease files (1 half-made)")
+        "2 shared-memory names, 1 registry records (1 half-written), 1 metrics folders, 1 worker sockets, "
+        "2 lease files (1 half-made)")
+
+
+def stale_socket(path: Path) -> None:
+    """A Unix socket file whose process is gone: bound, then closed without unlinking (as SIGKILL leaves it)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    sock.close()
+
+
+def test_worker_sockets_are_swept_only_when_nobody_listens_and_no_live_runner_names_them(
+        private_runtime_dir: Path, dead_lease) -> None:
+    rdir = private_runtime_dir
+    stale_socket(rdir / "gone-0.sock")  # a killed run's: removed
+    stale_socket(rdir / "starting-0.sock")  # named by a live runner's record (its worker binds it soon): kept
+    registry.register("starting", {"workers": [{"index": 0, "socket": str(rdir / "starting-0.sock")}]})
+    stale_socket(rdir / "dead-0.sock")  # named by a dead runner's record: removed with the record
+    (rdir / "dead.json").write_bytes(b'{"lease": "%s", "workers": [{"socket": "%s"}]}'
+                                     % (dead_lease().encode(), str(rdir / "dead-0.sock").encode()))
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(rdir / "unknown-0.sock"))  # no record, but a process listens on it: kept
+    listener.listen(1)
+    stale_socket(rdir / "mine.sock")  # not a worker socket's name: not ours to judge
+    (rdir / "plain-0.sock").write_bytes(b"")  # not a socket at all: kept
+    try:
+        removed = registry.sweep()
+    finally:
+        listener.close()
+        registry.unregister("starting")
+    assert sorted(Path(p).name for p in removed if p.endswith(".sock")) == ["dead-0.sock", "gone-0.sock"]
+    assert sorted(p.name for p in rdir.glob("*.sock")) == ["mine.sock", "plain-0.sock", "starting-0.sock",
+                                                           "unknown-0.sock"]
 
 
 def test_a_sweep_with_nothing_to_remove_is_quiet(private_runtime_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
