@@ -14,6 +14,7 @@ worker answers with when the error is raised on its side)::
      ├── BlockingCall [500]               a sync run() on a thread running an event loop (also a RuntimeError)
      ├── InvalidInput [400]               wire: BAD_REQUEST; an argument cannot cross
      │    ├── TensorTooLarge [413]        wire: TOO_LARGE; more than the arena holds
+     │    ├── BodyTooLarge [413]          more JSON than the input descriptor reads in one call
      │    └── UnsupportedMediaType [415]  a Content-Type the API does not read
      ├── RunnerError [500]                wire: MODEL_ERROR; the runnable's method raised
      ├── RunnerUnavailable [503]          wire: UNAVAILABLE; no live worker, or it died
@@ -88,6 +89,10 @@ class InvalidInput(ShmserveError):
 
 class TensorTooLarge(InvalidInput):
     """A tensor (or a call's tensors together) exceeds the shared-memory arena."""
+
+
+class BodyTooLarge(InvalidInput):
+    """A JSON body larger than its input descriptor reads in one call (pydantic, pandas: it would hold the loop)."""
 
 
 class UnsupportedMediaType(InvalidInput):
@@ -189,6 +194,8 @@ CATALOGUE: tuple[Entry, ...] = (
                                                   "or shape), or an argument that cannot reach the runner",
           "INVALID_ARGUMENT"),
     Entry(TensorTooLarge, 413, "TOO_LARGE", True, "a tensor too large for the runner's arena", "RESOURCE_EXHAUSTED"),
+    Entry(BodyTooLarge, 413, api=True, when="a JSON body larger than the input descriptor reads in one call",
+          grpc_status="RESOURCE_EXHAUSTED"),
     Entry(UnsupportedMediaType, 415, api=True, when="an unsupported Content-Type", grpc_status="INVALID_ARGUMENT"),
     Entry(RunnerError, 500, "MODEL_ERROR", True, "the model raised", "INTERNAL"),
     Entry(RunnerUnavailable, 503, "UNAVAILABLE", True, "no live runner worker, retry after the Retry-After seconds",
@@ -257,6 +264,7 @@ __all__ = [
     "BlockingCall",
     "InvalidInput",
     "TensorTooLarge",
+    "BodyTooLarge",
     "UnsupportedMediaType",
     "RunnerError",
     "RunnerUnavailable",

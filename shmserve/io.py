@@ -33,7 +33,16 @@ from typing import Any
 
 import numpy as np
 
-from .descriptor import Headers, IODescriptor, dumps_json, dumps_json_steps, json_in_steps, media_type
+from .descriptor import (
+    MAX_ONE_CALL_JSON_BYTES,
+    Headers,
+    IODescriptor,
+    check_one_call,
+    dumps_json,
+    dumps_json_steps,
+    json_in_steps,
+    media_type,
+)
 from .errors import InvalidInput, UnsupportedMediaType
 from .jsonarray import array_steps
 from .jsonscan import PIECE_BYTES, run, run_async
@@ -309,16 +318,20 @@ class JSON(IODescriptor):
     request_media_types = ("application/json",)
     response_media_types = ("application/json",)
 
-    def __init__(self, pydantic_model: Any = None) -> None:
+    def __init__(self, pydantic_model: Any = None, max_json_bytes: int | None = MAX_ONE_CALL_JSON_BYTES) -> None:
+        """`max_json_bytes`: with a `pydantic_model`, larger bodies get 413 (`BodyTooLarge`): pydantic validates
+        in one call, which holds the event loop (~3 ms per MB); None: no limit but the server's body limit."""
         if pydantic_model is not None and not (isinstance(pydantic_model, type)
                                                and hasattr(pydantic_model, "model_validate")):
             raise ValueError(f"JSON(pydantic_model=...) needs a pydantic v2 BaseModel subclass, got {pydantic_model!r}")
         self.pydantic_model: Any = pydantic_model
+        self.max_json_bytes = max_json_bytes
 
     def decode(self, body: bytes, headers: Headers) -> Any:
         """Parse the body as JSON (validated by `pydantic_model`, if any); an empty body is ``None``."""
         if not body and self.pydantic_model is None:
             return None
+        self._check_size(body)
         return self._validate(run(value_steps(body)))
 
     def decode_in_steps(self, body: bytes, headers: Headers) -> bool:
@@ -326,8 +339,14 @@ class JSON(IODescriptor):
         return len(body) > PIECE_BYTES
 
     async def decode_async(self, body: bytes, headers: Headers) -> Any:
-        """`decode` with the event loop free between pieces (pydantic validation is one call, though)."""
+        """`decode` with the event loop free between pieces (pydantic validation is one call: see `max_json_bytes`)."""
+        self._check_size(body)
         return self._validate(await run_async(value_steps(body)))
+
+    def _check_size(self, body: bytes) -> None:
+        if self.pydantic_model is not None:
+            check_one_call(body, self.max_json_bytes, f"JSON(pydantic_model={self.pydantic_model.__name__})",
+                           " or split it over several requests")
 
     def _validate(self, obj: Any) -> Any:
         if self.pydantic_model is None:

@@ -31,7 +31,7 @@ from typing import Any
 
 import orjson
 
-from .descriptor import Headers, IODescriptor, dumps_json, media_type
+from .descriptor import MAX_ONE_CALL_JSON_BYTES, Headers, IODescriptor, check_one_call, dumps_json, media_type
 from .errors import InvalidInput, UnsupportedMediaType
 
 __all__ = ["PandasDataFrame", "PandasSeries", "FRAME_ORIENTS", "SERIES_ORIENTS"]
@@ -114,10 +114,13 @@ class PandasDataFrame(IODescriptor):
         dtype: a dtype, or a dict of column to dtype, the columns are cast to.
         default_format: response format when ``Accept`` names none of
             ``text/csv`` / ``application/vnd.apache.parquet``: ``"json"``, ``"csv"`` or ``"parquet"``.
+        max_json_bytes: larger JSON bodies get 413 (`shmserve.errors.BodyTooLarge`): pandas builds the
+            frame in one call, which holds the event loop (up to ~40 ms per MB); None: no limit but
+            the server's body limit. CSV and Parquet bodies are not limited by it.
     """
 
     def __init__(self, orient: str = "records", columns: Iterable[str] | None = None, dtype: Any = None,
-                 default_format: str = "json") -> None:
+                 default_format: str = "json", max_json_bytes: int | None = MAX_ONE_CALL_JSON_BYTES) -> None:
         _check_orient("PandasDataFrame", orient, FRAME_ORIENTS)
         if default_format not in ("json", "csv", "parquet"):
             raise ValueError(f"PandasDataFrame default_format must be json, csv or parquet, got {default_format!r}")
@@ -126,6 +129,7 @@ class PandasDataFrame(IODescriptor):
         self.columns = list(columns) if columns is not None else None
         self.dtype = dtype
         self.default_format = default_format
+        self.max_json_bytes = max_json_bytes
         self.parquet = importlib.util.find_spec("pyarrow") is not None
         if default_format == "parquet" and not self.parquet:
             raise ImportError("PandasDataFrame(default_format='parquet') needs pyarrow: pip install pyarrow")
@@ -138,6 +142,7 @@ class PandasDataFrame(IODescriptor):
         mt = media_type(headers).decode("latin-1")
         try:
             if not mt or mt == _CT_JSON:
+                check_one_call(body, self.max_json_bytes, "PandasDataFrame(...)", ", send it as CSV or Parquet")
                 df = self._from_json(_load_json(body))
             elif mt == _CT_CSV:
                 df = pd.read_csv(io.BytesIO(body))
@@ -251,22 +256,27 @@ class PandasSeries(IODescriptor):
         orient: JSON layout: ``"records"`` / ``"values"`` (a list), ``"index"`` (an
             object of label to value) or ``"split"``; responses use it too.
         dtype: the dtype the values are cast to (HTTP 400 when they cannot be).
+        max_json_bytes: larger bodies get 413 (`shmserve.errors.BodyTooLarge`): pandas builds the
+            Series in one call; None: no limit but the server's body limit.
     """
 
     request_media_types = (_CT_JSON,)
     response_media_types = (_CT_JSON,)
 
-    def __init__(self, orient: str = "records", dtype: Any = None) -> None:
+    def __init__(self, orient: str = "records", dtype: Any = None,
+                 max_json_bytes: int | None = MAX_ONE_CALL_JSON_BYTES) -> None:
         _check_orient("PandasSeries", orient, SERIES_ORIENTS)
         self._pd = _pandas("shmserve.io.PandasSeries")
         self.orient = orient
         self.dtype = dtype
+        self.max_json_bytes = max_json_bytes
 
     def decode(self, body: bytes, headers: Headers) -> Any:
         """Read a JSON body into a Series."""
         mt = media_type(headers).decode("latin-1")
         if mt and mt != _CT_JSON:
             raise UnsupportedMediaType(f"Content-Type {mt!r} is not read here; send {_CT_JSON}")
+        check_one_call(body, self.max_json_bytes, "PandasSeries(...)", " or split it over several requests")
         series = self._from_json(_load_json(body))
         if self.dtype is not None:
             try:
