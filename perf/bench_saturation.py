@@ -131,6 +131,11 @@ def _shmserve(tree: Path, api_workers: int = 1) -> Any:
 def _shmserve_roles(root: int, log: Path) -> dict[int, str]:
     from .bench_http import roles_from_log
 
+    # /readyz answers once the first API worker listens; the supervisor logs every worker's pid
+    # only when all are ready, just before its "serving" line (with several API workers, later).
+    deadline = time.monotonic() + 120
+    while "shmserve: serving" not in log.read_text(errors="replace") and time.monotonic() < deadline:
+        time.sleep(0.1)
     known = roles_from_log(log)
     roles = {root: "supervisor"}
     for pid in descendants(root):

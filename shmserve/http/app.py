@@ -50,6 +50,11 @@ log = logging.getLogger("shmserve.http")
 
 _TRACE_HEADER = b"x-shmserve-trace"
 _OTHER = "-"  # metrics label for requests that match no API
+# Result types seen not to stream: `is_stream` asks hasattr(__aiter__), which for an ndarray raises
+# and swallows an AttributeError per request; a type answers the same every time (bounded: types
+# made at run time).
+_PLAIN_RESULTS: set[type] = set()
+_PLAIN_RESULTS_MAX = 256
 
 
 def check_settings(config: ShmserveConfig) -> None:
@@ -270,9 +275,13 @@ class App:
             self.in_flight -= 1
         if timeline is not None:
             timeline["api_done"] = time.monotonic()
-        if is_stream(result):
-            await respond_stream(self, api, result, request, conn, start, ctx)
-            return
+        kind = type(result)
+        if kind not in _PLAIN_RESULTS:
+            if is_stream(result):
+                await respond_stream(self, api, result, request, conn, start, ctx)
+                return
+            if len(_PLAIN_RESULTS) < _PLAIN_RESULTS_MAX and not hasattr(kind, "__getattr__"):
+                _PLAIN_RESULTS.add(kind)
         try:
             accept = request.headers.get(b"accept", b"")
             if api.output.encode_in_steps(result, accept):  # a large JSON answer: the loop is free between steps

@@ -148,8 +148,9 @@ class HttpProtocol(asyncio.Protocol):
         keep_alive = request is not None and request.keep_alive
         if keep_alive and state.shutting_down:
             keep_alive = self._more_to_serve()  # the last answer of a draining connection says close
+        head = state._heads.get((status, content_type))  # the built head, without a call (hot path)
         self.transport.write(b"".join((
-            state.head(status, content_type),
+            head or state.head(status, content_type),
             b"%d\r\n" % len(body),
             extra_headers,
             request.response_headers if request is not None else b"",
