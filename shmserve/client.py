@@ -292,7 +292,10 @@ class RunnerClient(StreamingCalls):
         p = self._submit(method, args, kwargs, deadline)
         self._wait_sync(p, deadline)
         if p.error is not None:
-            raise p.error
+            try:
+                raise p.error
+            finally:
+                del p  # error -> traceback -> this frame -> p -> error: a cycle that held the caller's leased results
         return p.result
 
     async def async_call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
@@ -319,6 +322,10 @@ class RunnerClient(StreamingCalls):
         finally:
             if timer is not None:
                 timer.cancel()
+            # A raised error's traceback holds this frame: without these, error -> traceback -> frame ->
+            # fut/p -> error is a cycle only the garbage collector frees, and the frames it holds keep
+            # the caller's leased results, whose blocks then fill the result arena (TensorTooLarge).
+            del fut, p
 
     def _expire(self, p: Pending) -> None:
         fut = p.future
