@@ -112,8 +112,8 @@ class WorkerChannel:
     def wait_response_slot(self, req: Request, final: bool = False, beat: Callable[[], None] | None = None) -> bool:
         """Wait until the response ring has a free slot for one more response of a streaming call.
 
-        Other calls never need this: each has one response and the client keeps at most
-        `slots` calls in flight. False when the client went away, or (unless `final`)
+        A call's one response may find the ring full only after a stream (the client keeps at most
+        `slots` calls in flight): `try_write_result` then writes nothing. False when the client went away, or (unless `final`)
         gave up on the call (its cancel word). `beat` is called while waiting: a slow
         consumer is not a hung worker.
         """
@@ -130,6 +130,10 @@ class WorkerChannel:
                 beat()
             time.sleep(0.0005)  # the client's reader frees slots as it takes responses
         return not stop()
+
+    def response_slot_free(self) -> bool:
+        """Whether the response ring has a slot the client's reader has taken (or never used)."""
+        return self.resp_head - self.view.get(ring.H_RESP_TAIL) < self.view.layout.slots
 
     def write_result(self, req: Request, code: int, tensors: list[Any], meta: bytes, times: tuple[float, ...],
                      batch_size: int, wait_s: float = RESULT_SPACE_WAIT_S) -> int:
@@ -150,6 +154,13 @@ class WorkerChannel:
     def _write(self, req: Request, code: int, tensors: list[Any], meta: bytes, times: tuple[float, ...],
                batch_size: int, wait_s: float | None) -> int | None:
         v = self.view
+        if not self.response_slot_free():
+            # Every slot holds a response the reader has not taken (a stream's items can fill the
+            # ring): writing now would overwrite one. Parked (None), or for a direct writer a wait.
+            if wait_s is None:
+                return None
+            while not self.response_slot_free() and not self.closed:
+                time.sleep(0.0005)
         offsets, end = layout(tensors, 0, 64)
         meta_off = end
         nbytes = end + (len(meta) if len(meta) > ring.META_INLINE_MAX else 0)

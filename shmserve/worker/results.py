@@ -6,8 +6,10 @@ waiting for it inside the dispatch loop would stall every other client of the wo
 result is *parked* instead: the loop keeps serving the others and looks again on each pass
 (every `RETRY_S` while anything is parked). A parked result that still finds no room after
 `RESULT_SPACE_WAIT_S` is answered with TensorTooLarge, which tells the caller to drop leased
-results sooner or to raise the runner's ``arena_mb``. One client's results keep their order:
-while one of them is parked, the later ones queue behind it.
+results sooner or to raise the runner's ``arena_mb``. A result also parks while the channel's
+response ring is full of responses the client's reader has not taken (after a streaming call's
+items): it is written, or given up on, only once a slot is free, never over an unread response.
+One client's results keep their order: while one of them is parked, the later ones queue behind it.
 """
 from __future__ import annotations
 
@@ -61,7 +63,7 @@ class ResultWriter:
             while q:
                 p = q[0]
                 args = (p.req, p.code, p.tensors, p.meta, p.times, p.batch_size)
-                if now - p.since > RESULT_SPACE_WAIT_S:
+                if now - p.since > RESULT_SPACE_WAIT_S and ch.response_slot_free():
                     ch.write_result(*args, wait_s=0.0)  # no room yet: answer TensorTooLarge now
                 elif ch.try_write_result(*args) is None:
                     break
@@ -75,8 +77,9 @@ class ResultWriter:
 
     def finish(self) -> None:
         """Write every parked result, waiting for room as long as each may wait (when stopping:
-        nothing else is left to serve)."""
-        while self.parked:
+        nothing else is left to serve), and for response slots a little longer at most."""
+        give_up = time.monotonic() + RESULT_SPACE_WAIT_S + 1.0  # a client whose reader never frees a slot
+        while self.parked and time.monotonic() < give_up:
             self.retry(time.monotonic())
             for ch in self.parked:
                 ch.flush()  # the caller frees space only once it sees the results before it

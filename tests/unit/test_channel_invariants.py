@@ -17,6 +17,7 @@ from shmserve.link import free_block, remote_error
 from shmserve.shm import ring
 from shmserve.shm.wire import META_INLINE_MAX, ChannelLayout
 from shmserve.worker.channel import Request, WorkerChannel
+from shmserve.worker.results import ResultWriter
 
 ARENA = 8192
 
@@ -32,11 +33,21 @@ class MemorySegment:
         pass
 
 
+class Posts:
+    """The reply semaphore: counts posts."""
+
+    def __init__(self) -> None:
+        self.posts = 0
+
+    def post(self) -> None:
+        self.posts += 1
+
+
 def channel(slots: int = 8, arena: int = ARENA) -> WorkerChannel:
     chan = ChannelLayout(slots, arena, arena)
     seg = MemorySegment(chan.total)
     chan.write_header(memoryview(seg.buf))
-    return WorkerChannel(seg, None, None)  # type: ignore[arg-type]  (socket and signal: unused here)
+    return WorkerChannel(seg, None, Posts())  # type: ignore[arg-type]  (no socket: unused here)
 
 
 def request(ch: WorkerChannel, seq: int) -> Request:
@@ -116,3 +127,45 @@ def test_every_response_carries_its_own_result_while_blocks_are_reused(seed: int
             held[seq] = (fixed, tmetas, x)
         ch.view.set(ring.H_RESP_TAIL, seq + 1)  # the caller consumed the descriptor
         seq += 1
+
+
+def test_answers_after_a_stream_never_overwrite_responses_the_caller_has_not_read() -> None:
+    # A streaming call fills the response ring with items the client's reader has not taken yet
+    # (each item waits for a free slot, and so does the stream's end). Calls queued meanwhile are
+    # then answered through the dispatch loop's writer: their responses must wait for free slots
+    # too, instead of being written over unread items (the caller would lose items, or read one
+    # call's descriptor half overwritten by another's: one call's seq with another's data).
+    ch = channel(slots=4)
+    stream = request(ch, 0)
+    item = np.arange(3.0)
+    for _ in range(4):
+        assert ch.wait_response_slot(stream)
+        ch.write_result(stream, ring.ST_ITEM, [(item, 0, "<f8")], b"", (0.0,) * 4, 1)
+    ch.view.set(ring.H_RESP_TAIL, 1)  # the reader took one response: the stream's end takes its slot
+    assert ch.wait_response_slot(stream, final=True)
+    ch.write_result(stream, ring.ST_OK, [], b"", (0.0,) * 4, 1)
+    writer = ResultWriter()
+    x = np.full(5, 9.0)
+    writer.write(request(ch, 1), ring.ST_OK, [(x, 0, "<f8")], b"", (0.0,) * 4, 1)
+    assert ch.resp_head - ch.view.get(ring.H_RESP_TAIL) <= 4, "a response was written over an unread one"
+    assert [read(ch, n)[0][:2] for n in range(1, 5)] == [(0, ring.ST_ITEM)] * 3 + [(0, ring.ST_OK)]
+    assert writer  # parked until the reader frees a slot, then written
+    ch.view.set(ring.H_RESP_TAIL, 5)
+    writer.retry(now=0.0)
+    fixed, tmetas, _ = read(ch, 5)
+    assert not writer and fixed.seq == 1 and fixed.status == ring.ST_OK
+    np.testing.assert_array_equal(result(ch, tmetas), x)
+
+
+def test_a_parked_answer_that_gives_up_still_waits_for_a_free_response_slot() -> None:
+    # The give-up answer (TensorTooLarge after RESULT_SPACE_WAIT_S) is a response too.
+    ch = channel(slots=2)
+    for seq in range(2):
+        ch.write_result(request(ch, seq), ring.ST_OK, [(np.arange(2.0), 0, "<f8")], b"", (0.0,) * 4, 1)
+    writer = ResultWriter()
+    writer.write(request(ch, 2), ring.ST_OK, [(np.arange(2.0), 0, "<f8")], b"", (0.0,) * 4, 1)
+    writer.retry(now=1e9)  # long past its wait
+    assert ch.resp_head == 2 and writer
+    ch.view.set(ring.H_RESP_TAIL, 1)
+    writer.retry(now=1e9)
+    assert ch.resp_head == 3 and not writer and read(ch, 2)[0].seq == 2

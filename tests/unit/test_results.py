@@ -38,6 +38,9 @@ class FakeChannel:
     def flush(self) -> None:
         pass
 
+    def response_slot_free(self) -> bool:
+        return True
+
 
 class Req:
     def __init__(self, channel: FakeChannel, name: str) -> None:
