@@ -273,10 +273,7 @@ class RunnerClient(StreamingCalls):
         for link in bells:
             bell = link.doorbell
             if bell is not None:
-                try:
-                    bell.post()
-                except Exception:  # closed with its link (the worker died): its calls fail with it
-                    pass
+                bell.try_post()  # False: closed with its link (the worker died); its calls fail with it
 
     def _wait_for_space(self) -> None:
         # Let whoever reads responses make progress; take the reader role if nobody does.

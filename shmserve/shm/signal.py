@@ -44,6 +44,14 @@ class Signal:
     def post(self) -> None:
         self._sem.release()
 
+    def try_post(self) -> bool:
+        """Post unless this end was closed (its link went with a dead worker); False then."""
+        try:
+            self._sem.release()
+            return True
+        except posix_ipc.ExistentialError:
+            return False
+
     def wait(self, timeout: float | None) -> bool:
         """Wait for a post; True if one was taken, False on timeout. timeout=0 polls."""
         try:

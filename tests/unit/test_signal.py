@@ -79,3 +79,12 @@ def test_spin_budget_from_the_environment(monkeypatch):
     monkeypatch.setenv("SHMSERVE_SPIN_US", "fast")
     with pytest.raises(ValueError, match="SHMSERVE_SPIN_US"):
         spin_budget_s()
+
+
+def test_try_post_on_a_closed_signal_says_false_instead_of_raising():
+    sig = Signal.create()
+    sig.unlink()
+    assert sig.try_post() is True
+    assert sig.wait(0) is True
+    sig.close()
+    assert sig.try_post() is False

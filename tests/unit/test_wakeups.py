@@ -37,6 +37,10 @@ class FakeSignal:
     def post(self) -> None:
         self.posts += 1
 
+    def try_post(self) -> bool:
+        self.posts += 1
+        return True
+
     def close(self) -> None:
         pass
 
