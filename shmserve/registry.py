@@ -16,6 +16,7 @@ import re
 import shutil
 import socket
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,10 @@ __all__ = ["runtime_dir", "pid_alive", "register", "update", "unregister", "look
 
 DEV_SHM = Path("/dev/shm")
 METRICS_PREFIX = "metrics-"
+#: the initial PID namespace's /proc/self/ns/pid (PROC_PID_INIT_INO): every process on the host is visible from it
+INIT_PID_NS = "pid:[4026531836]"
+#: a name whose lease is nowhere is judged only once it is this old (its creator may hand it over meanwhile)
+ORPHAN_AGE_S = 60.0
 #: a runner worker's Unix socket in the runtime directory: ``<runner>-<index>.sock``
 _WORKER_SOCKET = re.compile(r"^.+-[0-9]+\.sock$")
 
@@ -188,6 +193,85 @@ def _sweep_sockets(rdir: Path) -> list[str]:
     return removed
 
 
+def _lease_elsewhere(lease_id: str, leases: Path) -> bool:
+    """Whether lease `lease_id` has a file in the default runtime directory (when this one is another)."""
+    default = Path(f"/tmp/shmserve-{os.getuid()}") / "leases"
+    return default != leases and lease.state(lease_id, default) != lease.UNKNOWN
+
+
+def _look_into(pid_dir: Path) -> tuple[str, list[str]]:
+    """A process's memory maps and the targets of its open descriptors (PermissionError if not ours to read)."""
+    maps = (pid_dir / "maps").read_text(errors="replace")
+    return maps, [os.readlink(fd) for fd in (pid_dir / "fd").iterdir()]
+
+
+def holders(proc: Path, shm: Path, uid: int) -> set[str] | None:
+    """The /dev/shm entries some process maps or holds open, or None when that cannot be known.
+
+    Known only from the initial PID namespace (from any other, processes of sibling namespaces
+    sharing /dev/shm are invisible) and when every process that could open a name of `uid`'s
+    (`uid` itself and root: names are 0600) lets its maps and descriptors be read.
+    """
+    try:
+        if os.readlink(proc / "self" / "ns" / "pid") != INIT_PID_NS:
+            return None
+    except OSError:
+        return None
+    prefix = str(shm).rstrip("/") + "/"
+    held: set[str] = set()
+    for pid_dir in proc.iterdir():
+        if not pid_dir.name.isdigit():
+            continue
+        try:
+            maps, fds = _look_into(pid_dir)
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # it exited meanwhile
+        except PermissionError:
+            try:
+                uids = {int(u) for line in (pid_dir / "status").read_text().splitlines()
+                        if line.startswith("Uid:") for u in line.split()[1:]}
+            except (OSError, ValueError):
+                return None
+            if uids & {uid, 0}:
+                return None  # it could hold one of ours, and it cannot be looked into
+            continue
+        except OSError:
+            continue
+        for line in maps.splitlines():
+            where = line.find(prefix)
+            if where >= 0:
+                held.add(line[where + len(prefix):].removesuffix(" (deleted)"))
+        held.update(f[len(prefix):].removesuffix(" (deleted)") for f in fds if f.startswith(prefix))
+    return held
+
+
+def _orphans(names: dict[str, list[str]], leases: Path, proc: Path = Path("/proc"), shm: Path = DEV_SHM) -> list[str]:
+    """Names of this user's whose lease is in no runtime directory here, and that no process holds.
+
+    Such a name (an ad-hoc client killed while using another runtime directory that is gone
+    since) has nothing to judge its owner by, so it goes only on proof that nobody uses it:
+    older than `ORPHAN_AGE_S`, and mapped or held open by no process (`holders`).
+    """
+    uid, now = os.getuid(), time.time()
+    candidates: list[str] = []
+    for lease_id, entries in names.items():
+        if lease.state(lease_id, leases) != lease.UNKNOWN or _lease_elsewhere(lease_id, leases):
+            continue
+        for entry in entries:
+            try:
+                st = os.lstat(shm / entry)
+            except OSError:
+                continue
+            if st.st_uid == uid and now - st.st_ctime >= ORPHAN_AGE_S:
+                candidates.append(entry)
+    if not candidates:
+        return []
+    held = holders(proc, shm, uid)
+    if held is None:
+        return []
+    return [e for e in candidates if e not in held]
+
+
 def sweep() -> list[str]:
     """Remove what processes whose lease is dead left: names in /dev/shm, registry records,
     worker snapshots, metrics folders, worker sockets, and then their lease files. Returns what was removed, and
@@ -195,7 +279,10 @@ def sweep() -> list[str]:
 
     Called at every start, so a run that was killed (SIGKILL, power loss of a
     container) leaves nothing behind for long. Names whose lease file is not
-    in this runtime directory belong to runs that use another one: kept.
+    in this runtime directory (nor the default one) may belong to live runs that
+    use another: they are removed only when provably orphaned (`_orphans`: this
+    user's, a minute old, and no process maps or holds them, which can be known
+    from the initial PID namespace only), and counted apart in the warning.
     """
     names_removed: list[str] = []
     records: list[str] = []
@@ -206,6 +293,8 @@ def sweep() -> list[str]:
     names = owned_names()
     for lease_id in dead:
         names_removed.extend(e for e in names.get(lease_id, []) if unlink_name(e))
+    orphans = [e for e in _orphans(names, leases) if unlink_name(e)]
+    names_removed.extend(orphans)
     for rec in rdir.glob("*.json"):
         if _holder(rec)[0] != lease.LIVE:
             rec.unlink(missing_ok=True)
@@ -226,7 +315,8 @@ def sweep() -> list[str]:
     removed = names_removed + records + folders + sockets
     if removed or staged or unfinished or dead:
         log.warning("removed what %d processes that died without cleaning up left in %s and /dev/shm: "
-                    "%d shared-memory names, %d registry records (%d half-written), %d metrics folders, "
-                    "%d worker sockets, %d lease files (%d half-made)", len(dead), rdir, len(names_removed),
-                    len(records) + staged, staged, len(folders), len(sockets), len(dead) + unfinished, unfinished)
+                    "%d shared-memory names (%d of no known lease), %d registry records (%d half-written), "
+                    "%d metrics folders, %d worker sockets, %d lease files (%d half-made)", len(dead), rdir,
+                    len(names_removed), len(orphans), len(records) + staged, staged, len(folders), len(sockets),
+                    len(dead) + unfinished, unfinished)
     return removed

@@ -42,7 +42,8 @@ def test_a_sweep_warns_with_what_it_removed(private_runtime_dir: Path, shm_clean
     assert record.levelno == logging.WARNING
     assert record.getMessage() == (
         f"removed what 1 processes that died without cleaning up left in {private_runtime_dir} and /dev/shm: "
-        "2 shared-memory names, 1 registry records (1 half-written), 1 metrics folders, 1 worker sockets, "
+        "2 shared-memory names (0 of no known lease), 1 registry records (1 half-written), 1 metrics folders, "
+        "1 worker sockets, "
         "2 lease files (1 half-made)")
 
 
@@ -58,7 +59,9 @@ def test_worker_sockets_are_swept_only_when_nobody_listens_and_no_live_runner_na
     rdir = private_runtime_dir
     stale_socket(rdir / "gone-0.sock")  # a killed run's: removed
     stale_socket(rdir / "starting-0.sock")  # named by a live runner's record (its worker binds it soon): kept
-    registry.register("starting", {"workers": [{"index": 0, "socket": str(rdir / "starting-0.sock")}]})
+    live = lease.Lease.take(lease.lease_dir())  # held by this process (not its own lease: that stays put)
+    (rdir / "starting.json").write_bytes(b'{"lease": "%s", "workers": [{"index": 0, "socket": "%s"}]}'
+                                         % (live.id.encode(), str(rdir / "starting-0.sock").encode()))
     stale_socket(rdir / "dead-0.sock")  # named by a dead runner's record: removed with the record
     (rdir / "dead.json").write_bytes(b'{"lease": "%s", "workers": [{"socket": "%s"}]}'
                                      % (dead_lease().encode(), str(rdir / "dead-0.sock").encode()))
@@ -71,7 +74,7 @@ def test_worker_sockets_are_swept_only_when_nobody_listens_and_no_live_runner_na
         removed = registry.sweep()
     finally:
         listener.close()
-        registry.unregister("starting")
+        live.release()
     assert sorted(Path(p).name for p in removed if p.endswith(".sock")) == ["dead-0.sock", "gone-0.sock"]
     assert sorted(p.name for p in rdir.glob("*.sock")) == ["mine.sock", "plain-0.sock", "starting-0.sock",
                                                            "unknown-0.sock"]
