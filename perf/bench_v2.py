@@ -5,22 +5,27 @@
     python -m perf.bench_v2                 # Triton too when perf/peers/.venvs/pytriton exists
     python -m perf.bench_v2 --no-triton --duration 3 --passes 1
 
-Figures (medians over passes; p50/p99 from wrk or from per-call timings):
+Figures (p50/p99 from wrk or from per-call timings; each figure is the median over
+``--passes`` rounds, and each ratio the median of the ratios measured within one round):
 
 1. v2 binary tensor requests (one (1, 784) float32 input of the common MLP, binary
    output) under ``wrk`` at 1, 32 and 128 connections: req/s, p50, p99, for
-   shmserve (``mlp.predict``, one API worker, one runner worker) and Triton 2.51
-   through PyTriton 0.7 (``mlp``, dynamic batching 64 / 10 ms).
-2. gRPC ``ModelInfer`` of the same request at one connection (tritonclient.grpc,
-   sync): p50 and p99 per call, shmserve and Triton.
+   shmserve (``mlp.predict``, one API worker (``--api-workers``), one runner worker) and Triton 2.51
+   through PyTriton 0.7 (``mlp``, dynamic batching 64 / 10 ms). Within a round
+   the two servers take turns at each connection count (the first alternates
+   from round to round), so a load spike from elsewhere hits both alike.
+2. gRPC at one connection (tritonclient.grpc, sync), per call: ``ModelInfer`` of
+   the same request and ``ServerLive`` (an RPC that does no work: what the gRPC
+   runtime and the client cost by themselves), shmserve and Triton in turn.
 3. A 16 MB float32 input to ``big.head`` (returns its first row): through a
    registered system shared-memory region, against one ``memcpy`` of 16 MB measured
    in the same loop, and against the same tensor as binary v2 over HTTP (a block of
-   its own in the same run).
+   its own in the same round).
 
 Results go to ``perf/results/<stamp>_v2.json`` and are printed as a table. The
-development machine is shared and noisy (2 cores, several users): read the
-figures as ratios measured side by side, not as absolutes.
+development machine is shared and noisy (2 cores, several users; the load average
+at the start and end is printed): read the figures as ratios measured side by
+side, not as absolutes.
 """
 from __future__ import annotations
 
@@ -46,11 +51,12 @@ CONNECTIONS = (1, 32, 128)
 BIG_BYTES = 16 * 1024 * 1024
 
 
-def start_shmserve(http_port: int, grpc_port: int, log: Path) -> Any:
+def start_shmserve(http_port: int, grpc_port: int, log: Path, api_workers: int = 1) -> Any:
     import subprocess
 
     cmd = [sys.executable, "-m", "shmserve.cli", "serve", "v2_service:svc", "--port", str(http_port),
-           "--grpc-port", str(grpc_port), "--allow-client-shm", "--api-workers", "1", "--log-level", "WARNING"]
+           "--grpc-port", str(grpc_port), "--allow-client-shm", "--api-workers", str(api_workers),
+           "--log-level", "WARNING"]
     fh = log.open("wb")
     proc = subprocess.Popen(cmd, cwd=HERE, env=child_env(V2_BENCH_SUFFIX=SUFFIX), stdout=fh, stderr=subprocess.STDOUT)
     try:
@@ -91,17 +97,17 @@ def v2_body(path: Path, x: np.ndarray) -> int:
     return len(head)
 
 
-def load(url: str, body: Path, hlen: int, duration: float) -> dict[int, wrk.WrkResult]:
-    out = {}
-    for c in CONNECTIONS:
-        out[c] = wrk.run(url, body, "application/octet-stream", c, duration, script=HERE / "v2_post.lua",
-                         script_env={"HLEN": str(hlen)})
-        if out[c].errors:
-            raise RuntimeError(f"{url} at {c} connections: {out[c].errors} errors\n{out[c].raw[-1500:]}")
-    return out
+def load(url: str, body: Path, hlen: int, duration: float, connections: int) -> wrk.WrkResult:
+    """`wrk` with the v2 body at `connections` connections."""
+    res = wrk.run(url, body, "application/octet-stream", connections, duration, script=HERE / "v2_post.lua",
+                  script_env={"HLEN": str(hlen)})
+    if res.errors:
+        raise RuntimeError(f"{url} at {connections} connections: {res.errors} errors\n{res.raw[-1500:]}")
+    return res
 
 
-def grpc_latency(url: str, model: str, x: np.ndarray, n: int) -> dict[str, float]:
+def grpc_latency(url: str, model: str, x: np.ndarray, n: int) -> dict[str, dict[str, float]]:
+    """ms per call at one connection: ``ModelInfer`` of `x`, and ``ServerLive`` (no work: the RPC's own cost)."""
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(url)
@@ -110,14 +116,18 @@ def grpc_latency(url: str, model: str, x: np.ndarray, n: int) -> dict[str, float
         inp.set_data_from_numpy(x)
         for _ in range(100):
             client.infer(model, [inp])
-        times = np.empty(n)
+            client.is_server_live()
+        infer, live = np.empty(n), np.empty(n)
         for i in range(n):
             t0 = time.perf_counter()
             client.infer(model, [inp])
-            times[i] = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            client.is_server_live()
+            live[i] = time.perf_counter() - t1
+            infer[i] = t1 - t0
     finally:
         client.close()
-    return percentiles(times * 1e3)
+    return {"infer": percentiles(infer * 1e3), "live": percentiles(live * 1e3)}
 
 
 def big_input(http: str, n: int) -> dict[str, dict[str, float]]:
@@ -168,10 +178,11 @@ def big_input(http: str, n: int) -> dict[str, dict[str, float]]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--duration", type=float, default=5.0, help="seconds of wrk per connection count")
-    p.add_argument("--passes", type=int, default=2)
-    p.add_argument("--grpc-calls", type=int, default=2000)
-    p.add_argument("--big-calls", type=int, default=20)
+    p.add_argument("--duration", type=float, default=5.0, help="seconds of wrk per connection count and server")
+    p.add_argument("--passes", type=int, default=3, help="rounds; figures are medians over them")
+    p.add_argument("--grpc-calls", type=int, default=1000, help="calls of each RPC per server and round")
+    p.add_argument("--big-calls", type=int, default=20, help="16 MB calls of each kind per round")
+    p.add_argument("--api-workers", type=int, default=1, help="shmserve's API workers (1: `shmserve serve`'s default)")
     p.add_argument("--no-triton", action="store_true")
     p.add_argument("--big-only", action="store_true", help="only the 16 MB figures (no wrk, no gRPC)")
     p.add_argument("--out", type=Path, default=None)
@@ -184,64 +195,106 @@ def main(argv: list[str] | None = None) -> int:
     hlen = v2_body(body, x)
     triton = not (args.no_triton or args.big_only) and triton_python().exists()
     servers: dict[str, Any] = {}
-    report: dict[str, Any] = {"meta": metadata("v2"), "note": "shared, noisy 2-core machine: compare side by side",
-                              "skipped": {}}
+    report: dict[str, Any] = {"meta": metadata("v2"), "passes": args.passes, "api_workers": args.api_workers,
+                              "skipped": {},
+                              "note": "shared, noisy 2-core machine: compare side by side; ratios are medians of "
+                                      "per-round ratios"}
     if not triton:
         report["skipped"]["triton"] = ("--no-triton/--big-only" if args.no_triton or args.big_only else
                                        f"PyTriton not installed ({triton_python()} missing): bash perf/peers/install.sh pytriton")
+    runs: dict[str, dict[int, list[wrk.WrkResult]]] = {}
+    grpc_runs: dict[str, list[dict[str, dict[str, float]]]] = {}
+    big_runs: list[dict[str, dict[str, float]]] = []
     try:
         ports = {"shmserve": (free_port(), free_port())}
-        servers["shmserve"] = start_shmserve(*ports["shmserve"], results / f"{stamp}_v2_shmserve.log")
+        servers["shmserve"] = start_shmserve(*ports["shmserve"], results / f"{stamp}_v2_shmserve.log", args.api_workers)
         if triton:
             ports["triton"] = (free_port(), free_port())
             servers["triton"] = start_triton(*ports["triton"], results / f"{stamp}_v2_triton.log")
         models = {"shmserve": f"mlp{SUFFIX}.predict", "triton": "mlp"}
-        runs: dict[str, dict[int, list[wrk.WrkResult]]] = {name: {c: [] for c in CONNECTIONS} for name in servers}
-        for _ in range(0 if args.big_only else args.passes):
-            for name in servers:
-                url = f"http://127.0.0.1:{ports[name][0]}/v2/models/{models[name]}/infer"
-                for c, res in load(url, body, hlen, args.duration).items():
-                    runs[name][c].append(res)
-        report["http_binary"] = {name: {str(c): {"rps": median([r.rps for r in rs]),
-                                                 "p50_ms": median([r.latency_ms.get("p50", 0.0) for r in rs]),
-                                                 "p99_ms": median([r.latency_ms.get("p99", 0.0) for r in rs]),
-                                                 "rps_passes": [r.rps for r in rs]}
-                                        for c, rs in by_c.items()} for name, by_c in runs.items()}
-        report["grpc_c1_ms"] = {name: grpc_latency(f"127.0.0.1:{ports[name][1]}", models[name], x, args.grpc_calls)
-                                for name in servers if not args.big_only}
-        report["big_16MB_ms"] = big_input(f"127.0.0.1:{ports['shmserve'][0]}", args.big_calls)
+        runs = {name: {c: [] for c in CONNECTIONS} for name in servers}
+        grpc_runs = {name: [] for name in servers}
+        for round_no in range(args.passes):
+            order = list(servers) if round_no % 2 == 0 else list(reversed(servers))
+            if not args.big_only:
+                for c in CONNECTIONS:
+                    for name in order:
+                        url = f"http://127.0.0.1:{ports[name][0]}/v2/models/{models[name]}/infer"
+                        runs[name][c].append(load(url, body, hlen, args.duration, c))
+                for name in order:
+                    grpc_runs[name].append(grpc_latency(f"127.0.0.1:{ports[name][1]}", models[name], x,
+                                                        args.grpc_calls))
+            big_runs.append(big_input(f"127.0.0.1:{ports['shmserve'][0]}", args.big_calls))
     finally:
         for name, proc in servers.items():
             stop(proc, group=(name == "triton"))
         body.unlink(missing_ok=True)
-    ratios: dict[str, float] = {}
-    if "triton" in report["http_binary"]:
-        for c in CONNECTIONS:
-            ratios[f"rps_c{c}_shmserve_over_triton"] = (report["http_binary"]["shmserve"][str(c)]["rps"]
-                                                         / report["http_binary"]["triton"][str(c)]["rps"])
-    big = report["big_16MB_ms"]
-    ratios["region_over_memcpy_p50"] = big["region"]["p50"] / big["memcpy"]["p50"]
-    ratios["http_binary_over_region_p50"] = big["http_binary"]["p50"] / big["region"]["p50"]
-    report["ratios"] = ratios
+    report["loadavg_end"] = list(os.getloadavg())
+    summarize(report, runs, grpc_runs, big_runs)
     out = args.out or results / f"{stamp}_v2.json"
-    out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
     print_report(report)
     print(f"\nwritten to {out}")
     return 0
 
 
+def _med(rounds: list[dict[str, float]], key: str) -> float:
+    return median([r[key] for r in rounds])
+
+
+def summarize(report: dict[str, Any], runs: dict[str, dict[int, list[wrk.WrkResult]]],
+              grpc_runs: dict[str, list[dict[str, dict[str, float]]]],
+              big_runs: list[dict[str, dict[str, float]]]) -> None:
+    """Medians over rounds into `report`; each ratio is the median of the ratios taken within each round."""
+    report["http_binary"] = {name: {str(c): {"rps": median([r.rps for r in rs]),
+                                             "p50_ms": median([r.latency_ms.get("p50", 0.0) for r in rs]),
+                                             "p99_ms": median([r.latency_ms.get("p99", 0.0) for r in rs]),
+                                             "rps_passes": [r.rps for r in rs]}
+                                    for c, rs in by_c.items()} for name, by_c in runs.items()}
+    report["grpc_c1_ms"] = {name: {rpc: {q: median([r[rpc][q] for r in rounds]) for q in ("p50", "p99")}
+                                   for rpc in ("infer", "live")}
+                            for name, rounds in grpc_runs.items() if rounds}
+    report["big_16MB_ms"] = {what: {q: median([r[what][q] for r in big_runs]) for q in ("p50", "p99")}
+                             for what in ("memcpy", "region", "http_binary")} if big_runs else {}
+    ratios: dict[str, Any] = {}
+    if "triton" in runs and runs["triton"][CONNECTIONS[0]]:
+        for c in CONNECTIONS:
+            per = [a.rps / b.rps for a, b in zip(runs["shmserve"][c], runs["triton"][c], strict=True) if b.rps]
+            ratios[f"rps_c{c}_shmserve_over_triton"] = median(per)
+            ratios[f"rps_c{c}_shmserve_over_triton_rounds"] = per
+        per = [a["infer"]["p50"] / b["infer"]["p50"] for a, b in zip(grpc_runs["shmserve"], grpc_runs["triton"], strict=True)]
+        ratios["grpc_infer_p50_triton_over_shmserve"] = median([1 / r for r in per])
+    if grpc_runs.get("shmserve"):
+        ratios["grpc_infer_p50_over_live_p50_shmserve"] = median([r["infer"]["p50"] / r["live"]["p50"]
+                                                                   for r in grpc_runs["shmserve"]])
+    if big_runs:
+        per = [r["region"]["p50"] / r["memcpy"]["p50"] for r in big_runs]
+        ratios["region_over_memcpy_p50"] = median(per)
+        ratios["region_over_memcpy_p50_rounds"] = per
+        ratios["http_binary_over_region_p50"] = median([r["http_binary"]["p50"] / r["region"]["p50"] for r in big_runs])
+    report["ratios"] = ratios
+
+
 def print_report(r: dict[str, Any]) -> None:
-    print("Open Inference Protocol, one run (shared noisy 2-core machine: read the ratios)")
+    load = r["meta"]["machine"].get("loadavg", [0.0])[0]
+    print(f"Open Inference Protocol, {r['passes']} rounds, shmserve with {r.get('api_workers', 1)} API worker(s) "
+          f"(shared noisy 2-core machine, load average "
+          f"{load:.1f} at the start, {r['loadavg_end'][0]:.1f} at the end: read the ratios)")
     for name, by_c in r["http_binary"].items():
         for c, f in by_c.items():
             print(f"  v2 binary HTTP {name:9s} c={c:>3}: {f['rps']:9.0f} req/s  p50 {f['p50_ms']:.3f} ms  "
-                  f"p99 {f['p99_ms']:.3f} ms  (passes {', '.join(f'{v:.0f}' for v in f['rps_passes'])})")
-    for name, lat in r["grpc_c1_ms"].items():
-        print(f"  gRPC ModelInfer c=1 {name:9s}: p50 {lat['p50']:.3f} ms  p99 {lat['p99']:.3f} ms")
+                  f"p99 {f['p99_ms']:.3f} ms  (rounds {', '.join(f'{v:.0f}' for v in f['rps_passes'])})")
+    for name, rpcs in r["grpc_c1_ms"].items():
+        for rpc, lat in rpcs.items():
+            label = "ModelInfer" if rpc == "infer" else "ServerLive"
+            print(f"  gRPC {label} c=1 {name:9s}: p50 {lat['p50']:.3f} ms  p99 {lat['p99']:.3f} ms")
     for what, lat in r["big_16MB_ms"].items():
         print(f"  16 MB {what:12s}: p50 {lat['p50']:.2f} ms  p99 {lat['p99']:.2f} ms")
     for k, v in r["ratios"].items():
-        print(f"  {k}: {v:.2f}")
+        if isinstance(v, list):
+            print(f"    rounds: {', '.join(f'{x:.2f}' for x in v)}")
+        else:
+            print(f"  {k}: {v:.2f}")
     for k, v in r["skipped"].items():
         print(f"  skipped {k}: {v}")
 
