@@ -661,8 +661,17 @@ class ConnectedRunner:
     def __init__(self, client: RunnerClient) -> None:
         self.client = client
         self.name = client.name
-        for method in client.methods:
-            setattr(self, method, RemoteMethod(client, method))
+        self.methods = {m: RemoteMethod(client, m) for m in client.methods}
+        for method, handle in self.methods.items():
+            if not hasattr(self, method):  # a method named `close`, `name`, ...: reached as runner[name]
+                setattr(self, method, handle)
+
+    def __getitem__(self, method: str) -> RemoteMethod:
+        """The handle of `method`, also when its name is taken by an attribute (``runner["close"]``)."""
+        try:
+            return self.methods[method]
+        except KeyError:
+            raise InvalidInput(f"runner {self.name!r} has no method {method!r}; it has {sorted(self.methods)}") from None
 
     def close(self) -> None:
         self.client.close()

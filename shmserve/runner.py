@@ -288,7 +288,8 @@ class Runner:
         for mname, cfg in self.method_configs.items():
             # `run` may be shadowed: its RunnerMethod is callable, so runner.run(x) still works.
             if mname != "run" and hasattr(self, mname):
-                raise ConfigError(f"method name {mname!r} of runner {name!r} clashes with a Runner attribute")
+                raise ConfigError(f"method name {mname!r} of runner {name!r} clashes with the Runner attribute "
+                                  f"{mname!r} (runner.{mname} could not be both); rename the method")
             setattr(self, mname, RunnerMethod(self, cfg))
 
     _UNSET: Any = object()
