@@ -21,6 +21,7 @@ list (`numpy.result_type`).
 from __future__ import annotations
 
 import itertools
+import mmap
 import struct
 from typing import Any
 
@@ -30,7 +31,7 @@ import orjson
 from .errors import InvalidInput
 from .jsonscan import PIECE_BYTES, Steps, find_close, has_quote, run, skip_space, spans
 
-__all__ = ["PIECE_BYTES", "array_steps", "decode_array", "span_steps", "to_array"]
+__all__ = ["PIECE_BYTES", "array_steps", "decode_array", "fresh_array", "span_steps", "to_array"]
 
 _OPEN, _CLOSE = ord("["), ord("]")
 #: nesting levels cut one level down before a span is left to orjson whole (which limits depth itself)
@@ -38,6 +39,9 @@ _MAX_LEVELS = 32
 #: bytes of output copied per step when the pieces are assembled
 _ASSEMBLE_BYTES = 1024 * 1024
 _F64 = np.dtype(np.float64)
+#: arrays from this size on are allocated by `fresh_array` in an mmap of 4 KiB pages (numpy's huge-page
+#: advice starts at 4 MiB)
+_FRESH_MMAP_BYTES = 4 * 1024 * 1024
 
 
 def decode_array(body: bytes, dtype: np.dtype | None, piece_bytes: int = PIECE_BYTES) -> np.ndarray:
@@ -105,7 +109,7 @@ def _assemble(parts: list[Any], dtype: np.dtype | None, same_kind: np.dtype | No
     if same_kind is not None:
         _check_kind(want, same_kind)
         want = same_kind
-    out = np.empty((sum(len(p) for p in parts), *tail), want)
+    out = fresh_array((sum(len(p) for p in parts), *tail), want)
     row_bytes = max(1, out.itemsize * int(np.prod(tail, dtype=np.int64)))
     rows_per_step = max(1, _ASSEMBLE_BYTES // row_bytes)
     at = 0
@@ -118,6 +122,28 @@ def _assemble(parts: list[Any], dtype: np.dtype | None, same_kind: np.dtype | No
             yield
         del p
     return out
+
+
+def fresh_array(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """``np.empty(shape, dtype)``, but a large one in memory faulted in a 4 KiB page at a time.
+
+    numpy asks the kernel for transparent huge pages on large arrays; the first
+    write to each 2 MiB page then zeroes (and, with THP defrag ``madvise``,
+    compacts memory for) it in one go, several ms of kernel time in a single
+    step of a decode written to be a millisecond. An anonymous mmap advised
+    ``MADV_NOHUGEPAGE`` spreads that cost evenly over the steps; the array owns
+    the mapping (unmapped when the array is freed).
+    """
+    dtype = np.dtype(dtype)
+    nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+    if nbytes < _FRESH_MMAP_BYTES or not hasattr(mmap, "MADV_NOHUGEPAGE"):
+        return np.empty(shape, dtype)
+    buf = mmap.mmap(-1, nbytes)
+    try:
+        buf.madvise(mmap.MADV_NOHUGEPAGE)
+    except OSError:
+        pass  # a kernel without THP: nothing to avoid
+    return np.frombuffer(buf, dtype).reshape(shape)
 
 
 def _check_kind(have: np.dtype, want: np.dtype) -> None:
