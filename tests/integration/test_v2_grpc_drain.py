@@ -1,4 +1,5 @@
-"""Graceful shutdown of the gRPC front: RPCs in flight when SIGTERM comes are answered, new ones are refused.
+"""Graceful shutdown of the gRPC front: RPCs in flight when SIGTERM comes are answered, new ones are refused,
+and a stream the client keeps open ends (OK) instead of holding the stop for its whole grace period.
 
 Every step waits on a condition with a deadline: the held requests signal that
 they are running in the model (a file each), the test releases them (another
@@ -42,12 +43,32 @@ def _refused(url: str) -> bool:
 
 
 def test_sigterm_answers_rpcs_in_flight_and_refuses_new_ones(tmp_path: Path) -> None:
-    srv = V2Server(tmp_path, grpc=True, api_workers=1)
+    # A long grace: an RPC still open when it ends would be cancelled, which the checks below tell apart.
+    srv = V2Server(tmp_path, "--graceful-timeout", "120", grpc=True, api_workers=1)
     results: dict[str, Any] = {}
     channel = grpc.insecure_channel(srv.grpc_url)
+    idle_answered, idle_client_done = threading.Event(), threading.Event()
     try:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         assert stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=30).live
+
+        def idle_requests() -> Any:  # one request, then the client keeps its side open
+            yield _hold_request(f"{MATHS}.predict", 7)
+            idle_client_done.wait(120)
+
+        def idle_stream() -> None:
+            answers = []
+            try:
+                for answer in stub.ModelStreamInfer(idle_requests(), timeout=120):
+                    answers.append(answer)
+                    idle_answered.set()
+                results["idle"] = answers
+            except grpc.RpcError as err:
+                results["idle"] = err
+
+        idle = threading.Thread(target=idle_stream)
+        idle.start()
+        assert idle_answered.wait(60), "the open stream's first request was not answered"
 
         def unary() -> None:
             try:
@@ -73,8 +94,12 @@ def test_sigterm_answers_rpcs_in_flight_and_refuses_new_ones(tmp_path: Path) -> 
         for t in threads:
             t.join(60)
         assert not any(t.is_alive() for t in threads)
+        # the open, idle stream was ended by the drain (within the 120 s grace, which would cancel it)
+        idle.join(60)
+        assert not idle.is_alive(), "an open stream held the graceful stop"
     finally:
         (tmp_path / "release").touch()
+        idle_client_done.set()
         channel.close()
         code = srv.stop()
     assert code == 0, srv.log()
@@ -82,6 +107,9 @@ def test_sigterm_answers_rpcs_in_flight_and_refuses_new_ones(tmp_path: Path) -> 
     assert isinstance(unary_answer, service_pb2.ModelInferResponse), unary_answer
     assert unary_answer.id == "held-1"
     assert np.frombuffer(unary_answer.raw_output_contents[0], np.float32).tolist() == [1.0]
+    idle_answers = results["idle"]
+    assert isinstance(idle_answers, list) and len(idle_answers) == 1, idle_answers  # ended OK, not cancelled
+    assert idle_answers[0].infer_response.id == "held-7" and idle_answers[0].error_message == ""
     answers = results["stream"]
     assert isinstance(answers, list) and len(answers) == 1, answers
     assert answers[0].error_message == "" and answers[0].infer_response.id == "held-2"

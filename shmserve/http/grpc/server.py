@@ -4,11 +4,13 @@ Every API worker of a server binds the same gRPC port with ``SO_REUSEPORT``
 (grpcio's default on Linux); the supervisor holds the port reserved with a
 bound, non-listening socket of its own (`reserve_port`), so ``--grpc-port 0``
 means one free port for all workers. `stop` lets in-flight RPCs finish within
-the grace period, then cancels the rest.
+the grace period, then cancels the rest; open streams end once their requests
+are answered.
 """
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 from ...errors import ConfigError
 from ...oip.server import InferenceServer
@@ -36,6 +38,7 @@ class GrpcServer:
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.max_message_bytes = max_message_bytes
         self._server: object | None = None
+        self._servicer: Any = None
 
     async def start(self) -> None:
         """Bind and start serving; `ConfigError` when the port cannot be bound."""
@@ -50,7 +53,8 @@ class GrpcServer:
             ("grpc.max_receive_message_length", self.max_message_bytes),
             ("grpc.max_send_message_length", self.max_message_bytes),
         ])
-        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.inference), server)
+        self._servicer = InferenceServicer(self.inference)
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self._servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(self.inference), server)
         try:
             bound = server.add_insecure_port(self.address)
@@ -62,7 +66,12 @@ class GrpcServer:
         self._server = server
 
     async def stop(self, grace: float) -> None:
-        """Stop accepting; in-flight RPCs get `grace` seconds, then are cancelled."""
+        """Stop accepting; in-flight RPCs get `grace` seconds, then are cancelled.
+
+        Open ``ModelStreamInfer`` streams end (OK) once the requests they already sent are answered.
+        """
         server, self._server = self._server, None
+        if self._servicer is not None:
+            self._servicer.stopping.set()
         if server is not None:
             await server.stop(grace)  # type: ignore[attr-defined]

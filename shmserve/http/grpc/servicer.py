@@ -6,6 +6,7 @@ NOT_FOUND, UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL) and its message.
 """
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -57,6 +58,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     def __init__(self, server: InferenceServer) -> None:
         self.server = server
+        #: set when the server starts its graceful stop: open streams end once their requests are answered
+        self.stopping = asyncio.Event()
 
     # -- health and metadata -----------------------------------------------------------
     @_rpc
@@ -135,7 +138,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelStreamInfer(self, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
         """Bidirectional streaming inference: see `shmserve.http.grpc.stream`."""
-        async for response in serve_stream(requests, self._infer):
+        async for response in serve_stream(requests, self._infer, self.stopping):
             yield response
 
     # -- system shared memory ---------------------------------------------------------------

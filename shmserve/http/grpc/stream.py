@@ -11,7 +11,11 @@ which is all tritonclient's callback shows of a failed request) and an
 ``infer_response`` with the id and model name. At most `MAX_IN_FLIGHT`
 requests of one stream run at once; beyond that the stream is not read until
 one finishes (gRPC flow control then holds the client back). The stream ends
-when the client closes its side and every request has been answered.
+when the client closes its side and every request has been answered, or, once
+the server is stopping (`stopping` is set), as soon as the requests already
+read are answered: a client that keeps an idle stream open does not hold the
+graceful shutdown for its whole grace period, and its stream ends with OK
+rather than being cancelled.
 """
 from __future__ import annotations
 
@@ -45,8 +49,8 @@ def error_response(request: Any, exc: BaseException) -> Any:
                                              id=request.id))
 
 
-async def serve_stream(requests: AsyncIterator[Any], infer: Callable[[Any], Awaitable[Any]]
-                       ) -> AsyncIterator[Any]:
+async def serve_stream(requests: AsyncIterator[Any], infer: Callable[[Any], Awaitable[Any]],
+                       stopping: asyncio.Event | None = None) -> AsyncIterator[Any]:
     """Answer every request of `requests` with ``infer(request)``; see the module docstring."""
     answers: asyncio.Queue[Any] = asyncio.Queue()
     room = asyncio.Semaphore(MAX_IN_FLIGHT)
@@ -72,14 +76,28 @@ async def serve_stream(requests: AsyncIterator[Any], infer: Callable[[Any], Awai
                 task.add_done_callback(running.discard)
             while running:
                 await asyncio.wait(set(running))
-        finally:
+        except asyncio.CancelledError:
+            raise  # by drain(), which ends the stream once the running requests are answered
+        except BaseException:
             answers.put_nowait(_END)
+            raise
+        answers.put_nowait(_END)
+
+    async def drain() -> None:
+        assert stopping is not None
+        await stopping.wait()
+        reader.cancel()  # no more requests are read; those running are answered
+        while running:
+            await asyncio.wait(set(running))
+        answers.put_nowait(_END)
 
     reader = asyncio.ensure_future(read())
+    drainer = asyncio.ensure_future(drain()) if stopping is not None else None
     try:
         while (answer := await answers.get()) is not _END:
             yield answer
-        await reader  # the client's side failed: raise what the reader saw
+        if drainer is None or not drainer.done():
+            await reader  # the client's side failed: raise what the reader saw
     finally:
-        for task in (reader, *running):
+        for task in (reader, *running, *([drainer] if drainer is not None else [])):
             task.cancel()
