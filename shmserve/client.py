@@ -619,7 +619,11 @@ def _settle_many(items: list[tuple[asyncio.Future[Any], Any, BaseException | Non
 
 def _close_signal(sig: Signal) -> None:
     sig.unlink()
-    sig.close()
+    # At interpreter exit (threading's shutdown has marked the main thread stopped) daemon threads may
+    # still wait on the semaphore in C: closing it under them crashed the process (SIGSEGV). The
+    # process's exit closes it; the name is gone already.
+    if threading.main_thread().is_alive():
+        sig.close()
 
 
 # -- public helpers ---------------------------------------------------------------------------

@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import random
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +23,7 @@ import pytest
 
 import shmserve
 from shmserve.errors import RunnerError, RunnerOverloaded, RunnerTimeout, TensorTooLarge
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -224,3 +228,33 @@ def test_many_callers_each_get_their_own_answer(unique_name: str, shm_clean: Non
                 y = client.big.run(800_000, timeout=10)
                 assert int(y[-1]) == 7
                 del y
+
+
+# -- exit while calls are in flight ---------------------------------------------------------------
+EXIT_MID_CALL = textwrap.dedent('''
+    import sys, threading, time
+    import numpy as np
+    import shmserve
+
+    runner = shmserve.connect(sys.argv[1])
+
+    def caller():
+        while True:
+            runner.nap.run(0.05)
+
+    for _ in range(3):
+        threading.Thread(target=caller, daemon=True).start()
+    time.sleep(0.3)
+    raise RuntimeError("the main thread fails while other threads wait for results")
+''')
+
+
+def test_a_process_exiting_while_threads_wait_for_results_exits_cleanly(tagged: shmserve.Runner) -> None:
+    # The client's reply semaphore was closed at interpreter exit while daemon threads still waited
+    # on it: the process died of SIGSEGV instead of exiting with its error.
+    for _ in range(3):
+        out = subprocess.run([sys.executable, "-c", EXIT_MID_CALL, tagged.name], capture_output=True, timeout=60,
+                             cwd=ROOT)
+        assert out.returncode == 1, (out.returncode, out.stderr.decode(errors="replace")[-2000:])
+        assert b"RuntimeError: the main thread fails" in out.stderr
+    assert tagged.nap.run(0.0) == 0.0  # the runner serves on
