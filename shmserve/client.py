@@ -457,7 +457,8 @@ class RunnerClient(StreamingCalls):
                 self._stream_item(link, link.pending.get(fixed[0]), tmetas, meta, fixed[3], fixed[4])
                 continue
             p = link.pending.pop(fixed[0], None)
-            if p is None:
+            if p is None:  # nobody waits for it (a second answer to a call): its block goes back all the same
+                free_block(v.resp_arena, fixed[3], fixed[4])
                 continue
             if self._sem_calls:
                 self._sem_call_done(link, p.seq)
