@@ -83,7 +83,9 @@ class RunnerClient(StreamingCalls):
         # Calls in flight whose caller waits on the reply semaphore, per link: their count is the
         # channel's reply_wanted word (while it is 0 a worker signals only the loop's eventfd).
         self._sem_calls: dict[WorkerLink, set[int]] = {}
-        self._bells: list[WorkerLink] = []  # doorbells the wake loop posts at the end of its turn
+        # Links whose doorbell the wake loop posted this turn -> whether calls were published since
+        # (those get one more post at the end of the turn).
+        self._bells: dict[WorkerLink, bool] = {}
         self.watchdog = WatchdogLimits.of(record.get("watchdog"))
         self.links = [WorkerLink(self, w["index"], w["socket"], w.get("health")) for w in record["workers"]]
         self.methods: dict[str, Any] = {}
@@ -257,22 +259,26 @@ class RunnerClient(StreamingCalls):
         p.stream = stream  # set before the worker can answer
         link.pending[seq] = p
         self._inflight += 1
-        if bell_loop is None:
+        bells = self._bells
+        if bell_loop is not None and link in bells:
+            bells[link] = True  # the post at the end of this turn covers it
+        else:
             link.doorbell.post()  # type: ignore[union-attr]
-        elif link not in self._bells:
-            if not self._bells:
-                bell_loop.call_soon(self._ring_bells)
-            self._bells.append(link)
+            if bell_loop is not None:
+                if not bells:
+                    bell_loop.call_soon(self._ring_bells)
+                bells[link] = False
         return p
 
     def _ring_bells(self) -> None:
-        """Post the doorbells of the calls the wake loop published this turn: one post per link and
-        turn instead of one per call, so a worker that sleeps is woken once for the lot (and takes
-        one post, not one per call). On the wake loop only, so `_bells` needs no lock."""
-        bells, self._bells = self._bells, []
-        for link in bells:
+        """End of the wake loop's turn: post once more the doorbell of each link that got calls after
+        the turn's first one (posted at once, so a lone call waits for nothing). A turn that publishes
+        many calls posts a link twice instead of once per call, and a sleeping worker is woken for
+        the lot. On the wake loop only, so `_bells` needs no lock."""
+        bells, self._bells = self._bells, {}
+        for link, more in bells.items():
             bell = link.doorbell
-            if bell is not None:
+            if more and bell is not None:
                 bell.try_post()  # False: closed with its link (the worker died); its calls fail with it
 
     def _wait_for_space(self) -> None:

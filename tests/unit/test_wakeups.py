@@ -1,7 +1,7 @@
 """Wake-ups between a client and a worker: coalesced, and never lost.
 
-The client posts a worker's doorbell once per turn of its event loop for the calls that loop
-published (not once per call); the worker wakes the client once per flush, and signals only the
+The client posts a worker's doorbell at most twice per turn of its event loop for the calls that
+loop published (the first at once, one more at the end of the turn; not once per call); the worker wakes the client once per flush, and signals only the
 event loop's eventfd while no caller waits on the reply semaphore (the channel's ``reply_wanted``
 word). Both ends run here in one process on one channel in memory, with fake semaphores that
 count their posts: no process, no shared memory.
@@ -69,7 +69,7 @@ class Pair:
         client.name, client.methods, client._gpu, client._closed = "t", {"echo": {"index": 0}}, None, False
         client.max_queue_size, client.slots, client.arena_bytes = 16, 16, ARENA
         client._lock, client._seq, client._inflight = threading.Lock(), 0, 0
-        client._sem_calls, client._bells, client.watchdog = {}, [], WatchdogLimits.of(None)
+        client._sem_calls, client._bells, client.watchdog = {}, {}, WatchdogLimits.of(None)
         client.default_timeout = None
         link = WorkerLink.__new__(WorkerLink)
         link.client, link.index, link.board, link.live, link.pending = client, 0, None, True, {}
@@ -107,27 +107,50 @@ class Pair:
         self.sock_a.close()
 
 
-def test_calls_of_one_loop_turn_ring_the_doorbell_once_and_none_is_missed() -> None:
+def test_calls_of_one_loop_turn_ring_the_doorbell_twice_and_none_is_missed() -> None:
     pair = Pair()
     loop = asyncio.new_event_loop()
     try:
+        seen: list[int] = []
+
         def one_turn(n: int) -> None:
             for _ in range(n):
                 pair.submit(bell_loop=loop)
-            assert pair.doorbell.posts == before  # not yet: at the end of the turn
+                seen.append(pair.doorbell.posts)
 
-        before = 0
         loop.call_soon(one_turn, 5)
         loop.run_until_complete(asyncio.sleep(0))
         loop.run_until_complete(asyncio.sleep(0))
-        assert pair.doorbell.posts == 1
-        assert pair.serve() == 5  # the one post covers every call of that turn
-        before = 1
-        loop.call_soon(one_turn, 1)  # a call of a later turn gets a post of its own
+        assert seen == [1, 1, 1, 1, 1]  # the turn's first call at once, the others not yet
+        assert pair.doorbell.posts == 2  # then one post at the end of the turn for the other four
+        assert pair.serve() == 5
+        seen.clear()
+        loop.call_soon(one_turn, 1)  # a lone call of a later turn: its own post, at once, and no other
         loop.run_until_complete(asyncio.sleep(0))
         loop.run_until_complete(asyncio.sleep(0))
-        assert pair.doorbell.posts == 2 and pair.serve() == 1
+        assert seen == [3] and pair.doorbell.posts == 3 and pair.serve() == 1
         assert len(pair.read()) == 6
+    finally:
+        loop.close()
+        pair.close()
+
+
+def test_a_call_published_after_the_turns_first_one_is_read_after_the_end_of_turn_post() -> None:
+    # The worker reads what it finds when woken: a call published after that read is covered by
+    # the end-of-turn post, so a worker that serves once per post misses none.
+    pair = Pair()
+    loop = asyncio.new_event_loop()
+    try:
+        def turn() -> None:
+            pair.submit(bell_loop=loop)
+            assert pair.serve() == 1  # woken by the first post, the worker reads the one call
+            pair.submit(bell_loop=loop)
+            pair.submit(bell_loop=loop)
+
+        loop.call_soon(turn)
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.run_until_complete(asyncio.sleep(0))
+        assert pair.doorbell.posts == 2 and pair.serve() == 2
     finally:
         loop.close()
         pair.close()
