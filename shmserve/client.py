@@ -521,7 +521,8 @@ class RunnerClient(StreamingCalls):
         """Hand results to their callers; `here` is the loop this runs on, if any (no thread hop)."""
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]] = {}
         for p, result, error in done:
-            p.result, p.error = result, error
+            if p.stream is None:  # a stream's sink carries its end: on p, an error would be in a cycle
+                p.result, p.error = result, error  # with the consumer's frames (see async_call)
             p.done = True
             if p.stream is not None:
                 p.stream((None, error, True))  # after its items: the same sink, the same hop

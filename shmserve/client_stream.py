@@ -72,6 +72,10 @@ class StreamingCalls:
         finally:
             if not p.done:
                 client.cancel(p)
+            # error -> traceback -> this frame -> p/error -> error: a cycle only the garbage collector
+            # frees, holding the consumer's frames and the leased items in them (the result arena fills).
+            del p
+            error = None
 
     def stream(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
                timeout: float | None) -> SyncStream:
@@ -129,7 +133,10 @@ class SyncStream:
         if error is not None or ended:
             self._ended = True
             if error is not None:
-                raise error
+                try:
+                    raise error
+                finally:
+                    error = None  # no cycle through this frame (see async_stream)
             raise StopIteration
         return item
 

@@ -53,6 +53,12 @@ class Tagged(shmserve.Runnable):
     def big(self, n: int) -> np.ndarray:
         return np.full(n, 7, np.uint8)
 
+    @shmserve.Runnable.method
+    def spill(self, n: int) -> Any:
+        """A stream of one large item, then an error."""
+        yield np.full(n, 7, np.uint8)
+        raise ValueError("the stream broke on purpose")
+
     @shmserve.Runnable.method(batchable=False)
     def boom(self, x: Any) -> None:
         raise ValueError("model exploded on purpose")
@@ -120,6 +126,27 @@ def test_a_leased_result_is_freed_when_dropped_after_a_failed_call_async(tagged:
         assert int(y[0]) == 7
 
     asyncio.run(main())
+
+
+def test_a_leased_item_is_freed_when_dropped_after_a_stream_failed(tagged: shmserve.Runner, no_gc: None) -> None:
+    def sync_consumer() -> int:
+        got = []
+        with pytest.raises(RunnerError, match="broke on purpose"):
+            for item in tagged.spill.stream(BIG):
+                got.append(item)
+        return int(got[0][0])
+
+    async def async_consumer() -> int:
+        got = []
+        with pytest.raises(RunnerError, match="broke on purpose"):
+            async for item in tagged.spill.async_stream(BIG):
+                got.append(item)
+        return int(got[0][0])
+
+    assert sync_consumer() == 7
+    _fits_again(tagged)
+    assert asyncio.run(async_consumer()) == 7
+    _fits_again(tagged)
 
 
 # -- many callers, every answer checked -------------------------------------------------------------
