@@ -126,9 +126,11 @@ class HttpProtocol(asyncio.Protocol):
         self.pause_reading()
 
     def resume_writing(self) -> None:
-        """The peer reads again: resume reading unless the pipeline is full."""
+        """The peer reads again: serve what is queued, resume reading unless the pipeline is full."""
         self._writing_paused = False
         self._stuck_since = 0.0
+        if self.queue and not self.busy:
+            self._drain()
         if len(self.queue) < _PIPELINE_LOW:
             self._resume_reading()
 
@@ -284,7 +286,8 @@ class HttpProtocol(asyncio.Protocol):
         try:
             queue = self.queue
             app = self.app
-            while not self.busy and queue and not self.closed:
+            # Not while the peer does not read (its answers would pile up here), but for a refusal (and close).
+            while not self.busy and queue and not self.closed and (not self._writing_paused or queue[0].error):
                 request = queue.popleft()
                 self.busy = True
                 self.current = request

@@ -62,3 +62,22 @@ def test_a_peer_that_stops_reading_gets_no_extension_of_its_header_deadline() ->
     state.tick(now=after + 10.0 + 0.01)
     got = responses(tr.data)
     assert [s for s, _, _ in got] == [200, 408] and tr.closed
+
+
+def test_queued_requests_wait_while_the_peer_does_not_read_and_are_served_when_it_does() -> None:
+    # A peer that pipelines many requests and stops reading: once the transport's buffer is over its
+    # high-water mark, no more answers are made for it (they would only pile up in our memory).
+    proto, tr, app, _ = make()
+    write = tr.write
+
+    def filling(data: bytes) -> None:
+        write(data)
+        if len(tr.chunks) == 5:
+            proto.pause_writing()
+
+    tr.write = filling  # type: ignore[method-assign]
+    proto.data_received(b"".join(post(b"/%d" % i, b"") for i in range(20)))
+    assert len(app.requests) == 5 and tr.paused
+    proto.resume_writing()
+    assert [r.path for r in app.requests] == [b"/%d" % i for i in range(20)]
+    assert len(responses(tr.data)) == 20 and not tr.paused
