@@ -80,9 +80,6 @@ class RunnerClient(StreamingCalls):
         # results are then delivered on the loop itself, without the completion thread's hop.
         self.loop_wake: int | None = None
         self._wake_loop: asyncio.AbstractEventLoop | None = None
-        # Calls in flight whose caller waits on the reply semaphore, per link: their count is the
-        # channel's reply_wanted word (while it is 0 a worker signals only the loop's eventfd).
-        self._sem_calls: dict[WorkerLink, set[int]] = {}
         # Links whose doorbell the wake loop posted this turn -> whether calls were published since
         # (those get one more post at the end of the turn).
         self._bells: dict[WorkerLink, bool] = {}
@@ -137,7 +134,6 @@ class RunnerClient(StreamingCalls):
     def _fail_link(self, link: WorkerLink, why: str) -> list[tuple[Pending, Any, BaseException | None]]:
         """The worker behind `link` died: fail its calls and drop the link."""
         link.live = False
-        self._sem_calls.pop(link, None)  # a new channel starts with reply_wanted 0
         failed = list(link.pending.values())
         link.pending.clear()
         self._inflight -= len(failed)
@@ -247,10 +243,6 @@ class RunnerClient(StreamingCalls):
         self._seq += 1
         submit = time.monotonic()
         slot = v.req_slot(link.req_head)
-        if bell_loop is None:  # before the call is published: a worker that reads it reads this too
-            waiting = self._sem_calls.setdefault(link, set())
-            waiting.add(seq)
-            v.set(ring.H_REPLY_WANTED, len(waiting))
         v.write_desc(slot, (seq, index, base, block[1] - base, base + meta_off, submit, deadline, 0.0, 0.0, 0.0, 0),
                      tensors, [base + o for o in offsets], meta)
         link.req_head += 1
@@ -466,8 +458,6 @@ class RunnerClient(StreamingCalls):
             if p is None:  # nobody waits for it (a second answer to a call): its block goes back all the same
                 free_block(v.resp_arena, fixed[3], fixed[4])
                 continue
-            if self._sem_calls:
-                self._sem_call_done(link, p.seq)
             self._inflight -= 1
             link.requests.release(p.block)  # type: ignore[union-attr]
             code, block_off, block_len = fixed[1], fixed[3], fixed[4]
@@ -491,14 +481,6 @@ class RunnerClient(StreamingCalls):
                     "model_end": fixed[11], "written": fixed[12], "complete": complete, "batch_size": fixed[13]}, p.sink)
             done.append((p, result, error))
         v.set(ring.H_RESP_TAIL, link.resp_tail)
-
-    def _sem_call_done(self, link: WorkerLink, seq: int) -> None:
-        waiting = self._sem_calls.get(link)
-        if waiting is not None and seq in waiting:
-            waiting.discard(seq)
-            link.view.set(ring.H_REPLY_WANTED, len(waiting))  # type: ignore[union-attr]
-            if not waiting:
-                del self._sem_calls[link]  # the async path's check stays one empty-dict test
 
     def _decode(self, link: WorkerLink, tmetas: list[Any], meta: bytes, block_off: int, block_len: int) -> Any:
         v = link.view

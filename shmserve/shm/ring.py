@@ -21,7 +21,6 @@ from .wire import (  # noqa: F401
     FLAG_META_IN_ARENA,
     H_DRAINED_AT,
     H_MAGIC,
-    H_REPLY_WANTED,
     H_REQ_ARENA,
     H_REQ_HEAD,
     H_REQ_TAIL,

@@ -31,9 +31,6 @@ processes write them::
     256  resp_tail  (client: responses consumed)
     320  drained_at (worker, f64: the soonest deadline a call sent now may have
                     and be admitted; a client refuses a call due sooner at once)
-    384  reply_wanted (client: calls in flight whose caller waits on the reply
-                    semaphore; while 0, a worker that has the client's event-loop
-                    eventfd signals only that)
 
 Descriptor (1024 bytes), one layout for requests and responses, whose fields
 mean different things (`RequestDesc`, `ResponseDesc`); fixed part
@@ -166,14 +163,13 @@ HEADER_WORDS: dict[str, int] = {
     "magic": 0, "version": 8, "slots": 16, "req_arena": 24, "resp_arena": 32,
     "req_head": 1 * CACHE_LINE, "req_tail": 2 * CACHE_LINE,
     "resp_head": 3 * CACHE_LINE, "resp_tail": 4 * CACHE_LINE,
-    "drained_at": 5 * CACHE_LINE, "reply_wanted": 6 * CACHE_LINE,
+    "drained_at": 5 * CACHE_LINE,
 }
 H_MAGIC, H_VERSION, H_SLOTS = HEADER_WORDS["magic"], HEADER_WORDS["version"], HEADER_WORDS["slots"]
 H_REQ_ARENA, H_RESP_ARENA = HEADER_WORDS["req_arena"], HEADER_WORDS["resp_arena"]
 H_REQ_HEAD, H_REQ_TAIL = HEADER_WORDS["req_head"], HEADER_WORDS["req_tail"]
 H_RESP_HEAD, H_RESP_TAIL = HEADER_WORDS["resp_head"], HEADER_WORDS["resp_tail"]
 H_DRAINED_AT = HEADER_WORDS["drained_at"]
-H_REPLY_WANTED = HEADER_WORDS["reply_wanted"]
 
 
 def page_align(n: int) -> int:

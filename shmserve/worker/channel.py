@@ -204,21 +204,13 @@ class WorkerChannel:
         return code
 
     def flush(self) -> None:
-        """Tell the client that results were written since the last flush: one wake-up per flush.
-
-        With the client's event-loop eventfd, only that is signalled while the client counts no call
-        whose caller waits on the reply semaphore (``reply_wanted``: a synchronous caller, another
-        event loop): the loop reads every result of the channel, and the client's completion thread
-        then sleeps on instead of waking for each batch to find the results already taken. The
-        client raises the count before it publishes such a call, so a worker that read the call
-        reads the count too.
-        """
+        """Tell the client that results were written since the last flush: one wake-up per flush
+        (its reply semaphore, and its event loop's eventfd when it sent one)."""
         if self.dirty:
             self.dirty = False
             try:
+                self.reply.post()
                 efd = self.loop_wake
-                if efd is None or U64.unpack_from(self.view.buf, ring.H_REPLY_WANTED)[0]:
-                    self.reply.post()
                 if efd is not None:
                     os.eventfd_write(efd, 1)
             except Exception:

@@ -1,10 +1,10 @@
 """Wake-ups between a client and a worker: coalesced, and never lost.
 
 The client posts a worker's doorbell at most twice per turn of its event loop for the calls that
-loop published (the first at once, one more at the end of the turn; not once per call); the worker wakes the client once per flush, and signals only the
-event loop's eventfd while no caller waits on the reply semaphore (the channel's ``reply_wanted``
-word). Both ends run here in one process on one channel in memory, with fake semaphores that
-count their posts: no process, no shared memory.
+loop published (the first at once, one more at the end of the turn; not once per call); the
+worker wakes the client once per flush (its reply semaphore and its loop's eventfd). Both ends
+run here in one process on one channel in memory, with fake semaphores that count their posts:
+no process, no shared memory.
 """
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ class Pair:
         client.name, client.methods, client._gpu, client._closed = "t", {"echo": {"index": 0}}, None, False
         client.max_queue_size, client.slots, client.arena_bytes = 16, 16, ARENA
         client._lock, client._seq, client._inflight = threading.Lock(), 0, 0
-        client._sem_calls, client._bells, client.watchdog = {}, {}, WatchdogLimits.of(None)
+        client._bells, client.watchdog = {}, WatchdogLimits.of(None)
         client.default_timeout = None
         link = WorkerLink.__new__(WorkerLink)
         link.client, link.index, link.board, link.live, link.pending = client, 0, None, True, {}
@@ -98,9 +98,6 @@ class Pair:
         with self.client._lock:
             self.client._read_link(self.link, done)
         return [p for p, _result, _error in done]
-
-    def reply_wanted(self) -> int:
-        return self.link.view.get(ring.H_REPLY_WANTED)
 
     def close(self) -> None:
         self.worker.close()
@@ -165,37 +162,24 @@ def test_a_call_from_outside_the_wake_loop_posts_at_once() -> None:
         pair.close()
 
 
-def test_with_the_loop_eventfd_and_no_semaphore_waiter_only_the_eventfd_is_signalled() -> None:
+def test_each_flush_with_results_signals_the_semaphore_and_the_loop_eventfd_once() -> None:
     pair = Pair()
     efd = os.eventfd(0, os.EFD_NONBLOCK)
     pair.worker.set_loop_wake(os.dup(efd))
     loop = asyncio.new_event_loop()
     try:
-        loop.call_soon(pair.submit, loop)
-        loop.run_until_complete(asyncio.sleep(0))
-        assert pair.reply_wanted() == 0 and pair.serve() == 1
-        assert pair.reply.posts == 0 and os.eventfd_read(efd) == 1
-        assert len(pair.read()) == 1
-    finally:
-        loop.close()
-        os.close(efd)
-        pair.close()
+        def turn() -> None:
+            for _ in range(3):
+                pair.submit(bell_loop=loop)
 
-
-def test_a_semaphore_waiter_in_flight_makes_every_flush_post_the_semaphore_until_it_is_answered() -> None:
-    pair = Pair()
-    efd = os.eventfd(0, os.EFD_NONBLOCK)
-    pair.worker.set_loop_wake(os.dup(efd))
-    loop = asyncio.new_event_loop()
-    try:
-        sync_call = pair.submit()  # a synchronous caller: it waits on the reply semaphore
-        assert pair.reply_wanted() == 1
-        assert pair.serve() == 1 and pair.reply.posts == 1 and os.eventfd_read(efd) == 1
-        assert pair.read() == [sync_call]
-        assert pair.reply_wanted() == 0 and pair.client._sem_calls == {}
-        loop.call_soon(pair.submit, loop)  # after it: the loop's own calls wake the loop only
+        loop.call_soon(turn)
         loop.run_until_complete(asyncio.sleep(0))
-        assert pair.serve() == 1 and pair.reply.posts == 1 and os.eventfd_read(efd) == 1
+        loop.run_until_complete(asyncio.sleep(0))
+        assert pair.serve() == 3  # three results, one flush
+        assert pair.reply.posts == 1 and os.eventfd_read(efd) == 1
+        pair.worker.flush()  # nothing new since: nothing signalled
+        assert pair.reply.posts == 1
+        assert len(pair.read()) == 3
     finally:
         loop.close()
         os.close(efd)
