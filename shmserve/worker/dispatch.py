@@ -203,12 +203,13 @@ class Dispatcher:
 
     # -- execution ---------------------------------------------------------------
     def _run(self, m: MethodSlot, batch: list[Request], batched: bool) -> None:
-        """Run one batch; whatever goes wrong fails this batch's calls, never the worker."""
+        """Run one batch; whatever goes wrong fails this batch's calls not answered yet, never the worker."""
+        self.results.answered.clear()
         try:
             self._run_batch(m, batch, batched)
-        except Exception as exc:
-            self._fail(batch, ring.ST_MODEL_ERROR, type(exc).__name__,
-                       f"serving the batch failed in the worker: {exc}", traceback.format_exc())
+        except Exception as exc:  # a call answered already gets no second answer (its caller moved on)
+            self._fail([r for r in batch if id(r) not in self.results.answered], ring.ST_MODEL_ERROR,
+                       type(exc).__name__, f"serving the batch failed in the worker: {exc}", traceback.format_exc())
 
     def _run_batch(self, m: MethodSlot, batch: list[Request], batched: bool) -> None:
         t_batch = time.monotonic()

@@ -38,6 +38,9 @@ class ResultWriter:
 
     def __init__(self) -> None:
         self.parked: dict[WorkerChannel, deque[_Parked]] = {}
+        #: ids of the calls answered (written or parked) since the dispatch loop last cleared it: a batch
+        #: that fails midway answers only the others, so no call gets a second answer
+        self.answered: set[int] = set()
 
     def __bool__(self) -> bool:
         """Whether any result is parked."""
@@ -50,9 +53,11 @@ class ResultWriter:
         q = self.parked.get(ch)
         if q is None:
             if ch.try_write_result(req, code, tensors, meta, times, batch_size) is not None:
+                self.answered.add(id(req))
                 return
             q = self.parked[ch] = deque()
         q.append(_Parked(req, code, tensors, meta, times, batch_size, time.monotonic()))
+        self.answered.add(id(req))
 
     def retry(self, now: float) -> None:
         """Write the parked results that fit now, and fail those that waited too long."""

@@ -198,3 +198,34 @@ def test_a_response_for_a_call_nobody_waits_for_still_frees_its_block() -> None:
     client._read_link(link, done)  # type: ignore[arg-type]
     assert done == [] and link.resp_tail == 1
     assert block_released(ch.view.resp_arena, fixed.block_off)
+
+
+def test_a_batch_that_fails_after_some_answers_answers_each_call_once(tmp_path: Any) -> None:
+    # Writing the second call's result fails: the first call was answered already and must not get
+    # a second answer (an error) on top; the second gets the error. Each call: exactly one response.
+    from shmserve.runnable import MethodSignature
+    from shmserve.worker.dispatch import Dispatcher
+    from shmserve.worker_stats import WorkerStats
+
+    class Model:
+        def predict(self) -> list[int]:
+            return [10, 11]
+
+    ch = channel()
+    real = ch.try_write_result
+    failed: list[int] = []
+
+    def flaky(req: Request, *args: Any) -> Any:
+        if req.seq == 1 and not failed:  # once: the error answer is written
+            failed.append(req.seq)
+            raise RuntimeError("the result could not be written")
+        return real(req, *args)
+
+    ch.try_write_result = flaky  # type: ignore[method-assign]
+    d = Dispatcher(Model(), [(MethodSignature("predict", batchable=True), 8, 5.0)],  # type: ignore[arg-type]
+                   WorkerStats("r", 0, ["predict"], 0, path=tmp_path / "stats"))
+    d.channels = [ch]
+    d._assemble = lambda *_a: ((), {})  # type: ignore[method-assign]  # no request data here
+    d._run(d.methods[0], [request(ch, 0), request(ch, 1)], batched=True)
+    answers = [read(ch, n)[0][:2] for n in range(ch.resp_head)]
+    assert answers == [(0, ring.ST_OK), (1, ring.ST_MODEL_ERROR)], answers
