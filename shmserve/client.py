@@ -30,7 +30,7 @@ import numpy as np
 
 from . import lease, registry, traces
 from .client_stream import StreamingCalls
-from .deadline import call_deadline, request_deadline  # noqa: F401  (request_deadline: public here too)
+from .deadline import LoopDeadlines, call_deadline, request_deadline  # noqa: F401  (request_deadline: public)
 from .errors import (
     InvalidInput,
     RunnerOverloaded,
@@ -83,6 +83,7 @@ class RunnerClient(StreamingCalls):
         # Links whose doorbell the wake loop posted this turn -> whether calls were published since
         # (those get one more post at the end of the turn).
         self._bells: dict[WorkerLink, bool] = {}
+        self._timers: dict[asyncio.AbstractEventLoop, LoopDeadlines] = {}  # the call deadlines awaited per loop
         self.watchdog = WatchdogLimits.of(record.get("watchdog"))
         self.links = [WorkerLink(self, w["index"], w["socket"], w.get("health")) for w in record["workers"]]
         self.methods: dict[str, Any] = {}
@@ -307,20 +308,31 @@ class RunnerClient(StreamingCalls):
         p.future = fut
         if p.done:  # resolved before the future was attached
             _settle(fut, p.result, p.error)
-        # One timer, not asyncio.wait_for: no extra task per call on the hot path.
-        timer = loop.call_later(deadline - time.monotonic(), self._expire, p) if deadline is not None else None
+        if deadline is not None:
+            # One timer per loop for every call's deadline, not a timer (or asyncio.wait_for's task) per call.
+            timers = self._timers.get(loop)
+            if timers is None:
+                timers = self._loop_deadlines(loop)
+            timers.add(deadline, p.seq, p)
         try:
             return await fut
         except asyncio.CancelledError:
             self.cancel(p)  # the caller went away (an HTTP client that hung up): the call need not run
             raise
         finally:
-            if timer is not None:
-                timer.cancel()
+            # Its deadline entry may outlive the call: it keeps no result or error alive.
+            p.future = p.result = p.error = None
             # A raised error's traceback holds this frame: without these, error -> traceback -> frame ->
             # fut/p -> error is a cycle only the garbage collector frees, and the frames it holds keep
             # the caller's leased results, whose blocks then fill the result arena (TensorTooLarge).
             del fut, p
+
+    def _loop_deadlines(self, loop: asyncio.AbstractEventLoop) -> LoopDeadlines:
+        with self._lock:
+            for old in [lp for lp in self._timers if lp.is_closed()]:
+                del self._timers[old]  # a closed loop's timer went with it
+            timers = self._timers[loop] = LoopDeadlines(loop, self._expire)
+        return timers
 
     def _expire(self, p: Pending) -> None:
         fut = p.future
