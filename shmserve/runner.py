@@ -7,25 +7,20 @@ A Runner is only configuration until it is bound to a backend:
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import warnings
-from collections.abc import AsyncGenerator, Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Iterable
+from typing import Any
 
-from .errors import BlockingCall, ConfigError, InvalidSetting, RunnerNotStarted
+from .errors import ConfigError, InvalidSetting, RunnerNotStarted
 from .local import LocalBackend
-from .runnable import MethodSignature, Runnable
+from .runnable import Runnable
+from .runner_method import Backend, MethodConfig, RunnerMethod  # noqa: F401  (public here too)
 from .strategy import Strategy, as_strategy
 from .watchdog import WatchdogLimits
 
 log = logging.getLogger("shmserve.runner")
-
-# The loop running on this thread, or None; unlike get_running_loop() it does not raise
-# (a raise on every sync call would cost more than the check).
-_running_loop = asyncio._get_running_loop
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 
@@ -36,140 +31,6 @@ DEFAULT_TIMEOUT_S = 30.0  # the default deadline of a call (shmserve.worker.queu
 DEFAULT_MAX_BATCH_SIZE = 64
 DEFAULT_MAX_LATENCY_MS = 10.0
 MAX_QUEUE_SIZE = 1024  # calls one client may have in flight: each holds one of its channel's request slots
-
-
-@dataclass(frozen=True)
-class MethodConfig:
-    """Per-method settings: the batching limits of one runner method."""
-
-    signature: MethodSignature
-    max_batch_size: int
-    max_latency_ms: float
-
-    @property
-    def name(self) -> str:
-        return self.signature.name
-
-
-class Backend(Protocol):
-    """What a bound runner calls into (local Runnable or shared-memory client)."""
-
-    def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any: ...
-
-    async def async_call(
-        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
-    ) -> Any: ...
-
-    def async_stream(
-        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
-    ) -> AsyncGenerator[Any, None]: ...
-
-    def stream(
-        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
-    ) -> Iterator[Any]: ...
-
-    def close(self) -> None: ...
-
-
-class RunnerMethod:
-    """`runner.<method>`: call with `.run(...)` or `await .async_run(...)`.
-
-    Calling the handle itself is `.run(...)`: that is what ``runner.run(x)``
-    does when the Runnable's method is named ``run`` (the ONNX adapter's).
-    """
-
-    def __init__(self, runner: "Runner", config: MethodConfig) -> None:
-        self.runner = runner
-        self.config = config
-        self.name = config.name
-        prepare = getattr(runner.runnable_class, "prepare_call", None)
-        # Looked up once: most Runnables keep the default, and their calls skip it.
-        default = getattr(prepare, "__func__", None) is Runnable.prepare_call.__func__  # type: ignore[attr-defined]
-        self._prepare = None if prepare is None or default else prepare
-
-    def _args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        return (args, kwargs) if self._prepare is None else self._prepare(self.name, args, kwargs)
-
-    def __call__(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
-        return self.run(*args, timeout=timeout, **kwargs)
-
-    def run(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
-        """Call the method and wait for its result. `timeout` (seconds) defaults to the runner's.
-
-        Raises `BlockingCall` on a thread running an event loop (an ``async def``
-        API) when the runner is served by worker processes: waiting there would
-        stall every other request of the loop. In-process runners (`init_local`,
-        ``embedded=True``) are let through: their wait is the method's own run,
-        as a plain call would be.
-        """
-        self._not_streaming()
-        timeout = self.runner.timeout if timeout is None else timeout
-        backend = self._not_blocking("run", "async_run")
-        args, kwargs = self._args(args, kwargs)
-        return backend.call(self.name, args, kwargs, timeout)
-
-    def _not_blocking(self, sync: str, use: str) -> Backend:
-        """The backend, unless a sync call would block a running event loop on worker processes."""
-        backend = self.runner._backend_or_raise()
-        if _running_loop() is not None and not isinstance(backend, LocalBackend):
-            call = "runner" if self.name == "__call__" else f"runner.{self.name}"
-            raise BlockingCall(
-                f"{call}.{sync}() of runner {self.runner.name!r} was called inside a running event loop "
-                f"(an async API or coroutine), where it would block every other request until its result came: "
-                f"use `{'await ' if use == 'async_run' else 'async for item in '}{call}.{use}(...)` there, or make "
-                "the API a plain `def` (those run on a thread)"
-            )
-        return backend
-
-    async def async_run(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
-        """Call the method from async code; the event loop is never blocked."""
-        self._not_streaming()
-        timeout = self.runner.timeout if timeout is None else timeout
-        args, kwargs = self._args(args, kwargs)
-        return await self.runner._backend_or_raise().async_call(self.name, args, kwargs, timeout)
-
-    async def async_stream(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> AsyncGenerator[Any, None]:
-        """Call a generator method: ``async for item in runner.generate.async_stream(prompt): ...``.
-
-        Items arrive as the method yields them. Leaving the loop early (break, an error,
-        a cancelled task) stops the generator in the worker. `timeout` bounds the wait
-        for each item (default: the runner's).
-        """
-        self._streaming()
-        timeout = self.runner.timeout if timeout is None else timeout
-        args, kwargs = self._args(args, kwargs)
-        stream = self.runner._backend_or_raise().async_stream(self.name, args, kwargs, timeout)
-        try:
-            async for item in stream:
-                yield item
-        finally:
-            await stream.aclose()
-
-    def stream(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Iterator[Any]:
-        """`async_stream` for synchronous code: ``for item in runner.generate.stream(prompt): ...``.
-
-        The call is sent at once. Leaving the loop early (or closing the iterator) stops
-        the generator in the worker. `timeout` bounds the wait for each item.
-        """
-        self._streaming()
-        timeout = self.runner.timeout if timeout is None else timeout
-        backend = self._not_blocking("stream", "async_stream")
-        args, kwargs = self._args(args, kwargs)
-        return backend.stream(self.name, args, kwargs, timeout)
-
-    def _streaming(self) -> None:
-        if not self.config.signature.stream:
-            raise ConfigError(f"{self.runner.name}.{self.name} is not a generator method; call it with "
-                              f"run() / async_run()")
-
-    def _not_streaming(self) -> None:
-        if self.config.signature.stream:
-            raise ConfigError(f"{self.runner.name}.{self.name} is a generator method: iterate "
-                              f"`runner.{self.name}.stream(...)`, or `runner.{self.name}.async_stream(...)` "
-                              "with `async for`")
-
-    def __repr__(self) -> str:
-        return f"<RunnerMethod {self.runner.name}.{self.name} batchable={self.config.signature.batchable}>"
 
 
 class Runner:
@@ -339,16 +200,9 @@ class Runner:
             return
         if self.method_configs:  # the configuration replaces the code's per-method batching
             self._method_overrides = {}
-        for mname, sig in self.runnable_class.methods.items():
-            override = dict(self._method_overrides.get(mname, {}))
-            bad = set(override) - {"max_batch_size", "max_latency_ms"}
-            if bad:
-                raise ConfigError(f"method_configs[{mname!r}] of runner {name!r}: unknown keys {sorted(bad)}")
-            mbs = override.get("max_batch_size", self.max_batch_size)
-            mlat = override.get("max_latency_ms", self.max_latency_ms)
-            _check_positive("max_batch_size", mbs, name)
-            _check_positive("max_latency_ms", mlat, name, allow_zero=True)
-            self.method_configs[mname] = cfg = MethodConfig(sig, int(mbs), float(mlat))
+        for mname, cfg in _method_configs(self.runnable_class, self._method_overrides, self.max_batch_size,
+                                          self.max_latency_ms, name).items():
+            self.method_configs[mname] = cfg
             method = self.__dict__.get(mname)
             if isinstance(method, RunnerMethod):
                 method.config = cfg
@@ -433,6 +287,23 @@ def check_models(models: Iterable[Any] | None, owner: str) -> list[Any]:
     for m in out:
         if not isinstance(m, str) and not (hasattr(m, "name") and hasattr(m, "version")):
             raise ConfigError(f"models of {owner} must be stored models (shmserve.models.get(...)) or tags, got {m!r}")
+    return out
+
+
+def _method_configs(runnable_class: type[Runnable], overrides: dict[str, dict[str, Any]], max_batch_size: int,
+                    max_latency_ms: float, runner: str) -> dict[str, MethodConfig]:
+    """Each method's batching settings: its ``method_configs`` entry, else the runner's."""
+    out = {}
+    for mname, sig in runnable_class.methods.items():
+        override = dict(overrides.get(mname, {}))
+        bad = set(override) - {"max_batch_size", "max_latency_ms"}
+        if bad:
+            raise ConfigError(f"method_configs[{mname!r}] of runner {runner!r}: unknown keys {sorted(bad)}")
+        mbs = override.get("max_batch_size", max_batch_size)
+        mlat = override.get("max_latency_ms", max_latency_ms)
+        _check_positive("max_batch_size", mbs, runner)
+        _check_positive("max_latency_ms", mlat, runner, allow_zero=True)
+        out[mname] = MethodConfig(sig, int(mbs), float(mlat))
     return out
 
 
