@@ -76,3 +76,27 @@ def test_garbage_never_raises_and_errors_close_the_connection(garbage: bytes, cu
     if errors:
         assert errors == [len(statuses) - 1]  # nothing after the first protocol error
         assert closed and answers[-1][1][b"connection"] == b"close"
+
+
+@given(reqs=st.lists(requests_(), min_size=1, max_size=60), cuts=st.lists(st.integers(0, 20_000), max_size=6),
+       slice_=st.sampled_from([1, 7, 64, 300, 4096]))
+def test_reads_parsed_in_slices_with_the_rest_kept_answer_as_one_feed(reqs: list[bytes], cuts: list[int],
+                                                                      slice_: int) -> None:
+    # Reads are parsed `SLICE` bytes at a time and the rest kept once the pipeline is full: whatever the
+    # slice, the stream and its splits, every request is answered once, in order, as a whole feed would.
+    from unittest import mock
+
+    import shmserve.http.reader as reader
+
+    stream = b"".join(reqs)
+    with mock.patch.object(reader, "SLICE", slice_), mock.patch.object(reader, "PIPELINE_HIGH", 3):
+        sliced = _undated(_feed(stream, cuts))
+    whole = _undated(_feed(stream, []))
+    assert sliced == whole
+    assert len(whole[0]) == len(reqs) == len(whole[2])
+
+
+def _undated(fed: tuple[bytes, bool, list]) -> tuple[list, bool, list]:
+    """`_feed`'s result with its answers parsed, less their Date headers (two feeds may straddle a second)."""
+    answers = [(s, {k: v for k, v in h.items() if k != b"date"}, b) for s, h, b in responses(fed[0])]
+    return answers, fed[1], fed[2]
