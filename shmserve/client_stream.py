@@ -1,10 +1,11 @@
 """Streaming calls of the shared-memory client: a generator method's items, as they arrive.
 
 The worker answers a streaming call with one ``ST_ITEM`` response per item and a
-final response (`shmserve.shm.ring`). The client's reader hands each item to the
-call's *sink* (``Pending.stream``): for `async_stream` a queue fed on the
-consumer's loop with ``loop.call_soon_threadsafe``, for `stream` a thread-safe
-queue. The final response takes the same path (`RunnerClient._deliver`), so it
+final response (`shmserve.shm.wire`). The link hands each item to the call's
+*sink* (``Pending.stream``) as it collects it (`shmserve.link`): for
+`async_stream` a queue fed on the consumer's loop with
+``loop.call_soon_threadsafe``, for `stream` a thread-safe queue. The final
+response takes the same path (`shmserve.delivery.Delivery.deliver`), so it
 never overtakes an item. A consumer that leaves early marks the call's cancel
 word (`RunnerClient.cancel`); the worker reads it before the next item and
 closes the generator.
@@ -17,8 +18,10 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from typing import Any, Protocol
 
-from .errors import InvalidInput, RunnerTimeout
-from .link import Pending, WorkerLink, free_block
+from .deadline import call_deadline
+from .delivery import Delivery
+from .errors import RunnerTimeout
+from .link import Pending
 
 Entry = tuple[Any, "BaseException | None", bool]  # (item, error, ended)
 
@@ -28,14 +31,11 @@ class RunnerClient(Protocol):
 
     name: str
     default_timeout: float | None
-    _wake_loop: asyncio.AbstractEventLoop | None
+    _delivery: Delivery
 
-    def _ensure_thread(self) -> None: ...
-    def _listen_on(self, loop: asyncio.AbstractEventLoop) -> None: ...
-    def _deadline(self, timeout: float | None) -> float | None: ...
+    def _serve_loop(self, loop: asyncio.AbstractEventLoop) -> None: ...
     def _submit(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], deadline: float | None,
                 block_for_space: bool = True, stream: Any = None) -> Pending: ...
-    def _decode(self, link: WorkerLink, tmetas: list[Any], meta: bytes, block_off: int, block_len: int) -> Any: ...
     def cancel(self, p: Pending) -> None: ...
 
 
@@ -52,11 +52,9 @@ class StreamingCalls:
         """
         client: RunnerClient = self  # type: ignore[assignment]
         loop = asyncio.get_running_loop()
-        client._ensure_thread()
-        if client._wake_loop is not loop and (client._wake_loop is None or client._wake_loop.is_closed()):
-            client._listen_on(loop)
+        client._serve_loop(loop)
         items: asyncio.Queue[Entry] = asyncio.Queue()
-        p = client._submit(method, args, kwargs, client._deadline(timeout), block_for_space=False,
+        p = client._submit(method, args, kwargs, call_deadline(timeout, client.default_timeout), block_for_space=False,
                            stream=_loop_sink(loop, items))
         try:
             while True:
@@ -86,25 +84,10 @@ class StreamingCalls:
         worker's generator.
         """
         client: RunnerClient = self  # type: ignore[assignment]
-        client._ensure_thread()  # the completion thread reads the responses; this thread only waits
+        client._delivery.ensure_thread()  # the completion thread reads the responses; this thread only waits
         items: queue.SimpleQueue[Entry] = queue.SimpleQueue()
-        p = client._submit(method, args, kwargs, client._deadline(timeout), stream=items.put)
+        p = client._submit(method, args, kwargs, call_deadline(timeout, client.default_timeout), stream=items.put)
         return SyncStream(client, p, items, method, timeout)
-
-    def _stream_item(self, link: WorkerLink, p: Pending | None, tmetas: list[Any], meta: bytes,
-                     block_off: int, block_len: int) -> None:
-        """Hand one streamed item to its call's sink, in order with the call's end (see `_deliver`)."""
-        client: RunnerClient = self  # type: ignore[assignment]
-        v = link.view
-        assert v is not None
-        if p is None or p.abandoned or p.stream is None:
-            free_block(v.resp_arena, block_off, block_len)
-            return
-        try:
-            entry: Entry = (client._decode(link, tmetas, meta, block_off, block_len), None, False)
-        except Exception as exc:
-            entry = (None, InvalidInput(f"an item of {client.name}.{p.method} could not be decoded: {exc}"), False)
-        p.stream(entry)
 
 
 class SyncStream:
@@ -158,12 +141,10 @@ class SyncStream:
             # A finalizer may run while this thread holds the client's lock, so not `cancel()`: the
             # word is written unlocked, which is safe because it names the call (a stale mark matches nothing).
             p.abandoned = True
-            view = p.link.view
-            if view is not None:
-                try:
-                    view.cancel(p.slot, p.seq)
-                except Exception:
-                    pass  # the link closed meanwhile: the call is gone with it
+            try:
+                p.link.cancel(p)
+            except Exception:
+                pass  # the link closed meanwhile: the call is gone with it
 
 
 def _loop_sink(loop: asyncio.AbstractEventLoop, items: asyncio.Queue[Entry]) -> Callable[[Entry], None]:
@@ -178,7 +159,7 @@ def _loop_sink(loop: asyncio.AbstractEventLoop, items: asyncio.Queue[Entry]) -> 
 
 def _wait_s(client: RunnerClient, timeout: float | None) -> float | None:
     """How long to wait for the next item: `timeout` (or the runner's), never past the request's deadline."""
-    deadline = client._deadline(timeout)
+    deadline = call_deadline(timeout, client.default_timeout)
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 

@@ -64,6 +64,17 @@ class LoopDeadlines:
         self.handle: asyncio.TimerHandle | None = None
         self.compact_at = self.COMPACT_MIN
 
+    @classmethod
+    def of(cls, timers: dict[asyncio.AbstractEventLoop, "LoopDeadlines"], loop: asyncio.AbstractEventLoop,
+           expire: Callable[[Any], None]) -> "LoopDeadlines":
+        """The deadlines of `loop` in `timers` (one per loop), made on first use; those of closed
+        loops are dropped (their timers went with them)."""
+        for old in list(timers):  # a copy: another thread's loop may add its own meanwhile
+            if old.is_closed():
+                timers.pop(old, None)
+        made = timers[loop] = cls(loop, expire)
+        return made
+
     def add(self, deadline: float, seq: int, item: Any) -> None:
         """Watch `item`, due at `deadline` (monotonic seconds); `seq` orders equal deadlines."""
         heap = self.heap

@@ -1,32 +1,66 @@
-"""The client's side of one runner worker: the channel it created, and its calls in flight.
+"""The calling side's transport to one runner worker: a one-way link.
 
-A `WorkerLink` owns a channel segment (request/response rings and arenas),
-the Unix socket of the attach handshake (also how the worker's death is
-noticed) and the worker's doorbell. `Pending` is one call in flight on it.
+A `WorkerLink` owns everything one (client process, worker) pair shares: the
+channel segment it creates (request/response rings and arenas,
+`shmserve.shm.channel`), the Unix socket of the attach handshake (also how
+the worker's death is noticed), the worker's doorbell, the allocator of the
+request arena, the table of calls in flight and both ring cursors. The
+client drives it through a narrow API and the link never calls back:
+
+* `connect`: create the channel and attach the worker to it (`CONNECT_ERRORS`
+  when the worker is not there: it may be restarting);
+* `submit`: copy one call into the request arena and publish it (None when
+  the ring or arena has no room now); `ring` posts the worker's doorbell for
+  calls published without a post (an event loop's calls: once per turn);
+* `collect`: every response since the last collect, as ``(call, result,
+  error)`` (streamed items go straight to their call's sink);
+* `alive`: whether the worker's end of the socket is still open;
+* `cancel`: mark one call's cancel word; `close`: detach, returning the calls
+  that will never complete.
+
+A link is not thread-safe: the client calls it under its own lock. `Pending`
+is one call in flight on a link.
 """
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import socket
 import time
-from typing import TYPE_CHECKING, Any
+import weakref
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 
-from .errors import RunnerError, RunnerUnavailable, ShmserveError, from_wire
+from . import traces
+from .errors import InvalidInput, RunnerError, RunnerOverloaded, RunnerUnavailable, ShmserveError, from_wire
 from .shm import handshake
 from .shm.channel import ChannelView
 from .shm.health import HealthBoard
-from .shm.ring import BLOCK_FREE, BLOCK_HEADER, U64, ChannelLayout, RingAllocator
+from .shm.ring import RingAllocator
 from .shm.segment import Segment
 from .shm.signal import Signal
-from .shm.wire import Status
+from .shm.wire import (
+    BLOCK_FIELDS,
+    BLOCK_FREE,
+    BLOCK_HEADER,
+    F64,
+    H_DRAINED_AT,
+    U64,
+    ChannelLayout,
+    Status,
+    Tensor,
+    TensorMeta,
+    mark_cancelled,
+)
 from .traces import call_traces
 from .watchdog import Health, WatchdogLimits
 
-if TYPE_CHECKING:
-    from .client import RunnerClient
+#: How the client rebuilds a result: ``decode(link, tensor headers, metadata, block offset, block length)``.
+Decode = Callable[["WorkerLink", list[TensorMeta], bytes, int, int], Any]
+Done = list[tuple["Pending", Any, "BaseException | None"]]  # completed calls: (call, result, error)
 
 
 class Pending:
@@ -35,7 +69,7 @@ class Pending:
     __slots__ = ("seq", "link", "slot", "block", "method", "submit", "done", "result", "error", "lock", "future",
                  "loop", "abandoned", "sink", "stream")
 
-    def __init__(self, seq: int, link: "WorkerLink", slot: int, block: list[int], method: str, submit: float) -> None:
+    def __init__(self, seq: int, link: Any, slot: int, block: Any, method: str, submit: float) -> None:
         self.seq = seq
         self.link = link
         self.slot = slot  # byte offset of its request descriptor (where a cancel is marked)
@@ -54,13 +88,17 @@ class Pending:
 
 
 HEALTH_EVERY_S = 0.05  # how long a reading of the worker's health board is reused
+#: what `WorkerLink.connect` raises when the worker cannot be attached now (gone, restarting, refusing)
+CONNECT_ERRORS = (OSError, ShmserveError, ValueError)
+_ITEM, _OK = Status.ITEM, Status.OK
+_STATE = BLOCK_FIELDS["state"][0]  # the result block header's state word
 
 
 class WorkerLink:
-    """This process's connection to one runner worker."""
+    """This process's connection to one runner worker (see the module docstring for its API)."""
 
-    def __init__(self, client: "RunnerClient", index: int, socket_path: str, health_name: str | None = None) -> None:
-        self.client = client
+    def __init__(self, runner: str, index: int, socket_path: str, health_name: str | None = None) -> None:
+        self.runner = runner  # the runner's name, for messages
         self.board: HealthBoard | None = None  # the worker slot's watchdog board (kept across restarts)
         if health_name:
             try:
@@ -77,60 +115,42 @@ class WorkerLink:
         self.doorbell: Signal | None = None
         self.worker_pid = 0
         self.live = False
-        self.req_head = 0
-        self.resp_tail = 0
+        self.slots = 0
+        self._req_head = 0  # requests published (the ring's head cursor)
+        self._resp_tail = 0  # responses consumed (the ring's tail cursor)
         self.requests: RingAllocator | None = None
-        self.pending: dict[int, Pending] = {}
+        self.pending: dict[int, Pending] = {}  # the calls in flight, by seq
         self.last_attempt = 0.0
         self.methods: dict[str, Any] = {}
 
-    def connect(self, slots: int, arena_bytes: int, timeout: float = 10.0) -> None:
-        """Create this link's channel and attach the worker to it."""
+    # -- connecting ------------------------------------------------------------------------------
+    def connect(self, slots: int, arena_bytes: int, reply: Signal, loop_wake: int | None,
+                timeout: float = 10.0) -> None:
+        """Create this link's channel and attach the worker to it; the worker posts `reply` (and
+        signals the eventfd `loop_wake`, if given) when responses are ready."""
         chan = ChannelLayout(slots, arena_bytes, arena_bytes)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        segment = None
-        try:
-            sock.connect(self.socket_path)
-            segment = Segment.create(chan.total)
-            chan.write_header(memoryview(segment.buf))
-            handshake.send(sock, {"segment": segment.name, "signal": self.client.reply.name, "pid": os.getpid()})
-            answer = handshake.receive(sock)
-            if not answer.get("ok"):
-                raise RunnerUnavailable(f"runner {self.client.name!r} worker {self.index} refused the channel: {answer.get('error')}")
-            doorbell = Signal.open(answer["doorbell"])
-        except BaseException:
-            sock.close()
-            if segment is not None:
-                segment.unlink()
-                segment.close()
-            raise
-        finally:
-            if segment is not None:
-                segment.unlink()  # both sides have it mapped: the name is no longer needed
-        sock.setblocking(False)
+        sock, segment, doorbell, answer = _attach(self.socket_path, chan, reply, timeout,
+                                                  f"runner {self.runner!r} worker {self.index}")
+        self.adopt(sock, segment, chan, doorbell, answer, loop_wake)
+
+    def adopt(self, sock: Any, segment: Any, chan: ChannelLayout, doorbell: Any, answer: dict[str, Any],
+              loop_wake: int | None) -> None:
+        """Serve calls over an attached channel (`connect` after the handshake; tests pass one in memory)."""
         self.sock = sock
         self.segment = segment
-        self.view = ChannelView(segment, chan)
+        self.view = view = ChannelView(segment, chan)
+        self._requests, self._responses, self._buf = view.requests, view.responses, view.buf
+        self.result_arena = view.resp_arena  # where the codec reads results (`lease`, `free_block`)
         self.doorbell = doorbell
         self.worker_pid = int(answer["pid"])
         self.methods = answer["methods"]
-        self.requests = RingAllocator(arena_bytes)
-        self.req_head = 0
-        self.resp_tail = 0
+        self.requests = RingAllocator(chan.req_arena_size)
+        self.slots = chan.slots
+        self._req_head = 0
+        self._resp_tail = 0
         self.live = True
-        if self.client.loop_wake is not None:
-            self.send_loop_wake(self.client.loop_wake)
-
-    def try_connect(self, slots: int, arena_bytes: int, timeout: float) -> BaseException | None:
-        """`connect`, reporting failure instead of raising (the worker may be restarting)."""
-        self.last_attempt = time.monotonic()
-        try:
-            self.connect(slots, arena_bytes, timeout)
-        except (OSError, ShmserveError, ValueError) as exc:
-            return exc
-        self.client.methods = self.methods
-        return None
+        if loop_wake is not None:
+            self.send_loop_wake(loop_wake)
 
     def send_loop_wake(self, fd: int) -> None:
         """Give the worker an eventfd to signal along with the reply semaphore (SCM_RIGHTS)."""
@@ -143,6 +163,117 @@ class WorkerLink:
             finally:
                 self.sock.setblocking(False)
 
+    # -- calls ------------------------------------------------------------------------------------
+    def submit(self, seq: int, index: int, method: str, tensors: list[Tensor], offsets: list[int], meta: bytes,
+               meta_off: int, nbytes: int, align: int, deadline: float | None, stream: Any = None,
+               loop_reads: bool = False) -> Pending | None:
+        """Publish call `seq` (method `index`) and ring the worker's doorbell; None when the ring or the
+        request arena has no room now. `offsets`/`meta_off` are relative to the call's block of `nbytes`.
+        `loop_reads`: the caller awaits on the event loop that reads results: the doorbell is left for
+        it to `ring` (`shmserve.pool.LinkPool.ring_later`: at most twice per turn of that loop).
+
+        Raises RunnerOverloaded when the worker's queue would be served after `deadline` (the worker
+        would refuse the call: say so without the round trip)."""
+        if deadline is not None:
+            drained_at = F64.unpack_from(self._buf, H_DRAINED_AT)[0]
+            if drained_at > deadline:
+                now = time.monotonic()
+                raise RunnerOverloaded(
+                    f"runner {self.runner!r} is busy: its queue would be served in {drained_at - now:.3f} s, "
+                    f"after this call's deadline ({deadline - now:.3f} s away); retry later")
+        if len(self.pending) >= self.slots:
+            return None
+        block = self.requests.alloc(nbytes, align)  # type: ignore[union-attr]
+        if block is None:
+            return None
+        base = block[0]
+        ring = self._requests
+        try:
+            ring.copy_in(base, tensors, offsets, meta, meta_off)
+        except BaseException:
+            self.requests.release(block)  # type: ignore[union-attr]
+            raise
+        submit = time.monotonic()
+        pos = ring.publish(self._req_head, seq, index, base, block[1] - base, base + meta_off,
+                           (submit, deadline or 0.0, 0.0, 0.0, 0.0), 0, tensors,
+                           [base + o for o in offsets] if base else offsets, meta)
+        self._req_head += 1
+        p = Pending(seq, self, pos, block, method, submit)
+        p.stream = stream  # set before the worker can answer
+        self.pending[seq] = p
+        if not loop_reads:
+            self.doorbell.post()  # type: ignore[union-attr]
+        return p
+
+    def ring(self) -> None:
+        """Post the worker's doorbell (for calls published with `loop_reads`)."""
+        bell = self.doorbell
+        if bell is not None:
+            bell.try_post()  # False: closed with its link (the worker died); its calls fail with it
+
+    def cancel(self, p: Pending) -> None:
+        """Mark call `p`'s cancel word: the worker then never runs it (or stops its stream)."""
+        buf = self._buf if self.live else None
+        if buf is not None and p.seq in self.pending:
+            try:
+                mark_cancelled(buf, p.slot, p.seq)
+            except (ValueError, TypeError):
+                pass  # the link closed meanwhile: the call is gone with it
+
+    def collect(self, decode: Decode, done: Done) -> int:
+        """Append every call completed since the last collect to `done` as (call, result, error), and
+        hand streamed items to their calls' sinks; results are rebuilt by `decode`. Returns how many
+        calls completed."""
+        records = self._responses.consume(self._resp_tail)  # marks them consumed
+        if not records:
+            return 0
+        self._resp_tail += len(records)
+        n = 0
+        complete = time.monotonic()
+        pending = self.pending
+        arena = self.result_arena
+        for _pos, d, tmetas, meta in records:
+            status = d.status
+            if status == _ITEM:  # one item of a streaming call: the call stays in flight
+                _stream_item(self, decode, pending.get(d.seq), tmetas, meta, d.block_off, d.block_len)
+                continue
+            p = pending.pop(d.seq, None)
+            if p is None:  # nobody waits for it (a second answer to a call): its block goes back all the same
+                free_block(arena, d.block_off, d.block_len)
+                continue
+            self.requests.release(p.block)  # type: ignore[union-attr]
+            result: Any = None
+            error: BaseException | None = None
+            if status == _OK:
+                if p.abandoned:
+                    free_block(arena, d.block_off, d.block_len)
+                else:
+                    try:
+                        result = decode(self, tmetas, meta, d.block_off, d.block_len)
+                    except Exception as exc:  # a result this process cannot rebuild
+                        error = InvalidInput(f"result of {self.runner}.{p.method} could not be decoded: {exc}")
+            else:
+                error = remote_error(self.runner, p.method, status, meta)
+                if d.block_len:
+                    free_block(arena, d.block_off, d.block_len)
+            if traces.wanted(p.sink):
+                traces.deliver(self.runner, p.method, {
+                    "submit": p.submit, "dequeue": d.dequeue, "batch_start": d.batch_start,
+                    "model_start": d.model_start, "model_end": d.model_end, "written": d.written,
+                    "complete": complete, "batch_size": d.batch_size}, p.sink)
+            done.append((p, result, error))
+            n += 1
+        return n
+
+    def lease(self, block_off: int, block_len: int) -> Any:
+        """A buffer over result block `block_off` that hands the block back to the worker when it dies
+        (the arrays of a large result read it in place)."""
+        assert self.view is not None and self.segment is not None
+        buf: Any = (ctypes.c_char * block_len).from_buffer(self.segment.buf, self.view.layout.resp_arena + block_off)
+        weakref.finalize(buf, free_block, self.result_arena, block_off)
+        return buf
+
+    # -- health and lifetime ----------------------------------------------------------------------
     def healthy(self, now: float, limits: WatchdogLimits) -> bool:
         """Whether the watchdog's board shows the worker making progress (True when there is no board)."""
         if self.board is None:
@@ -152,12 +283,7 @@ class WorkerLink:
             self._healthy = self.board.judge(now, limits) is Health.OK
         return self._healthy
 
-    def close_board(self) -> None:
-        if self.board is not None:
-            self.board.close()
-            self.board = None
-
-    def worker_alive(self) -> bool:
+    def alive(self) -> bool:
         """False once the worker's end of the socket is closed (it exited or was killed)."""
         sock = self.sock
         if sock is None:
@@ -170,8 +296,11 @@ class WorkerLink:
             return False
         return bool(data)
 
-    def close(self) -> None:
+    def close(self) -> list[Pending]:
+        """Detach from the worker; returns the calls that were in flight (they never complete)."""
         self.live = False
+        failed = list(self.pending.values())
+        self.pending.clear()
         if self.sock is not None:
             self.sock.close()
             self.sock = None
@@ -187,6 +316,61 @@ class WorkerLink:
         if self.segment is not None:
             self.segment.close()
             self.segment = None
+        return failed
+
+    def close_board(self) -> None:
+        """Let go of the watchdog board (when the client closes for good)."""
+        if self.board is not None:
+            self.board.close()
+            self.board = None
+
+
+def _attach(path: str, chan: ChannelLayout, reply: Signal, timeout: float,
+            who: str) -> tuple[socket.socket, Segment, Signal, dict[str, Any]]:
+    """The attach handshake: a new channel segment of layout `chan`, offered to the worker listening
+    at `path`; returns (socket, segment, the worker's doorbell, its answer)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    segment = None
+    try:
+        sock.connect(path)
+        segment = Segment.create(chan.total)
+        chan.write_header(memoryview(segment.buf))
+        handshake.send(sock, {"segment": segment.name, "signal": reply.name, "pid": os.getpid()})
+        answer = handshake.receive(sock)
+        if not answer.get("ok"):
+            raise RunnerUnavailable(f"{who} refused the channel: {answer.get('error')}")
+        doorbell = Signal.open(answer["doorbell"])
+    except BaseException:
+        sock.close()
+        if segment is not None:
+            segment.unlink()
+            segment.close()
+        raise
+    finally:
+        if segment is not None:
+            segment.unlink()  # both sides have it mapped: the name is no longer needed
+    sock.setblocking(False)
+    return sock, segment, doorbell, answer
+
+
+def _stream_item(link: WorkerLink, decode: Decode, p: Pending | None, tmetas: list[TensorMeta], meta: bytes,
+                 block_off: int, block_len: int) -> None:
+    """Hand one streamed item to its call's sink, in order with the call's end (its last response)."""
+    if p is None or p.abandoned or p.stream is None:
+        free_block(link.result_arena, block_off, block_len)
+        return
+    entry: tuple[Any, BaseException | None, bool]
+    try:
+        entry = (decode(link, tmetas, meta, block_off, block_len), None, False)
+    except Exception as exc:
+        entry = (None, InvalidInput(f"an item of {link.runner}.{p.method} could not be decoded: {exc}"), False)
+    p.stream(entry)
+
+
+def link_for(runner: str, worker: dict[str, Any]) -> WorkerLink:
+    """The link to one worker of a runner's registry record (``{"index", "socket", "health"}``)."""
+    return WorkerLink(runner, worker["index"], worker["socket"], worker.get("health"))
 
 
 def free_block(arena: memoryview, block_off: int, block_len: int = BLOCK_HEADER) -> None:
@@ -194,7 +378,7 @@ def free_block(arena: memoryview, block_off: int, block_len: int = BLOCK_HEADER)
     if not block_len:
         return  # the response had no block
     try:
-        U64.pack_into(arena, block_off, BLOCK_FREE)
+        U64.pack_into(arena, block_off + _STATE, BLOCK_FREE)  # wire.release_block, inlined: once per call
     except (ValueError, TypeError):
         pass  # the link was closed (a lease outlived it): the worker is gone and nobody reclaims the arena
 
@@ -214,4 +398,3 @@ def remote_error(runner: str, method: str, code: int, meta: bytes) -> BaseExcept
                            info.get("traceback", ""))
     name = Status(code).name if code in _STATUS_CODES else ""  # a status from a newer worker: RunnerError
     return from_wire(name, f"{runner}.{method}: {message}")
-

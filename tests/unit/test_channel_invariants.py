@@ -171,32 +171,23 @@ def test_a_parked_answer_that_gives_up_still_waits_for_a_free_response_slot() ->
     assert ch.resp_head == 3 and not writer and read(ch, 2)[0].seq == 2
 
 
-class Link:
-    """What the client's response reader needs of a link."""
-
-    def __init__(self, ch: WorkerChannel) -> None:
-        self.view = ch.view  # the same segment as the worker's side: one process holds both ends here
-        self.pending: dict[int, Any] = {}
-        self.resp_tail = 0
-
-
 def test_a_response_for_a_call_nobody_waits_for_still_frees_its_block() -> None:
     # A response whose call is not pending (a second answer to a call already answered, after the
     # worker failed a batch it had partly answered) is dropped; its block must be handed back, or
     # it holds the result arena (reclaimed oldest first) and every later result parks, then fails.
-    from shmserve.client import RunnerClient
-    from shmserve.shm.wire import block_released
+    from shmserve.link import WorkerLink
+    from shmserve.shm.wire import H_RESP_TAIL, block_released
 
     ch = channel()
     ch.write_result(request(ch, 7), ring.ST_OK, [(np.arange(100.0), 0, "<f8")], b"", (0.0,) * 4, 1, wait_s=0.0)
     fixed = read(ch, 0)[0]
     assert fixed.block_len and not block_released(ch.view.resp_arena, fixed.block_off)
-    client = object.__new__(RunnerClient)
-    client.name, client._inflight, client._sem_calls = "r", 0, 0  # type: ignore[assignment]
-    link = Link(ch)
+    # The client's link over the same segment (one process holds both ends here), with no call pending.
+    link = WorkerLink("r", 0, "")
+    link.adopt(None, ch.view.segment, ch.view.layout, None, {"pid": 0, "methods": {}}, None)
     done: list[Any] = []
-    client._read_link(link, done)  # type: ignore[arg-type]
-    assert done == [] and link.resp_tail == 1
+    assert link.collect(lambda *a: None, done) == 0
+    assert done == [] and ch.view.get(H_RESP_TAIL) == 1
     assert block_released(ch.view.resp_arena, fixed.block_off)
 
 

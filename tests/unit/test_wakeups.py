@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import threading
 from typing import Any
 
 import numpy as np
@@ -19,9 +18,7 @@ import numpy as np
 from shmserve.client import RunnerClient
 from shmserve.link import WorkerLink
 from shmserve.shm import ring
-from shmserve.shm.channel import ChannelView
-from shmserve.shm.ring import ChannelLayout, RingAllocator
-from shmserve.watchdog import WatchdogLimits
+from shmserve.shm.ring import ChannelLayout
 from shmserve.worker.channel import WorkerChannel
 
 ARENA = 1 << 16
@@ -65,19 +62,20 @@ class Pair:
         seg = MemorySegment(layout)
         layout.write_header(memoryview(seg.buf))
         self.doorbell, self.reply = FakeSignal(), FakeSignal()
-        client: Any = RunnerClient.__new__(RunnerClient)
-        client.name, client.methods, client._gpu, client._closed = "t", {"echo": {"index": 0}}, None, False
-        client.max_queue_size, client.slots, client.arena_bytes = 16, 16, ARENA
-        client._lock, client._seq, client._inflight = threading.Lock(), 0, 0
-        client._bells, client.watchdog = {}, WatchdogLimits.of(None)
-        client.default_timeout = None
-        link = WorkerLink.__new__(WorkerLink)
-        link.client, link.index, link.board, link.live, link.pending = client, 0, None, True, {}
-        link.view, link.segment, link.doorbell = ChannelView(seg, layout), seg, self.doorbell  # type: ignore[arg-type]
-        link.requests, link.req_head, link.resp_tail, link.last_attempt = RingAllocator(ARENA), 0, 0, 0.0
-        link.worker_pid = 0
-        client.links = [link]
-        self.client, self.link = client, link
+        doorbell = self.doorbell
+
+        class MemoryLink(WorkerLink):
+            """A link whose channel is `seg`, attached without a handshake."""
+
+            def connect(self, slots: int, arena_bytes: int, reply: Any, loop_wake: int | None,
+                        timeout: float = 10.0) -> None:
+                self.adopt(None, seg, layout, doorbell, {"pid": 0, "methods": {"echo": {"index": 0}}}, None)
+
+        record = {"arena_mb": 1, "max_queue_size": 16, "timeout": None, "lease": "",
+                  "workers": [{"index": 0, "socket": "", "health": None}]}
+        client = RunnerClient("t", record=record, transport=lambda runner, w: MemoryLink(runner, 0, ""))
+        client.arena_bytes = ARENA
+        self.client, self.link = client, client.links[0]
         self.sock_a, self.sock_b = socket.socketpair()
         self.worker = WorkerChannel(seg, self.sock_b, self.reply)  # type: ignore[arg-type]
 
@@ -96,10 +94,11 @@ class Pair:
     def read(self) -> list[Any]:
         done: list[Any] = []
         with self.client._lock:
-            self.client._read_link(self.link, done)
+            self.link.collect(self.client._decode, done)
         return [p for p, _result, _error in done]
 
     def close(self) -> None:
+        self.client.close()
         self.worker.close()
         self.sock_a.close()
 
