@@ -48,7 +48,7 @@ def test_answers_do_not_depend_on_how_the_stream_is_split(reqs: list[bytes], cut
     stream = b"".join(reqs)
     whole = _feed(stream, [])
     split = _feed(stream, cuts)
-    assert split == whole
+    assert _undated(split) == _undated(whole)  # the two feeds may straddle a second: their Date headers differ
     assert len(responses(whole[0])) == len(reqs) == len(whole[2])
 
 
