@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import random
 import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -38,12 +37,11 @@ import orjson
 
 from ..config.schema import AccessLogSettings
 from ..traces import Sink
+from .flusher import FLUSH_S, FlushThread
 
 __all__ = ["AccessLog", "LOGGER_NAME", "FLUSH_S"]
 
 LOGGER_NAME = "shmserve.access"
-#: longest time a line waits before the writer thread writes it
-FLUSH_S = 0.1
 
 # One entry: (CLOCK_MONOTONIC time, peer address, method, path, status, bytes in, bytes out, seconds,
 # the runner calls' traces (`shmserve.traces.Sink`) or None, id); the writer turns the monotonic time
@@ -174,25 +172,17 @@ class AccessLog:
         self._handlers = handlers if handlers is not None else _server_handlers(is_json)
         # deque.append and popleft are atomic: the loop appends, the writer pops, no lock between them.
         self._pending: deque[Entry] = deque()
-        self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._writer = FlushThread(self.flush, "shmserve-access-log", "writing access log lines")
         #: lines written so far (for tests and statistics)
         self.written = 0
 
     def start(self) -> None:
         """Start the writer thread."""
-        if self._thread is None:
-            self._stopping = False
-            self._thread = threading.Thread(target=self._run, name="shmserve-access-log", daemon=True)
-            self._thread.start()
+        self._writer.start()
 
     def stop(self) -> None:
         """Write every waiting line, then stop the writer thread."""
-        thread = self._thread
-        if thread is not None:
-            self._stopping = True
-            thread.join(10.0)
-            self._thread = None
+        self._writer.stop()
         self.flush()  # lines recorded without a writer, or after it stopped
 
     def record(self, conn: Any, request: Any, status: int, body_bytes: int, sink: Sink | None = None) -> None:
@@ -237,11 +227,3 @@ class AccessLog:
                     records.append(rec)
             _write_batch(handler, records)
         self.written += len(lines)
-
-    def _run(self) -> None:
-        while not self._stopping:
-            time.sleep(FLUSH_S)
-            try:
-                self.flush()
-            except Exception:  # a broken formatter or handler must not end the log for good
-                logging.getLogger("shmserve.http").exception("writing access log lines failed")

@@ -16,14 +16,14 @@ and no thread runs.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import deque
 from typing import Any
 
 from ..config.schema import AccessLogSettings, TracingSettings
 from ..traces import Sink
-from .access_log import FLUSH_S, AccessLog, runner_seconds
+from .access_log import AccessLog, runner_seconds
+from .flusher import FlushThread
 from .protocol import HttpProtocol, Request
 
 __all__ = ["Observer", "RequestContext"]
@@ -68,11 +68,9 @@ class Observer:
         self.active = access_log is not None or tracer is not None
         # The loop appends, the writer pops (deque.append and popleft are atomic: no lock).
         self._traced: deque[_Traced] = deque()
-        self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._writer = FlushThread(self.flush, "shmserve-observe", "writing access log lines or spans")
         if self.active:
-            self._thread = threading.Thread(target=self._run, name="shmserve-observe", daemon=True)
-            self._thread.start()
+            self._writer.start()
 
     def begin(self, request: Request, api: str, asked: bool) -> RequestContext | None:
         """The context of an API request, or None when nobody observes it."""
@@ -117,21 +115,9 @@ class Observer:
             except Exception:  # one request's broken spans must not stop the others'
                 log.exception("building the spans of request %s failed", rid.decode("latin-1"))
 
-    def _run(self) -> None:
-        while not self._stopping:
-            time.sleep(FLUSH_S)
-            try:
-                self.flush()
-            except Exception:  # a broken formatter or handler must not end the log for good
-                log.exception("writing access log lines failed")
-
     def close(self) -> None:
         """Stop the writer, write and export what waits, then flush and stop the access log and the exporter."""
-        thread = self._thread
-        if thread is not None:
-            self._stopping = True
-            thread.join(10.0)
-            self._thread = None
+        self._writer.stop()
         self.flush()
         if self.access_log is not None:
             self.access_log.stop()
