@@ -10,6 +10,8 @@ the table.
 from __future__ import annotations
 
 import ast
+import os
+import secrets
 import subprocess
 import sys
 from collections import defaultdict
@@ -180,21 +182,67 @@ def test_the_check_sees_a_forbidden_import_and_a_cycle() -> None:
     assert "shmserve.worker.group" in _imports("shmserve.http.serve", mods["shmserve.http.serve"], mods)
 
 
-def test_importing_shmserve_starts_nothing_and_loads_no_framework() -> None:
+#: run in a fresh interpreter with a runtime directory and a name tag of its own (`_import_check`): what
+#: importing shmserve loaded, started or created. Only what that interpreter made is looked at, so other
+#: processes creating /dev/shm names meanwhile (other test sessions, servers) cannot make it fail.
+_IMPORT_CHECK = """
+import os, sys, threading, multiprocessing
+import shmserve, shmserve.errors
+{after_import}
+frameworks = ('torch', 'cupy', 'tensorflow', 'jax', 'sklearn', 'onnxruntime', 'uvloop', 'httptools',
+              'pydantic', 'grpc')
+problems = []
+loaded = [m for m in frameworks if m in sys.modules]
+if loaded:
+    problems.append(f'loaded {{loaded}}')
+if threading.active_count() != 1:
+    problems.append(f'threads {{threading.enumerate()}}')
+if multiprocessing.active_children():
+    problems.append(f'children {{multiprocessing.active_children()}}')
+tag, rdir = os.environ['SHMSERVE_NAME_TAG'], os.environ['SHMSERVE_RUNTIME_DIR']
+# every name shmserve makes carries the tag (shmserve.shm.segment.new_name); no other process has this one
+named = sorted(n for n in (os.listdir('/dev/shm') if os.path.isdir('/dev/shm') else ()) if tag in n)
+if named:
+    problems.append(f'created /dev/shm names {{named}}')
+# whatever the names: a segment or semaphore this process has open is in its maps or descriptors
+held = {{line.split(None, 5)[5].strip() for line in open('/proc/self/maps') if '/dev/shm/' in line}}
+held |= {{os.readlink(f'/proc/self/fd/{{fd}}') for fd in os.listdir('/proc/self/fd')
+          if os.path.exists(f'/proc/self/fd/{{fd}}') and os.readlink(f'/proc/self/fd/{{fd}}').startswith('/dev/shm/')}}
+if held:
+    problems.append(f'holds {{sorted(held)}}')
+# registry records, sockets and leases live in the runtime directory: it is made on first use only
+if os.path.lexists(rdir):
+    problems.append(f'created the runtime directory {{rdir}}: {{sorted(str(p) for p in __import__("pathlib").Path(rdir).rglob("*"))}}')
+print(problems)
+"""
+
+
+def _import_check(tmp_path: Path, after_import: str = "") -> list[str]:
+    """What a fresh interpreter that imports shmserve (then runs `after_import`) did that importing must not do."""
+    tag = "zq" + secrets.token_hex(3)  # 'z' and 'q' appear in no lease id or random token (hex)
+    env = {**os.environ, "SHMSERVE_NAME_TAG": tag, "SHMSERVE_RUNTIME_DIR": str(tmp_path / "run")}
+    run = subprocess.run([sys.executable, "-c", _IMPORT_CHECK.format(after_import=after_import)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    problems = ast.literal_eval(run.stdout.strip().splitlines()[-1])
+    assert isinstance(problems, list)
+    return problems
+
+
+def test_importing_shmserve_starts_nothing_and_loads_no_framework(tmp_path: Path) -> None:
     # A fresh interpreter: this test process already holds threads and frameworks.
-    code = (
-        "import sys, threading, multiprocessing, os\n"
-        "before = set(os.listdir('/dev/shm')) if os.path.isdir('/dev/shm') else set()\n"
-        "import shmserve, shmserve.errors\n"
-        "frameworks = ('torch', 'cupy', 'tensorflow', 'jax', 'sklearn', 'onnxruntime', 'uvloop', 'httptools',\n"
-        "              'pydantic', 'grpc')\n"
-        "loaded = [m for m in frameworks if m in sys.modules]\n"
-        "assert not loaded, loaded\n"
-        "assert threading.active_count() == 1, threading.enumerate()\n"
-        "assert not multiprocessing.active_children()\n"
-        "after = set(os.listdir('/dev/shm')) if os.path.isdir('/dev/shm') else set()\n"
-        "assert not {n for n in after - before if 'shmserve' in n}, after - before\n"
-        "print('ok')\n"
-    )
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr
+    assert _import_check(tmp_path) == []
+
+
+def test_the_import_check_sees_a_created_semaphore_and_a_runtime_file(tmp_path: Path) -> None:
+    # The checker itself: a semaphore made at import (kept open: the process's exit unlinks it), and a lease
+    # taken (its file in the runtime directory), are each reported.
+    sem = _import_check(tmp_path / "a", "from shmserve.shm.signal import Signal; s = Signal.create()")
+    assert any(p.startswith("created /dev/shm names ['sem.shmserve_") for p in sem), sem
+    assert any(p.startswith("holds ['/dev/shm/sem.") for p in sem), sem  # glibc maps it under its making name
+    held = _import_check(tmp_path / "b", "import mmap, posix_ipc; m = posix_ipc.SharedMemory('/shmserve_x" +
+                         secrets.token_hex(8) + "', posix_ipc.O_CREX, size=4096); m.unlink()\n"
+                         "b = mmap.mmap(m.fd, 4096)")
+    assert [p.split(" ", 1)[0] for p in held] == ["holds"], held  # unlinked, so named nowhere, and still seen
+    lease_taken = _import_check(tmp_path / "c", "from shmserve import lease; lease.current()")
+    assert [p.split(":")[0] for p in lease_taken] == [f"created the runtime directory {tmp_path / 'c' / 'run'}"]
