@@ -86,13 +86,10 @@ class RunnerClient(StreamingCalls):
 
     # -- calls ------------------------------------------------------------------------------
     def _submit(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], deadline: float | None,
-                block_for_space: bool = True, stream: Any = None,
-                bell_loop: asyncio.AbstractEventLoop | None = None) -> Pending:
+                block_for_space: bool = True, stream: Any = None) -> Pending:
         """Publish one call; `deadline` (monotonic seconds, None: none) travels with it to the worker.
 
-        `stream`: the item sink of a streaming call (`shmserve.client_stream`). `bell_loop`: the wake
-        loop, when the caller awaits on it (its result is read there, and the doorbell is posted once
-        per turn of that loop); otherwise the caller waits on the reply semaphore."""
+        `stream`: the item sink of a streaming call (`shmserve.client_stream`)."""
         if self._closed:
             raise RunnerUnavailable(f"the client of runner {self.name!r} is closed")
         info = self._pool.methods.get(method)
@@ -132,12 +129,10 @@ class RunnerClient(StreamingCalls):
                     )
                 link = hint if hint is not None and hint.live else self._pool.pick()
                 p = link.submit(self._seq, index, method, tensors, offsets, meta, meta_off, nbytes, align, deadline,
-                                stream, bell_loop is not None)
+                                stream)
                 if p is not None:
                     self._seq += 1
                     self._inflight += 1
-                    if bell_loop is not None:
-                        self._pool.ring_later(link, bell_loop)
                     return p
             # The arena or ring is full: results on their way back will free space.
             if not block_for_space or time.monotonic() > space_deadline:
@@ -166,8 +161,7 @@ class RunnerClient(StreamingCalls):
         if delivery.thread is None or delivery.wake_loop is not loop:
             self._serve_loop(loop)
         deadline = call_deadline(timeout, self.default_timeout)  # never past the request's
-        p = self._submit(method, args, kwargs, deadline, block_for_space=False,
-                         bell_loop=loop if delivery.wake_loop is loop else None)
+        p = self._submit(method, args, kwargs, deadline, block_for_space=False)
         p.loop = loop
         p.future = fut
         if p.done:  # resolved before the future was attached

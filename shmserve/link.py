@@ -165,12 +165,9 @@ class WorkerLink:
 
     # -- calls ------------------------------------------------------------------------------------
     def submit(self, seq: int, index: int, method: str, tensors: list[Tensor], offsets: list[int], meta: bytes,
-               meta_off: int, nbytes: int, align: int, deadline: float | None, stream: Any = None,
-               loop_reads: bool = False) -> Pending | None:
+               meta_off: int, nbytes: int, align: int, deadline: float | None, stream: Any = None) -> Pending | None:
         """Publish call `seq` (method `index`) and ring the worker's doorbell; None when the ring or the
         request arena has no room now. `offsets`/`meta_off` are relative to the call's block of `nbytes`.
-        `loop_reads`: the caller awaits on the event loop that reads results: the doorbell is left for
-        it to `ring` (`shmserve.pool.LinkPool.ring_later`: at most twice per turn of that loop).
 
         Raises RunnerOverloaded when the worker's queue would be served after `deadline` (the worker
         would refuse the call: say so without the round trip)."""
@@ -201,15 +198,8 @@ class WorkerLink:
         p = Pending(seq, self, pos, block, method, submit)
         p.stream = stream  # set before the worker can answer
         self.pending[seq] = p
-        if not loop_reads:
-            self.doorbell.post()  # type: ignore[union-attr]
+        self.doorbell.post()  # type: ignore[union-attr]
         return p
-
-    def ring(self) -> None:
-        """Post the worker's doorbell (for calls published with `loop_reads`)."""
-        bell = self.doorbell
-        if bell is not None:
-            bell.try_post()  # False: closed with its link (the worker died); its calls fail with it
 
     def cancel(self, p: Pending) -> None:
         """Mark call `p`'s cancel word: the worker then never runs it (or stops its stream)."""

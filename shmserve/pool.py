@@ -4,14 +4,9 @@ A `LinkPool` holds one link per worker slot of the runner (`shmserve.link`).
 It attaches to every worker it can at start, picks the link of each call (the
 live, healthy one with the fewest calls in flight) and re-attaches links
 whose worker restarted. It does not lock: the client calls it under its lock.
-It also rings the doorbells of the calls the wake loop publishes
-(`ring_later`): the turn's first call to a link posts at once (a lone call
-waits for nothing), its later ones share one more post at the end of the
-turn, so a sleeping worker is woken for the lot.
 """
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -41,8 +36,7 @@ class Link(Protocol):
     def send_loop_wake(self, fd: int) -> None: ...
     def submit(self, seq: int, index: int, method: str, tensors: list[Tensor], offsets: list[int], meta: bytes,
                meta_off: int, nbytes: int, align: int, deadline: float | None,
-               stream: Any = None, loop_reads: bool = False) -> Pending | None: ...
-    def ring(self) -> None: ...
+               stream: Any = None) -> Pending | None: ...
     def cancel(self, p: Pending) -> None: ...
     def collect(self, decode: Decode, done: Done) -> int: ...
     def healthy(self, now: float, limits: WatchdogLimits) -> bool: ...
@@ -65,9 +59,6 @@ class LinkPool:
         self._reply = reply
         self._loop_wake = loop_wake
         self.methods: dict[str, Any] = {}  # the runner's method table, from the last attach
-        # Links whose doorbell the wake loop posted this turn -> whether calls were published since
-        # (those get one more post at the end of the turn).
-        self._bells: dict[Link, bool] = {}
 
     def _try(self, link: Link, timeout: float) -> BaseException | None:
         """`link.connect`, reporting failure instead of raising (the worker may be restarting)."""
@@ -115,26 +106,6 @@ class LinkPool:
                     "process); retry shortly")
             raise RunnerUnavailable(f"no live worker of runner {self.name!r} (restarting); retry shortly")
         return best
-
-    def ring_later(self, link: Link, loop: asyncio.AbstractEventLoop) -> None:
-        """Ring `link`'s doorbell for a call `loop` (the wake loop, which alone calls this, so `_bells`
-        needs no lock) just published: at once for the turn's first call, else at the turn's end."""
-        bells = self._bells
-        if link in bells:
-            bells[link] = True  # the post at the end of this turn covers it
-            return
-        link.ring()
-        if not bells:
-            loop.call_soon(self._ring_bells)
-        bells[link] = False
-
-    def _ring_bells(self) -> None:
-        """End of the wake loop's turn: post once more the doorbell of each link that got calls after
-        the turn's first one. A turn that publishes many calls posts a link twice, not once per call."""
-        bells, self._bells = self._bells, {}
-        for link, more in bells.items():
-            if more:
-                link.ring()
 
     def reconnect(self) -> None:
         """Attach to workers whose links are down (restarted since)."""

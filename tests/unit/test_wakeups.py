@@ -1,14 +1,12 @@
-"""Wake-ups between a client and a worker: coalesced, and never lost.
+"""Wake-ups between a client and a worker: none lost, none doubled.
 
-The client posts a worker's doorbell at most twice per turn of its event loop for the calls that
-loop published (the first at once, one more at the end of the turn; not once per call); the
-worker wakes the client once per flush (its reply semaphore and its loop's eventfd). Both ends
+The client posts a worker's doorbell once per call; the worker wakes the client once per flush
+(its reply semaphore and its loop's eventfd), however many results the flush covers. Both ends
 run here in one process on one channel in memory, with fake semaphores that count their posts:
 no process, no shared memory.
 """
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 from typing import Any
@@ -79,9 +77,8 @@ class Pair:
         self.sock_a, self.sock_b = socket.socketpair()
         self.worker = WorkerChannel(seg, self.sock_b, self.reply)  # type: ignore[arg-type]
 
-    def submit(self, bell_loop: asyncio.AbstractEventLoop | None = None) -> Any:
-        return self.client._submit("echo", (np.ones(4, np.float32),), {}, None, block_for_space=False,
-                                   bell_loop=bell_loop)
+    def submit(self) -> Any:
+        return self.client._submit("echo", (np.ones(4, np.float32),), {}, None, block_for_space=False)
 
     def serve(self) -> int:
         """The worker reads what arrived, answers each call, and flushes once; returns the calls read."""
@@ -103,56 +100,7 @@ class Pair:
         self.sock_a.close()
 
 
-def test_calls_of_one_loop_turn_ring_the_doorbell_twice_and_none_is_missed() -> None:
-    pair = Pair()
-    loop = asyncio.new_event_loop()
-    try:
-        seen: list[int] = []
-
-        def one_turn(n: int) -> None:
-            for _ in range(n):
-                pair.submit(bell_loop=loop)
-                seen.append(pair.doorbell.posts)
-
-        loop.call_soon(one_turn, 5)
-        loop.run_until_complete(asyncio.sleep(0))
-        loop.run_until_complete(asyncio.sleep(0))
-        assert seen == [1, 1, 1, 1, 1]  # the turn's first call at once, the others not yet
-        assert pair.doorbell.posts == 2  # then one post at the end of the turn for the other four
-        assert pair.serve() == 5
-        seen.clear()
-        loop.call_soon(one_turn, 1)  # a lone call of a later turn: its own post, at once, and no other
-        loop.run_until_complete(asyncio.sleep(0))
-        loop.run_until_complete(asyncio.sleep(0))
-        assert seen == [3] and pair.doorbell.posts == 3 and pair.serve() == 1
-        assert len(pair.read()) == 6
-    finally:
-        loop.close()
-        pair.close()
-
-
-def test_a_call_published_after_the_turns_first_one_is_read_after_the_end_of_turn_post() -> None:
-    # The worker reads what it finds when woken: a call published after that read is covered by
-    # the end-of-turn post, so a worker that serves once per post misses none.
-    pair = Pair()
-    loop = asyncio.new_event_loop()
-    try:
-        def turn() -> None:
-            pair.submit(bell_loop=loop)
-            assert pair.serve() == 1  # woken by the first post, the worker reads the one call
-            pair.submit(bell_loop=loop)
-            pair.submit(bell_loop=loop)
-
-        loop.call_soon(turn)
-        loop.run_until_complete(asyncio.sleep(0))
-        loop.run_until_complete(asyncio.sleep(0))
-        assert pair.doorbell.posts == 2 and pair.serve() == 2
-    finally:
-        loop.close()
-        pair.close()
-
-
-def test_a_call_from_outside_the_wake_loop_posts_at_once() -> None:
+def test_a_call_posts_the_doorbell_at_once() -> None:
     pair = Pair()
     try:
         pair.submit()
@@ -165,35 +113,26 @@ def test_each_flush_with_results_signals_the_semaphore_and_the_loop_eventfd_once
     pair = Pair()
     efd = os.eventfd(0, os.EFD_NONBLOCK)
     pair.worker.set_loop_wake(os.dup(efd))
-    loop = asyncio.new_event_loop()
     try:
-        def turn() -> None:
-            for _ in range(3):
-                pair.submit(bell_loop=loop)
-
-        loop.call_soon(turn)
-        loop.run_until_complete(asyncio.sleep(0))
-        loop.run_until_complete(asyncio.sleep(0))
+        for _ in range(3):
+            pair.submit()
+        assert pair.doorbell.posts == 3  # one post per call
         assert pair.serve() == 3  # three results, one flush
         assert pair.reply.posts == 1 and os.eventfd_read(efd) == 1
         pair.worker.flush()  # nothing new since: nothing signalled
         assert pair.reply.posts == 1
         assert len(pair.read()) == 3
     finally:
-        loop.close()
         os.close(efd)
         pair.close()
 
 
 def test_without_the_loop_eventfd_every_flush_posts_the_semaphore() -> None:
     pair = Pair()
-    loop = asyncio.new_event_loop()
     try:
-        loop.call_soon(pair.submit, loop)
-        loop.run_until_complete(asyncio.sleep(0))
+        pair.submit()
         assert pair.serve() == 1 and pair.reply.posts == 1
         pair.worker.flush()  # nothing new since: no post
         assert pair.reply.posts == 1
     finally:
-        loop.close()
         pair.close()
