@@ -55,7 +55,7 @@ from .shm.wire import (
     TensorMeta,
     mark_cancelled,
 )
-from .traces import call_traces
+from .traces import call_request_id, call_traces
 from .watchdog import Health, WatchdogLimits
 
 #: How the client rebuilds a result: ``decode(link, tensor headers, metadata, block offset, block length)``.
@@ -193,7 +193,8 @@ class WorkerLink:
         submit = time.monotonic()
         pos = ring.publish(self._req_head, seq, index, base, block[1] - base, base + meta_off,
                            (submit, deadline or 0.0, 0.0, 0.0, 0.0), 0, tensors,
-                           [base + o for o in offsets] if base else offsets, meta)
+                           [base + o for o in offsets] if base else offsets, meta,
+                           call_request_id.get() if traces.tagging else b"")
         self._req_head += 1
         p = Pending(seq, self, pos, block, method, submit)
         p.stream = stream  # set before the worker can answer

@@ -22,6 +22,14 @@ log = logging.getLogger("shmserve")
 #: runner timestamps (see `shmserve.http.app`, header ``X-Shmserve-Trace``).
 call_traces: contextvars.ContextVar[Sink | None] = contextvars.ContextVar("shmserve_call_traces", default=None)
 
+#: The ID of the HTTP request this context serves (set by `shmserve.http.app`; empty outside one):
+#: every runner call made in it carries the ID to the runner worker (the descriptor's
+#: ``request_tag``), whose log lines about the call then name ``request_id=...``.
+call_request_id: contextvars.ContextVar[bytes] = contextvars.ContextVar("shmserve_call_request_id", default=b"")
+#: Whether runner calls look `call_request_id` up: true once the process serves HTTP (set when
+#: `shmserve.http.app` is imported), so calls made outside an HTTP server skip the lookup (hot path).
+tagging = False
+
 
 def add_trace_hook(fn: TraceHook) -> None:
     """Call `fn(runner, method, trace)` for every completed call in this process.

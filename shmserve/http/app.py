@@ -24,13 +24,14 @@ from typing import Any
 
 import orjson
 
+from .. import traces
 from ..client import request_deadline
 from ..config.schema import ApiServerSettings, ShmserveConfig, TracingSettings
 from ..context import Context, run_hooks
 from ..errors import RunnerError, ShmserveError
 from ..oip.server import InferenceServer
 from ..service import API, Service
-from ..traces import call_traces
+from ..traces import call_request_id, call_traces
 from .access_log import AccessLog
 from .docs_ui import ASSET_PATHS, DocsUI
 from .edge import Edge
@@ -47,6 +48,7 @@ from .worker_metrics import WorkerMetrics
 __all__ = ["App", "runner_ready", "check_settings"]
 
 log = logging.getLogger("shmserve.http")
+traces.tagging = True  # this process serves HTTP: its runner calls carry the request's ID (`call_request_id`)
 
 _TRACE_HEADER = b"x-shmserve-trace"
 _OTHER = "-"  # metrics label for requests that match no API
@@ -240,11 +242,11 @@ class App:
             func = functools.partial(api.func, **{str(api.ctx_param): ctx})
         try:
             try:
+                call_request_id.set(request.request_id)  # this request's runner calls carry its ID (this task only)
                 if api.timeout is not None:
-                    # The API's deadline bounds the runner calls made for this request (this task's context only).
-                    request_deadline.set(time.monotonic() + api.timeout)
-                    if not api.is_async:
-                        func = functools.partial(contextvars.copy_context().run, func)  # executors drop contexts
+                    request_deadline.set(time.monotonic() + api.timeout)  # and its deadline bounds them
+                if not api.is_async:
+                    func = functools.partial(contextvars.copy_context().run, func)  # executors drop contexts
                 if api.streams:  # an async generator API: iterated below, item by item
                     result = func(value)
                 elif api.is_async:

@@ -50,12 +50,13 @@ class Ring(Generic[Desc]):
 
     def publish(self, n: int, seq: int, code: int, block_off: int, block_len: int, meta_off: int,
                 times: tuple[float, float, float, float, float], batch_size: int,
-                tensors: list[Tensor], offsets: list[int], meta: bytes) -> int:
+                tensors: list[Tensor], offsets: list[int], meta: bytes, tag: bytes = b"") -> int:
         """Write record `n` (its data already in the arena) and make it visible: the descriptor
-        first, then the head word. Returns the descriptor's byte offset. The caller posts the peer."""
+        first, then the head word. Returns the descriptor's byte offset. The caller posts the peer.
+        `tag`: a request's ``request_tag`` (empty: none)."""
         pos = self.slot(n)
         wire.pack_desc(self.buf, pos, seq, code, block_off, block_len, meta_off, times, batch_size,
-                       tensors, offsets, meta)
+                       tensors, offsets, meta, tag)
         U64.pack_into(self.buf, self.head_word, n + 1)
         return pos
 
@@ -126,6 +127,10 @@ class ChannelView:
     def read_desc(self, pos: int, arena: memoryview) -> tuple[ResponseDesc, list[TensorMeta], bytes]:
         """Read the descriptor at byte `pos`: (fixed fields, tensor headers, metadata bytes)."""
         return wire.unpack_desc(self.buf, pos, arena, ResponseDesc)
+
+    def request_tag(self, pos: int, seq: int) -> str:
+        """The ``request_tag`` of request `seq` at byte `pos`: the HTTP request ID it serves ("" when none)."""
+        return wire.read_request_tag(self.buf, pos, seq)
 
     def cancel(self, pos: int, seq: int) -> None:
         """Mark the request at byte `pos` (call `seq`) abandoned by its caller."""

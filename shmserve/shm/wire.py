@@ -34,7 +34,7 @@ processes write them::
 
 Descriptor (1024 bytes), one layout for requests and responses, whose fields
 mean different things (`RequestDesc`, `ResponseDesc`); fixed part
-``<QIIQQIIQdddddIIQ24x`` (128 bytes)::
+``<QIIQQIIQdddddIIQ24s`` (128 bytes)::
 
     0    seq         u64  call id, unique per client
     8    code        u32  request: method index; response: status (`Status`)
@@ -52,6 +52,7 @@ mean different things (`RequestDesc`, `ResponseDesc`); fixed part
     88   batch_size  u32  response: items in the batch that served it
     92   reserved    u32
     96   cancel      u64  request: seq + 1 once the caller gave up on the call (0: still wanted)
+    104  request_tag 24s  request: the caller's request ID (its first 24 bytes), NUL padded; all zero: none
     128  meta        128 bytes inline metadata (when meta_len <= 128)
     256  tensors     8 x TensorHeader (96 bytes each)
 
@@ -65,6 +66,11 @@ and the worker reads it between items and closes the generator. That slot is
 not reused while the stream runs: the worker serves nothing else meanwhile, so
 no later call of the channel completes, and a client keeps at most ``slots``
 calls in flight.
+
+``request_tag`` names the HTTP request (``X-Request-ID``) a call serves, for the
+worker's log lines about it. Each call packs the whole fixed part, so an earlier
+tag never survives; the worker reads it (`read_request_tag`) only to log, while
+the slot still holds the call's seq, so `RequestDesc` and no call pay for it.
 
 TensorHeader (96 bytes, ``<QQ8sBB6x8q``)::
 
@@ -207,7 +213,10 @@ class ChannelLayout:
 
 # -- descriptors --------------------------------------------------------------------------------
 DESC_SIZE = 1024
-DESC_FIXED = struct.Struct("<QIIQQIIQdddddIIQ24x")
+DESC_FIXED = struct.Struct("<QIIQQIIQdddddIIQ24s")
+# Reads the fixed part less request_tag (`RequestDesc`, `ResponseDesc`): no call builds a bytes for it.
+_DESC_READ = struct.Struct(DESC_FIXED.format[:-3] + "24x")
+REQUEST_TAG_MAX = 24
 META_INLINE_OFF = DESC_FIXED.size
 META_INLINE_MAX = 128
 TENSORS_OFF = META_INLINE_OFF + META_INLINE_MAX
@@ -259,12 +268,15 @@ class ResponseDesc(NamedTuple):
 
 
 DESC_FORMAT_NAMES = ("seq", "code", "flags", "block_off", "block_len", "meta_len", "ntensors", "meta_off",
-                     "t0", "t1", "t2", "t3", "t4", "batch_size", "reserved", "cancel")
+                     "t0", "t1", "t2", "t3", "t4", "batch_size", "reserved", "cancel", "request_tag")
 #: (offset, size) of each fixed field of a descriptor, by the names docs/transport.md uses
 DESC_FIELDS = record_fields(DESC_FIXED.format, DESC_FORMAT_NAMES)
 CANCEL_OFF = DESC_FIELDS["cancel"][0]
+TAG_OFF = DESC_FIELDS["request_tag"][0]
+SEQ_OFF = DESC_FIELDS["seq"][0]
 assert TENSORS_OFF + MAX_TENSORS * TENSOR_SLOT == DESC_SIZE
-assert len(RequestDesc._fields) == len(ResponseDesc._fields) == len(DESC_FORMAT_NAMES)
+assert DESC_FIELDS["request_tag"][1] == REQUEST_TAG_MAX and _DESC_READ.size == DESC_FIXED.size
+assert len(RequestDesc._fields) == len(ResponseDesc._fields) == len(DESC_FORMAT_NAMES) - 1  # less request_tag
 
 # -- tensor headers -------------------------------------------------------------------------------
 TENSOR_HEADER = struct.Struct("<QQ8sBB6x8q")
@@ -308,11 +320,12 @@ Tensor = tuple[np.ndarray, int, str]  # (array, kind, dtype string): one tensor 
 
 def pack_desc(buf: Any, pos: int, seq: int, code: int, block_off: int, block_len: int, meta_off: int,
               times: tuple[float, ...], batch_size: int,
-              tensors: list[Tensor], offsets: list[int], meta: bytes) -> None:
+              tensors: list[Tensor], offsets: list[int], meta: bytes, tag: bytes = b"") -> None:
     """Write one descriptor at byte `pos`: the fixed part, the tensor headers and inline metadata.
 
     `times` are t0..t4 (a request: submit, deadline, then zeros; a response: dequeue, batch
     start, model start, model end, written); flags, meta_len and ntensors are derived here.
+    `tag`: a request's ``request_tag`` (its first 24 bytes are kept; empty: none).
     """
     flags = 0
     n = len(meta)
@@ -321,14 +334,14 @@ def pack_desc(buf: Any, pos: int, seq: int, code: int, block_off: int, block_len
     elif n:
         buf[pos + META_INLINE_OFF : pos + META_INLINE_OFF + n] = meta
     DESC_FIXED.pack_into(buf, pos, seq, code, flags, block_off, block_len, n, len(tensors), meta_off,
-                         *times, batch_size, 0, 0)
+                         *times, batch_size, 0, 0, tag)
     tpos = pos + TENSORS_OFF
     for (arr, kind, dtype_str), off in zip(tensors, offsets):
         pack_tensor(buf, tpos, off, arr, kind, dtype_str)
         tpos += TENSOR_SLOT
 
 
-_unpack_desc = DESC_FIXED.unpack_from
+_unpack_desc = _DESC_READ.unpack_from
 
 
 def unpack_desc(buf: Any, pos: int, arena: Any, record: type[RequestDesc] | type[ResponseDesc]
@@ -352,6 +365,16 @@ def unpack_desc(buf: Any, pos: int, arena: Any, record: type[RequestDesc] | type
         tpos += TENSOR_SLOT
     fixed = _new(record, f)
     return fixed, tensors, meta
+
+
+def read_request_tag(buf: Any, pos: int, seq: int) -> str:
+    """The ``request_tag`` of request `seq` at byte `pos` ("" when it has none, or when the slot holds
+    a later call by now: a caller that gave up on `seq` may have reused it)."""
+    raw = bytes(buf[pos + TAG_OFF : pos + TAG_OFF + REQUEST_TAG_MAX])
+    # seq is read after the tag: a client rewriting the slot changes seq before it writes the tag
+    if U64.unpack_from(buf, pos + SEQ_OFF)[0] != seq:
+        return ""
+    return raw.rstrip(b"\0").decode("ascii", "replace")
 
 
 def mark_cancelled(buf: Any, pos: int, seq: int) -> None:

@@ -8,6 +8,7 @@ Whatever goes wrong with one call or one batch fails those calls, never the work
 """
 from __future__ import annotations
 
+import logging
 import time
 import traceback
 from typing import Any
@@ -30,6 +31,10 @@ from .stream import stream_items
 __all__ = ["Dispatcher", "POLL_S"]
 
 POLL_S = 0.25  # longest sleep between checks of the stop flag and the parent's liveness
+log = logging.getLogger("shmserve.worker")
+# Failures logged per call, naming the HTTP request (``request_id=``); refusals at admission are
+# not: they come at high rates by design, and the caller reports them.
+_LOGGED: dict[int, str] = {ring.ST_MODEL_ERROR: "failed", ring.ST_EXPIRED: "expired", ring.ST_BAD_REQUEST: "was refused"}
 
 
 class Dispatcher:
@@ -278,7 +283,21 @@ class Dispatcher:
         return decode_call(tensors, first.meta, self.device)
 
     def _fail(self, batch: list[Request], code: int, etype: str, message: str, tb: str) -> None:
-        meta = orjson.dumps({"type": etype, "message": message, "traceback": tb})
-        now = time.monotonic()
+        meta, now = orjson.dumps({"type": etype, "message": message, "traceback": tb}), time.monotonic()
         for r in batch:
+            _log_failure(r, self.methods, code, etype, message)  # before its answer: its slot holds its tag
             self.results.write(r, code, [], meta, (r.dequeue, now, now, now), len(batch))
+
+
+def _log_failure(r: Request, methods: list[MethodSlot], code: int, etype: str, message: str) -> None:
+    """Log call `r`'s failure, naming the HTTP request it serves (its descriptor's ``request_tag``)."""
+    what = _LOGGED.get(code)
+    if what is None:
+        return
+    name = methods[r.method].sig.name if r.method < len(methods) else f"#{r.method}"
+    try:
+        rid = r.channel.view.request_tag(r.slot, r.seq) or "-"
+    except ValueError:  # the channel's views were released (its client went away)
+        rid = "-"
+    log.warning("runner worker: call %d of method %r %s: %s: %s request_id=%s",
+                r.seq, name, what, etype, message.splitlines()[0] if message else "", rid)

@@ -51,8 +51,9 @@ def test_the_docs_descriptor_is_the_declared_one():
     declared["tensors"] = (wire.TENSORS_OFF, wire.MAX_TENSORS * wire.TENSOR_SLOT)
     assert documented == declared
     assert wire.TENSORS_OFF + wire.MAX_TENSORS * wire.TENSOR_SLOT == wire.DESC_SIZE == 1024
-    # the request and response records name every fixed field, in order
-    assert len(RequestDesc._fields) == len(ResponseDesc._fields) == len(wire.DESC_FIELDS)
+    # the request and response records name every fixed field, in order, but the tag (read on its own)
+    assert list(wire.DESC_FIELDS)[-1] == "request_tag" and wire.DESC_FIELDS["request_tag"] == (104, 24)
+    assert len(RequestDesc._fields) == len(ResponseDesc._fields) == len(wire.DESC_FIELDS) - 1
 
 
 def test_the_docs_tensor_header_and_block_header_are_the_declared_ones():
@@ -127,6 +128,21 @@ def test_a_request_published_at_one_end_is_consumed_at_the_other_by_name():
     v.cancel(pos, 7)
     assert v.cancelled(pos, 7) and not v.cancelled(pos, 8)  # a stale mark names another call
     assert req.cancel == 0  # read before the mark
+
+
+def test_a_request_tag_round_trips_and_a_reused_slot_never_keeps_it():
+    v = channel()
+    pos = v.requests.publish(0, 1, 0, 0, 0, 0, (1.0, 0.0, 0.0, 0.0, 0.0), 0, [], [], b"", b"abc123")
+    assert wire.read_request_tag(v.buf, pos, 1) == "abc123"
+    assert wire.read_request_tag(v.buf, pos, 0) == ""  # the slot holds another call than the one asked of
+    [(_, req, _, _)] = v.requests.consume(0)
+    assert req.seq == 1 and req.cancel == 0  # the fixed fields around the tag are intact
+    long_id = b"r" * 30 + b"-tail"
+    pos = v.requests.publish(0, 2, 0, 0, 0, 0, (1.0, 0.0, 0.0, 0.0, 0.0), 0, [], [], b"", long_id)
+    assert wire.read_request_tag(v.buf, pos, 2) == "r" * 24  # its first 24 bytes
+    pos = v.requests.publish(0, 3, 0, 0, 0, 0, (1.0, 0.0, 0.0, 0.0, 0.0), 0, [], [], b"")
+    assert v.request_tag(pos, 3) == ""  # the same slot, repacked without a tag: none
+    assert bytes(v.buf[pos + 104 : pos + 128]) == bytes(24)
 
 
 def test_a_response_carries_its_status_and_timeline_by_name():
