@@ -62,15 +62,15 @@ def pid_alive(pid: int) -> bool:
         return True  # no procfs: trust kill(0)
 
 
-def _holder(path: Path) -> tuple[str, Any]:
-    """(lease state, pid) of the process that wrote a registry record."""
+def _holder(path: Path, leases: Path | None = None) -> tuple[str, Any]:
+    """(lease state, pid) of the process that wrote a registry record (its lease judged in `leases`)."""
     try:
         record = orjson.loads(path.read_bytes())
     except (OSError, ValueError):
         return lease.DEAD, None  # unreadable: records appear whole (link/rename), so it is corrupt
     if not isinstance(record, dict):
         return lease.DEAD, None
-    return lease.state(str(record.get("lease", ""))), record.get("supervisor_pid")
+    return lease.state(str(record.get("lease", "")), leases), record.get("supervisor_pid")
 
 
 def _staged(path: Path, record: dict[str, Any]) -> Path:
@@ -141,15 +141,15 @@ def metrics_dir() -> Path:
     return path
 
 
-def _live_sockets(rdir: Path) -> set[str]:
-    """The worker socket paths named by the records of live runners."""
+def _live_sockets(rdir: Path, leases: Path) -> set[str]:
+    """The worker socket paths named by the records of live runners (their leases judged in `leases`)."""
     live: set[str] = set()
     for rec in rdir.glob("*.json"):
         try:
             record = orjson.loads(rec.read_bytes())
         except (OSError, ValueError):
             continue
-        if not isinstance(record, dict) or lease.state(str(record.get("lease", ""))) != lease.LIVE:
+        if not isinstance(record, dict) or lease.state(str(record.get("lease", "")), leases) != lease.LIVE:
             continue
         for worker in record.get("workers") or ():
             if isinstance(worker, dict) and isinstance(worker.get("socket"), str):
@@ -172,13 +172,13 @@ def _listening(path: Path) -> bool:
     return True
 
 
-def _sweep_sockets(rdir: Path) -> list[str]:
+def _sweep_sockets(rdir: Path, leases: Path) -> list[str]:
     """Remove the worker sockets of dead runs (SIGKILL leaves them; a clean stop unlinks them); their paths.
 
     A socket goes only when no live runner's record names it and nobody listens on it:
     a starting runner names its sockets in its record before its workers bind them.
     """
-    live = _live_sockets(rdir)
+    live = _live_sockets(rdir, leases)
     removed: list[str] = []
     for path in rdir.glob("*.sock"):
         if not _WORKER_SOCKET.match(path.name) or str(path) in live:
@@ -296,7 +296,7 @@ def sweep() -> list[str]:
     orphans = [e for e in _orphans(names, leases) if unlink_name(e)]
     names_removed.extend(orphans)
     for rec in rdir.glob("*.json"):
-        if _holder(rec)[0] != lease.LIVE:
+        if _holder(rec, leases)[0] != lease.LIVE:
             rec.unlink(missing_ok=True)
             records.append(str(rec))
     staged = 0
@@ -308,7 +308,7 @@ def sweep() -> list[str]:
         if lease.state(folder.name[len(METRICS_PREFIX):], leases) != lease.LIVE:
             shutil.rmtree(folder, ignore_errors=True)
             folders.append(str(folder))
-    sockets = _sweep_sockets(rdir)  # after the records: a dead runner's record no longer names them live
+    sockets = _sweep_sockets(rdir, leases)  # after the records: a dead runner's record no longer names them live
     for lease_id in dead:  # last: a sweep killed halfway finds the rest next time
         lease.remove(lease_id, leases)
     unfinished = lease.sweep_unfinished(leases)

@@ -117,3 +117,30 @@ def test_a_failing_trace_hook_is_logged_once_and_others_still_run(caplog: pytest
     assert seen == ["predict"] * 3
     assert [r.getMessage().split(";")[0] for r in caplog.records if "trace hook" in r.getMessage()] == [
         f"trace hook {broken!r} raised"]
+
+
+def test_a_sweep_judges_every_lease_in_the_lease_directory_it_swept(
+        private_runtime_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The runtime directory setting changing while a sweep runs (another thread of the process setting
+    # SHMSERVE_RUNTIME_DIR) must not make a live runner's record, or the socket it names, look dead:
+    # every lease is judged in the one lease directory the sweep started with.
+    rdir = private_runtime_dir
+    stale_socket(rdir / "starting-0.sock")
+    live = lease.Lease.take(lease.lease_dir())
+    (rdir / "starting.json").write_bytes(b'{"lease": "%s", "workers": [{"index": 0, "socket": "%s"}]}'
+                                         % (live.id.encode(), str(rdir / "starting-0.sock").encode()))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    scan = lease.dead
+
+    def dead_then_moved(directory: Path | None = None) -> list[str]:
+        found = scan(directory)
+        monkeypatch.setenv("SHMSERVE_RUNTIME_DIR", str(elsewhere))
+        return found
+
+    monkeypatch.setattr(lease, "dead", dead_then_moved)
+    try:
+        removed = registry.sweep()
+    finally:
+        live.release()
+    assert removed == [] and (rdir / "starting.json").exists() and (rdir / "starting-0.sock").exists()
