@@ -82,18 +82,7 @@ class HttpProtocol(asyncio.Protocol):
         self.transport = transport
         state = self.state
         if len(state.connections) >= state.max_connections:
-            state.refused += 1
-            message = (f"this API worker has {state.max_connections} connections open; retry later "
-                       "or raise api_server.http.max_connections (--max-connections)")
-            refused = Request(b"", b"", {}, b"", False, (503, message))
-            if state.identify is not None:
-                state.identify(refused)  # its ID, as every answer has (header and body), and its log line
-            body = error_body(503, "TooManyConnections", message, refused.request_id)
-            self.closed = self.reader.discard = True
-            transport.write(_BUSY % (refused.response_headers, len(body), body))
-            transport.close()
-            if state.on_response is not None:
-                state.on_response(self, refused, 503, len(body))
+            _refuse_over_limit(self)
             return
         state.connections.add(self)
         if state.shutting_down:  # taken from the backlog while stopping: serve what it has sent
@@ -104,9 +93,8 @@ class HttpProtocol(asyncio.Protocol):
         self.closed = True
         self.state.connections.discard(self)
         self.queue.clear()
-        task = self.task
+        task, self.task = self.task, None
         if task is not None:
-            self.task = None
             task.cancel()
 
     def data_received(self, data: bytes) -> None:
@@ -316,6 +304,23 @@ class HttpProtocol(asyncio.Protocol):
             self._reading_paused = False
             if self.reader.rest.resume():  # False: the rest of the last read is parsed first, on a later loop turn
                 self.transport.resume_reading()
+
+
+def _refuse_over_limit(conn: HttpProtocol) -> None:
+    """Answer 503 to a connection over ``max_connections`` and close it, reading nothing of it."""
+    state = conn.state
+    state.refused += 1
+    message = (f"this API worker has {state.max_connections} connections open; retry later "
+               "or raise api_server.http.max_connections (--max-connections)")
+    refused = Request(b"", b"", {}, b"", False, (503, message))
+    if state.identify is not None:
+        state.identify(refused)  # its ID, as every answer has (header and body), and its log line
+    body = error_body(503, "TooManyConnections", message, refused.request_id)
+    conn.closed = conn.reader.discard = True
+    conn.transport.write(_BUSY % (refused.response_headers, len(body), body))
+    conn.transport.close()
+    if state.on_response is not None:
+        state.on_response(conn, refused, 503, len(body))
 
 
 def _reset(transport: Any) -> None:
