@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from .env import REPO, THREAD_ENV, bench_dir
+from .procs import close_stdin_and_wait
 
 __all__ = ["main", "load", "measure"]
 
@@ -201,14 +202,7 @@ def measure(tree: Path, body: str, requests: int, warmup: int, connections: int,
             except subprocess.TimeoutExpired:
                 worker.kill()
                 worker.wait()
-        if starter.poll() is None:
-            assert starter.stdin is not None
-            starter.stdin.close()
-            try:
-                starter.wait(60)
-            except subprocess.TimeoutExpired:
-                starter.kill()
-                starter.wait()
+        close_stdin_and_wait(starter, 60)
 
 
 def _last_dump(out_file: Path) -> str:

@@ -36,7 +36,7 @@ from typing import Any
 
 from .callgrind_api import SERVICE, _control, _last_dump, _summary, _top
 from .env import THREAD_ENV, bench_dir
-from .procs import descendants
+from .procs import close_stdin_and_wait, descendants
 from .trees import compare_trees, tree_parser
 
 __all__ = ["main", "run_tree"]
@@ -151,22 +151,9 @@ def run_tree(tree: Path, args: argparse.Namespace, scratch: Path) -> dict[str, A
             figures["top"] = _top(ann, args.annotate)
         return figures
     finally:
-        if client is not None and client.poll() is None:
-            assert client.stdin is not None
-            client.stdin.close()
-            try:
-                client.wait(60)
-            except subprocess.TimeoutExpired:
-                client.kill()
-                client.wait()
-        if starter.poll() is None:
-            assert starter.stdin is not None
-            starter.stdin.close()
-            try:
-                starter.wait(300)
-            except subprocess.TimeoutExpired:
-                starter.kill()
-                starter.wait()
+        if client is not None:
+            close_stdin_and_wait(client, 60)
+        close_stdin_and_wait(starter, 300)
 
 
 def table(runs: list[dict[str, Any]]) -> str:

@@ -116,6 +116,19 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def close_stdin_and_wait(proc: subprocess.Popen, timeout_s: float) -> None:
+    """End a child that stops when its stdin closes: close it, wait `timeout_s`, then kill it."""
+    if proc.poll() is not None:
+        return
+    assert proc.stdin is not None
+    proc.stdin.close()
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def stop(proc: subprocess.Popen, grace_s: float = 10.0, group: bool = False) -> int | None:
     """SIGTERM the process (its whole process group with `group`), wait `grace_s`, then SIGKILL
     it and any descendant still alive, so no worker outlives the benchmark.
