@@ -28,6 +28,16 @@ SERVICE = textwrap.dedent('''
 ''')
 
 
+
+def wait_serving(proc: subprocess.Popen, timeout_s: float) -> None:
+    """Read the server's stdout until its 'serving' line, within `timeout_s`."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout_s
+    line = ""
+    while "serving" not in line and time.monotonic() < deadline and proc.poll() is None:
+        line = proc.stdout.readline()
+    assert "serving" in line, "the server did not start"
+
 def test_killed_server_leaves_no_metrics_folder(tmp_path: Path, runtime_dir: Path):
     (tmp_path / "svc_metrics_sweep.py").write_text(SERVICE)
     tmp = tmp_path / "tmp"  # where tempfile would put a folder (TMPDIR), watched too
@@ -39,12 +49,7 @@ def test_killed_server_leaves_no_metrics_folder(tmp_path: Path, runtime_dir: Pat
         text=True, start_new_session=True,
     )
     try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 60
-        line = ""
-        while "serving" not in line and time.monotonic() < deadline and proc.poll() is None:
-            line = proc.stdout.readline()
-        assert "serving" in line, "the server did not start"
+        wait_serving(proc, 60)
         made = (set(runtime_dir.glob("metrics-*")) - before) | set(tmp.iterdir())
         assert made, "the server made no metrics folder"
     finally:
@@ -86,12 +91,7 @@ def test_a_killed_servers_worker_sockets_and_files_are_swept_by_the_next_start(
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
     )
     try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 120
-        line = ""
-        while "serving" not in line and time.monotonic() < deadline and proc.poll() is None:
-            line = proc.stdout.readline()
-        assert "serving" in line, "the server did not start"
+        wait_serving(proc, 120)
         socks = sorted(p.name for p in runtime_dir.glob("killed_sock_twice-*.sock"))
         assert socks == ["killed_sock_twice-0.sock", "killed_sock_twice-1.sock"]
     finally:
