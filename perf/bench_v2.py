@@ -14,9 +14,14 @@ Figures (p50/p99 from wrk or from per-call timings; each figure is the median ov
    through PyTriton 0.7 (``mlp``, dynamic batching 64 / 10 ms). Within a round
    the two servers take turns at each connection count (the first alternates
    from round to round), so a load spike from elsewhere hits both alike.
-2. gRPC at one connection (tritonclient.grpc, sync), per call: ``ModelInfer`` of
-   the same request and ``ServerLive`` (an RPC that does no work: what the gRPC
-   runtime and the client cost by themselves), shmserve and Triton in turn.
+2. gRPC at one connection, per call, shmserve and Triton in turn: ``ModelInfer`` of
+   the same request through a raw ``grpc`` stub with the request message built once
+   (the cheapest honest client: ``infer_raw``) and through
+   ``tritonclient.grpc.InferenceServerClient.infer`` (which builds the messages on
+   every call: ``infer_tritonclient``), and ``ServerLive`` (an RPC that does no work).
+   In the same round, ``ServerLive`` against two no-op servers (`perf.grpc_floor`:
+   ``grpc.aio`` on uvloop, as our API worker runs it, and grpcio's thread-pool server)
+   gives the floor of grpcio itself on this machine.
 3. A 16 MB float32 input to ``big.head`` (returns its first row): through a
    registered system shared-memory region, against one ``memcpy`` of 16 MB measured
    in the same loop, and against the same tensor as binary v2 over HTTP (a block of
@@ -49,6 +54,7 @@ HERE = Path(__file__).resolve().parent
 SUFFIX = f"-{os.getpid()}"  # runner names are unique per host: keep apart from other servers
 CONNECTIONS = (1, 32, 128)
 BIG_BYTES = 16 * 1024 * 1024
+FLOORS = ("aio", "sync")  # perf.grpc_floor's no-op servers
 
 
 def start_shmserve(http_port: int, grpc_port: int, log: Path, api_workers: int = 1) -> Any:
@@ -106,28 +112,60 @@ def load(url: str, body: Path, hlen: int, duration: float, connections: int) -> 
     return res
 
 
-def grpc_latency(url: str, model: str, x: np.ndarray, n: int) -> dict[str, dict[str, float]]:
-    """ms per call at one connection: ``ModelInfer`` of `x`, and ``ServerLive`` (no work: the RPC's own cost)."""
-    import tritonclient.grpc as grpcclient
+def _per_call_ms(call: Any, n: int) -> dict[str, float]:
+    for _ in range(100):
+        call()
+    took = np.empty(n)
+    for i in range(n):
+        t0 = time.perf_counter()
+        call()
+        took[i] = time.perf_counter() - t0
+    return percentiles(took * 1e3)
 
+
+def grpc_latency(url: str, model: str | None, x: np.ndarray, n: int) -> dict[str, dict[str, float]]:
+    """ms per call at one connection: ``ModelInfer`` of `x` (raw stub, and tritonclient) and ``ServerLive``.
+
+    `model` None: only ``ServerLive`` (the no-op floor servers).
+    """
+    import grpc
+    import tritonclient.grpc as grpcclient
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc as pbg
+
+    out: dict[str, dict[str, float]] = {}
+    with grpc.insecure_channel(url) as channel:
+        stub = pbg.GRPCInferenceServiceStub(channel)
+        live = pb.ServerLiveRequest()
+        out["live"] = _per_call_ms(lambda: stub.ServerLive(live), n)
+        if model is None:
+            return out
+        request = pb.ModelInferRequest(model_name=model)
+        request.inputs.add(name="x", datatype="FP32", shape=list(x.shape))
+        request.raw_input_contents.append(x.tobytes())
+        out["infer_raw"] = _per_call_ms(lambda: stub.ModelInfer(request), n)
     client = grpcclient.InferenceServerClient(url)
     try:
         inp = grpcclient.InferInput("x", list(x.shape), "FP32")
         inp.set_data_from_numpy(x)
-        for _ in range(100):
-            client.infer(model, [inp])
-            client.is_server_live()
-        infer, live = np.empty(n), np.empty(n)
-        for i in range(n):
-            t0 = time.perf_counter()
-            client.infer(model, [inp])
-            t1 = time.perf_counter()
-            client.is_server_live()
-            live[i] = time.perf_counter() - t1
-            infer[i] = t1 - t0
+        out["infer_tritonclient"] = _per_call_ms(lambda: client.infer(model, [inp]), n)
     finally:
         client.close()
-    return {"infer": percentiles(infer * 1e3), "live": percentiles(live * 1e3)}
+    return out
+
+
+def start_floor(kind: str, port: int, log: Path) -> Any:
+    """A no-op gRPC server of `perf.grpc_floor`, once it listens."""
+    import subprocess
+
+    fh = log.open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "perf.grpc_floor", kind, str(port)], cwd=HERE.parent,
+                            env=child_env(), stdout=subprocess.PIPE, stderr=fh)
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != b"ready":
+        stop(proc)
+        raise RuntimeError(f"perf.grpc_floor {kind} did not start; see {log}")
+    return proc
 
 
 def big_input(http: str, n: int) -> dict[str, dict[str, float]]:
@@ -184,7 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--big-calls", type=int, default=20, help="16 MB calls of each kind per round")
     p.add_argument("--api-workers", type=int, default=1, help="shmserve's API workers (1: `shmserve serve`'s default)")
     p.add_argument("--no-triton", action="store_true")
-    p.add_argument("--big-only", action="store_true", help="only the 16 MB figures (no wrk, no gRPC)")
+    only = p.add_mutually_exclusive_group()
+    only.add_argument("--big-only", action="store_true", help="only the 16 MB figures (no wrk, no gRPC)")
+    only.add_argument("--grpc-only", action="store_true", help="only the gRPC figures and their floors")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     results = HERE / "results"
@@ -195,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     hlen = v2_body(body, x)
     triton = not (args.no_triton or args.big_only) and triton_python().exists()
     servers: dict[str, Any] = {}
+    floors: dict[str, Any] = {}  # the no-op gRPC servers of perf.grpc_floor
     report: dict[str, Any] = {"meta": metadata("v2"), "passes": args.passes, "api_workers": args.api_workers,
                               "skipped": {},
                               "note": "shared, noisy 2-core machine: compare side by side; ratios are medians of "
@@ -211,23 +252,34 @@ def main(argv: list[str] | None = None) -> int:
         if triton:
             ports["triton"] = (free_port(), free_port())
             servers["triton"] = start_triton(*ports["triton"], results / f"{stamp}_v2_triton.log")
-        models = {"shmserve": f"mlp{SUFFIX}.predict", "triton": "mlp"}
-        runs = {name: {c: [] for c in CONNECTIONS} for name in servers}
-        grpc_runs = {name: [] for name in servers}
+        models: dict[str, str | None] = {"shmserve": f"mlp{SUFFIX}.predict", "triton": "mlp"}
+        if not (args.big_only or args.grpc_only):
+            runs = {name: {c: [] for c in CONNECTIONS} for name in servers}
+        if not args.big_only:
+            for kind in FLOORS:
+                name = f"noop-{kind}"
+                ports[name] = (0, free_port())
+                models[name] = None
+                floors[name] = start_floor(kind, ports[name][1], results / f"{stamp}_v2_{name}.log")
+        grpc_runs = {name: [] for name in (*servers, *floors)}
         for round_no in range(args.passes):
             order = list(servers) if round_no % 2 == 0 else list(reversed(servers))
-            if not args.big_only:
+            if not (args.big_only or args.grpc_only):
                 for c in CONNECTIONS:
                     for name in order:
                         url = f"http://127.0.0.1:{ports[name][0]}/v2/models/{models[name]}/infer"
                         runs[name][c].append(load(url, body, hlen, args.duration, c))
-                for name in order:
+            if not args.big_only:
+                for name in (*order, *floors):
                     grpc_runs[name].append(grpc_latency(f"127.0.0.1:{ports[name][1]}", models[name], x,
                                                         args.grpc_calls))
-            big_runs.append(big_input(f"127.0.0.1:{ports['shmserve'][0]}", args.big_calls))
+            if not args.grpc_only:
+                big_runs.append(big_input(f"127.0.0.1:{ports['shmserve'][0]}", args.big_calls))
     finally:
         for name, proc in servers.items():
             stop(proc, group=(name == "triton"))
+        for proc in floors.values():
+            stop(proc)
         body.unlink(missing_ok=True)
     report["loadavg_end"] = list(os.getloadavg())
     summarize(report, runs, grpc_runs, big_runs)
@@ -252,7 +304,7 @@ def summarize(report: dict[str, Any], runs: dict[str, dict[int, list[wrk.WrkResu
                                              "rps_passes": [r.rps for r in rs]}
                                     for c, rs in by_c.items()} for name, by_c in runs.items()}
     report["grpc_c1_ms"] = {name: {rpc: {q: median([r[rpc][q] for r in rounds]) for q in ("p50", "p99")}
-                                   for rpc in ("infer", "live")}
+                                   for rpc in rounds[0]}
                             for name, rounds in grpc_runs.items() if rounds}
     report["big_16MB_ms"] = {what: {q: median([r[what][q] for r in big_runs]) for q in ("p50", "p99")}
                              for what in ("memcpy", "region", "http_binary")} if big_runs else {}
@@ -262,11 +314,18 @@ def summarize(report: dict[str, Any], runs: dict[str, dict[int, list[wrk.WrkResu
             per = [a.rps / b.rps for a, b in zip(runs["shmserve"][c], runs["triton"][c], strict=True) if b.rps]
             ratios[f"rps_c{c}_shmserve_over_triton"] = median(per)
             ratios[f"rps_c{c}_shmserve_over_triton_rounds"] = per
-        per = [a["infer"]["p50"] / b["infer"]["p50"] for a, b in zip(grpc_runs["shmserve"], grpc_runs["triton"], strict=True)]
-        ratios["grpc_infer_p50_triton_over_shmserve"] = median([1 / r for r in per])
+    if grpc_runs.get("triton"):
+        ratios["grpc_infer_raw_p50_triton_over_shmserve"] = median([
+            b["infer_raw"]["p50"] / a["infer_raw"]["p50"]
+            for a, b in zip(grpc_runs["shmserve"], grpc_runs["triton"], strict=True)])
     if grpc_runs.get("shmserve"):
-        ratios["grpc_infer_p50_over_live_p50_shmserve"] = median([r["infer"]["p50"] / r["live"]["p50"]
-                                                                   for r in grpc_runs["shmserve"]])
+        ours = grpc_runs["shmserve"]
+        ratios["grpc_infer_raw_p50_over_live_p50_shmserve"] = median([r["infer_raw"]["p50"] / r["live"]["p50"]
+                                                                       for r in ours])
+        for name in ("noop-aio", "noop-sync"):
+            if grpc_runs.get(name):
+                ratios[f"grpc_live_p50_shmserve_over_{name}"] = median([
+                    a["live"]["p50"] / b["live"]["p50"] for a, b in zip(ours, grpc_runs[name], strict=True)])
     if big_runs:
         per = [r["region"]["p50"] / r["memcpy"]["p50"] for r in big_runs]
         ratios["region_over_memcpy_p50"] = median(per)
@@ -286,8 +345,9 @@ def print_report(r: dict[str, Any]) -> None:
                   f"p99 {f['p99_ms']:.3f} ms  (rounds {', '.join(f'{v:.0f}' for v in f['rps_passes'])})")
     for name, rpcs in r["grpc_c1_ms"].items():
         for rpc, lat in rpcs.items():
-            label = "ModelInfer" if rpc == "infer" else "ServerLive"
-            print(f"  gRPC {label} c=1 {name:9s}: p50 {lat['p50']:.3f} ms  p99 {lat['p99']:.3f} ms")
+            label = {"live": "ServerLive", "infer_raw": "ModelInfer (raw stub)",
+                     "infer_tritonclient": "ModelInfer (tritonclient)"}[rpc]
+            print(f"  gRPC c=1 {name:9s} {label:27s}: p50 {lat['p50']:.3f} ms  p99 {lat['p99']:.3f} ms")
     for what, lat in r["big_16MB_ms"].items():
         print(f"  16 MB {what:12s}: p50 {lat['p50']:.2f} ms  p99 {lat['p99']:.2f} ms")
     for k, v in r["ratios"].items():
