@@ -19,9 +19,11 @@ Figures (p50/p99 from wrk or from per-call timings; each figure is the median ov
    (the cheapest honest client: ``infer_raw``) and through
    ``tritonclient.grpc.InferenceServerClient.infer`` (which builds the messages on
    every call: ``infer_tritonclient``), and ``ServerLive`` (an RPC that does no work).
-   In the same round, ``ServerLive`` against two no-op servers (`perf.grpc_floor`:
-   ``grpc.aio`` on uvloop, as our API worker runs it, and grpcio's thread-pool server)
-   gives the floor of grpcio itself on this machine.
+   In the same round, the same calls against the minimal servers of `perf.grpc_floor`
+   (``grpc.aio`` on uvloop, as our API worker runs it, and grpcio's thread-pool server):
+   ``noop-*`` answer only ``ServerLive`` (the floor of grpcio itself on this machine),
+   ``bare-*`` also ``ModelInfer``, calling the same runner with no checks (the floor of
+   grpcio plus the runner call, async and sync).
 3. A 16 MB float32 input to ``big.head`` (returns its first row): through a
    registered system shared-memory region, against one ``memcpy`` of 16 MB measured
    in the same loop, and against the same tensor as binary v2 over HTTP (a block of
@@ -154,12 +156,12 @@ def grpc_latency(url: str, model: str | None, x: np.ndarray, n: int) -> dict[str
     return out
 
 
-def start_floor(kind: str, port: int, log: Path) -> Any:
-    """A no-op gRPC server of `perf.grpc_floor`, once it listens."""
+def start_floor(kind: str, port: int, log: Path, runner: str | None = None) -> Any:
+    """A minimal gRPC server of `perf.grpc_floor` (calling `runner` in ModelInfer, if given), once it listens."""
     import subprocess
 
     fh = log.open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "perf.grpc_floor", kind, str(port)], cwd=HERE.parent,
+    proc = subprocess.Popen([sys.executable, "-m", "perf.grpc_floor", kind, str(port), *([runner] if runner else [])], cwd=HERE.parent,
                             env=child_env(), stdout=subprocess.PIPE, stderr=fh)
     assert proc.stdout is not None
     if proc.stdout.readline().strip() != b"ready":
@@ -257,10 +259,10 @@ def main(argv: list[str] | None = None) -> int:
             runs = {name: {c: [] for c in CONNECTIONS} for name in servers}
         if not args.big_only:
             for kind in FLOORS:
-                name = f"noop-{kind}"
-                ports[name] = (0, free_port())
-                models[name] = None
-                floors[name] = start_floor(kind, ports[name][1], results / f"{stamp}_v2_{name}.log")
+                for name, runner in ((f"noop-{kind}", None), (f"bare-{kind}", f"mlp{SUFFIX}")):
+                    ports[name] = (0, free_port())
+                    models[name] = models["shmserve"] if runner else None
+                    floors[name] = start_floor(kind, ports[name][1], results / f"{stamp}_v2_{name}.log", runner)
         grpc_runs = {name: [] for name in (*servers, *floors)}
         for round_no in range(args.passes):
             order = list(servers) if round_no % 2 == 0 else list(reversed(servers))
@@ -326,6 +328,10 @@ def summarize(report: dict[str, Any], runs: dict[str, dict[int, list[wrk.WrkResu
             if grpc_runs.get(name):
                 ratios[f"grpc_live_p50_shmserve_over_{name}"] = median([
                     a["live"]["p50"] / b["live"]["p50"] for a, b in zip(ours, grpc_runs[name], strict=True)])
+        for name in ("bare-aio", "bare-sync"):
+            if grpc_runs.get(name):
+                ratios[f"grpc_infer_raw_p50_shmserve_over_{name}"] = median([
+                    a["infer_raw"]["p50"] / b["infer_raw"]["p50"] for a, b in zip(ours, grpc_runs[name], strict=True)])
     if big_runs:
         per = [r["region"]["p50"] / r["memcpy"]["p50"] for r in big_runs]
         ratios["region_over_memcpy_p50"] = median(per)
