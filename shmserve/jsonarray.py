@@ -17,6 +17,14 @@ strings: a ``"`` anywhere is refused up front (that is also what keeps
 ``["nan"]`` from becoming a NaN). Each piece is orjson-parsed, so what is valid
 JSON is orjson's call; pieces are promoted to one dtype as numpy promotes one
 list (`numpy.result_type`).
+
+Each piece (a small body is one piece) is first offered to the C accelerator
+(`shmserve/_native/jsonarray.c`, through `native_array`), which parses the text
+straight into an array of float64, float32 or the inferred dtype, with no
+Python object per number. It takes a subset of what the path above accepts,
+with the same values, and gives the rest back (None): that path then decides,
+so results and error messages are the same with or without it
+(``SHMSERVE_PURE_PYTHON=1`` runs the Python path alone).
 """
 from __future__ import annotations
 
@@ -28,10 +36,11 @@ from typing import Any
 import numpy as np
 import orjson
 
+from ._native import load
 from .errors import InvalidInput
 from .jsonscan import PIECE_BYTES, Steps, find_close, has_quote, run, skip_space, spans
 
-__all__ = ["PIECE_BYTES", "array_steps", "decode_array", "fresh_array", "span_steps", "to_array"]
+__all__ = ["PIECE_BYTES", "array_steps", "decode_array", "fresh_array", "native_array", "span_steps", "to_array"]
 
 _OPEN, _CLOSE = ord("["), ord("]")
 #: nesting levels cut one level down before a span is left to orjson whole (which limits depth itself)
@@ -42,6 +51,12 @@ _F64 = np.dtype(np.float64)
 #: arrays from this size on are allocated by `fresh_array` in an mmap of 4 KiB pages (numpy's huge-page
 #: advice starts at 4 MiB)
 _FRESH_MMAP_BYTES = 4 * 1024 * 1024
+
+#: the C parser (None: not built, or SHMSERVE_PURE_PYTHON=1); tests swap it for None to run the Python path
+_native = load("jsonarray")
+#: the requested dtypes it writes (None: inferred), and the dtypes its answers name
+_NATIVE_CODES: dict[np.dtype | None, str] = {_F64: "d", np.dtype(np.float32): "f", None: "n"}
+_NATIVE_DTYPES: dict[str, np.dtype] = {"d": _F64, "f": np.dtype(np.float32), "q": np.dtype(np.int64), "?": np.dtype(np.bool_)}
 
 
 def decode_array(body: bytes, dtype: np.dtype | None, piece_bytes: int = PIECE_BYTES) -> np.ndarray:
@@ -63,6 +78,10 @@ def array_steps(body: Any, dtype: np.dtype | None, piece_bytes: int = PIECE_BYTE
     to `same_kind` under numpy's ``same_kind`` rule (no floats into an int
     dtype); the result then has dtype `same_kind`.
     """
+    if len(body) <= piece_bytes:
+        arr = native_array(body, dtype)
+        if arr is not None:
+            return _cast(arr, same_kind)
     start = skip_space(body, 0)
     if (yield from has_quote(body, 0, len(body))):
         if start < len(body) and body[start] == ord("{"):
@@ -93,7 +112,10 @@ def span_steps(body: Any, open_at: int, close_at: int, dtype: np.dtype | None, p
                                         piece_bytes, None, level + 1)
             parts.append(row[np.newaxis])
             continue
-        parts.append(to_array(_loads(b"[" + body[begin:end] + b"]"), None if same_kind is not None else dtype))
+        text = b"[" + body[begin:end] + b"]"
+        want = None if same_kind is not None else dtype
+        arr = native_array(text, want)
+        parts.append(arr if arr is not None else to_array(_loads(text), want))
         yield
     return (yield from _assemble(parts, dtype, same_kind))
 
@@ -122,6 +144,19 @@ def _assemble(parts: list[Any], dtype: np.dtype | None, same_kind: np.dtype | No
             yield
         del p
     return out
+
+
+def native_array(text: Any, dtype: np.dtype | None) -> np.ndarray | None:
+    """The JSON array of numbers in `text` as `dtype` (inferred when None) by the C parser, or None where
+    the Python path must decide (no parser, another dtype, or a text it does not take: see jsonarray.c)."""
+    code = _NATIVE_CODES.get(dtype)
+    if code is None or _native is None:
+        return None
+    got = _native.parse(text, code)
+    if got is None:
+        return None
+    buf, shape, kind = got
+    return np.frombuffer(buf, _NATIVE_DTYPES[kind]).reshape(shape)
 
 
 def fresh_array(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
