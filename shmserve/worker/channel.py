@@ -25,6 +25,7 @@ from ..shm.ring import BLOCK_BUSY, BLOCK_FREE, BLOCK_HEADER, U64, ChannelLayout,
 from ..shm.segment import Segment
 from ..shm.signal import Signal
 from ..shm.wire import TensorMeta
+from . import rows
 
 RESULT_SPACE_WAIT_S = 2.0  # how long a result may wait for the caller to free result-arena space
 
@@ -66,17 +67,12 @@ class WorkerChannel:
         self.loop_wake: int | None = None  # eventfd of the client's asyncio loop, when it sent one
 
     def read_new(self, now: float) -> list[Request]:
-        v = self.view
-        head = v.get(ring.H_REQ_HEAD)
-        out = []
-        while self.req_tail < head:
-            pos = v.req_slot(self.req_tail)
-            fixed, tensors, meta = v.read_desc(pos, v.req_arena)
-            out.append(Request(fixed[0], self, pos, fixed[1], meta, tensors, fixed[8], fixed[9], now))
-            self.req_tail += 1
-        if out:
-            v.set(ring.H_REQ_TAIL, self.req_tail)
-        return out
+        """Every call published since the last read (one `rows.consume` call), marked consumed."""
+        lay = self.view.layout
+        self.req_tail, got = rows.consume(self.view.buf, lay.req_desc, lay.slots, self.req_tail, ring.H_REQ_HEAD,
+                                          ring.H_REQ_TAIL, lay.req_arena, lay.req_arena_size)
+        return [Request(seq, self, pos, method, meta, tensors, submit, deadline, now)
+                for pos, seq, method, meta, tensors, submit, deadline in got]
 
     def abandoned(self, req: Request) -> bool:
         """Whether the caller gave up on `req` (timed out, or its HTTP client went away)."""
@@ -108,6 +104,30 @@ class WorkerChannel:
             if self.closed or now >= deadline:
                 return None
             time.sleep(0.0005)  # the caller frees space as it drops leased results
+
+    def reclaim_results(self) -> None:
+        """Reclaim the result blocks the client let go of (`reserve_result` does not)."""
+        self.results.reclaim(self._block_released)
+
+    def reserve_result(self, nbytes: int) -> list[int] | None:
+        """A result block for `nbytes` bytes of data, if there is room now, without reclaiming: its
+        header is left to `publish_rows`, and until then its state word is stale, so a reclaim in
+        between could take it for one the client freed (reclaim once, before reserving a batch's)."""
+        return self.results.alloc(BLOCK_HEADER + nbytes, 64)
+
+    def free_response_slots(self) -> int:
+        """Response slots the client's reader has taken (or never used)."""
+        return self.view.layout.slots - (self.resp_head - self.view.get(ring.H_RESP_TAIL))
+
+    def publish_rows(self, src: np.ndarray, entries: list[rows.Row], dtype: bytes, kind: int,
+                     trailing: tuple[int, ...], times: tuple[float, float, float], batch_size: int) -> None:
+        """Write OK results that are rows of `src` into their reserved blocks and publish them at once
+        (`rows.publish_rows`); the post comes with the next flush."""
+        lay = self.view.layout
+        self.resp_head = rows.publish_rows(self.view.buf, lay.resp_desc, lay.slots, self.resp_head, ring.H_RESP_HEAD,
+                                           lay.resp_arena, src, 0, entries, dtype, kind, trailing,
+                                           (*times, time.monotonic()), batch_size)
+        self.dirty = True
 
     def wait_response_slot(self, req: Request, final: bool = False, beat: Callable[[], None] | None = None) -> bool:
         """Wait until the response ring has a free slot for one more response of a streaming call.

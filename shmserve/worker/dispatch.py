@@ -260,6 +260,8 @@ class Dispatcher:
         if batched:
             m.policy.on_batch_done(total, t_done - t_model, done_at=t_done)
         gpu = self._gpu
+        if gpu is None and batched and self.results.write_array(batch, out, m.sig.output_dim, (t_batch, t_model, t_done)):
+            return  # one array of rows: one copy per call, no views (`ResultWriter.write_array`)
         try:
             parts = split_result(m.sig.name, out, [r.items for r in batch], m.sig.output_dim) if len(batch) > 1 else [out]
             encoded = [encode_result(p, device=self.device,
@@ -275,11 +277,9 @@ class Dispatcher:
         first = batch[0]
         if len(batch) == 1:
             tensors = [from_wire(first.channel.input_view(t), t.kind, t.dtype) for t in first.tensors]
-            return decode_call(tensors, first.meta, self.device)
-        dim = m.sig.input_dim
-        tensors = []
-        for j, t0 in enumerate(first.tensors):
-            tensors.append(from_wire(join_inputs([r.channel for r in batch], [r.tensors[j] for r in batch], dim), t0.kind, t0.dtype))
+        else:
+            tensors = [from_wire(join_inputs([r.channel for r in batch], [r.tensors[j] for r in batch], m.sig.input_dim),
+                                 t0.kind, t0.dtype) for j, t0 in enumerate(first.tensors)]
         return decode_call(tensors, first.meta, self.device)
 
     def _fail(self, batch: list[Request], code: int, etype: str, message: str, tb: str) -> None:

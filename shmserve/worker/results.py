@@ -17,11 +17,25 @@ import time
 from collections import deque
 from typing import Any
 
+import numpy as np
+
+from ..shm.message import encode_result
+from ..shm.wire import Status
+from ..tensors import TRANSPORT, to_wire
 from .channel import RESULT_SPACE_WAIT_S, Request, WorkerChannel
+from .rows import Row
 
 __all__ = ["ResultWriter", "RESULT_SPACE_WAIT_S", "RETRY_S"]
 
 RETRY_S = 0.0005  # how often the loop looks for freed space while a result is parked
+
+
+def rows_of(out: Any, total: int, dim: int) -> bool:
+    """Whether `out` splits into a batch's results as consecutive rows that `ResultWriter.write_rows`
+    copies as bytes: a C-contiguous, native-order numpy array of `total` items along dim 0."""
+    return (type(out) is np.ndarray and dim == 0 and 1 <= out.ndim <= TRANSPORT.max_ndim and out.shape[0] == total
+            and out.flags.c_contiguous and out.dtype.isnative and out.dtype.kind in TRANSPORT.dtype_kinds
+            and out.dtype.fields is None)
 
 
 class _Parked:
@@ -58,6 +72,70 @@ class ResultWriter:
             q = self.parked[ch] = deque()
         q.append(_Parked(req, code, tensors, meta, times, batch_size, time.monotonic()))
         self.answered.add(id(req))
+
+    def write_array(self, batch: list[Request], out: Any, dim: int, times: tuple[float, float, float]) -> bool:
+        """Write the OK results of a batch when its output `out` (split along `dim`) is one array of
+        rows (see `rows_of`): most in one write per channel, the calls whose channel has no room now
+        one by one (parked). False, and nothing written, for any other output."""
+        total = sum(r.items for r in batch)
+        if not rows_of(out, total, dim):
+            return False
+        arr, kind, dtype_str = to_wire(out, "result")
+        for r, start in self.write_rows(batch, arr, kind, dtype_str, times, total):
+            tensors, meta = encode_result(arr[start : start + r.items])
+            self.write(r, Status.OK, tensors, meta, (r.dequeue, *times), total)
+        return True
+
+    def write_rows(self, batch: list[Request], out: np.ndarray, kind: int, dtype_str: str,
+                   times: tuple[float, float, float], total: int) -> list[tuple[Request, int]]:
+        """Write the OK results of a batch whose output `out` (C-contiguous, native byte order) holds
+        each call's items as consecutive rows: every call of a channel with a block free now goes out
+        in one `WorkerChannel.publish_rows` call. Returns (call, first row) of the calls left for
+        `write` (a channel with parked results, or no room now): the later calls of their channel too,
+        so one client's results keep their order."""
+        row_bytes = out.nbytes // total  # not strides[0]: an empty array's says an item size
+        per: dict[WorkerChannel, list[Row]] = {}
+        room: dict[WorkerChannel, int] = {}
+        left: list[tuple[Request, int]] = []
+        blocked: set[WorkerChannel] = set()
+        blocks: dict[WorkerChannel, list[tuple[Request, list[int]]]] = {}
+        first_row = 0
+        for r in batch:
+            ch = r.channel
+            start, first_row = first_row, first_row + r.items
+            if ch in blocked:
+                left.append((r, start))
+                continue
+            entries = per.get(ch)
+            if entries is None:
+                if ch in self.parked or ch.closed:
+                    blocked.add(ch)
+                    left.append((r, start))
+                    continue
+                entries = per[ch] = []
+                room[ch] = ch.free_response_slots()
+                ch.reclaim_results()  # once, before any block of this batch is reserved (see reserve_result)
+            nbytes = r.items * row_bytes
+            block = ch.reserve_result(nbytes) if len(entries) < room[ch] else None
+            if block is None:
+                blocked.add(ch)
+                left.append((r, start))
+                continue
+            entries.append((r.seq, block[0], block[1] - block[0], start * row_bytes, nbytes, r.items, r.dequeue))
+            blocks.setdefault(ch, []).append((r, block))
+        trailing = tuple(out.shape[1:])
+        dtype = dtype_str.encode()
+        for ch, entries in per.items():
+            if not entries:
+                continue
+            try:
+                ch.publish_rows(out, entries, dtype, kind, trailing, times, total)
+            except Exception:  # nothing was written: free the blocks, and the batch fails these calls
+                for _r, block in blocks[ch]:
+                    ch.results.release(block)
+                raise
+            self.answered.update(id(r) for r, _block in blocks[ch])
+        return left
 
     def retry(self, now: float) -> None:
         """Write the parked results that fit now, and fail those that waited too long."""

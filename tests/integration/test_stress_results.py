@@ -226,7 +226,15 @@ async def _async_caller(r: Any, k: int, until: float, tally: Tally) -> None:
         tally.check(method, x, y, f"async caller {k} call {i}", rnd)
 
 
-def test_many_callers_each_get_their_own_answer(unique_name: str, shm_clean: None) -> None:
+@pytest.mark.parametrize("pure", [False, True], ids=["native", "pure-python"])
+def test_many_callers_each_get_their_own_answer(unique_name: str, shm_clean: None, pure: bool,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # The worker's ring work runs in C when built (shmserve.worker.rows); the pure-Python worker
+    # (SHMSERVE_PURE_PYTHON=1, inherited by the spawned worker) must serve the same answers.
+    if pure:
+        monkeypatch.setenv("SHMSERVE_PURE_PYTHON", "1")
+    else:
+        monkeypatch.delenv("SHMSERVE_PURE_PYTHON", raising=False)
     r = shmserve.Runner(Tagged, name=unique_name, arena_mb=1, max_latency_ms=2, max_batch_size=16, timeout=30)
     tally = Tally()
     with shmserve.start(r, workers=1):

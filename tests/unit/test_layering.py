@@ -39,6 +39,7 @@ ALLOWED: dict[str, set[str]] = {
     "settings": {"errors"},
     "tensors": {"errors"},
     "process": set(),
+    "_native": set(),  # the optional C accelerators' loader: imported by the parts they speed up
     "traces": set(),
     "batching": set(),
     "context": set(),
@@ -53,7 +54,7 @@ ALLOWED: dict[str, set[str]] = {
     "worker_stats": {"lease", "registry"},
     "gpu": {"errors", "registry"},
     "calling": {"deadline", "errors", "gpu", "lease", "registry", "shm", "traces", "watchdog"},
-    "worker": {"batching", "calling", "errors", "gpu", "lease", "model", "process", "registry", "shm", "watchdog",
+    "worker": {"_native", "batching", "calling", "errors", "gpu", "lease", "model", "process", "registry", "shm", "watchdog",
                "worker_stats"},
     "io": {"errors"},
     "service": {"errors", "io", "model"},
