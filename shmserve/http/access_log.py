@@ -5,8 +5,7 @@ a microsecond, no lock, no wake-up). A writer thread sleeps `FLUSH_S`
 seconds, takes every waiting entry, formats them and writes the batch with
 one write per handler, and sleeps again (in a server that is the observer's
 writer, `shmserve.http.observe`, which builds the spans on the same turn;
-`AccessLog.start` runs one of its own). Even the runner time is summed there,
-from the request's runner call traces the entry holds. So the loop never waits on a write
+`AccessLog.start` runs one of its own). So the loop never waits on a write
 and never wakes a thread: waking the writer for every line (as a
 ``QueueHandler``/``QueueListener`` pair does) hands the GIL back and forth once
 per request, which measurably cost throughput (see the README's *Operational
@@ -44,9 +43,13 @@ __all__ = ["AccessLog", "LOGGER_NAME", "FLUSH_S"]
 LOGGER_NAME = "shmserve.access"
 
 # One entry: (CLOCK_MONOTONIC time, peer address, method, path, status, bytes in, bytes out, seconds,
-# the runner calls' traces (`shmserve.traces.Sink`) or None, id); the writer turns the monotonic time
-# into a wall-clock one and the traces into the runner time.
-Entry = tuple[float, Any, bytes, bytes, int, int, int, float, Sink | None, bytes]
+# runner seconds, id); the writer adds the wall clock's offset to the monotonic time. Every field is
+# a number, a byte string or the peer's (host, port) tuple: an entry refers to no container the
+# garbage collector tracks, so the ~FLUSH_S worth of entries waiting for the writer are untracked
+# at the collector's first pass instead of surviving into its older generations (holding the
+# request's runner traces here kept ~4 tracked objects a request alive for a tenth of a second,
+# which measurably added young collections: see the README's *Operational features*).
+Entry = tuple[float, Any, bytes, bytes, int, int, int, float, float, bytes]
 
 # JSON line template: formatting one line with `%` costs a quarter of building a dict and
 # orjson.dumps-ing it (2 µs against 9 µs a line), and the writer holds the GIL while it formats.
@@ -87,10 +90,10 @@ class _Quoted:
         return known
 
 
-def _text(e: Entry) -> str:
-    ts, peer, method, path, status, n_in, n_out, seconds, sink, rid = e
+def _text(e: Entry, wall: float) -> str:
+    ts, peer, method, path, status, n_in, n_out, seconds, runner_s, rid = e
     return (f'{_client(peer)} "{method.decode("latin-1")} {path.decode("latin-1")}" {status} in={n_in} '
-            f"out={n_out} {seconds * 1e3:.3f}ms runner={runner_seconds(sink) * 1e3:.3f}ms "
+            f"out={n_out} {seconds * 1e3:.3f}ms runner={runner_s * 1e3:.3f}ms "
             f"id={rid.decode('latin-1')}")
 
 
@@ -102,14 +105,16 @@ class _JsonLines:
         self._stamp = ""
         self._quote = _Quoted()
 
-    def __call__(self, e: Entry) -> str:
-        ts, peer, method, path, status, n_in, n_out, seconds, sink, rid = e
+    def __call__(self, e: Entry, wall: float) -> str:
+        """`e` as a JSON line; `wall`: what to add to its CLOCK_MONOTONIC time for the wall clock's."""
+        ts, peer, method, path, status, n_in, n_out, seconds, runner_s, rid = e
+        ts += wall
         second = int(ts)
         if second != self._second:
             self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         quote = self._quote
         return _JSON % (self._stamp, int((ts - second) * 1e6), _client(peer), quote(method), quote(path), status,
-                        n_in, n_out, seconds * 1e3, runner_seconds(sink) * 1e3, rid.decode("latin-1"))
+                        n_in, n_out, seconds * 1e3, runner_s * 1e3, rid.decode("latin-1"))
 
 
 class _LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -168,7 +173,7 @@ class AccessLog:
         self._rate = settings.sample_rate
         self._slow_s = settings.slow_ms / 1000.0
         is_json = settings.format == "json"
-        self._format: Callable[[Entry], str] = _JsonLines() if is_json else _text
+        self._format: Callable[[Entry, float], str] = _JsonLines() if is_json else _text
         self._handlers = handlers if handlers is not None else _server_handlers(is_json)
         # deque.append and popleft are atomic: the loop appends, the writer pops, no lock between them.
         self._pending: deque[Entry] = deque()
@@ -188,7 +193,8 @@ class AccessLog:
     def record(self, conn: Any, request: Any, status: int, body_bytes: int, sink: Sink | None = None) -> None:
         """Keep the line of one response for the writer (on the event loop; one deque append).
 
-        `sink`: the request's runner call traces; the writer sums their round trips (runner time).
+        `sink`: the request's runner call traces; their round trips are summed here (runner time), so
+        the entry does not keep them alive until the writer's turn.
         """
         now = time.monotonic()
         seconds = now - (request.t_begin or request.t_parsed)
@@ -197,7 +203,7 @@ class AccessLog:
         transport = conn.transport
         self._pending.append((now, transport.get_extra_info("peername") if transport is not None else None,
                               request.method or b"-", request.path or b"-", status, len(request.body), body_bytes,
-                              seconds, sink, request.request_id or b"-"))
+                              seconds, runner_seconds(sink) if sink else 0.0, request.request_id or b"-"))
 
     def flush(self) -> None:
         """Format and write every waiting line now (the writer thread calls this; so may tests)."""
@@ -211,9 +217,8 @@ class AccessLog:
         if not entries:
             return
         wall = time.time() - time.monotonic()
-        entries = [(e[0] + wall, *e[1:]) for e in entries]  # type: ignore[misc]
         fmt = self._format
-        lines = [fmt(e) for e in entries]
+        lines = [fmt(e, wall) for e in entries]
         records: list[logging.LogRecord] = []
         for handler in self._handlers:
             if type(handler) is _LineHandler:
@@ -222,8 +227,8 @@ class AccessLog:
             if not records:  # only for handlers that format records themselves
                 for e, line in zip(entries, lines):
                     rec = logging.LogRecord(LOGGER_NAME, logging.INFO, __file__, 0, line, None, None)
-                    rec.created = e[0]
-                    rec.msecs = (e[0] % 1) * 1000.0
+                    rec.created = e[0] + wall
+                    rec.msecs = (rec.created % 1) * 1000.0
                     records.append(rec)
             _write_batch(handler, records)
         self.written += len(lines)
