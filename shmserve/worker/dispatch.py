@@ -23,6 +23,7 @@ from ..shm.message import KIND_RAW, decode_call, encode_result
 from ..tensors import from_wire
 from ..worker_stats import WorkerStats
 from .batch import join_inputs, split_result
+from .call_log import log_failure
 from .channel import Request, WorkerChannel
 from .queues import MethodSlot, expired_reason
 from .results import ResultWriter
@@ -32,9 +33,6 @@ __all__ = ["Dispatcher", "POLL_S"]
 
 POLL_S = 0.25  # longest sleep between checks of the stop flag and the parent's liveness
 log = logging.getLogger("shmserve.worker")
-# Failures logged per call, naming the HTTP request (``request_id=``); refusals at admission are
-# not: they come at high rates by design, and the caller reports them.
-_LOGGED: dict[int, str] = {ring.ST_MODEL_ERROR: "failed", ring.ST_EXPIRED: "expired", ring.ST_BAD_REQUEST: "was refused"}
 
 
 class Dispatcher:
@@ -253,7 +251,7 @@ class Dispatcher:
                 board.end(time.monotonic())
         if m.sig.stream:  # a generator: its items go back one by one (never batched, so one call)
             self.stats.on_batch(m.index, total)
-            stream_items(out, batch[0], self.device, (batch[0].dequeue, t_batch, t_model), board)
+            stream_items(out, batch[0], self.device, (batch[0].dequeue, t_batch, t_model), board, m.sig.name)
             return
         t_done = time.monotonic()
         self.stats.on_batch(m.index, total)
@@ -290,14 +288,5 @@ class Dispatcher:
 
 
 def _log_failure(r: Request, methods: list[MethodSlot], code: int, etype: str, message: str) -> None:
-    """Log call `r`'s failure, naming the HTTP request it serves (its descriptor's ``request_tag``)."""
-    what = _LOGGED.get(code)
-    if what is None:
-        return
-    name = methods[r.method].sig.name if r.method < len(methods) else f"#{r.method}"
-    try:
-        rid = r.channel.view.request_tag(r.slot, r.seq) or "-"
-    except ValueError:  # the channel's views were released (its client went away)
-        rid = "-"
-    log.warning("runner worker: call %d of method %r %s: %s: %s request_id=%s",
-                r.seq, name, what, etype, message.splitlines()[0] if message else "", rid)
+    """Log call `r`'s failure, naming the HTTP request it serves (see `shmserve.worker.call_log`)."""
+    log_failure(r, methods[r.method].sig.name if r.method < len(methods) else f"#{r.method}", code, etype, message)

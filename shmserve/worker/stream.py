@@ -23,12 +23,13 @@ import orjson
 from ..shm import ring
 from ..shm.health import HealthBoard
 from ..shm.message import DeviceGetter, encode_result
+from .call_log import log_failure
 from .channel import Request
 
 
 def stream_items(gen: Any, req: Request, device: DeviceGetter, times: tuple[float, float, float],
-                 board: HealthBoard | None = None) -> None:
-    """Send the items of `gen` (a generator or async generator) for `req`, then its end."""
+                 board: HealthBoard | None = None, method: str = "?") -> None:
+    """Send the items of `gen` (a generator or async generator) for `req` of `method`, then its end."""
     ch = req.channel
     loop = asyncio.new_event_loop() if inspect.isasyncgen(gen) else None
     items = _drive(gen, loop) if loop is not None else iter(gen)
@@ -57,6 +58,7 @@ def stream_items(gen: Any, req: Request, device: DeviceGetter, times: tuple[floa
     except Exception as exc:
         code, tensors = ring.ST_MODEL_ERROR, []
         meta = orjson.dumps({"type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc()})
+        log_failure(req, method, code, type(exc).__name__, str(exc))  # as a failed batch call is, before the answer
     finally:
         _close(gen, loop)
     if code != ring.ST_TOO_LARGE and ch.wait_response_slot(req, final=True, beat=beat):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import orjson
@@ -22,6 +23,10 @@ class FakeChannel:
         self.cancel_after = cancel_after  # the consumer gives up after this many items
         self.fits = fits  # items after this many do not fit the result arena
         self.waits = 0
+        self.view = self  # the request tags of its slots (the HTTP request IDs), as a channel's view has
+
+    def request_tag(self, pos: int, seq: int) -> str:
+        return f"rid-{pos}-{seq}"
 
     def wait_response_slot(self, req: Any, final: bool = False, beat: Any = None) -> bool:
         self.waits += 1
@@ -46,6 +51,7 @@ class FakeRequest:
     def __init__(self, channel: FakeChannel) -> None:
         self.channel = channel
         self.seq = 7
+        self.slot = 64
 
 
 class FakeBoard:
@@ -65,6 +71,19 @@ class FakeBoard:
 def run_stream(gen: Any, ch: FakeChannel, board: FakeBoard | None = None) -> list[int]:
     stream_items(gen, FakeRequest(ch), lambda: None, (0.0, 0.0, 0.0), board)  # type: ignore[arg-type]
     return [code for code, _ in ch.written]
+
+
+def test_a_failing_generator_is_logged_with_its_request_id(caplog: pytest.LogCaptureFixture) -> None:
+    def gen():
+        yield 1
+        raise ValueError("stream broke\nsecond line")
+
+    ch = FakeChannel()
+    with caplog.at_level(logging.WARNING, logger="shmserve.worker"):
+        stream_items(gen(), FakeRequest(ch), lambda: None, (0.0, 0.0, 0.0), None, "tokens")  # type: ignore[arg-type]
+    assert [code for code, _ in ch.written] == [ring.ST_ITEM, ring.ST_MODEL_ERROR]
+    assert [r.getMessage() for r in caplog.records if r.name == "shmserve.worker"] == [
+        "runner worker: call 7 of method 'tokens' failed: ValueError: stream broke request_id=rid-64-7"]
 
 
 def test_items_then_one_final_ok() -> None:
