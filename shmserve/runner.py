@@ -137,6 +137,7 @@ class Runner:
         self._method_overrides = method_configs
         self.method_configs: dict[str, MethodConfig] = {}
         self._backend: Backend | None = None
+        self.slow_call_ms: float | None = None  # workers log calls this long (runners.logging.slow_call_ms)
         self.configure(max_batch_size=max_batch_size, max_latency_ms=max_latency_ms, workers=workers,
                        arena_mb=arena_mb, max_queue_size=max_queue_size, gpus=gpus, timeout=timeout,
                        watchdog=watchdog)
@@ -158,7 +159,7 @@ class Runner:
     def configure(self, *, max_batch_size: int = _UNSET, max_latency_ms: float = _UNSET, workers: int | None = _UNSET,
                   arena_mb: int = _UNSET, max_queue_size: int = _UNSET, gpus: list[str] | None = _UNSET,
                   timeout: float | None = _UNSET,
-                  watchdog: WatchdogLimits | dict[str, Any] | None = _UNSET) -> None:
+                  watchdog: WatchdogLimits | dict[str, Any] | None = _UNSET, slow_call_ms: float | None = _UNSET) -> None:
         """Change settings before the runner starts; the arguments left out keep their values.
 
         A new `max_batch_size` or `max_latency_ms` applies to every method, replacing the
@@ -196,6 +197,8 @@ class Runner:
             self.timeout = float(timeout) if timeout is not None else None
         if watchdog is not unset:
             self.watchdog = WatchdogLimits.of(watchdog)
+        if slow_call_ms is not unset:  # validated by the configuration's schema (>= 0), its only source
+            self.slow_call_ms = float(slow_call_ms) if slow_call_ms is not None else None
         if self.method_configs and max_batch_size is unset and max_latency_ms is unset:
             return
         if self.method_configs:  # the configuration replaces the code's per-method batching

@@ -23,6 +23,7 @@ _CODE_KEYS: dict[tuple[str, ...], str] = {
     ("timeout",): "timeout",
     ("arena_mb",): "arena_mb",
     ("max_queue_size",): "max_queue_size",
+    ("logging", "slow_call_ms"): "slow_call_ms",
 }
 _RUNNER_DEFAULTS = RunnerSettings().model_dump(by_alias=True)
 _SETTING_NAMES = frozenset(_RUNNER_DEFAULTS)

@@ -241,6 +241,14 @@ class ResourceSettings(Settings):
         None, alias="nvidia.com/gpu", description="GPUs for the runner: a count, or a list of GPU ids")
 
 
+class RunnerLoggingSettings(Settings):
+    """``runners[.NAME].logging``: the runner workers' log lines about calls (`shmserve.worker.call_log`)."""
+
+    slow_call_ms: Union[float, None] = Field(
+        None, ge=0, description="log a call taking at least this many ms from submit to result, with its queue "
+        "wait, model time, batch size and request ID; null: off")
+
+
 class RunnerSettings(Settings):
     """The settings of one runner (``runners.NAME``), and the defaults of all (``runners``)."""
 
@@ -249,6 +257,7 @@ class RunnerSettings(Settings):
                                         description="default deadline of a call in seconds: refused at once (503) "
                                         "when it cannot be served by then, RunnerTimeout (504) past it; null: none")
     watchdog: WatchdogSettings = Field(default_factory=WatchdogSettings, description="the watchdog of hung workers")
+    logging: RunnerLoggingSettings = Field(default_factory=RunnerLoggingSettings, description="logging of calls")
     resources: ResourceSettings = Field(default_factory=ResourceSettings, description="resources")
     workers_per_resource: float = Field(1.0, gt=0, description="worker processes per CPU or GPU in resources")
     arena_mb: int = Field(_runner.DEFAULT_ARENA_MB, ge=1,

@@ -23,7 +23,7 @@ from ..shm.message import KIND_RAW, decode_call, encode_result
 from ..tensors import from_wire
 from ..worker_stats import WorkerStats
 from .batch import join_inputs, split_result
-from .call_log import log_failure
+from .call_log import log_failure, log_slow
 from .channel import Request, WorkerChannel
 from .queues import MethodSlot, expired_reason
 from .results import ResultWriter
@@ -51,6 +51,7 @@ class Dispatcher:
         self.arrived = 0  # calls read since the main loop last reset it
         self.board: HealthBoard | None = None  # the watchdog's view of this worker, when it has one
         self.stats = stats
+        self.slow_call_s: float | None = None  # calls at least this long are logged (`call_log.log_slow`); None: off
 
     def publish_stats(self) -> None:
         """Write this worker's snapshot for ``/metrics`` (`shmserve.worker_stats`)."""
@@ -88,14 +89,12 @@ class Dispatcher:
         """The CUDA hand-off ledger of this worker (imports shmserve.gpu on first use)."""
         if self._gpu is None:
             from ..gpu import HandoffLedger
-
             self._gpu = HandoffLedger()
         return self._gpu
 
     def _drop(self, ch: WorkerChannel) -> None:
         if self._gpu is not None:
             from ..gpu import sweep
-
             sweep()
             self._gpu.forget(ch.client_pid)
         for m in self.methods:
@@ -268,6 +267,7 @@ class Dispatcher:
         except Exception as exc:
             self._fail(batch, ring.ST_MODEL_ERROR, type(exc).__name__, str(exc), traceback.format_exc())
             return
+        log_slow(batch, m.sig.name, self.slow_call_s, t_batch, t_model, t_done, total)  # before the results are written
         for r, (tensors, meta) in zip(batch, encoded):
             self.results.write(r, ring.ST_OK, tensors, meta, (r.dequeue, t_batch, t_model, t_done), total)
 

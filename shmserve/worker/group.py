@@ -95,6 +95,7 @@ class WorkerHandle:
             health_name=self.board.name,
             signals=self.sup.signals,
             restarts=self.restarts,
+            slow_call_ms=r.slow_call_ms,
         )
         # The child inherits the environment at exec: its thread and GPU variables.
         child = spawn(self.sup.ctx, worker_main.main, (spec,), name=f"shmserve-{r.name}-{self.index}",

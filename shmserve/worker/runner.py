@@ -57,6 +57,7 @@ class WorkerSpec:
     #: the signals that stop this worker and those it ignores (see ``start(outlive_sigterm=)``)
     signals: SignalRole = RUNNER_WORKER
     restarts: int = 0  # times this worker slot was restarted before this process (for /metrics)
+    slow_call_ms: float | None = None  # runners[.NAME].logging.slow_call_ms: log calls at least this long
 
 
 # -- process main ----------------------------------------------------------------------
@@ -77,6 +78,8 @@ def main(spec: WorkerSpec, status: Connection) -> None:
         raise SystemExit(1) from None
     stats = WorkerStats(spec.runner_name, spec.index, [sig.name for sig, _, _ in spec.methods], spec.restarts)
     dispatcher = Dispatcher(instance, spec.methods, stats)
+    if spec.slow_call_ms is not None:
+        dispatcher.slow_call_s = spec.slow_call_ms / 1000.0
     methods_info = {
         sig.name: {"index": i, "batchable": sig.batchable, "input_dim": sig.input_dim, "output_dim": sig.output_dim,
                    "max_batch_size": mbs, "max_latency_ms": mlat, "stream": sig.stream}

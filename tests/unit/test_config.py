@@ -161,6 +161,14 @@ def test_apply_changes_the_runner_objects():
     assert (other.max_batch_size, other.arena_mb, other.timeout, other.workers) == (8, DEFAULT_ARENA_MB, DEFAULT_TIMEOUT_S, None)
 
 
+def test_slow_call_threshold_reaches_the_runner_and_is_off_by_default():
+    r, other = runner(), runner(name="other")
+    Config().with_layer(parse_options("runners.mlp.logging.slow_call_ms=250")).apply([r, other])
+    assert r.slow_call_ms == 250.0 and other.slow_call_ms is None
+    with pytest.raises(Exception, match="slow_call_ms"):
+        Config().with_layer(parse_options("runners.logging.slow_call_ms=-1")).apply([runner()])
+
+
 def test_batching_disabled_runs_each_call_alone():
     r = runner(max_batch_size=8)
     Config().with_layer(parse_options("runners.batching.enabled=false")).apply([r])

@@ -247,3 +247,17 @@ def test_a_sync_stream_inside_a_running_loop_names_async_stream() -> None:
     with pytest.raises(BlockingCall, match=r"async for item in runner\.words\.async_stream\(\.\.\.\)"):
         asyncio.run(api())
     assert list(runner.words.stream("a b")) == ["from a worker"]  # outside a loop it is a plain call
+
+
+def test_only_calls_over_the_slow_threshold_are_logged(caplog: pytest.LogCaptureFixture) -> None:
+    from shmserve.worker.call_log import log_slow
+
+    ch = FakeChannel()
+    fast, slow = FakeRequest(ch), FakeRequest(ch)
+    fast.submit, slow.submit, slow.seq = 9.95, 9.0, 8
+    with caplog.at_level(logging.WARNING, logger="shmserve.worker"):
+        log_slow([fast, slow], "predict", 0.5, 9.5, 9.8, 10.0, 3)
+        log_slow([fast, slow], "predict", None, 9.5, 9.8, 10.0, 3)  # off: nothing
+    assert [r.getMessage() for r in caplog.records if r.name == "shmserve.worker"] == [
+        "runner worker: slow call 8 of method 'predict': 1000.0 ms (queue wait 500.0 ms, model 200.0 ms, batch of 3) "
+        "request_id=rid-64-8"]
