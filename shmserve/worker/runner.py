@@ -16,6 +16,7 @@ watch, restart) is `group.py`; the signals are in `shmserve.process`.
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
@@ -68,6 +69,7 @@ def main(spec: WorkerSpec, status: Connection) -> None:
     # Ctrl-C is the supervisor's to handle; under `shmserve serve` a SIGTERM to the whole process
     # group must not stop us while the API workers still drain their calls (`shmserve.process`).
     stop = SignalFlag(spec.signals)
+    _setup_logging(spec)
     doorbell = Signal.open(spec.doorbell_name)
     try:
         spin_s = spin_budget_s()  # a bad SHMSERVE_SPIN_US fails the start, with its message
@@ -151,6 +153,18 @@ def main(spec: WorkerSpec, status: Connection) -> None:
             pass
         for ch in dispatcher.channels:
             ch.flush()
+
+
+def _setup_logging(spec: WorkerSpec) -> None:
+    """The API workers' line format (``<time> api[0] LEVEL logger: message``) as ``runner[NAME:INDEX]``.
+
+    Without it the worker's lines went out through Python's last-resort handler, bare messages with
+    no time and no source. The level stays WARNING, the last-resort handler's, so the same lines come
+    out (a method's own INFO lines stay quiet, as before); a process that already has handlers (a
+    fork of a configured parent) keeps them.
+    """
+    logging.basicConfig(level=logging.WARNING,
+                        format=f"%(asctime)s runner[{spec.runner_name}:{spec.index}] %(levelname)s %(name)s: %(message)s")
 
 
 def _set_threads(threads: int) -> None:
