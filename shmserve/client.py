@@ -30,6 +30,7 @@ from .delivery import Delivery, settle
 from .errors import InvalidInput, RunnerOverloaded, RunnerTimeout, RunnerUnavailable, TensorTooLarge
 from .link import Done, Pending, free_block, link_for
 from .pool import Link, LinkPool
+from .shm.extra import EXTERNAL
 from .shm.message import decode_result, encode_call, view
 from .shm.signal import Signal
 from .shm.wire import DEFAULT_SLOTS, MAX_TENSORS, META_ALIGN, META_INLINE_MAX, TensorMeta, layout, request_align
@@ -107,7 +108,10 @@ class RunnerClient(StreamingCalls):
         tensors, meta = encode_call(args, kwargs, self._device, releases)
         if len(tensors) > MAX_TENSORS:
             raise InvalidInput(f"a call carries at most {MAX_TENSORS} tensor arguments, got {len(tensors)}")
-        offsets, end = layout(tensors, 0)  # wire.block_layout, inlined: once per call
+        # Inputs that lie in a client's registered object are read in place by the worker (shm.extra).
+        external = EXTERNAL.locate_all(tensors) if EXTERNAL.active else None
+        local = tensors if external is None else [t for t, e in zip(tensors, external) if e is None]
+        offsets, end = layout(local, 0)  # wire.block_layout, inlined: once per call
         meta_off = (end + META_ALIGN - 1) & ~(META_ALIGN - 1)
         nbytes = meta_off + len(meta) if len(meta) > META_INLINE_MAX else end
         if nbytes > self.arena_bytes:
@@ -115,7 +119,7 @@ class RunnerClient(StreamingCalls):
                 f"input of {nbytes / 2**20:.1f} MB exceeds the {self.arena_bytes / 2**20:.0f} MB arena of runner "
                 f"{self.name!r}; raise Runner(arena_mb=...) or runners.{self.name}.arena_mb in the config"
             )
-        align = request_align(tensors)
+        align = request_align(local)
         now = time.monotonic()
         if deadline is not None and deadline <= now:
             raise RunnerTimeout(f"call to {self.name}.{method}: its deadline passed before it was sent")
@@ -129,7 +133,7 @@ class RunnerClient(StreamingCalls):
                     )
                 link = hint if hint is not None and hint.live else self._pool.pick()
                 p = link.submit(self._seq, index, method, tensors, offsets, meta, meta_off, nbytes, align, deadline,
-                                stream)
+                                stream, external)
                 if p is not None:
                     self._seq += 1
                     self._inflight += 1

@@ -36,7 +36,7 @@ import orjson
 
 from . import traces
 from .errors import InvalidInput, RunnerError, RunnerOverloaded, RunnerUnavailable, ShmserveError, from_wire
-from .shm import handshake
+from .shm import extra, handshake
 from .shm.channel import ChannelView
 from .shm.health import HealthBoard
 from .shm.ring import RingAllocator
@@ -53,7 +53,9 @@ from .shm.wire import (
     Status,
     Tensor,
     TensorMeta,
+    block_layout,
     mark_cancelled,
+    request_align,
 )
 from .traces import call_request_id, call_traces
 from .watchdog import Health, WatchdogLimits
@@ -140,6 +142,7 @@ class WorkerLink:
         self.segment = segment
         self.view = view = ChannelView(segment, chan)
         self._requests, self._responses, self._buf = view.requests, view.responses, view.buf
+        self._extra: extra.LinkSlots | None = None  # this channel's extra-segment entries, once a call uses one
         self.result_arena = view.resp_arena  # where the codec reads results (`lease`, `free_block`)
         self.doorbell = doorbell
         self.worker_pid = int(answer["pid"])
@@ -164,8 +167,21 @@ class WorkerLink:
                 self.sock.setblocking(False)
 
     # -- calls ------------------------------------------------------------------------------------
+    def _place_external(self, external: list[Any], tensors: list[Tensor], offsets: list[int], meta: bytes,
+                        meta_off: int, nbytes: int, align: int) -> tuple[Any, ...]:
+        """Announce the objects a call's inputs lie in (`shmserve.shm.extra`); when this channel's
+        entries are all taken, lay the call out to be copied whole, as without them."""
+        if self._extra is None:
+            self._extra = extra.LinkSlots(self._buf)
+        segments = self._extra.announce_all(external)
+        if segments is not None:
+            return segments, [t for t, e in zip(tensors, external) if e is None], offsets, meta_off, nbytes, align
+        offsets, meta_off, nbytes = block_layout(tensors, len(meta))
+        return None, None, offsets, meta_off, nbytes, request_align(tensors)
+
     def submit(self, seq: int, index: int, method: str, tensors: list[Tensor], offsets: list[int], meta: bytes,
-               meta_off: int, nbytes: int, align: int, deadline: float | None, stream: Any = None) -> Pending | None:
+               meta_off: int, nbytes: int, align: int, deadline: float | None, stream: Any = None,
+               external: list[Any] | None = None) -> Pending | None:
         """Publish call `seq` (method `index`) and ring the worker's doorbell; None when the ring or the
         request arena has no room now. `offsets`/`meta_off` are relative to the call's block of `nbytes`.
 
@@ -180,21 +196,27 @@ class WorkerLink:
                     f"after this call's deadline ({deadline - now:.3f} s away); retry later")
         if len(self.pending) >= self.slots:
             return None
+        segments = local = None
+        if external is not None:
+            segments, local, offsets, meta_off, nbytes, align = self._place_external(external, tensors, offsets, meta,
+                                                                                    meta_off, nbytes, align)
         block = self.requests.alloc(nbytes, align)  # type: ignore[union-attr]
         if block is None:
             return None
         base = block[0]
         ring = self._requests
         try:
-            ring.copy_in(base, tensors, offsets, meta, meta_off)
+            ring.copy_in(base, tensors if local is None else local, offsets, meta, meta_off)
         except BaseException:
             self.requests.release(block)  # type: ignore[union-attr]
             raise
         submit = time.monotonic()
+        placed = [base + o for o in offsets] if base else offsets
+        if segments is not None:
+            placed = extra.offsets_in_place(external, segments, placed)  # type: ignore[arg-type]
         pos = ring.publish(self._req_head, seq, index, base, block[1] - base, base + meta_off,
-                           (submit, deadline or 0.0, 0.0, 0.0, 0.0), 0, tensors,
-                           [base + o for o in offsets] if base else offsets, meta,
-                           call_request_id.get() if traces.tagging else b"")
+                           (submit, deadline or 0.0, 0.0, 0.0, 0.0), 0, tensors, placed, meta,
+                           call_request_id.get() if traces.tagging else b"", segments)
         self._req_head += 1
         p = Pending(seq, self, pos, block, method, submit)
         p.stream = stream  # set before the worker can answer

@@ -4,8 +4,9 @@ A client on this host creates a POSIX shared-memory object, registers a region
 of it (``name``, ``key`` = the object's name, ``offset``, ``byte_size``), then
 sends inference requests whose inputs and outputs name the region, an offset
 and a byte size instead of carrying bytes. Inputs are viewed in the mapping and
-copied once, by the runner client, into its arena; outputs are written straight
-into the region.
+read there in place by the runner worker, which maps the same object
+(`shmserve.shm.extra`: every mapping here is added to its ``EXTERNAL`` table);
+outputs are written straight into the region.
 
 Trust model (the extension is off unless ``shmserve serve --allow-client-shm``):
 
@@ -42,6 +43,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from ..shm.extra import EXTERNAL
 from .errors import InferError
 
 __all__ = ["Region", "RegionTable", "SHM_DIR"]
@@ -62,6 +64,7 @@ class Region:
     mapping: mmap.mmap
     token: str = ""
     record_id: tuple[int, int] = (0, 0)  # (inode, mtime_ns) of the record file this was loaded from
+    external: int = 0  # its generation in shm.extra.EXTERNAL (0: its inputs are copied)
 
     def as_status(self) -> dict[str, Any]:
         """The status entry of this region."""
@@ -251,6 +254,7 @@ class RegionTable:
         self._add(Region(name, rec["key"], rec["offset"], rec["byte_size"], mapping, rec.get("token", ""), ident))
 
     def _add(self, region: Region) -> None:
+        region.external = EXTERNAL.add(region.mapping, region.key)
         with self._lock:
             self._regions[region.name] = region
         if self.directory is not None and self._timer is None:
@@ -272,6 +276,7 @@ class RegionTable:
         with self._lock:
             region = self._regions.pop(name, None)
         if region is not None:
+            EXTERNAL.remove(region.external)  # later calls copy nothing from it and name it no more
             self._retired.append(region.mapping)
 
     def _close_retired(self) -> None:

@@ -50,13 +50,15 @@ class Ring(Generic[Desc]):
 
     def publish(self, n: int, seq: int, code: int, block_off: int, block_len: int, meta_off: int,
                 times: tuple[float, float, float, float, float], batch_size: int,
-                tensors: list[Tensor], offsets: list[int], meta: bytes, tag: bytes = b"") -> int:
+                tensors: list[Tensor], offsets: list[int], meta: bytes, tag: bytes = b"",
+                segments: list[tuple[int, int]] | None = None) -> int:
         """Write record `n` (its data already in the arena) and make it visible: the descriptor
         first, then the head word. Returns the descriptor's byte offset. The caller posts the peer.
-        `tag`: a request's ``request_tag`` (empty: none)."""
+        `tag`: a request's ``request_tag`` (empty: none); `segments`: each tensor's extra segment
+        (`shmserve.shm.extra`; None: all in the arena)."""
         pos = self.slot(n)
         wire.pack_desc(self.buf, pos, seq, code, block_off, block_len, meta_off, times, batch_size,
-                       tensors, offsets, meta, tag)
+                       tensors, offsets, meta, tag, segments)
         U64.pack_into(self.buf, self.head_word, n + 1)
         return pos
 

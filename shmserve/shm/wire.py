@@ -19,18 +19,12 @@ Segment layout (all offsets in bytes)::
     page aligned     request arena         req_arena bytes  (tensors packed back to back)
     page aligned     response arena        resp_arena bytes (blocks with a 16-byte header)
 
-Header page: u64 words, each index on its own 64-byte cache line where two
-processes write them::
-
-    0    magic 'SHMSRV01'      8   version (u64)
-    16   slots                 24  req_arena size
-    32   resp_arena size
-    64   req_head   (client: requests published)
-    128  req_tail   (worker: requests consumed)
-    192  resp_head  (worker: responses published)
-    256  resp_tail  (client: responses consumed)
-    320  drained_at (worker, f64: the soonest deadline a call sent now may have
-                    and be admitted; a client refuses a call due sooner at once)
+Header page: u64 words (`HEADER_WORDS`; drained_at an f64), each cursor on its
+own 64-byte cache line since two processes write them: 0 magic 'SHMSRV01',
+8 version, 16 slots, 24 req_arena size, 32 resp_arena size, 64 req_head
+(client), 128 req_tail (worker), 192 resp_head (worker), 256 resp_tail
+(client), 320 drained_at (worker: the soonest deadline a call sent now may
+have and be admitted; a client refuses a call due sooner at once).
 
 Descriptor (1024 bytes), one layout for requests and responses, whose fields
 mean different things (`RequestDesc`, `ResponseDesc`); fixed part
@@ -72,14 +66,16 @@ worker's log lines about it. Each call packs the whole fixed part, so an earlier
 tag never survives; the worker reads it (`read_request_tag`) only to log, while
 the slot still holds the call's seq, so `RequestDesc` and no call pay for it.
 
-TensorHeader (96 bytes, ``<QQ8sBB6x8q``)::
+TensorHeader (96 bytes, ``<QQ8sBBBxI8q``)::
 
-    0      offset   u64   byte offset of the data in its arena
+    0      offset   u64   byte offset of the data in its arena (or in its extra segment)
     8      nbytes   u64   length of the data
     16     dtype    8s    numpy dtype string, ASCII, NUL padded ('<f4'), or 'bf16'
     24     ndim     u8    number of dimensions (<= 8)
     25     kind     u8    0 numpy ndarray, 1 torch CPU tensor, 2 raw buffer (never batched)
-    26     padding  6
+    26     segment  u8    0: the ring's arena; k: entry k - 1 of `EXTRA` at `EXTRA_OFF` (`shmserve.shm.extra`)
+    27     padding  1
+    28     generation u32 the entry's generation (low 32 bits) when the call was sent: a changed entry is refused
     32     shape    8 x i64, unused dims zero
 
 Result block header (16 bytes, ``<QQ``), at the start of every block of the
@@ -88,21 +84,18 @@ response arena::
     0    state    u64  BLOCK_BUSY while the client uses it, BLOCK_FREE once it let go
     8    length   u64  the whole block, header included
 
-Alignment, the same rules at both ends (`block_layout`): each tensor of a
-request starts at a multiple of its item size and the block at a multiple of
-its largest one (`request_align`), so one call's tensor directly follows the
-previous call's and a batch of calls is one view; result blocks start at a
-multiple of `RESULT_ALIGN` and each result tensor at a multiple of it within
-the block's data; metadata that does not fit inline follows the tensors at a
-multiple of `META_ALIGN`.
+Alignment, the same rules at both ends (`block_layout`): each tensor of a request starts at a multiple of
+its item size and the block at a multiple of its largest one (`request_align`), so one call's tensor
+directly follows the previous call's and a batch of calls is one view; result blocks start at a multiple of
+`RESULT_ALIGN` and each result tensor at a multiple of it within the block's data; metadata that does not
+fit inline follows the tensors at a multiple of `META_ALIGN`.
 
 All times are CLOCK_MONOTONIC seconds (`time.monotonic()`), which every
 process on the host shares.
 
-Publishing: data and descriptor are written first, then the head index,
-then the peer's semaphore is posted. Consumers read the head and only then
-the descriptors; on x86 stores are not reordered, and the semaphore post and
-wait are full barriers everywhere.
+Publishing: data and descriptor are written first, then the head index, then the peer's semaphore is posted.
+Consumers read the head and only then the descriptors; on x86 stores are not reordered, and the semaphore
+post and wait are full barriers everywhere.
 """
 from __future__ import annotations
 
@@ -279,10 +272,13 @@ assert DESC_FIELDS["request_tag"][1] == REQUEST_TAG_MAX and _DESC_READ.size == D
 assert len(RequestDesc._fields) == len(ResponseDesc._fields) == len(DESC_FORMAT_NAMES) - 1  # less request_tag
 
 # -- tensor headers -------------------------------------------------------------------------------
-TENSOR_HEADER = struct.Struct("<QQ8sBB6x8q")
-TENSOR_FIELDS = record_fields(TENSOR_HEADER.format, ("offset", "nbytes", "dtype", "ndim", "kind", "shape"))
+TENSOR_HEADER = struct.Struct("<QQ8sBBBxI8q")
+TENSOR_FIELDS = record_fields(TENSOR_HEADER.format, ("offset", "nbytes", "dtype", "ndim", "kind", "segment", "generation",
+                                                     "shape"))
 MAX_NDIM = 8
-assert TENSOR_HEADER.size == TENSOR_SLOT
+EXTRA = struct.Struct("<QQ112s")  # an extra segment entry: generation (0: empty), size, object name
+EXTRA_FIELDS, EXTRA_OFF, EXTRA_SLOTS = record_fields(EXTRA.format, ("generation", "size", "name")), 1024, 8
+assert TENSOR_HEADER.size == TENSOR_SLOT and EXTRA_OFF + EXTRA_SLOTS * EXTRA.size <= HEADER_SIZE
 
 
 class TensorMeta(NamedTuple):
@@ -293,16 +289,19 @@ class TensorMeta(NamedTuple):
     dtype: str
     shape: tuple[int, ...]
     kind: int
+    segment: int = 0  # 0: the ring's arena; k: the channel's extra segment k (`EXTRA`)
+    generation: int = 0  # of that segment's entry when the call was sent (low 32 bits)
 
 
 _NO_DIMS = (0,) * MAX_NDIM
 
 
-def pack_tensor(buf: Any, pos: int, offset: int, arr: np.ndarray, kind: int, dtype_str: str) -> None:
-    """Write the TensorHeader of `arr` (its data at arena `offset`) at byte `pos`."""
+def pack_tensor(buf: Any, pos: int, offset: int, arr: np.ndarray, kind: int, dtype_str: str,
+                segment: tuple[int, int] = (0, 0)) -> None:
+    """Write the TensorHeader of `arr` (its data at `offset` of the arena, or of extra (segment, generation))."""
     shape = arr.shape
     ndim = len(shape)
-    TENSOR_HEADER.pack_into(buf, pos, offset, arr.nbytes, dtype_str.encode(), ndim, kind, *shape, *_NO_DIMS[ndim:])
+    TENSOR_HEADER.pack_into(buf, pos, offset, arr.nbytes, dtype_str.encode(), ndim, kind, *segment, *shape, *_NO_DIMS[ndim:])
 
 
 _unpack_tensor = TENSOR_HEADER.unpack_from
@@ -312,7 +311,7 @@ _new = tuple.__new__  # builds a record from its fields without the NamedTuple's
 def unpack_tensor(buf: Any, pos: int) -> TensorMeta:
     """Read the TensorHeader at byte `pos`."""
     f = _unpack_tensor(buf, pos)
-    return _new(TensorMeta, (f[0], f[1], f[2].rstrip(b"\0").decode(), f[5 : 5 + f[3]], f[4]))
+    return _new(TensorMeta, (f[0], f[1], f[2].rstrip(b"\0").decode(), f[7 : 7 + f[3]], f[4], f[5], f[6]))
 
 
 Tensor = tuple[np.ndarray, int, str]  # (array, kind, dtype string): one tensor on its way in
@@ -320,12 +319,13 @@ Tensor = tuple[np.ndarray, int, str]  # (array, kind, dtype string): one tensor 
 
 def pack_desc(buf: Any, pos: int, seq: int, code: int, block_off: int, block_len: int, meta_off: int,
               times: tuple[float, ...], batch_size: int,
-              tensors: list[Tensor], offsets: list[int], meta: bytes, tag: bytes = b"") -> None:
+              tensors: list[Tensor], offsets: list[int], meta: bytes, tag: bytes = b"",
+              segments: list[tuple[int, int]] | None = None) -> None:
     """Write one descriptor at byte `pos`: the fixed part, the tensor headers and inline metadata.
 
     `times` are t0..t4 (a request: submit, deadline, then zeros; a response: dequeue, batch
     start, model start, model end, written); flags, meta_len and ntensors are derived here.
-    `tag`: a request's ``request_tag`` (its first 24 bytes are kept; empty: none).
+    `tag`: a request's ``request_tag`` (24 bytes kept; empty: none); `segments`: each tensor's (None: 0s).
     """
     flags = 0
     n = len(meta)
@@ -336,8 +336,8 @@ def pack_desc(buf: Any, pos: int, seq: int, code: int, block_off: int, block_len
     DESC_FIXED.pack_into(buf, pos, seq, code, flags, block_off, block_len, n, len(tensors), meta_off,
                          *times, batch_size, 0, 0, tag)
     tpos = pos + TENSORS_OFF
-    for (arr, kind, dtype_str), off in zip(tensors, offsets):
-        pack_tensor(buf, tpos, off, arr, kind, dtype_str)
+    for i, ((arr, kind, dtype_str), off) in enumerate(zip(tensors, offsets)):
+        pack_tensor(buf, tpos, off, arr, kind, dtype_str, segments[i] if segments else (0, 0))
         tpos += TENSOR_SLOT
 
 

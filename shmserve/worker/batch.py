@@ -22,7 +22,9 @@ def join_inputs(channels: list[WorkerChannel], metas: list[TensorMeta], dim: int
     """One array for several calls' tensors: a view when they are adjacent in one arena, else one copy."""
     ch0, t0 = channels[0], metas[0]
     if dim == 0 and all(c is ch0 for c in channels):
-        contiguous = all(metas[i].offset + metas[i].nbytes == metas[i + 1].offset for i in range(len(metas) - 1))
+        # a tensor in a client's object (segment) is not in this arena: joined by a copy below
+        contiguous = all(not t.segment for t in metas) and all(
+            metas[i].offset + metas[i].nbytes == metas[i + 1].offset for i in range(len(metas) - 1))
         if contiguous:
             rows = sum(t.shape[0] for t in metas)
             nbytes = sum(t.nbytes for t in metas)

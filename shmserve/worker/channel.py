@@ -20,6 +20,7 @@ import orjson
 
 from ..shm import ring
 from ..shm.channel import ChannelView
+from ..shm.extra import ExtraMappings
 from ..shm.message import layout, view
 from ..shm.ring import BLOCK_BUSY, BLOCK_FREE, BLOCK_HEADER, U64, ChannelLayout, RingAllocator
 from ..shm.segment import Segment
@@ -65,6 +66,7 @@ class WorkerChannel:
         self.closed = False  # set by the control thread when the client went away
         self.dirty = False  # results written since the last post
         self.loop_wake: int | None = None  # eventfd of the client's asyncio loop, when it sent one
+        self.extra: ExtraMappings | None = None  # client objects its calls' inputs live in, once one does
 
     def read_new(self, now: float) -> list[Request]:
         """Every call published since the last read (one `rows.consume` call), marked consumed."""
@@ -79,6 +81,10 @@ class WorkerChannel:
         return self.closed or self.view.cancelled(req.slot, req.seq)
 
     def input_view(self, t: TensorMeta) -> np.ndarray:
+        if t.segment:  # in a client's registered object, not in the arena (shmserve.shm.extra)
+            if self.extra is None:
+                self.extra = ExtraMappings()
+            return self.extra.view(self.view.buf, t)
         return view(self.view.req_arena, t.offset, t.nbytes, t.dtype, t.shape)
 
     def _block_released(self, block: list[int]) -> bool:
@@ -244,6 +250,8 @@ class WorkerChannel:
 
     def close(self) -> None:
         self.closed = True
+        if self.extra is not None:
+            self.extra.close()
         if self.loop_wake is not None:
             os.close(self.loop_wake)
             self.loop_wake = None

@@ -58,7 +58,8 @@ class FakeLink:
         self.loop_wake = fd
 
     def submit(self, seq: int, index: int, method: str, tensors: list[Any], offsets: list[int], meta: bytes,
-               meta_off: int, nbytes: int, align: int, deadline: float | None, stream: Any = None) -> Pending | None:
+               meta_off: int, nbytes: int, align: int, deadline: float | None, stream: Any = None,
+               external: Any = None) -> Pending | None:
         if len(self.pending) >= self.room:
             return None
         p = Pending(seq, self, 0, None, method, time.monotonic())
