@@ -58,7 +58,7 @@ ALLOWED: dict[str, set[str]] = {
                "worker_stats"},
     "io": {"errors"},
     "service": {"errors", "io", "model"},
-    "oip": {"errors", "io", "model", "service"},
+    "oip": {"errors", "io", "model", "service", "shm"},  # shm: regions hand their mappings to shm.extra
     "config": {"errors", "model", "service", "shm", "watchdog"},
     "models": {"errors", "registry", "model", FACE},
     "http": {"calling", "config", "context", "errors", "io", "model", "oip", "process", "registry", "service", "shm",
