@@ -56,7 +56,7 @@ ALLOWED: dict[str, set[str]] = {
     "calling": {"deadline", "errors", "gpu", "lease", "registry", "shm", "traces", "watchdog"},
     "worker": {"_native", "batching", "calling", "errors", "gpu", "lease", "model", "process", "registry", "shm", "watchdog",
                "worker_stats"},
-    "io": {"errors"},
+    "io": {"_native", "errors"},
     "service": {"errors", "io", "model"},
     "oip": {"errors", "io", "model", "service", "shm"},  # shm: regions hand their mappings to shm.extra
     "config": {"errors", "model", "service", "shm", "watchdog"},
