@@ -53,7 +53,7 @@ ALLOWED: dict[str, set[str]] = {
     "registry": {"errors", "lease", "shm"},
     "worker_stats": {"lease", "registry"},
     "gpu": {"errors", "registry"},
-    "calling": {"deadline", "errors", "gpu", "lease", "registry", "shm", "traces", "watchdog"},
+    "calling": {"_native", "deadline", "errors", "gpu", "lease", "registry", "shm", "traces", "watchdog"},
     "worker": {"_native", "batching", "calling", "errors", "gpu", "lease", "model", "process", "registry", "shm", "watchdog",
                "worker_stats"},
     "io": {"_native", "errors"},
