@@ -34,9 +34,10 @@ from typing import Any
 
 import orjson
 
-from . import _native, traces
+from . import traces
 from .errors import InvalidInput, RunnerError, RunnerOverloaded, RunnerUnavailable, ShmserveError, from_wire
-from .shm import extra, handshake, wire
+from .publish import publish_call
+from .shm import extra, handshake
 from .shm.channel import ChannelView
 from .shm.health import HealthBoard
 from .shm.ring import RingAllocator
@@ -94,31 +95,6 @@ HEALTH_EVERY_S = 0.05  # how long a reading of the worker's health board is reus
 CONNECT_ERRORS = (OSError, ShmserveError, ValueError)
 _ITEM, _OK = Status.ITEM, Status.OK
 _STATE = BLOCK_FIELDS["state"][0]  # the result block header's state word
-
-
-def native_fields() -> dict[str, int]:
-    """The request descriptor's and tensor header's positions, from `shmserve.shm.wire` (the one
-    declaration of the layout), as ``shmserve._native._client.configure`` takes them."""
-    d, t = wire.DESC_FIELDS, wire.TENSOR_FIELDS
-    out = {name: d[name][0] for name in ("seq", "code", "flags", "block_off", "block_len", "meta_len", "ntensors",
-                                         "meta_off", "t0", "t1", "request_tag")}
-    out.update({f"t_{name}": t[name][0] for name in ("offset", "nbytes", "dtype", "ndim", "kind", "shape")})
-    out.update(fixed_size=wire.DESC_FIXED.size, tag_max=wire.REQUEST_TAG_MAX, meta_inline_off=wire.META_INLINE_OFF,
-               meta_inline_max=wire.META_INLINE_MAX, tensors_off=wire.TENSORS_OFF, tensor_slot=wire.TENSOR_SLOT,
-               desc_size=wire.DESC_SIZE, max_tensors=wire.MAX_TENSORS, flag_meta_in_arena=wire.FLAG_META_IN_ARENA,
-               t_dtype_max=t["dtype"][1], t_max_ndim=wire.MAX_NDIM)
-    return out
-
-
-def _load_native() -> Any:
-    mod = _native.load("client")
-    if mod is not None:
-        mod.configure(native_fields())
-    return mod
-
-
-#: the C publish (`shmserve/_native/client.c`), or None: then `Ring.copy_in` + `Ring.publish` run, its twin
-_NATIVE = _load_native()
 
 
 class WorkerLink:
@@ -231,25 +207,14 @@ class WorkerLink:
         base = block[0]
         ring = self._requests
         tag = call_request_id.get() if traces.tagging else b""
-        native = _NATIVE
         try:
-            if native is not None and external is None:
-                # One C call copies the data in, writes the descriptor and stores the head (release
-                # order); False: a tensor that is not a plain copy, nothing written, the twin below runs.
-                submit = time.monotonic()
-                pos = ring.slot(self._req_head)
-                if not native.publish(ring.buf, ring.arena, pos, ring.head_word, self._req_head, base, tensors,
-                                      offsets, meta, meta_off, seq, index, block[1] - base, submit,
-                                      deadline or 0.0, tag):
-                    native = None
-            else:
-                native = None  # a call with tensors in extra segments (`shmserve.shm.extra`): the twin writes it
-            if native is None:
+            if segments is None:  # every tensor copied into the arena (the common call)
+                submit, pos = publish_call(ring, self._req_head, seq, index, base, block[1] - base, tensors, offsets,
+                                           meta, meta_off, deadline, tag)
+            else:  # some tensors read in place from extra segments (`shmserve.shm.extra`): the Python path
                 ring.copy_in(base, tensors if local is None else local, offsets, meta, meta_off)
                 submit = time.monotonic()
-                placed = [base + o for o in offsets] if base else offsets
-                if segments is not None:
-                    placed = extra.offsets_in_place(external, segments, placed)  # type: ignore[arg-type]
+                placed = extra.offsets_in_place(external, segments, [base + o for o in offsets])  # type: ignore[arg-type]
                 pos = ring.publish(self._req_head, seq, index, base, block[1] - base, base + meta_off,
                                    (submit, deadline or 0.0, 0.0, 0.0, 0.0), 0, tensors, placed, meta, tag, segments)
         except BaseException:

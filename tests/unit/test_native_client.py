@@ -10,13 +10,13 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from shmserve import link
+from shmserve import publish
 from shmserve.shm import wire
 from shmserve.shm.channel import Ring
 from shmserve.shm.wire import RequestDesc, layout, request_align
 from shmserve.tensors import to_wire
 
-native = link._load_native() if os.environ.get("SHMSERVE_PURE_PYTHON", "") in ("", "0") else None
+native = publish.load_native() if os.environ.get("SHMSERVE_PURE_PYTHON", "") in ("", "0") else None
 needs_c = pytest.mark.skipif(native is None, reason="shmserve._native._client is not built (or pure Python forced)")
 
 SLOTS = 4
@@ -123,9 +123,9 @@ def test_a_position_outside_the_segment_raises_and_writes_nothing():
 
 @needs_c
 def test_the_layout_comes_from_wire_and_a_missing_position_is_refused():
-    fields = link.native_fields()
+    fields = publish.native_fields()
     assert fields["t0"] == wire.DESC_FIELDS["t0"][0] and fields["t_shape"] == wire.TENSOR_FIELDS["shape"][0]
     del fields["seq"]
     with pytest.raises(KeyError):
         native.configure(fields)
-    native.configure(link.native_fields())  # configured again as the link did
+    native.configure(publish.native_fields())  # configured again as the link did

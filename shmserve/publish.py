@@ -1,0 +1,65 @@
+"""The calling side's publish of one call: its data into the request arena, its descriptor, the head.
+
+`publish_call` runs the C accelerator ``shmserve._native._client`` when it is
+built (one C call, the head stored with release ordering: see
+docs/transport.md, Memory ordering), and its Python twin, `Ring.copy_in` then
+`Ring.publish`, otherwise: with ``SHMSERVE_PURE_PYTHON=1``, when it is not
+built, and for a tensor that is not a plain copy (not C-contiguous, or not
+little endian), which the C side refuses before writing anything. The C module
+takes every position from `shmserve.shm.wire` at import (`native_fields`).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from . import _native
+from .shm import wire
+from .shm.channel import Ring
+from .shm.wire import Tensor
+
+__all__ = ["native_fields", "publish_call"]
+
+
+def native_fields() -> dict[str, int]:
+    """The request descriptor's and tensor header's positions, from `shmserve.shm.wire` (the one
+    declaration of the layout), as ``shmserve._native._client.configure`` takes them."""
+    d, t = wire.DESC_FIELDS, wire.TENSOR_FIELDS
+    out = {name: d[name][0] for name in ("seq", "code", "flags", "block_off", "block_len", "meta_len", "ntensors",
+                                         "meta_off", "t0", "t1", "request_tag")}
+    out.update({f"t_{name}": t[name][0] for name in ("offset", "nbytes", "dtype", "ndim", "kind", "shape")})
+    out.update(fixed_size=wire.DESC_FIXED.size, tag_max=wire.REQUEST_TAG_MAX, meta_inline_off=wire.META_INLINE_OFF,
+               meta_inline_max=wire.META_INLINE_MAX, tensors_off=wire.TENSORS_OFF, tensor_slot=wire.TENSOR_SLOT,
+               desc_size=wire.DESC_SIZE, max_tensors=wire.MAX_TENSORS, flag_meta_in_arena=wire.FLAG_META_IN_ARENA,
+               t_dtype_max=t["dtype"][1], t_max_ndim=wire.MAX_NDIM)
+    return out
+
+
+def load_native() -> Any:
+    """The C module, configured with `native_fields` (None: not built, or pure Python forced)."""
+    mod = _native.load("client")
+    if mod is not None:
+        mod.configure(native_fields())
+    return mod
+
+
+_NATIVE = load_native()
+
+
+def publish_call(ring: Ring[Any], n: int, seq: int, code: int, base: int, block_len: int, tensors: list[Tensor],
+                 offsets: list[int], meta: bytes, meta_off: int, deadline: float | None, tag: bytes) -> tuple[float, int]:
+    """Copy call `seq` (method `code`) into its block at arena offset `base` and publish it as record
+    `n` of `ring`; `offsets`/`meta_off` are relative to the block. Returns (submit time, descriptor
+    offset). The caller posts the worker."""
+    native = _NATIVE
+    if native is not None:
+        submit = time.monotonic()
+        pos = ring.slot(n)
+        if native.publish(ring.buf, ring.arena, pos, ring.head_word, n, base, tensors, offsets, meta, meta_off,
+                          seq, code, block_len, submit, deadline or 0.0, tag):
+            return submit, pos
+    ring.copy_in(base, tensors, offsets, meta, meta_off)
+    submit = time.monotonic()
+    pos = ring.publish(n, seq, code, base, block_len, base + meta_off, (submit, deadline or 0.0, 0.0, 0.0, 0.0), 0,
+                       tensors, [base + o for o in offsets] if base else offsets, meta, tag)
+    return submit, pos
