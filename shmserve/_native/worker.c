@@ -26,7 +26,7 @@ typedef struct {
 typedef struct {
     int ready;
     Field seq, code, flags, block_off, block_len, meta_len, ntensors, meta_off, t[5], batch_size;
-    Field t_offset, t_nbytes, t_dtype, t_ndim, t_kind, t_shape;
+    Field t_offset, t_nbytes, t_dtype, t_ndim, t_kind, t_segment, t_generation, t_shape;
     Py_ssize_t desc_size, fixed_size, tensors_off, tensor_slot, meta_inline_off, meta_inline_max, max_tensors, max_ndim;
     Py_ssize_t block_header, block_state, block_length;
     uint64_t flag_meta_in_arena, block_busy;
@@ -76,7 +76,8 @@ static PyObject *configure(PyObject *self, PyObject *args) {
             return NULL;
     if (get_field(tens, "offset", &N.t_offset) || get_field(tens, "nbytes", &N.t_nbytes) ||
         get_field(tens, "dtype", &N.t_dtype) || get_field(tens, "ndim", &N.t_ndim) ||
-        get_field(tens, "kind", &N.t_kind) || get_field(tens, "shape", &N.t_shape))
+        get_field(tens, "kind", &N.t_kind) || get_field(tens, "segment", &N.t_segment) ||
+        get_field(tens, "generation", &N.t_generation) || get_field(tens, "shape", &N.t_shape))
         return NULL;
     if (get_field(block, "state", &st) || get_field(block, "length", &ln))
         return NULL;
@@ -98,7 +99,7 @@ static PyObject *configure(PyObject *self, PyObject *args) {
     for (int i = 0; i < 5; i++)
         if (N.t[i].size != 8)
             return PyErr_Format(PyExc_ValueError, "wire layout: a time field is not 8 bytes");
-    if (N.t_ndim.size != 1 || N.t_kind.size != 1 || N.t_shape.size != 8 * N.max_ndim || N.t_dtype.size > 16)
+    if (N.t_ndim.size != 1 || N.t_kind.size != 1 || N.t_segment.size != 1 || N.t_generation.size != 4 || N.t_shape.size != 8 * N.max_ndim || N.t_dtype.size > 16)
         return PyErr_Format(PyExc_ValueError, "wire layout: unexpected tensor header field sizes");
     if (N.tensors_off + N.max_tensors * N.tensor_slot > N.desc_size || N.fixed_size > N.meta_inline_off)
         return PyErr_Format(PyExc_ValueError, "wire layout: a descriptor's parts overlap");
@@ -309,7 +310,7 @@ static PyObject *consume(PyObject *self, PyObject *args) {
             while (dl < L.t_dtype.size && th[L.t_dtype.off + dl] != 0)
                 dl++;
             PyObject *shape = PyTuple_New(ndim);
-            PyObject *tm = PyTuple_Type.tp_alloc((PyTypeObject *)L.tensor_meta, 5);
+            PyObject *tm = PyTuple_Type.tp_alloc((PyTypeObject *)L.tensor_meta, 7); /* with segment, generation */
             PyObject *dt = PyUnicode_DecodeASCII(th + L.t_dtype.off, dl, "strict");
             if (shape == NULL || tm == NULL || dt == NULL) {
                 Py_XDECREF(shape);
@@ -329,6 +330,8 @@ static PyObject *consume(PyObject *self, PyObject *args) {
             PyTuple_SET_ITEM(tm, 2, dt);
             PyTuple_SET_ITEM(tm, 3, shape);
             PyTuple_SET_ITEM(tm, 4, PyLong_FromLong((unsigned char)th[L.t_kind.off]));
+            PyTuple_SET_ITEM(tm, 5, PyLong_FromLong((unsigned char)th[L.t_segment.off]));
+            PyTuple_SET_ITEM(tm, 6, PyLong_FromUnsignedLong((unsigned long)get32(th + L.t_generation.off)));
             PyList_SET_ITEM(tensors, k, tm);
         }
         PyObject *rec = Py_BuildValue("(nKINNdd)", pos, (unsigned long long)get64(d + L.seq.off),
