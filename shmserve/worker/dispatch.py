@@ -256,6 +256,7 @@ class Dispatcher:
         self.stats.on_batch(m.index, total)
         if batched:
             m.policy.on_batch_done(total, t_done - t_model, done_at=t_done)
+        log_slow(batch, m.sig.name, self.slow_call_s, t_batch, t_model, t_done, total)  # before either write path below
         gpu = self._gpu
         if gpu is None and batched and self.results.write_array(batch, out, m.sig.output_dim, (t_batch, t_model, t_done)):
             return  # one array of rows: one copy per call, no views (`ResultWriter.write_array`)
@@ -267,7 +268,6 @@ class Dispatcher:
         except Exception as exc:
             self._fail(batch, ring.ST_MODEL_ERROR, type(exc).__name__, str(exc), traceback.format_exc())
             return
-        log_slow(batch, m.sig.name, self.slow_call_s, t_batch, t_model, t_done, total)  # before the results are written
         for r, (tensors, meta) in zip(batch, encoded):
             self.results.write(r, ring.ST_OK, tensors, meta, (r.dequeue, t_batch, t_model, t_done), total)
 
