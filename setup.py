@@ -11,12 +11,14 @@ from pathlib import Path
 from setuptools import Extension, setup
 
 _NATIVE = Path("shmserve") / "_native"
+_HEADERS = [str(header) for header in sorted(_NATIVE.glob("*.h"))]
 
 setup(
     ext_modules=[
         Extension(
             f"shmserve._native._{source.stem}",
             [str(source)],
+            depends=_HEADERS,  # an edited header rebuilds the extensions that include it
             extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
             optional=True,
         )
