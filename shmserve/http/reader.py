@@ -8,13 +8,20 @@ and body deadlines the connection's tick checks, and, once graceful shutdown
 began, takes only what the kernel had received by then. Complete requests are
 appended to the queue it shares with its `shmserve.http.protocol.HttpProtocol`.
 
-A read is parsed in slices of `SLICE` bytes (a body of known length in one),
-and once more than `PIPELINE_HIGH` requests are queued the rest of the read is
-kept (`pending`) and reading pauses: a client that pipelines a thousand small
-requests in one 64 KiB read must not hold the event loop while they are all
-parsed and answered. The protocol feeds the kept bytes again, on a later turn
-of the loop (`resume`), once the queue has drained and the peer reads its
-answers.
+The plain request (HTTP/1.1, keep-alive, a Content-Length body or none, no
+Expect or upgrade, within the limits, complete in the read) is parsed without
+httptools when the C accelerator is built: `shmserve._native` ``http`` builds
+every such `Request` at the start of a read in one call, and httptools parses
+the rest from the first request it did not take, which is then answered as if
+httptools had parsed it all.
+
+Otherwise a read is parsed in slices of `SLICE` bytes (a body of known length
+in one), and once more than `PIPELINE_HIGH` requests are queued the rest of the
+read is kept (`pending`) and reading pauses: a client that pipelines a thousand
+small requests in one 64 KiB read must not hold the event loop while they are
+all parsed and answered (the C parser stops there too). The protocol feeds the
+kept bytes again, on a later turn of the loop (`resume`), once the queue has
+drained and the peer reads its answers.
 """
 from __future__ import annotations
 
@@ -25,8 +32,12 @@ from typing import Any, Protocol
 
 import httptools
 
+from .. import _native
 from .request import Request
 from .state import ServerState
+
+#: the C parser of the plain request (shmserve/_native/http.c), or None: httptools parses everything
+_http = _native.load("http")
 
 __all__ = ["RequestReader", "Rest", "Owner", "PIPELINE_HIGH", "CONTINUE", "SLICE"]
 
@@ -101,12 +112,16 @@ class RequestReader:
         now = self._now = rest.at or time.monotonic()
         rest.at = 0.0
         size = len(data)
-        if size <= SLICE:
+        start = 0
+        if _http is not None and not self.in_message and not self.state.shutting_down:
+            start = self._feed_plain(data, now)  # httptools goes on from the first request the C did not take
+            if start == size:
+                return
+        elif size <= SLICE:
             self._feed_slice(data)
             return
-        view = memoryview(data)
         queue = self.queue
-        start = 0
+        view, ended = memoryview(data), start > 0  # ended: the C took requests just before `start`
         while start < size and not self.discard:
             if len(queue) > PIPELINE_HIGH:  # reading is paused (`on_message_complete`): keep the rest
                 rest.data, rest.at = view[start:], now
@@ -114,10 +129,23 @@ class RequestReader:
             step = SLICE
             if self.in_message and not self.in_head:  # in a body: its known length in one go
                 step += self._body_left if self._body_left >= 0 else _BODY_STEP
-            self._feed_slice(view[start:start + step])
+            self._feed_slice(view[start:start + step], ended)
             start += step
+            ended = False
 
-    def _feed_slice(self, data: bytes | memoryview) -> None:
+    def _feed_plain(self, data: bytes | memoryview, now: float) -> int:
+        """Queue the plain requests at the start of `data`, built in C; the offset of the first one it left."""
+        state, queue = self.state, self.queue
+        requests, end = _http.parse(data, 0, Request, now, state.max_url_bytes, state.max_header_bytes,
+                                    state.max_body_bytes, max(1, PIPELINE_HIGH + 1 - len(queue)))
+        queue.extend(requests)
+        self.completed += len(requests)
+        if len(queue) > PIPELINE_HIGH:
+            self.conn.pause_reading()
+        return end
+
+    def _feed_slice(self, data: bytes | memoryview, ended: bool = False) -> None:
+        """Parse `data` with httptools (`ended`: an earlier request ended just before it, in the same read)."""
         head_before = self.in_head
         began_at_start = not self.in_message
         completed = self.completed
@@ -148,7 +176,7 @@ class RequestReader:
             # complete, so its size is counted here, from the bytes fed. When this chunk also
             # ended an earlier request, where the new head starts in it is unknown: it is counted
             # from the next chunk on (the head may then exceed the limit by one slice).
-            if head_before or (began_at_start and completed == self.completed):
+            if head_before or (began_at_start and not ended and completed == self.completed):
                 self._head_fed += len(data)
             if self._head_fed > state.max_header_bytes:
                 self._reject_head()

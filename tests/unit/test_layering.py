@@ -61,7 +61,7 @@ ALLOWED: dict[str, set[str]] = {
     "oip": {"errors", "io", "model", "service", "shm"},  # shm: regions hand their mappings to shm.extra
     "config": {"errors", "model", "service", "shm", "watchdog"},
     "models": {"errors", "registry", "model", FACE},
-    "http": {"calling", "config", "context", "errors", "io", "model", "oip", "process", "registry", "service", "shm",
+    "http": {"_native", "calling", "config", "context", "errors", "io", "model", "oip", "process", "registry", "service", "shm",
              "traces", "worker", "worker_stats", FACE},
     "deploy": {"config", "errors", "models", "shm", FACE},
     "compat": {"context", "errors", "io", "model", "service"},

@@ -1,0 +1,352 @@
+/* shmserve._native._http: the common HTTP/1.1 request, parsed in one C call.
+ *
+ * Why hand-written: this is the API worker's hot path. httptools (llhttp) is
+ * fast C itself, but it reports what it parses through Python callbacks —
+ * on_message_begin, on_url, one on_header per header, on_headers_complete,
+ * on_body, on_message_complete — so a request with five headers costs ten
+ * Python calls before the application sees it (~10% of the worker's CPU in
+ * the profile of issue #13). `parse` builds the finished `Request` objects
+ * itself, as many as the buffer holds, in one call.
+ *
+ * It only takes the plain case, and stops at the first request that is not:
+ *
+ *   - a request line ``METHOD SP origin-form-target SP HTTP/1.1 CRLF`` with a
+ *     method of GET POST PUT DELETE HEAD OPTIONS PATCH and a target that
+ *     starts with "/" and holds printable ASCII only;
+ *   - header lines ``token ":" OWS value CRLF`` (value bytes: HTAB, SP,
+ *     0x21-0x7E, 0x80-0xFF; the leading OWS is not part of it, the trailing is,
+ *     as llhttp does), then CRLF;
+ *   - no Transfer-Encoding, Expect or Upgrade header, at most one
+ *     Content-Length and it all digits, a Connection (or Proxy-Connection,
+ *     which llhttp reads as one) header, if any, of exactly "keep-alive" (any
+ *     case): so the request keeps the connection open;
+ *   - within the limits (`max_url`, `max_header` counted both as the reader
+ *     counts them and as raw bytes, `max_body`), and complete in the buffer.
+ *
+ * Everything else (HTTP/1.0, ``Connection: close``, chunked bodies,
+ * ``Expect: 100-continue``, upgrades, a request cut off by the end of the read,
+ * malformed bytes, a limit exceeded) is left where it starts, for the caller's
+ * httptools path (shmserve/http/reader.py), which then answers it exactly as
+ * without this module. Empty lines before a request line are skipped, as llhttp
+ * skips them.
+ *
+ * parse(data, start, request_class, t_begin, max_url, max_header, max_body, max_count)
+ *     -> (requests, end)
+ *
+ * `requests` is a list of ``request_class(method, url, headers, body, True,
+ * None, t_begin)`` (header names lower-cased, the last of a repeated name
+ * kept — what the reader's on_header builds), at most `max_count` of them;
+ * `end` is the offset in `data` after the last one taken (>= start).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+/* 1: an RFC 9110 tchar (header names) */
+static unsigned char is_tchar[256];
+/* 1: a byte llhttp takes in a header value (HTAB, SP, VCHAR, obs-text) */
+static unsigned char is_vchar[256];
+
+/* bytes objects shared by every request: methods and common header names (bytes are immutable) */
+static const char *method_names[] = {"GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"};
+#define N_METHODS (sizeof(method_names) / sizeof(method_names[0]))
+static PyObject *method_objs[N_METHODS];
+
+static const char *common_names[] = {
+    "host", "user-agent", "accept", "accept-encoding", "accept-language", "content-type", "content-length",
+    "connection", "authorization", "x-request-id", "traceparent", "tracestate", "x-tensor-dtype",
+    "x-tensor-shape", "cache-control", "origin", "referer", "cookie", "x-forwarded-for", "keep-alive",
+};
+#define N_COMMON (sizeof(common_names) / sizeof(common_names[0]))
+static PyObject *common_objs[N_COMMON];
+static Py_ssize_t common_lens[N_COMMON];
+
+static PyObject *empty_bytes;
+
+/* ASCII case-insensitive: does `p[0:n]` equal the lower-case `lower`? */
+static int eq_lower(const char *p, Py_ssize_t n, const char *lower, Py_ssize_t m) {
+    if (n != m)
+        return 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        char c = p[i];
+        if (c >= 'A' && c <= 'Z')
+            c = (char)(c + 32);
+        if (c != lower[i])
+            return 0;
+    }
+    return 1;
+}
+
+/* The lower-cased header name as bytes: a shared one when it is common. New reference. */
+static PyObject *lower_name(const char *p, Py_ssize_t n) {
+    char small[64];
+    char *dst;
+    PyObject *obj = NULL;
+    if (n <= (Py_ssize_t)sizeof(small)) {
+        dst = small;
+    } else {
+        obj = PyBytes_FromStringAndSize(NULL, n);
+        if (obj == NULL)
+            return NULL;
+        dst = PyBytes_AS_STRING(obj);
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        char c = p[i];
+        dst[i] = (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
+    }
+    if (obj != NULL)
+        return obj;
+    for (size_t k = 0; k < N_COMMON; k++)
+        if (common_lens[k] == n && memcmp(PyBytes_AS_STRING(common_objs[k]), dst, (size_t)n) == 0) {
+            Py_INCREF(common_objs[k]);
+            return common_objs[k];
+        }
+    return PyBytes_FromStringAndSize(dst, n);
+}
+
+/* One request at buf[pos:len]. Returns 1 and sets *out (a new Request) and *next; 0 when it is not the
+ * plain case or not complete (nothing set); -1 on a Python error. */
+static int parse_one(const char *buf, Py_ssize_t len, Py_ssize_t pos, PyObject *cls, PyObject *t_begin,
+                     Py_ssize_t max_url, Py_ssize_t max_header, Py_ssize_t max_body, PyObject **out,
+                     Py_ssize_t *next) {
+    const char *p = buf + pos, *end = buf + len;
+    /* method */
+    const char *q = p;
+    while (q < end && *q >= 'A' && *q <= 'Z')
+        q++;
+    if (q >= end || *q != ' ')
+        return 0;
+    Py_ssize_t mlen = q - p;
+    PyObject *method = NULL;
+    for (size_t k = 0; k < N_METHODS; k++)
+        if ((Py_ssize_t)strlen(method_names[k]) == mlen && memcmp(method_names[k], p, (size_t)mlen) == 0) {
+            method = method_objs[k];
+            break;
+        }
+    if (method == NULL)
+        return 0;
+    /* target */
+    const char *u = q + 1;
+    if (u >= end || *u != '/')
+        return 0;
+    const char *v = u;
+    while (v < end && (unsigned char)*v > 0x20 && (unsigned char)*v < 0x7f)
+        v++;
+    Py_ssize_t ulen = v - u;
+    if (ulen > max_url)
+        return 0;
+    /* version */
+    if (end - v < 11 || memcmp(v, " HTTP/1.1\r\n", 11) != 0)
+        return 0;
+    const char *h = v + 11;
+    Py_ssize_t head_len = ulen; /* as the reader counts: target + (name + value + 4) per header */
+    Py_ssize_t content_length = -1;
+    /* header lines: found first, built once the head is known to be complete and plain */
+    enum { MAX_FAST_HEADERS = 64 };
+    const char *names[MAX_FAST_HEADERS], *values[MAX_FAST_HEADERS];
+    Py_ssize_t name_lens[MAX_FAST_HEADERS], value_lens[MAX_FAST_HEADERS];
+    int nh = 0;
+    for (;;) {
+        if (end - h < 2)
+            return 0;
+        if (h[0] == '\r') {
+            if (h[1] != '\n')
+                return 0;
+            h += 2;
+            break;
+        }
+        if (nh == MAX_FAST_HEADERS)
+            return 0;
+        const char *n0 = h;
+        while (h < end && is_tchar[(unsigned char)*h])
+            h++;
+        if (h >= end || h == n0 || *h != ':')
+            return 0;
+        Py_ssize_t nlen = h - n0;
+        h++;
+        while (h < end && (*h == ' ' || *h == '\t'))
+            h++;
+        const char *v0 = h;
+        while (h < end && is_vchar[(unsigned char)*h])
+            h++;
+        if (end - h < 2 || h[0] != '\r' || h[1] != '\n')
+            return 0;
+        Py_ssize_t vlen = h - v0;
+        h += 2;
+        head_len += nlen + vlen + 4;
+        if (head_len > max_header || (h - (buf + pos)) > max_header)
+            return 0;
+        /* the headers whose meaning the reader or httptools acts on */
+        switch (nlen) {
+        case 6:
+            if (eq_lower(n0, nlen, "expect", 6))
+                return 0;
+            break;
+        case 7:
+            if (eq_lower(n0, nlen, "upgrade", 7))
+                return 0;
+            break;
+        case 10:
+            if (eq_lower(n0, nlen, "connection", 10) && !eq_lower(v0, vlen, "keep-alive", 10))
+                return 0;
+            break;
+        case 14:
+            if (eq_lower(n0, nlen, "content-length", 14)) {
+                if (content_length >= 0 || vlen == 0 || vlen > 18)
+                    return 0;
+                Py_ssize_t n = 0;
+                for (Py_ssize_t i = 0; i < vlen; i++) {
+                    if (v0[i] < '0' || v0[i] > '9')
+                        return 0;
+                    n = n * 10 + (v0[i] - '0');
+                }
+                content_length = n;
+            }
+            break;
+        case 16: /* llhttp reads it as Connection */
+            if (eq_lower(n0, nlen, "proxy-connection", 16) && !eq_lower(v0, vlen, "keep-alive", 10))
+                return 0;
+            break;
+        case 17:
+            if (eq_lower(n0, nlen, "transfer-encoding", 17))
+                return 0;
+            break;
+        }
+        names[nh] = n0;
+        name_lens[nh] = nlen;
+        values[nh] = v0;
+        value_lens[nh] = vlen;
+        nh++;
+    }
+    if (head_len > max_header || (h - (buf + pos)) > max_header)
+        return 0;
+    Py_ssize_t blen = content_length < 0 ? 0 : content_length;
+    if (blen > max_body || end - h < blen)
+        return 0;
+    /* complete and plain: build it */
+    PyObject *url = NULL, *headers = NULL, *body = NULL, *req = NULL;
+    url = PyBytes_FromStringAndSize(u, ulen);
+    headers = PyDict_New();
+    if (url == NULL || headers == NULL)
+        goto fail;
+    for (int i = 0; i < nh; i++) {
+        PyObject *key = lower_name(names[i], name_lens[i]);
+        PyObject *val = value_lens[i] ? PyBytes_FromStringAndSize(values[i], value_lens[i]) : (Py_INCREF(empty_bytes), empty_bytes);
+        int rc = (key == NULL || val == NULL) ? -1 : PyDict_SetItem(headers, key, val);
+        Py_XDECREF(key);
+        Py_XDECREF(val);
+        if (rc < 0)
+            goto fail;
+    }
+    if (blen) {
+        body = PyBytes_FromStringAndSize(h, blen);
+        if (body == NULL)
+            goto fail;
+    } else {
+        Py_INCREF(empty_bytes);
+        body = empty_bytes;
+    }
+    PyObject *args[7] = {method, url, headers, body, Py_True, Py_None, t_begin};
+    req = PyObject_Vectorcall(cls, args, 7, NULL);
+    if (req == NULL)
+        goto fail;
+    Py_DECREF(url);
+    Py_DECREF(headers);
+    Py_DECREF(body);
+    *out = req;
+    *next = (h - buf) + blen;
+    return 1;
+fail:
+    Py_XDECREF(url);
+    Py_XDECREF(headers);
+    Py_XDECREF(body);
+    return -1;
+}
+
+static PyObject *parse(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError,
+                        "parse(data, start, request_class, t_begin, max_url, max_header, max_body, max_count)");
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *cls = args[2], *t_begin = args[3];
+    Py_ssize_t start = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t max_url = PyLong_AsSsize_t(args[4]);
+    Py_ssize_t max_header = PyLong_AsSsize_t(args[5]);
+    Py_ssize_t max_body = PyLong_AsSsize_t(args[6]);
+    Py_ssize_t max_count = PyLong_AsSsize_t(args[7]);
+    PyObject *list = NULL;
+    if (PyErr_Occurred())
+        goto done;
+    if (start < 0 || start > view.len) {
+        PyErr_SetString(PyExc_ValueError, "parse: start outside the data");
+        goto done;
+    }
+    list = PyList_New(0);
+    if (list == NULL)
+        goto done;
+    const char *buf = (const char *)view.buf;
+    Py_ssize_t len = view.len, pos = start;
+    while (PyList_GET_SIZE(list) < max_count) {
+        Py_ssize_t at = pos;
+        while (at < len && (buf[at] == '\r' || buf[at] == '\n'))
+            at++; /* empty lines between requests: llhttp skips them too */
+        PyObject *req = NULL;
+        Py_ssize_t next = 0;
+        int rc = parse_one(buf, len, at, cls, t_begin, max_url, max_header, max_body, &req, &next);
+        if (rc < 0) {
+            Py_CLEAR(list);
+            goto done;
+        }
+        if (rc == 0)
+            break;
+        rc = PyList_Append(list, req);
+        Py_DECREF(req);
+        if (rc < 0) {
+            Py_CLEAR(list);
+            goto done;
+        }
+        pos = next;
+    }
+    PyObject *result = Py_BuildValue("(Nn)", list, pos);
+    PyBuffer_Release(&view);
+    return result;
+done:
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"parse", (PyCFunction)(void (*)(void))parse, METH_FASTCALL,
+     "parse(data, start, request_class, t_begin, max_url, max_header, max_body, max_count) -> (requests, end): "
+     "the plain complete requests at data[start:], built; end: where the first other one starts."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_http", "The common HTTP/1.1 request parsed in C.", -1,
+                                    methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__http(void) {
+    const char *tchars = "!#$%&'*+-.^_`|~";
+    for (int c = 0; c < 256; c++) {
+        is_tchar[c] = (unsigned char)((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                                      (c != 0 && strchr(tchars, c) != NULL));
+        is_vchar[c] = (unsigned char)(c == '\t' || c == ' ' || (c >= 0x21 && c <= 0x7e) || c >= 0x80);
+    }
+    empty_bytes = PyBytes_FromStringAndSize(NULL, 0);
+    if (empty_bytes == NULL)
+        return NULL;
+    for (size_t k = 0; k < N_METHODS; k++)
+        if ((method_objs[k] = PyBytes_FromString(method_names[k])) == NULL)
+            return NULL;
+    for (size_t k = 0; k < N_COMMON; k++) {
+        if ((common_objs[k] = PyBytes_FromString(common_names[k])) == NULL)
+            return NULL;
+        common_lens[k] = (Py_ssize_t)strlen(common_names[k]);
+    }
+    return PyModule_Create(&module);
+}
