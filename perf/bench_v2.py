@@ -21,9 +21,12 @@ Figures (p50/p99 from wrk or from per-call timings; each figure is the median ov
    every call: ``infer_tritonclient``), and ``ServerLive`` (an RPC that does no work).
    In the same round, the same calls against the minimal servers of `perf.grpc_floor`
    (``grpc.aio`` on uvloop, as our API worker runs it, and grpcio's thread-pool server):
-   ``noop-*`` answer only ``ServerLive`` (the floor of grpcio itself on this machine),
-   ``bare-*`` also ``ModelInfer``, calling the same runner with no checks (the floor of
-   grpcio plus the runner call, async and sync).
+   ``noop-*`` answer ``ServerLive`` and ``ModelInfer`` with prebuilt responses (the floor of
+   grpcio itself on this machine), ``bare-*`` answer ``ModelInfer`` by calling the same
+   runner with no checks (the floor of grpcio plus the runner call, async and sync). And the
+   runner's round trip by itself (``async_run`` on uvloop from this process), back to back and
+   with 0.5 ms between calls (the pace of one gRPC connection: an idle worker sleeps and is
+   woken), so the goal's floor reads as the no-op ModelInfer plus the paced round trip.
 3. A 16 MB float32 input to ``big.head`` (returns its first row): through a
    registered system shared-memory region, against one ``memcpy`` of 16 MB measured
    in the same loop, and against the same tensor as binary v2 over HTTP (a block of
@@ -156,6 +159,36 @@ def grpc_latency(url: str, model: str | None, x: np.ndarray, n: int) -> dict[str
     return out
 
 
+RUNNER_PACES = {"back_to_back": "back to back", "paced": "0.5 ms apart (one gRPC conn.)"}
+
+
+def runner_latency(runner: str, x: np.ndarray, n: int) -> dict[str, dict[str, float]]:
+    """ms per ``async_run`` of `x` on `runner` from a uvloop loop in this process: back to back, and
+    with 0.5 ms between calls (the runner worker and this loop sleep between them, as at one gRPC connection)."""
+
+    import uvloop
+
+    import shmserve
+
+    async def timed(client: Any, gap_s: float) -> dict[str, float]:
+        for _ in range(100):
+            await client.predict.async_run(x)
+        took = np.empty(n)
+        for i in range(n):
+            if gap_s:
+                time.sleep(gap_s)  # the loop blocks, as it waits in epoll between a connection's requests
+            t0 = time.perf_counter()
+            await client.predict.async_run(x)
+            took[i] = time.perf_counter() - t0
+        return percentiles(took * 1e3)
+
+    async def both() -> dict[str, dict[str, float]]:
+        with shmserve.connect(runner) as client:
+            return {"back_to_back": await timed(client, 0.0), "paced": await timed(client, 0.0005)}
+
+    return uvloop.run(both())
+
+
 def start_floor(kind: str, port: int, log: Path, runner: str | None = None) -> Any:
     """A minimal gRPC server of `perf.grpc_floor` (calling `runner` in ModelInfer, if given), once it listens."""
     import subprocess
@@ -248,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, dict[int, list[wrk.WrkResult]]] = {}
     grpc_runs: dict[str, list[dict[str, dict[str, float]]]] = {}
     big_runs: list[dict[str, dict[str, float]]] = []
+    runner_runs: list[dict[str, dict[str, float]]] = []
     try:
         ports = {"shmserve": (free_port(), free_port())}
         servers["shmserve"] = start_shmserve(*ports["shmserve"], results / f"{stamp}_v2_shmserve.log", args.api_workers)
@@ -261,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             for kind in FLOORS:
                 for name, runner in ((f"noop-{kind}", None), (f"bare-{kind}", f"mlp{SUFFIX}")):
                     ports[name] = (0, free_port())
-                    models[name] = models["shmserve"] if runner else None
+                    models[name] = models["shmserve"]
                     floors[name] = start_floor(kind, ports[name][1], results / f"{stamp}_v2_{name}.log", runner)
         grpc_runs = {name: [] for name in (*servers, *floors)}
         for round_no in range(args.passes):
@@ -275,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
                 for name in (*order, *floors):
                     grpc_runs[name].append(grpc_latency(f"127.0.0.1:{ports[name][1]}", models[name], x,
                                                         args.grpc_calls))
+                runner_runs.append(runner_latency(f"mlp{SUFFIX}", x, args.grpc_calls))
             if not args.grpc_only:
                 big_runs.append(big_input(f"127.0.0.1:{ports['shmserve'][0]}", args.big_calls))
     finally:
@@ -284,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
             stop(proc)
         body.unlink(missing_ok=True)
     report["loadavg_end"] = list(os.getloadavg())
-    summarize(report, runs, grpc_runs, big_runs)
+    summarize(report, runs, grpc_runs, big_runs, runner_runs)
     out = args.out or results / f"{stamp}_v2.json"
     out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
     print_report(report)
@@ -298,7 +333,8 @@ def _med(rounds: list[dict[str, float]], key: str) -> float:
 
 def summarize(report: dict[str, Any], runs: dict[str, dict[int, list[wrk.WrkResult]]],
               grpc_runs: dict[str, list[dict[str, dict[str, float]]]],
-              big_runs: list[dict[str, dict[str, float]]]) -> None:
+              big_runs: list[dict[str, dict[str, float]]],
+              runner_runs: list[dict[str, dict[str, float]]] | None = None) -> None:
     """Medians over rounds into `report`; each ratio is the median of the ratios taken within each round."""
     report["http_binary"] = {name: {str(c): {"rps": median([r.rps for r in rs]),
                                              "p50_ms": median([r.latency_ms.get("p50", 0.0) for r in rs]),
@@ -308,6 +344,13 @@ def summarize(report: dict[str, Any], runs: dict[str, dict[int, list[wrk.WrkResu
     report["grpc_c1_ms"] = {name: {rpc: {q: median([r[rpc][q] for r in rounds]) for q in ("p50", "p99")}
                                    for rpc in rounds[0]}
                             for name, rounds in grpc_runs.items() if rounds}
+    report["runner_async_ms"] = {what: {q: median([r[what][q] for r in runner_runs]) for q in ("p50", "p99")}
+                                 for what in RUNNER_PACES} if runner_runs else {}
+    if runner_runs and len(grpc_runs.get("noop-aio", [])) == len(runner_runs):
+        # The goal's floor on this machine, per round: grpc.aio answering ModelInfer with no work, plus
+        # the runner's round trip at one connection's pace (both measured here, in the same round).
+        report["grpc_floor_aio_p50_ms"] = median([g["infer_raw"]["p50"] + r["paced"]["p50"]
+                                                  for g, r in zip(grpc_runs["noop-aio"], runner_runs, strict=True)])
     report["big_16MB_ms"] = {what: {q: median([r[what][q] for r in big_runs]) for q in ("p50", "p99")}
                              for what in ("memcpy", "region", "http_binary")} if big_runs else {}
     ratios: dict[str, Any] = {}
@@ -354,6 +397,13 @@ def print_report(r: dict[str, Any]) -> None:
             label = {"live": "ServerLive", "infer_raw": "ModelInfer (raw stub)",
                      "infer_tritonclient": "ModelInfer (tritonclient)"}[rpc]
             print(f"  gRPC c=1 {name:9s} {label:27s}: p50 {lat['p50']:.3f} ms  p99 {lat['p99']:.3f} ms")
+    for what, lat in r.get("runner_async_ms", {}).items():
+        print(f"  runner async_run {RUNNER_PACES[what]:28s}: p50 {lat['p50']:.3f} ms  p99 {lat['p99']:.3f} ms")
+    if "grpc_floor_aio_p50_ms" in r:
+        ours = r["grpc_c1_ms"]["shmserve"]["infer_raw"]["p50"]
+        print(f"  gRPC ModelInfer p50 goal 0.5 ms: shmserve {ours:.3f} ms; floor here (no-op grpc.aio ModelInfer "
+              f"+ paced runner round trip) {r['grpc_floor_aio_p50_ms']:.3f} ms"
+              + ("  -> out of reach with grpc.aio on this machine" if r["grpc_floor_aio_p50_ms"] > 0.5 else ""))
     for what, lat in r["big_16MB_ms"].items():
         print(f"  16 MB {what:12s}: p50 {lat['p50']:.2f} ms  p99 {lat['p99']:.2f} ms")
     for k, v in r["ratios"].items():

@@ -2,7 +2,9 @@
 
 ``python -m perf.grpc_floor KIND PORT [RUNNER]`` serves until killed and prints
 ``ready`` once it listens. ``ServerLive`` returns a prebuilt response and does
-nothing else. With ``RUNNER`` (a running shmserve runner, e.g. bench_v2's
+nothing else; so does ``ModelInfer`` without ``RUNNER`` (one (1, 10) float32
+output, built once: what grpcio costs to take a ModelInfer request and answer
+it, with no work). With ``RUNNER`` (a running shmserve runner, e.g. bench_v2's
 ``mlp-<pid>``) ``ModelInfer`` also works, with the least code that can: the
 first raw input viewed as float32 of the request's shape, handed to the
 runner's ``predict`` through `shmserve.connect`, the result sent back raw, no
@@ -26,6 +28,7 @@ from tritonclient.grpc import service_pb2_grpc as pbg
 
 KINDS = ("aio", "sync")
 _LIVE = pb.ServerLiveResponse(live=True)
+_NOOP_OUT = np.zeros((1, 10), np.float32)  # what the MLP of perf/v2_service.py returns for one row
 
 
 def _input(request: Any) -> np.ndarray:
@@ -42,11 +45,14 @@ def _response(request: Any, out: np.ndarray) -> Any:
 class _Sync(pbg.GRPCInferenceServiceServicer):
     def __init__(self, runner: Any) -> None:
         self.runner = runner
+        self.noop = _response(pb.ModelInferRequest(model_name="noop"), _NOOP_OUT)
 
     def ServerLive(self, request: Any, context: Any) -> Any:
         return _LIVE
 
     def ModelInfer(self, request: Any, context: Any) -> Any:
+        if self.runner is None:
+            return self.noop
         return _response(request, np.asarray(self.runner.predict.run(_input(request))))
 
 
@@ -55,6 +61,8 @@ class _Aio(_Sync):
         return _LIVE
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:  # type: ignore[override]
+        if self.runner is None:
+            return self.noop
         return _response(request, np.asarray(await self.runner.predict.async_run(_input(request))))
 
 

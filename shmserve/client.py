@@ -71,7 +71,7 @@ class RunnerClient(StreamingCalls):
         self.watchdog = WatchdogLimits.of(record.get("watchdog"))
         make = transport or link_for
         self._pool = LinkPool(name, [make(name, w) for w in record["workers"]], self.slots, self.arena_bytes,
-                              self.watchdog, delivery.reply, lambda: delivery.loop_wake)
+                              self.watchdog, delivery.reply, delivery.link_wake)
         self.links = self._pool.links
         try:
             self._pool.connect_all(time.monotonic() + connect_timeout)
