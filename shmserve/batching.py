@@ -197,6 +197,39 @@ class ArrivalModel:
             if lag <= self._echo_window:
                 self._echo_count += 1
 
+    def observe_many(self, ts: list[float]) -> None:
+        """`observe` for each of ``ts`` in order, in one call: the state it leaves is the loop's.
+
+        The dispatch loop reads a channel's new calls at once and no decision reads this model
+        between two of them, so it records them together; a window that takes more values than
+        it holds is sorted once instead of once per value."""
+        if not ts:
+            return
+        last = self._last
+        gaps: list[float] = []
+        mean = self._mean_gap
+        for t in ts:
+            if last is not None:
+                gap = t - last
+                if not gap > 0.0:  # max(0.0, gap), as observe
+                    gap = 0.0
+                gaps.append(gap)
+                mean = gap if mean == math.inf else mean + 0.05 * (gap - mean)
+                if t > last:
+                    last = t
+            else:
+                last = t
+        self._last = last
+        self._mean_gap = mean
+        self._gaps.extend(gaps)
+        done = self._last_done
+        if done is not None:
+            lags = [t - done if t > done else 0.0 for t in ts]
+            self._echo_lags.extend(lags)
+            self._since_done += len(lags)
+            window = self._echo_window
+            self._echo_count += sum(1 for lag in lags if lag <= window)
+
     def observe_completion(self, t: float, items: int) -> None:
         """Record that a batch of ``items`` items completed at monotonic time ``t``."""
         if self._last_done is not None and self._done_items > 0:
@@ -269,6 +302,17 @@ class _WindowQuantile:
         bisect.insort(self._sorted, v)
         self._cached = None
 
+    def extend(self, vs: list[float]) -> None:
+        """`add` for each of `vs` in order: the same window, sorted once when that is cheaper."""
+        values = self._values
+        if len(vs) <= 4:
+            for v in vs:
+                self.add(v)
+            return
+        values.extend(vs)
+        self._sorted = sorted(values)
+        self._cached = None
+
     def value(self) -> float:
         cached = self._cached
         if cached is None:
@@ -318,6 +362,18 @@ class BatchPolicy:
         self._calls_seen += 1
         alpha = max(0.05, 1.0 / self._calls_seen)
         self._items_per_call += alpha * (max(1, items) - self._items_per_call)
+
+    def on_arrivals(self, ts: list[float], items: list[int]) -> None:
+        """`on_arrival` for each (ts[i], items[i]) in order, in one call (the same state after)."""
+        self.arrivals.observe_many(ts)
+        seen, m = self._calls_seen, self._items_per_call
+        for n in items:
+            seen += 1
+            alpha = 1.0 / seen
+            if alpha < 0.05:
+                alpha = 0.05
+            m += alpha * ((n if n > 1 else 1) - m)
+        self._calls_seen, self._items_per_call = seen, m
 
     def on_batch_done(self, items: int, seconds: float, done_at: float | None = None) -> None:
         """Record that a batch of ``items`` items took ``seconds`` to run (the model call only).

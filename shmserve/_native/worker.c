@@ -25,7 +25,7 @@ typedef struct {
 /* the layout, from shmserve.shm.wire (configure) */
 typedef struct {
     int ready;
-    Field seq, code, flags, block_off, block_len, meta_len, ntensors, meta_off, t[5], batch_size;
+    Field seq, code, flags, block_off, block_len, meta_len, ntensors, meta_off, t[5], batch_size, cancel;
     Field t_offset, t_nbytes, t_dtype, t_ndim, t_kind, t_segment, t_generation, t_shape;
     Py_ssize_t desc_size, fixed_size, tensors_off, tensor_slot, meta_inline_off, meta_inline_max, max_tensors, max_ndim;
     Py_ssize_t block_header, block_state, block_length;
@@ -69,7 +69,8 @@ static PyObject *configure(PyObject *self, PyObject *args) {
     if (get_field(desc, "seq", &N.seq) || get_field(desc, "code", &N.code) || get_field(desc, "flags", &N.flags) ||
         get_field(desc, "block_off", &N.block_off) || get_field(desc, "block_len", &N.block_len) ||
         get_field(desc, "meta_len", &N.meta_len) || get_field(desc, "ntensors", &N.ntensors) ||
-        get_field(desc, "meta_off", &N.meta_off) || get_field(desc, "batch_size", &N.batch_size))
+        get_field(desc, "meta_off", &N.meta_off) || get_field(desc, "batch_size", &N.batch_size) ||
+        get_field(desc, "cancel", &N.cancel))
         return NULL;
     for (int i = 0; i < 5; i++)
         if (get_field(desc, tnames[i], &N.t[i]))
@@ -88,7 +89,7 @@ static PyObject *configure(PyObject *self, PyObject *args) {
         get_size(consts, "flag_meta_in_arena", &flag) || get_size(consts, "block_busy", &busy))
         return NULL;
     /* the widths this code reads and writes: a layout change that alters one is refused here */
-    Field *u64s[] = {&N.seq, &N.block_off, &N.block_len, &N.meta_off, &N.t_offset, &N.t_nbytes, &st, &ln};
+    Field *u64s[] = {&N.seq, &N.block_off, &N.block_len, &N.meta_off, &N.t_offset, &N.t_nbytes, &st, &ln, &N.cancel};
     Field *u32s[] = {&N.code, &N.flags, &N.meta_len, &N.ntensors, &N.batch_size};
     for (size_t i = 0; i < sizeof u64s / sizeof u64s[0]; i++)
         if (u64s[i]->size != 8)
@@ -236,8 +237,9 @@ done:
 }
 
 /* consume(buf, first, slots, tail, head_word, tail_word, arena, arena_len)
- *   -> (new tail, [(pos, seq, method, meta, [TensorMeta, ...], submit, deadline), ...])
- * Reads every request published since `tail` and stores the new tail (the worker's req_tail). */
+ *   -> (new tail, [(pos, seq, method, meta, [TensorMeta, ...], submit, deadline, cancelled), ...])
+ * Reads every request published since `tail` and stores the new tail (the worker's req_tail);
+ * cancelled: whether its cancel word already said the caller gave up (seq + 1), as it read. */
 static PyObject *consume(PyObject *self, PyObject *args) {
     Py_buffer buf;
     Py_ssize_t first, slots, head_word, tail_word, arena, arena_len;
@@ -334,9 +336,12 @@ static PyObject *consume(PyObject *self, PyObject *args) {
             PyTuple_SET_ITEM(tm, 6, PyLong_FromUnsignedLong((unsigned long)get32(th + L.t_generation.off)));
             PyList_SET_ITEM(tensors, k, tm);
         }
-        PyObject *rec = Py_BuildValue("(nKINNdd)", pos, (unsigned long long)get64(d + L.seq.off),
-                                      (unsigned int)get32(d + L.code.off), meta, tensors, getf(d + L.t[0].off),
-                                      getf(d + L.t[1].off));
+        uint64_t seq = get64(d + L.seq.off);
+        /* relaxed: the client may set the word at any time; the dispatch loop reads it again before the model */
+        uint64_t cancel = __atomic_load_n((const uint64_t *)(d + L.cancel.off), __ATOMIC_RELAXED);
+        PyObject *rec = Py_BuildValue("(nKINNddO)", pos, (unsigned long long)seq, (unsigned int)get32(d + L.code.off),
+                                      meta, tensors, getf(d + L.t[0].off), getf(d + L.t[1].off),
+                                      cancel == seq + 1 ? Py_True : Py_False);
         if (rec == NULL || PyList_Append(list, rec) < 0) {
             Py_XDECREF(rec);
             goto done;

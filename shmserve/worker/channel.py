@@ -25,7 +25,7 @@ from ..shm.message import layout, view
 from ..shm.ring import BLOCK_BUSY, BLOCK_FREE, BLOCK_HEADER, U64, ChannelLayout, RingAllocator
 from ..shm.segment import Segment
 from ..shm.signal import Signal
-from ..shm.wire import TensorMeta
+from ..shm.wire import CANCEL_OFF, TensorMeta
 from . import rows
 
 RESULT_SPACE_WAIT_S = 2.0  # how long a result may wait for the caller to free result-arena space
@@ -34,10 +34,12 @@ RESULT_SPACE_WAIT_S = 2.0  # how long a result may wait for the caller to free r
 class Request:
     """One call read from a channel: where it is, what it carries, its deadline (0: none)."""
 
-    __slots__ = ("seq", "channel", "slot", "method", "meta", "tensors", "submit", "deadline", "items", "dequeue")
+    __slots__ = ("seq", "channel", "slot", "method", "meta", "tensors", "submit", "deadline", "items", "dequeue",
+                 "cancelled")
 
     def __init__(self, seq: int, channel: "WorkerChannel", slot: int, method: int, meta: bytes,
-                 tensors: list[TensorMeta], submit: float, deadline: float, dequeue: float) -> None:
+                 tensors: list[TensorMeta], submit: float, deadline: float, dequeue: float,
+                 cancelled: bool = False) -> None:
         self.seq = seq
         self.slot = slot  # byte offset of its descriptor, which holds the caller's cancel word
         self.channel = channel
@@ -48,6 +50,7 @@ class Request:
         self.deadline = deadline
         self.dequeue = dequeue
         self.items = 1
+        self.cancelled = cancelled  # its cancel word said so when it was read (`WorkerChannel.abandoned` reads it now)
 
 
 class WorkerChannel:
@@ -73,12 +76,13 @@ class WorkerChannel:
         lay = self.view.layout
         self.req_tail, got = rows.consume(self.view.buf, lay.req_desc, lay.slots, self.req_tail, ring.H_REQ_HEAD,
                                           ring.H_REQ_TAIL, lay.req_arena, lay.req_arena_size)
-        return [Request(seq, self, pos, method, meta, tensors, submit, deadline, now)
-                for pos, seq, method, meta, tensors, submit, deadline in got]
+        return [Request(seq, self, pos, method, meta, tensors, submit, deadline, now, gone)
+                for pos, seq, method, meta, tensors, submit, deadline, gone in got]
 
     def abandoned(self, req: Request) -> bool:
         """Whether the caller gave up on `req` (timed out, or its HTTP client went away)."""
-        return self.closed or self.view.cancelled(req.slot, req.seq)
+        # `ChannelView.cancelled`, written out: the dispatch loop reads it for every call it runs
+        return self.closed or U64.unpack_from(self.view.buf, req.slot + CANCEL_OFF)[0] == req.seq + 1
 
     def input_view(self, t: TensorMeta) -> np.ndarray:
         if t.segment:  # in a client's registered object, not in the arena (shmserve.shm.extra)

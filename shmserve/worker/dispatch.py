@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from itertools import islice
 from typing import Any
 
 import orjson
@@ -19,13 +20,13 @@ from ..batching import fifo_prefix
 from ..runnable import MethodSignature, Runnable
 from ..shm import ring
 from ..shm.health import HealthBoard
-from ..shm.message import KIND_RAW, decode_call, encode_result
+from ..shm.message import decode_call, encode_result
 from ..tensors import from_wire
 from ..worker_stats import WorkerStats
 from .batch import join_inputs, split_result
 from .call_log import log_failure, log_slow
 from .channel import Request, WorkerChannel
-from .queues import MethodSlot, expired_reason
+from .queues import MethodSlot, Refused, file_calls, still_wanted
 from .results import ResultWriter
 from .stream import stream_items
 
@@ -74,13 +75,13 @@ class Dispatcher:
                 self._drop(ch)
                 continue
             live.append(ch)
-            for req in ch.read_new(now):
-                self.arrived += 1
-                try:
-                    self._enqueue(req)
-                except Exception as exc:  # a descriptor this code cannot file: fail the call, not the worker
-                    self._fail([req], ring.ST_BAD_REQUEST, "InvalidInput", f"the call could not be queued: {exc}",
-                               traceback.format_exc())
+            reqs = ch.read_new(now)
+            if reqs:
+                self.arrived += len(reqs)
+                refused: list[Refused] = []
+                file_calls(self.methods, reqs, now, self.busy, refused)
+                for req, code, etype, why, tb in refused:
+                    self._fail([req], code, etype, why, tb)
         if len(live) != len(self.channels):
             self.channels = live
         self.publish_backlog()
@@ -102,46 +103,6 @@ class Dispatcher:
         self.results.forget(ch)
         ch.close()
 
-    def _enqueue(self, req: Request) -> None:
-        if req.method >= len(self.methods):
-            self._fail([req], ring.ST_BAD_REQUEST, "BadRequest", f"unknown method index {req.method}", "")
-            return
-        m = self.methods[req.method]
-        tensors = req.tensors
-        if m.sig.batchable and tensors and not any(t.kind == KIND_RAW for t in tensors):  # bytes/images run alone
-            dim = m.sig.input_dim
-            try:
-                sizes = {t.shape[dim] for t in tensors}
-            except IndexError:  # a tensor without the batch dim
-                sizes = set()
-            if len(sizes) != 1:
-                self._fail([req], ring.ST_BAD_REQUEST, "InvalidInput",
-                           f"method {m.sig.name!r} batches along dim {dim}: every tensor argument needs that "
-                           f"dim with the same size, got shapes {[t.shape for t in tensors]}", "")
-                return
-            req.items = tensors[0].shape[dim]
-            if req.items == 0:
-                if not m.sig.accepts_empty:
-                    self._fail([req], ring.ST_BAD_REQUEST, "InvalidInput",
-                               m.sig.empty_call_error([t.shape for t in tensors]), "")
-                    return
-                key: Any = None  # served alone: never joined, and it teaches the batching policy nothing
-            else:
-                # Calls join only with calls of the same non-tensor arguments, dtypes and trailing shapes.
-                key = (req.meta, tuple([(t.dtype, t.shape[:dim] + t.shape[dim + 1:], t.kind) for t in tensors]))
-        else:
-            key = None  # not joinable: runs alone, in arrival order
-        why = expired_reason(req, req.dequeue)
-        if why is not None:
-            self._fail([req], ring.ST_EXPIRED, "RunnerTimeout", why, "")
-            return
-        why = m.refusal(req, key, req.dequeue)
-        if why is not None:
-            self._fail([req], ring.ST_OVERLOADED, "RunnerOverloaded", why, "")
-            return
-        if m.push(key, req):
-            self.busy[m.index] = m
-
     # -- decisions ---------------------------------------------------------------
     def step(self) -> float:
         """Run every batch that is due; return the time to re-decide at the latest."""
@@ -159,7 +120,9 @@ class Dispatcher:
                         self._fail([r], ring.ST_EXPIRED, "RunnerTimeout", why, "")
                     if not q:
                         break
-                    items = [r.items for r in q]
+                    # the FIFO prefix spans at most max_batch_size calls (a joinable call has an item):
+                    # one more tells `decide` that more is queued, the same decision as the whole queue
+                    items = [r.items for r in islice(q, m.max_batch_size + 1)]
                     d = m.policy.decide(items, q[0].submit, q[-1].submit, now)
                     if not d.run:
                         wake = min(wake, d.wait_until)
@@ -216,14 +179,9 @@ class Dispatcher:
     def _run_batch(self, m: MethodSlot, batch: list[Request], batched: bool) -> None:
         t_batch = time.monotonic()
         finish = t_batch + m.policy.cost.estimate(sum(r.items for r in batch)) if batched else t_batch
-        live = []
-        for r in batch:  # the last look before the model: expired and abandoned calls never reach it
-            why = expired_reason(r, t_batch, finish)
-            if why is None:
-                live.append(r)
-            else:
-                self._fail([r], ring.ST_EXPIRED, "RunnerTimeout", why, "")
-        batch = live
+        batch, dead = still_wanted(batch, t_batch, finish)  # expired and abandoned calls never reach the model
+        for r, why in dead:
+            self._fail([r], ring.ST_EXPIRED, "RunnerTimeout", why, "")
         if not batch:
             return
         try:

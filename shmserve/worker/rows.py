@@ -22,8 +22,9 @@ __all__ = ["Row", "Incoming", "consume", "consume_py", "publish_rows", "publish_
 
 #: (seq, block_off, block_len, row byte start in the output, nbytes, items, dequeue time): one call's share
 Row = tuple[int, int, int, int, int, int, float]
-#: (descriptor offset, seq, method, metadata, tensor headers, submit time, deadline): one request read
-Incoming = tuple[int, int, int, bytes, list[wire.TensorMeta], float, float]
+#: (descriptor offset, seq, method, metadata, tensor headers, submit time, deadline, cancelled): one
+#: request read; cancelled: its cancel word said the caller gave up when it was read
+Incoming = tuple[int, int, int, bytes, list[wire.TensorMeta], float, float, bool]
 
 
 def layout_args() -> tuple[Any, ...]:
@@ -65,7 +66,7 @@ def consume_py(buf: Any, first: int, slots: int, tail: int, head_word: int, tail
         while tail < head:
             pos = first + (tail % slots) * wire.DESC_SIZE
             f, tensors, meta = wire.unpack_desc(buf, pos, arena_view, wire.RequestDesc)
-            out.append((pos, f[0], f[1], meta, tensors, f[8], f[9]))
+            out.append((pos, f[0], f[1], meta, tensors, f[8], f[9], wire.is_cancelled(buf, pos, f[0])))
             tail += 1
     finally:
         arena_view.release()

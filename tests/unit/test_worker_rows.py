@@ -133,21 +133,28 @@ def tensor(shape: tuple[int, ...], dtype: str) -> wire.Tensor:
                                 st.lists(st.tuples(st.lists(st.integers(0, 9), max_size=wire.MAX_NDIM),
                                                    st.sampled_from(["<f4", "|u1", "bf16", "<i8"]),
                                                    st.integers(0, 2)), max_size=wire.MAX_TENSORS),
-                                st.floats(0, 1e9), st.floats(0, 1e9)),
+                                st.floats(0, 1e9), st.floats(0, 1e9), st.sampled_from([0, 1, 2])),
                       max_size=SLOTS),
        tail=st.integers(0, 2 * SLOTS))
 def test_both_paths_read_the_same_calls(calls: list[Any], tail: int) -> None:
+    """And both say which calls their caller gave up on before they were read (cancel word seq + 1;
+    0 and a stale word of the slot's previous call do not count)."""
     buf, lay = segment()
     view = ChannelView(MemorySegment(len(buf)), lay)  # type: ignore[arg-type]
     view.buf[:] = buf
     n = tail
-    for k, (meta_len, specs, submit, deadline) in enumerate(calls):
+    for k, (meta_len, specs, submit, deadline, cancel) in enumerate(calls):
         tensors = [(np.zeros(tuple(shape), "<f4"), kind, dt) for shape, dt, kind in specs]
         meta = bytes(range(256))[:meta_len] if meta_len < 256 else b"m" * meta_len
         view.requests.publish(n, 7 + k, k, 64 * k, 64, 512 * k, (submit, deadline, 0.0, 0.0, 0.0), 0, tensors,
                               [8 * i for i in range(len(tensors))], meta)
         if meta_len > wire.META_INLINE_MAX:
             view.req_arena[512 * k : 512 * k + meta_len] = meta
+        pos = view.requests.slot(n)
+        if cancel == 1:
+            wire.mark_cancelled(view.buf, pos, 7 + k)
+        elif cancel == 2:
+            wire.mark_cancelled(view.buf, pos, 6 + k)  # the word another call of this slot left
         n += 1
     wire.U64.pack_into(view.buf, wire.H_REQ_HEAD, n)
     snapshot = bytes(view.buf)
@@ -163,8 +170,10 @@ def test_both_paths_read_the_same_calls(calls: list[Any], tail: int) -> None:
         expected = []
         for pos, *_rest in read:
             fixed, tensors, meta = wire.unpack_desc(memoryview(mem), pos, memoryview(mem)[lay.req_arena:], RequestDesc)
-            expected.append((pos, fixed.seq, fixed.method, meta, tensors, fixed.submit, fixed.deadline))
+            expected.append((pos, fixed.seq, fixed.method, meta, tensors, fixed.submit, fixed.deadline,
+                             calls[fixed.seq - 7][4] == 1))
         assert read == expected
+        assert all(type(r[7]) is bool for r in read)
         assert all(type(t) is wire.TensorMeta for r in read for t in r[4])
     assert all(g == got[0] for g in got[1:])
 
