@@ -1,7 +1,8 @@
 """The access log: one line per request, formatted and written in batches by a background thread.
 
-On the event loop a response costs one tuple appended to a deque (well under
-a microsecond, no lock, no wake-up). A writer thread sleeps `FLUSH_S`
+On the event loop a response costs one `deque.extend` of its ten fields (well
+under a microsecond, no lock, no wake-up, and no object the garbage collector
+tracks left behind: see `Entry`). A writer thread sleeps `FLUSH_S`
 seconds, takes every waiting entry, formats them and writes the batch with
 one write per handler, and sleeps again (in a server that is the observer's
 writer, `shmserve.http.observe`, which builds the spans on the same turn;
@@ -27,6 +28,7 @@ from __future__ import annotations
 import logging
 import random
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -38,18 +40,21 @@ from ..config.schema import AccessLogSettings
 from ..traces import Sink
 from .flusher import FLUSH_S, FlushThread
 
-__all__ = ["AccessLog", "LOGGER_NAME", "FLUSH_S"]
+__all__ = ["AccessLog", "Entry", "FIELDS", "LOGGER_NAME", "FLUSH_S", "write_records"]
 
 LOGGER_NAME = "shmserve.access"
 
-# One entry: (CLOCK_MONOTONIC time, peer address, method, path, status, bytes in, bytes out, seconds,
+# One entry: (CLOCK_MONOTONIC time, client address, method, path, status, bytes in, bytes out, seconds,
 # runner seconds, id); the writer adds the wall clock's offset to the monotonic time. Every field is
-# a number, a byte string or the peer's (host, port) tuple: an entry refers to no container the
-# garbage collector tracks, so the ~FLUSH_S worth of entries waiting for the writer are untracked
-# at the collector's first pass instead of surviving into its older generations (holding the
-# request's runner traces here kept ~4 tracked objects a request alive for a tenth of a second,
-# which measurably added young collections: see the README's *Operational features*).
-Entry = tuple[float, Any, bytes, bytes, int, int, int, float, float, bytes]
+# a number, a byte string or a str (the client's "host:port", formatted once per connection:
+# `_client_of`). The loop appends an entry's fields one by one to the queue (`deque.extend` of a
+# tuple that is freed at once), so a waiting entry is no object at all: the ~FLUSH_S worth of
+# entries waiting for the writer add nothing to the count of tracked objects that triggers the
+# collector's young collections (one tuple per entry did, and the peer's (host, port) tuple a
+# second one: at 10,000 requests/s, 2,000 objects a turn, three extra young collections per 1,000
+# requests; holding the request's runner traces here once kept ~4 a request).
+Entry = tuple[float, str, bytes, bytes, int, int, int, float, float, bytes]
+FIELDS = 10  # items of one entry in the queue
 
 # JSON line template: formatting one line with `%` costs a quarter of building a dict and
 # orjson.dumps-ing it (2 µs against 9 µs a line), and the writer holds the GIL while it formats.
@@ -61,6 +66,23 @@ _JSON = ('{"time":"%s.%06dZ","client":"%s","method":%s,"path":%s,"status":%d,"by
 
 def _client(peer: Any) -> str:
     return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "-"
+
+
+def _client_of(conn: Any) -> str:
+    """`conn`'s peer as "host:port", asked of the transport once per connection and kept on `conn`.
+
+    ``get_extra_info("peername")`` is a ``getpeername`` call and an address formatted to text each
+    time under uvloop (a sixth of what the access log cost the loop per request).
+    """
+    client = getattr(conn, "access_client", None)
+    if client is None:
+        transport = conn.transport
+        client = _client(transport.get_extra_info("peername") if transport is not None else None)
+        try:
+            conn.access_client = client
+        except AttributeError:  # a connection object without a __dict__: asked again next time
+            pass
+    return client
 
 
 def runner_seconds(sink: Sink | None) -> float:
@@ -91,8 +113,8 @@ class _Quoted:
 
 
 def _text(e: Entry, wall: float) -> str:
-    ts, peer, method, path, status, n_in, n_out, seconds, runner_s, rid = e
-    return (f'{_client(peer)} "{method.decode("latin-1")} {path.decode("latin-1")}" {status} in={n_in} '
+    ts, client, method, path, status, n_in, n_out, seconds, runner_s, rid = e
+    return (f'{client} "{method.decode("latin-1")} {path.decode("latin-1")}" {status} in={n_in} '
             f"out={n_out} {seconds * 1e3:.3f}ms runner={runner_s * 1e3:.3f}ms "
             f"id={rid.decode('latin-1')}")
 
@@ -107,13 +129,13 @@ class _JsonLines:
 
     def __call__(self, e: Entry, wall: float) -> str:
         """`e` as a JSON line; `wall`: what to add to its CLOCK_MONOTONIC time for the wall clock's."""
-        ts, peer, method, path, status, n_in, n_out, seconds, runner_s, rid = e
+        ts, client, method, path, status, n_in, n_out, seconds, runner_s, rid = e
         ts += wall
         second = int(ts)
         if second != self._second:
             self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         quote = self._quote
-        return _JSON % (self._stamp, int((ts - second) * 1e6), _client(peer), quote(method), quote(path), status,
+        return _JSON % (self._stamp, int((ts - second) * 1e6), client, quote(method), quote(path), status,
                         n_in, n_out, seconds * 1e3, runner_s * 1e3, rid.decode("latin-1"))
 
 
@@ -143,13 +165,17 @@ def _write_lines(handler: _LineHandler, lines: list[str]) -> None:
         handler.handleError(logging.makeLogRecord({"name": LOGGER_NAME, "msg": lines[0]}))
 
 
-def _write_batch(handler: logging.Handler, records: list[logging.LogRecord]) -> None:
+#: the ``emit`` of handlers that only format a record and write it to their stream (and flush)
+_PLAIN_EMITS = (logging.StreamHandler.emit, logging.FileHandler.emit)
+
+
+def write_records(handler: logging.Handler, records: list[logging.LogRecord]) -> None:
     """Hand `records` to `handler`: one write and one flush for a stream handler, else one by one."""
     records = [r for r in records if r.levelno >= handler.level and handler.filter(r)]
     if not records:
         return
     stream = getattr(handler, "stream", None)
-    if not isinstance(handler, logging.StreamHandler) or stream is None:
+    if stream is None or type(handler).emit not in _PLAIN_EMITS:  # one that emits its own way gets every record
         for r in records:
             try:
                 handler.handle(r)
@@ -175,8 +201,10 @@ class AccessLog:
         is_json = settings.format == "json"
         self._format: Callable[[Entry, float], str] = _JsonLines() if is_json else _text
         self._handlers = handlers if handlers is not None else _server_handlers(is_json)
-        # deque.append and popleft are atomic: the loop appends, the writer pops, no lock between them.
-        self._pending: deque[Entry] = deque()
+        # deque.extend (of a tuple) and popleft are atomic: the loop appends an entry's FIELDS items at
+        # once, the writer pops whole entries; `_taking` keeps two callers of flush() from splitting one.
+        self._pending: deque[Any] = deque()
+        self._taking = threading.Lock()
         self._writer = FlushThread(self.flush, "shmserve-access-log", "writing access log lines")
         #: lines written so far (for tests and statistics)
         self.written = 0
@@ -191,7 +219,7 @@ class AccessLog:
         self.flush()  # lines recorded without a writer, or after it stopped
 
     def record(self, conn: Any, request: Any, status: int, body_bytes: int, sink: Sink | None = None) -> None:
-        """Keep the line of one response for the writer (on the event loop; one deque append).
+        """Keep the line of one response for the writer (on the event loop; one deque extend).
 
         `sink`: the request's runner call traces; their round trips are summed here (runner time), so
         the entry does not keep them alive until the writer's turn.
@@ -200,22 +228,31 @@ class AccessLog:
         seconds = now - (request.t_begin or request.t_parsed)
         if self._rate < 1.0 and status < 500 and seconds < self._slow_s and random.random() >= self._rate:
             return
-        transport = conn.transport
-        self._pending.append((now, transport.get_extra_info("peername") if transport is not None else None,
-                              request.method or b"-", request.path or b"-", status, len(request.body), body_bytes,
-                              seconds, runner_seconds(sink) if sink else 0.0, request.request_id or b"-"))
+        client = getattr(conn, "access_client", None) or _client_of(conn)
+        self._pending.extend((now, client, request.method or b"-", request.path or b"-", status,
+                              len(request.body), body_bytes, seconds, runner_seconds(sink) if sink else 0.0,
+                              request.request_id or b"-"))
+
+    def add(self, entry: Entry) -> None:
+        """Queue one entry as it is (tests; `record` builds its own)."""
+        if len(entry) != FIELDS:
+            raise ValueError(f"an access log entry has {FIELDS} fields, not {len(entry)}")
+        self._pending.extend(entry)
+
+    @property
+    def waiting(self) -> int:
+        """How many entries wait for the writer."""
+        return len(self._pending) // FIELDS
 
     def flush(self) -> None:
         """Format and write every waiting line now (the writer thread calls this; so may tests)."""
         pending = self._pending
-        entries: list[Entry] = []
-        try:
-            while pending:
-                entries.append(pending.popleft())
-        except IndexError:  # another caller of flush() took the last one
-            pass
-        if not entries:
+        with self._taking:
+            take = pending.popleft
+            items = [take() for _ in range(len(pending) // FIELDS * FIELDS)]
+        if not items:
             return
+        entries: list[Entry] = list(zip(*[iter(items)] * FIELDS))  # type: ignore[arg-type]
         wall = time.time() - time.monotonic()
         fmt = self._format
         lines = [fmt(e, wall) for e in entries]
@@ -230,5 +267,5 @@ class AccessLog:
                     rec.created = e[0] + wall
                     rec.msecs = (rec.created % 1) * 1000.0
                     records.append(rec)
-            _write_batch(handler, records)
+            write_records(handler, records)
         self.written += len(lines)

@@ -180,6 +180,54 @@ def test_console_exporter_writes_spans_to_the_server_log(caplog: pytest.LogCaptu
     assert lines["POST /x"]["status"]["status_code"] == "ERROR" and lines["decode"]["parent_id"]
 
 
+def test_console_exporter_writes_a_batch_of_spans_in_one_write_and_handlers_that_emit_their_own_way_get_every_record() -> None:
+    import io
+    import json
+    import logging
+
+    from shmserve.http.tracing import LogSpanExporter
+
+    class Counting(io.StringIO):
+        writes = 0
+
+        def write(self, text: str) -> int:
+            Counting.writes += 1
+            return super().write(text)
+
+    class Keeping(logging.StreamHandler):  # type: ignore[type-arg]  # a StreamHandler that emits its own way
+        def __init__(self) -> None:
+            super().__init__(io.StringIO())
+            self.kept: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.kept.append(record.getMessage())
+
+    exporter = InMemorySpanExporter()
+    tracer = Tracer(TracingSettings(exporter="console"), "svc", exporter=exporter)
+    for _ in range(5):
+        tracer.export(tracer.sample({}), b"POST", b"/x", "x", 200, b"r", {"begin": 1.0, "parsed": 1.0, "decoded": 1.25}, 1.5)
+    spans = exporter.get_finished_spans()
+    stream = Counting()
+    plain = logging.StreamHandler(stream)
+    plain.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    keeping = Keeping()
+    logger = logging.getLogger("shmserve.tracing")
+    logger.addHandler(plain)
+    logger.addHandler(keeping)
+    level, logger.level = logger.level, logging.INFO
+    try:
+        LogSpanExporter().export(spans)
+    finally:
+        logger.removeHandler(plain)
+        logger.removeHandler(keeping)
+        logger.setLevel(level)
+    assert len(spans) == 10 and Counting.writes == 1  # a write per span before
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 10 and all(line.startswith("shmserve.tracing: {") for line in lines)
+    assert [json.loads(x.split(": ", 1)[1])["name"] for x in lines] == [s.name for s in spans]
+    assert [json.loads(x)["name"] for x in keeping.kept] == [s.name for s in spans]
+
+
 def test_check_settings_fails_early_on_what_every_worker_would_fail_on(tmp_path: object) -> None:
     from shmserve.errors import ConfigError
     from shmserve.http.app import check_settings
