@@ -31,13 +31,13 @@ from ..context import Context, run_hooks
 from ..errors import RunnerError, ShmserveError
 from ..oip.server import InferenceServer
 from ..service import API, Service
-from ..traces import call_request_id, call_traces
+from ..traces import Sink, call_request_id, call_traces
 from .access_log import AccessLog
 from .docs_ui import ASSET_PATHS, DocsUI
 from .edge import Edge
 from .endpoints import RETRY_AFTER, ServerEndpoints, runner_ready
 from .metrics import Metrics, MetricsExchange
-from .observe import Observer, RequestContext
+from .observe import Observer
 from .openapi import build_openapi
 from .protocol import HttpProtocol, Request
 from .router import Router
@@ -213,13 +213,15 @@ class App:
         observer = self.observer
         if asked or observer.active:  # checked here: most requests are not observed, and skip the call
             ctx = observer.begin(request, api.name, asked)
-            if ctx is not None:
-                return self._observed_call(api, value, request, conn, start, ctx, asked)
+            if ctx is not None:  # no wrapping coroutine: its frame would be on every resumption of the task
+                return self._call(api, value, request, conn, start, ctx.timeline, asked, ctx.sink)
         return self._call(api, value, request, conn, start)
 
-    async def _observed_call(self, api: API, value: Any, request: Request, conn: HttpProtocol, start: float,
-                             ctx: RequestContext, asked: bool) -> None:
-        """`_call` that collects the runner calls' traces (access log, spans, ``X-Shmserve-Trace``).
+    async def _call(self, api: API, value: Any, request: Request, conn: HttpProtocol, start: float,
+                    timeline: dict[str, Any] | None = None, send_timeline: bool = False,
+                    sink: Sink | None = None) -> None:
+        """Call the API and answer; an observed request (access log, spans, ``X-Shmserve-Trace``) passes
+        its `RequestContext`'s `timeline` and `sink`, which collects its runner calls' traces.
 
         A request with header ``X-Shmserve-Trace`` gets its timeline back in the
         ``x-shmserve-trace`` response header: orjson of CLOCK_MONOTONIC times
@@ -229,11 +231,6 @@ class App:
         written, complete, batch_size, and the request's ``request_id``),
         ``api_done`` and ``encoded``; and ``request_id``.
         """
-        call_traces.set(ctx.sink)  # this task's context only: the runner client appends to it
-        await self._call(api, value, request, conn, start, ctx.timeline, asked)
-
-    async def _call(self, api: API, value: Any, request: Request, conn: HttpProtocol, start: float,
-                    timeline: dict[str, Any] | None = None, send_timeline: bool = False) -> None:
         # Counted here, not at create_task: a task cancelled before its first step never runs its finally.
         self.in_flight += 1
         ctx = Context.for_request(request, self.state) if api.ctx_param is not None else None
@@ -243,6 +240,8 @@ class App:
         try:
             try:
                 call_request_id.set(request.request_id)  # this request's runner calls carry its ID (this task only)
+                if sink is not None:
+                    call_traces.set(sink)  # this task's context only: the runner client appends to it
                 if api.timeout is not None:
                     request_deadline.set(time.monotonic() + api.timeout)  # and its deadline bounds them
                 if not api.is_async:
