@@ -68,6 +68,7 @@ class WorkerChannel:
         self.results = RingAllocator(self.view.layout.resp_arena_size)
         self.closed = False  # set by the control thread when the client went away
         self.dirty = False  # results written since the last post
+        self.drained_sent: float | None = None  # the H_DRAINED_AT this worker last wrote (None: not yet)
         self.loop_wake: int | None = None  # eventfd of the client's asyncio loop, when it sent one
         self.extra: ExtraMappings | None = None  # client objects its calls' inputs live in, once one does
 

@@ -14,6 +14,7 @@ import traceback
 from itertools import islice
 from typing import Any
 
+import numpy as np
 import orjson
 
 from ..batching import fifo_prefix
@@ -21,13 +22,13 @@ from ..runnable import MethodSignature, Runnable
 from ..shm import ring
 from ..shm.health import HealthBoard
 from ..shm.message import decode_call, encode_result
-from ..tensors import from_wire
+from ..tensors import from_wire, to_wire
 from ..worker_stats import WorkerStats
 from .batch import join_inputs, split_result
 from .call_log import log_failure, log_slow
 from .channel import Request, WorkerChannel
 from .queues import MethodSlot, Refused, file_calls, still_wanted
-from .results import ResultWriter
+from .results import ResultWriter, rows_of
 from .stream import stream_items
 
 __all__ = ["Dispatcher", "POLL_S"]
@@ -143,10 +144,11 @@ class Dispatcher:
         work queued, after the batch running until `busy_until`), so it refuses calls due sooner at once
         (RunnerOverloaded) instead of sending them to be refused when the loop reads them."""
         backlog = max([m.admission_wait(1) for m in self.busy.values() if m.queued], default=0.0)
-        start = max(time.monotonic(), busy_until)
-        drained_at = start + backlog if backlog or busy_until else 0.0
+        drained_at = max(time.monotonic(), busy_until) + backlog if backlog or busy_until else 0.0
         for ch in self.channels:
-            ch.view.set_time(ring.H_DRAINED_AT, drained_at)
+            if ch.drained_sent != drained_at:  # only the worker writes the word: unchanged, not rewritten
+                ch.view.set_time(ring.H_DRAINED_AT, drained_at)
+                ch.drained_sent = drained_at
 
     def _flush(self) -> None:
         for ch in self.channels:
@@ -216,8 +218,9 @@ class Dispatcher:
             m.policy.on_batch_done(total, t_done - t_model, done_at=t_done)
         log_slow(batch, m.sig.name, self.slow_call_s, t_batch, t_model, t_done, total)  # before either write path below
         gpu = self._gpu
-        if gpu is None and batched and self.results.write_array(batch, out, m.sig.output_dim, (t_batch, t_model, t_done)):
-            return  # one array of rows: one copy per call, no views (`ResultWriter.write_array`)
+        if gpu is None and (self.results.write_array(batch, out, m.sig.output_dim, (t_batch, t_model, t_done))
+                            if batched else write_alone(self.results, batch, out, (t_batch, t_model, t_done), total)):
+            return  # one array of rows: one copy per call, no views (`ResultWriter.write_array`, `write_alone`)
         try:
             parts = split_result(m.sig.name, out, [r.items for r in batch], m.sig.output_dim) if len(batch) > 1 else [out]
             encoded = [encode_result(p, device=self.device,
@@ -248,3 +251,29 @@ class Dispatcher:
 def _log_failure(r: Request, methods: list[MethodSlot], code: int, etype: str, message: str) -> None:
     """Log call `r`'s failure, naming the HTTP request it serves (see `shmserve.worker.call_log`)."""
     log_failure(r, methods[r.method].sig.name if r.method < len(methods) else f"#{r.method}", code, etype, message)
+
+
+def write_alone(results: ResultWriter, batch: list[Request], out: Any, times: tuple[float, float, float],
+                batch_size: int) -> bool:
+    """Write the OK result of a call that ran alone when it is one array (`rows_of`) and its channel
+    has room now and nothing parked: one `WorkerChannel.publish_rows` of its rows, as a batch's
+    (`ResultWriter.write_array`), instead of the general write. False, nothing written, otherwise."""
+    if len(batch) != 1 or type(out) is not np.ndarray or not out.ndim or not out.shape[0]:
+        return False
+    r = batch[0]
+    ch = r.channel
+    if ch in results.parked or ch.closed or not rows_of(out, out.shape[0], 0) or not ch.response_slot_free():
+        return False
+    arr, kind, dtype_str = to_wire(out, "result")
+    ch.reclaim_results()
+    block = ch.reserve_result(arr.nbytes)
+    if block is None:
+        return False
+    try:
+        ch.publish_rows(arr, [(r.seq, block[0], block[1] - block[0], 0, arr.nbytes, arr.shape[0], r.dequeue)],
+                        dtype_str.encode(), kind, tuple(arr.shape[1:]), times, batch_size)
+    except Exception:  # nothing was written: the general path writes it, or fails the call
+        ch.results.release(block)
+        return False
+    results.answered.add(id(r))
+    return True

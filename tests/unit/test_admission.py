@@ -132,6 +132,7 @@ class PublishingChannel:
     """Stands in for a WorkerChannel in the dispatch loop: records what the worker publishes."""
 
     closed = False
+    drained_sent: float | None = None
 
     def __init__(self) -> None:
         self.drained_at: list[float] = []
