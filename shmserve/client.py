@@ -18,7 +18,7 @@ import asyncio
 import threading
 import time
 import weakref
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator
 from typing import Any
 
 import numpy as np
@@ -27,6 +27,7 @@ from . import lease, registry
 from .client_stream import StreamingCalls
 from .deadline import LoopDeadlines, call_deadline, request_deadline  # noqa: F401  (request_deadline: public)
 from .delivery import Delivery, settle
+from .doorbells import Doorbells
 from .errors import InvalidInput, RunnerOverloaded, RunnerTimeout, RunnerUnavailable, TensorTooLarge
 from .link import Done, Pending, free_block, link_for
 from .pool import Link, LinkPool
@@ -66,6 +67,7 @@ class RunnerClient(StreamingCalls):
         self._inflight = 0
         self._closed = False
         self._timers: dict[asyncio.AbstractEventLoop, LoopDeadlines] = {}  # the call deadlines awaited per loop
+        self._doorbells = Doorbells(self._lock)  # the posts an event loop's calls put off to the turn's end
         self._codec = codec = Codec()
         self._device, self._decode = codec.device, codec.decode  # bound once: both are on the hot path
         self.watchdog = WatchdogLimits.of(record.get("watchdog"))
@@ -87,10 +89,10 @@ class RunnerClient(StreamingCalls):
 
     # -- calls ------------------------------------------------------------------------------
     def _submit(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], deadline: float | None,
-                block_for_space: bool = True, stream: Any = None) -> Pending:
+                block_for_space: bool = True, stream: Any = None, ring_on: asyncio.AbstractEventLoop | None = None) -> Pending:
         """Publish one call; `deadline` (monotonic seconds, None: none) travels with it to the worker.
 
-        `stream`: the item sink of a streaming call (`shmserve.client_stream`)."""
+        `stream`: a streaming call's item sink; `ring_on`: the call's loop (its post may wait: `Doorbells`)."""
         if self._closed:
             raise RunnerUnavailable(f"the client of runner {self.name!r} is closed")
         info = self._pool.methods.get(method)
@@ -132,11 +134,14 @@ class RunnerClient(StreamingCalls):
                         f"(max_queue_size {self.max_queue_size}); retry later"
                     )
                 link = hint if hint is not None and hint.live else self._pool.pick()
+                later = ring_on is not None and self._inflight > 0  # a lone caller's call is posted at once
                 p = link.submit(self._seq, index, method, tensors, offsets, meta, meta_off, nbytes, align, deadline,
-                                stream, external)
+                                stream, external, not later)
                 if p is not None:
                     self._seq += 1
                     self._inflight += 1
+                    if later:
+                        self._doorbells.later(ring_on, link)  # type: ignore[arg-type]
                     return p
             # The arena or ring is full: results on their way back will free space.
             if not block_for_space or time.monotonic() > space_deadline:
@@ -165,7 +170,7 @@ class RunnerClient(StreamingCalls):
         if delivery.thread is None or delivery.wake_loop is not loop:
             self._serve_loop(loop)
         deadline = call_deadline(timeout, self.default_timeout)  # never past the request's
-        p = self._submit(method, args, kwargs, deadline, block_for_space=False)
+        p = self._submit(method, args, kwargs, deadline, False, None, loop)
         p.loop = loop
         p.future = fut
         if p.done:  # resolved before the future was attached
@@ -352,9 +357,9 @@ class RemoteMethod:
         self._check(False)
         return self._client.call(self.name, args, kwargs, timeout)
 
-    async def async_run(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+    def async_run(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Coroutine[Any, Any, Any]:
         self._check(False)
-        return await self._client.async_call(self.name, args, kwargs, timeout)
+        return self._client.async_call(self.name, args, kwargs, timeout)  # the call's coroutine: no frame around it
 
     def stream(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Iterator[Any]:
         self._check(True)

@@ -182,9 +182,10 @@ class WorkerLink:
 
     def submit(self, seq: int, index: int, method: str, tensors: list[Tensor], offsets: list[int], meta: bytes,
                meta_off: int, nbytes: int, align: int, deadline: float | None, stream: Any = None,
-               external: list[Any] | None = None) -> Pending | None:
-        """Publish call `seq` (method `index`) and ring the worker's doorbell; None when the ring or the
-        request arena has no room now. `offsets`/`meta_off` are relative to the call's block of `nbytes`.
+               external: list[Any] | None = None, post: bool = True) -> Pending | None:
+        """Publish call `seq` (method `index`) and ring the worker's doorbell (unless not `post`: the
+        caller then calls `ring` soon); None when the ring or the request arena has no room now.
+        `offsets`/`meta_off` are relative to the call's block of `nbytes`.
 
         Raises RunnerOverloaded when the worker's queue would be served after `deadline` (the worker
         would refuse the call: say so without the round trip)."""
@@ -224,8 +225,14 @@ class WorkerLink:
         p = Pending(seq, self, pos, block, method, submit)
         p.stream = stream  # set before the worker can answer
         self.pending[seq] = p
-        self.doorbell.post()  # type: ignore[union-attr]
+        if post:
+            self.doorbell.post()  # type: ignore[union-attr]
         return p
+
+    def ring(self) -> None:
+        """Post the worker's doorbell for the calls `submit` published without a post."""
+        if self.doorbell is not None:
+            self.doorbell.post()
 
     def cancel(self, p: Pending) -> None:
         """Mark call `p`'s cancel word: the worker then never runs it (or stops its stream)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import warnings
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 from .errors import ConfigError, InvalidSetting, RunnerNotStarted
@@ -220,9 +220,9 @@ class Runner:
         """Call the default method (see `default_method`) and wait for its result."""
         return self.default_method.run(*args, timeout=timeout, **kwargs)
 
-    async def async_run(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
-        """`run` from async code."""
-        return await self.default_method.async_run(*args, timeout=timeout, **kwargs)
+    def async_run(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Coroutine[Any, Any, Any]:
+        """`run` from async code: ``await runner.async_run(x)`` (the call's own coroutine, no frame around it)."""
+        return self.default_method.async_run(*args, timeout=timeout, **kwargs)
 
     # -- binding -------------------------------------------------------------
     def init_local(self, quiet: bool = False) -> None:

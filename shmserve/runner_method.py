@@ -9,7 +9,7 @@ all three.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -115,12 +115,17 @@ class RunnerMethod:
             )
         return backend
 
-    async def async_run(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
-        """Call the method from async code; the event loop is never blocked."""
+    def async_run(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Coroutine[Any, Any, Any]:
+        """Call the method from async code (``await runner.<method>.async_run(x)``); the event loop is
+        never blocked.
+
+        Returns the backend's coroutine itself rather than a coroutine awaiting it: one frame less on
+        every call's way in and out. A streaming method or an unbound runner raises here, when called.
+        """
         self._not_streaming()
         timeout = self.runner.timeout if timeout is None else timeout
         args, kwargs = self._args(args, kwargs)
-        return await self.runner._backend_or_raise().async_call(self.name, args, kwargs, timeout)
+        return self.runner._backend_or_raise().async_call(self.name, args, kwargs, timeout)
 
     async def async_stream(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> AsyncGenerator[Any, None]:
         """Call a generator method: ``async for item in runner.generate.async_stream(prompt): ...``.

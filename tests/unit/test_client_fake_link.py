@@ -46,6 +46,8 @@ class FakeLink:
         self.sent: dict[int, bytes] = {}  # each call's metadata (its arguments), by seq
         self.reply: Signal | None = None
         self.loop_wake: int | None = None
+        self.posts: list[int] = []  # one entry per doorbell post
+        self.unposted = 0  # calls published since the last post that did not post
 
     # -- the Link API ---------------------------------------------------------------------
     def connect(self, slots: int, arena_bytes: int, reply: Signal, loop_wake: int | None,
@@ -59,14 +61,22 @@ class FakeLink:
 
     def submit(self, seq: int, index: int, method: str, tensors: list[Any], offsets: list[int], meta: bytes,
                meta_off: int, nbytes: int, align: int, deadline: float | None, stream: Any = None,
-               external: Any = None) -> Pending | None:
+               external: Any = None, post: bool = True) -> Pending | None:
         if len(self.pending) >= self.room:
             return None
         p = Pending(seq, self, 0, None, method, time.monotonic())
         p.stream = stream
         self.pending[seq] = p
         self.sent[seq] = meta
+        if post:
+            self.ring()
+        else:
+            self.unposted += 1
         return p
+
+    def ring(self) -> None:
+        self.posts.append(self.unposted)  # how many calls published without a post this post covers
+        self.unposted = 0
 
     def cancel(self, p: Pending) -> None:
         if p.seq in self.pending:
@@ -209,6 +219,42 @@ def test_async_calls_answered_out_of_order_on_the_loop_reader(make_client) -> No
         assert stats["in_flight"] == 0 and stats["readers"]["loop_reader"] and stats["deadlines_watched"] >= 1
 
     asyncio.run(main())
+
+
+def test_an_event_loop_posts_the_doorbell_once_per_turn(make_client) -> None:
+    """While calls are in flight, the calls made in one turn of a loop are published at once and posted
+    together when the turn's callbacks have run (before: one post per call); a call with none other in
+    flight, and a synchronous call, post at once."""
+    client, (link,) = make_client()
+
+    async def main() -> None:
+        tasks = [asyncio.ensure_future(client.async_call("echo", (i,), {}, None)) for i in range(8)]
+        await asyncio.sleep(0)  # the 8 tasks run their first step in this turn
+        assert len(link.pending) == 8 and link.posts == [0] and link.unposted == 7  # the first posted at once
+        while len(link.posts) < 2:
+            await asyncio.sleep(0)
+        assert link.posts == [0, 7] and link.unposted == 0  # one post for the turn's 7 others
+        more = asyncio.ensure_future(client.async_call("echo", (8,), {}, None))
+        await _pending(link, 9)
+        while len(link.posts) < 3:
+            await asyncio.sleep(0)
+        assert link.posts == [0, 7, 1]  # made while 8 are in flight: posted the next pass
+        for p in list(link.pending.values()):
+            link.answer(p, p.seq)
+        assert await asyncio.wait_for(asyncio.gather(*tasks, more), 5) == list(range(9))
+        lone = asyncio.ensure_future(client.async_call("echo", (9,), {}, None))
+        await _pending(link, 1)
+        assert link.posts == [0, 7, 1, 0] and link.unposted == 0  # none in flight: posted by the call itself
+        link.answer(next(iter(link.pending.values())), 9)
+        assert await asyncio.wait_for(lone, 5) == 9
+
+    asyncio.run(main())
+    t, out = in_thread(client.call, "echo", (10,), {}, None)
+    (p,) = wait_until(lambda: list(link.pending.values()))
+    assert link.posts == [0, 7, 1, 0, 0] and link.unposted == 0  # a synchronous call posts at once
+    link.answer(p, 10)
+    t.join(5)
+    assert out == [10]
 
 
 def test_a_second_loop_is_served_by_the_completion_thread(make_client) -> None:

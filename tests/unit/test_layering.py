@@ -24,7 +24,7 @@ ROOT = Path(shmserve.__file__).parent
 #: top-level modules grouped into one part each; every other top-level module or subpackage is its own part
 GROUPS = {
     "model": {"runnable", "runner", "runner_method", "local", "strategy"},  # the programming model, its configuration
-    "calling": {"client", "link", "client_stream", "delivery", "pool", "publish"},  # the calling side of the transport
+    "calling": {"client", "link", "client_stream", "delivery", "doorbells", "pool", "publish"},  # the calling side of the transport
     # IO descriptors: HTTP bodies <-> Python values
     "io": {"io", "io_media", "io_pandas", "descriptor", "jsonarray", "jsonscan", "jsonvalue", "npy"},
 }
