@@ -175,7 +175,7 @@ def _record(rs: ResultSet, raw: dict[str, list[dict[str, float]]], sizes: tuple[
         speedups = [p / s for p, s in zip(pipe.passes, shm.passes, strict=True)]
         target = {"600KB": 5.0, "16MB": 10.0}.get(size)
         fig = Figure.from_passes(f"issue2.pipe_over_shm_{size}", speedups, "x", "higher",
-                                 target=f">= {target:g}x (issue 2)" if target else None)
+                                 target=f">= {target:g}x (issues 2 and 13)" if target else None)
         if target:
             fig.target_met = fig.value >= target
         rs.add(fig)
@@ -205,10 +205,15 @@ def _record(rs: ResultSet, raw: dict[str, list[dict[str, float]]], sizes: tuple[
         for tag in pinnings:
             pinned_rtt = rs.figures[f"transport.rtt_{tag}_3KB_us"]
             pinned_ping = rs.calibration[f"calib.pingpong_{tag}_us"]
-            fig = Figure.from_passes(f"issue2.rtt_3KB_over_pingpong_{tag}",
-                                     [s / p for s, p in zip(pinned_rtt.passes, pinned_ping.passes, strict=True)],
+            ratios = [s / p for s, p in zip(pinned_rtt.passes, pinned_ping.passes, strict=True)]
+            fig = Figure.from_passes(f"issue2.rtt_3KB_over_pingpong_{tag}", ratios,
                                      "x", "lower", target=f"<= 3x, both sides pinned {tag} (issue 2)")
             fig.target_met = fig.value <= 3.0
             rs.add(fig)
+            if tag == "samecore":  # issue 13: both processes on one CPU, at most 4x the ping-pong there
+                fig = Figure.from_passes("issue13.rtt_3KB_over_pingpong_samecore", ratios, "x", "lower",
+                                         target="<= 4x, both sides pinned to one CPU (issue 13)")
+                fig.target_met = fig.value <= 4.0
+                rs.add(fig)
     rs.extras["transport_curve"] = curve
     rs.extras["transport_measured_at"] = time.time()
