@@ -70,10 +70,19 @@ def span_exporter(settings: TracingSettings) -> Any:
     return OTLPSpanExporter(**kwargs)
 
 
+#: the last second `_iso` formatted and its text, replaced as one tuple (any thread may call `_iso`)
+_second: tuple[int, str] = (-1, "")
+
+
 def _iso(ns: int) -> str:
     """Epoch nanoseconds as ISO 8601 UTC to the nearest microsecond (as the SDK's ``to_json`` writes them)."""
+    global _second
     us = (ns + 500) // 1000
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(us // 1_000_000)) + f".{us % 1_000_000:06d}Z"
+    second = us // 1_000_000
+    known = _second
+    if known[0] != second:  # strftime and gmtime cost a third of a span's line: once a second
+        known = _second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{known[1]}.{us % 1_000_000:06d}Z"
 
 
 def _handlers(logger: logging.Logger) -> list[logging.Handler]:
@@ -95,39 +104,58 @@ class LogSpanExporter:
 
     The keys are those of the SDK's ``ReadableSpan.to_json``; the line is made with orjson and the
     resource is formatted once, not once per span (``to_json`` costs about 40 µs a span, this 6).
+    The second of a timestamp is formatted once (`_iso`), a kind's and an empty trace state's text kept.
     """
 
     def __init__(self) -> None:
+        from opentelemetry.trace import format_span_id, format_trace_id
+
+        self._trace_hex, self._span_hex = format_trace_id, format_span_id
         self._resources: dict[int, tuple[Any, Any]] = {}
+        self._kinds: dict[Any, str] = {}
+        self._states: dict[Any, str] = {}
 
     def _resource(self, resource: Any) -> Any:
+        """The resource's JSON, made once (as an orjson fragment where orjson has them: not re-encoded)."""
         known = self._resources.get(id(resource))
         if known is None or known[0] is not resource:
-            known = self._resources[id(resource)] = (resource, orjson.loads(resource.to_json()))
+            value = orjson.loads(resource.to_json())
+            if hasattr(orjson, "Fragment"):
+                value = orjson.Fragment(orjson.dumps(value))
+            known = self._resources[id(resource)] = (resource, value)
         return known[1]
 
     def line(self, span: Any) -> str:
         """One span as a JSON line."""
-        from opentelemetry.trace import format_span_id, format_trace_id
-
+        trace_hex, span_hex = self._trace_hex, self._span_hex
         ctx, parent, status = span.context, span.parent, span.status
         state = {"status_code": status.status_code.name}
         if status.description:
             state["description"] = status.description
+        kind = self._kinds.get(span.kind)
+        if kind is None:
+            kind = self._kinds[span.kind] = str(span.kind)
+        trace_state = ctx.trace_state
+        if trace_state:
+            shown = repr(trace_state)
+        else:  # the empty state (every new trace's): its repr kept
+            shown = self._states.get(type(trace_state))
+            if shown is None:
+                shown = self._states[type(trace_state)] = repr(trace_state)
         return orjson.dumps({
             "name": span.name,
-            "context": {"trace_id": f"0x{format_trace_id(ctx.trace_id)}", "span_id": f"0x{format_span_id(ctx.span_id)}",
-                        "trace_state": repr(ctx.trace_state)},
-            "kind": str(span.kind),
-            "parent_id": f"0x{format_span_id(parent.span_id)}" if parent is not None else None,
+            "context": {"trace_id": f"0x{trace_hex(ctx.trace_id)}", "span_id": f"0x{span_hex(ctx.span_id)}",
+                        "trace_state": shown},
+            "kind": kind,
+            "parent_id": f"0x{span_hex(parent.span_id)}" if parent is not None else None,
             "start_time": _iso(span.start_time) if span.start_time else None,
             "end_time": _iso(span.end_time) if span.end_time else None,
             "status": state,
             "attributes": dict(span.attributes or {}),
             "events": [{"name": e.name, "timestamp": _iso(e.timestamp), "attributes": dict(e.attributes or {})}
                        for e in span.events],
-            "links": [{"context": {"trace_id": f"0x{format_trace_id(li.context.trace_id)}",
-                                   "span_id": f"0x{format_span_id(li.context.span_id)}"},
+            "links": [{"context": {"trace_id": f"0x{trace_hex(li.context.trace_id)}",
+                                   "span_id": f"0x{span_hex(li.context.span_id)}"},
                        "attributes": dict(li.attributes or {})} for li in span.links],
             "resource": self._resource(span.resource),
         }).decode()

@@ -255,3 +255,13 @@ def test_the_callers_tracestate_is_carried_by_every_span(tr: tuple[Harness, InMe
     spans = finished(h, exporter)
     assert spans and {s.context.trace_state.get("vendor") for s in spans} == {"abc"}
     assert all(not s.context.is_remote and s.context.trace_flags.sampled for s in spans)
+
+
+def test_console_lines_keep_their_timestamps_exact_across_seconds() -> None:
+    from shmserve.http import tracing
+
+    # _iso formats each second once; nanoseconds round to the microsecond, carrying into the next second
+    assert tracing._iso(1_700_000_000_999_999_400) == "2023-11-14T22:13:20.999999Z"
+    assert tracing._iso(1_700_000_000_999_999_600) == "2023-11-14T22:13:21.000000Z"
+    assert tracing._iso(1_700_000_000_000_000_000) == "2023-11-14T22:13:20.000000Z"
+    assert tracing._iso(1_600_000_000_123_456_000) == "2020-09-13T12:26:40.123456Z"
