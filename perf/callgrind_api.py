@@ -29,6 +29,7 @@ httptools, numpy, orjson)::
     python -m perf.callgrind_api --body json --requests 2000
     python -m perf.callgrind_api --body raw --requests 2000 --tree /path/to/other/checkout
     python -m perf.callgrind_api --body v2 --requests 2000     # the v2 binary request of perf/bench_v2.py
+    python -m perf.callgrind_api --config on.yaml --per-thread  # e.g. the access log on; each thread apart
 """
 from __future__ import annotations
 
@@ -250,17 +251,24 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds without requests measured after the run (their rate is subtracted)")
     p.add_argument("--inclusive", action="store_true", help="--annotate lists inclusive counts (callees counted)")
     p.add_argument("--annotate", type=int, default=0, metavar="N", help="also list the top N functions")
+    p.add_argument("--config", type=Path, default=None, metavar="FILE",
+                   help="a shmserve.yaml for the API worker (api_server, tracing): e.g. the access log on")
+    p.add_argument("--per-thread", action="store_true",
+                   help="also count each thread apart (1: the event loop's); --annotate then lists the loop's")
     args = p.parse_args(argv)
     results = []
     for tree in args.tree or [REPO]:
         with tempfile.TemporaryDirectory(prefix="shmserve-callgrind-") as tmp:
             res = measure(tree.resolve(), args.body, args.requests, args.warmup, args.connections, Path(tmp),
-                          args.annotate, args.idle, args.inclusive)
+                          args.annotate, args.idle, args.inclusive,
+                          config=args.config.resolve() if args.config else None, per_thread=args.per_thread)
         results.append(res)
         print(f"{res['tree']}: {res['body']} body, {res['ok']}/{res['requests']} ok, "
               f"{res['instructions_per_request']:,.0f} instructions/request "
               f"({res['instructions_per_request_with_idle']:,.0f} before the idle rate is subtracted) "
               f"({res['wall_s_under_valgrind']:.0f} s under valgrind)", flush=True)
+        for thread, n in sorted(res.get("per_thread_instructions_per_request", {}).items()):
+            print(f"    thread {thread}: {n:,.0f} instructions/request")
         for line in res.get("top", []):
             print("   ", line)
     out = REPO / "perf" / "results" / f"callgrind_api_{time.strftime('%Y%m%d-%H%M%S')}.json"
