@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -108,7 +108,7 @@ class _Quoted(dict):  # type: ignore[type-arg]
         return known
 
 
-def _text(entries: list[Entry], wall: float) -> list[str]:
+def _text(entries: Iterable[Entry], wall: float) -> list[str]:
     """`entries` as readable lines."""
     return [f'{client} "{method.decode("latin-1")} {path.decode("latin-1")}" {status} in={n_in} '
             f"out={n_out} {seconds * 1e3:.3f}ms runner={runner_s * 1e3:.3f}ms id={rid.decode('latin-1')}"
@@ -128,7 +128,7 @@ class _JsonLines:
         self._stamp = ""
         self._quoted = _Quoted()
 
-    def __call__(self, entries: list[Entry], wall: float) -> list[str]:
+    def __call__(self, entries: Iterable[Entry], wall: float) -> list[str]:
         """`entries` as JSON lines; `wall`: what to add to their CLOCK_MONOTONIC times for the wall clock's."""
         known, quote, template = self._quoted.get, self._quoted.quote, _JSON
         last, stamp = self._second, self._stamp
@@ -206,7 +206,7 @@ class AccessLog:
         self._rate = settings.sample_rate
         self._slow_s = settings.slow_ms / 1000.0
         is_json = settings.format == "json"
-        self._format: Callable[[list[Entry], float], list[str]] = _JsonLines() if is_json else _text
+        self._format: Callable[[Iterable[Entry], float], list[str]] = _JsonLines() if is_json else _text
         self._handlers = handlers if handlers is not None else _server_handlers(is_json)
         # deque.extend (of a tuple) and popleft are atomic: the loop appends an entry's FIELDS items at
         # once, the writer pops whole entries; `_taking` keeps two callers of flush() from splitting one.
@@ -259,18 +259,20 @@ class AccessLog:
             items = [take() for _ in range(len(pending) // FIELDS * FIELDS)]
         if not items:
             return
-        entries: list[Entry] = list(zip(*[iter(items)] * FIELDS))  # type: ignore[arg-type]
         wall = time.time() - time.monotonic()
-        lines = self._format(entries, wall)
+        # The entries are iterated, never kept: zip hands out one tuple again and again while nobody holds
+        # it, so a batch of N lines makes no N tracked tuples (those started young collections on
+        # either thread and were promoted into older generations mid-batch).
+        lines = self._format(zip(*[iter(items)] * FIELDS), wall)  # type: ignore[arg-type]
         records: list[logging.LogRecord] = []
         for handler in self._handlers:
             if type(handler) is _LineHandler:
                 _write_lines(handler, lines)
                 continue
             if not records:  # only for handlers that format records themselves
-                for e, line in zip(entries, lines):
+                for ts, line in zip(items[::FIELDS], lines):
                     rec = logging.LogRecord(LOGGER_NAME, logging.INFO, __file__, 0, line, None, None)
-                    rec.created = e[0] + wall
+                    rec.created = ts + wall
                     rec.msecs = (rec.created % 1) * 1000.0
                     records.append(rec)
             write_records(handler, records)

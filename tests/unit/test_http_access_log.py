@@ -241,3 +241,20 @@ def test_a_stream_handler_that_emits_its_own_way_gets_every_record() -> None:
     log.flush()
     assert [line.rsplit("id=", 1)[1] for line in handler.kept] == ["id-0", "id-1", "id-2", "id-3"]
     assert handler.stream.writes == []  # type: ignore[attr-defined]  # not written past its emit
+
+
+def test_a_flush_leaves_no_tracked_object_per_line_behind_while_it_formats() -> None:
+    # A batch's entries held as N tuples while formatting started young collections mid-batch (on
+    # whichever thread allocated next) and were promoted into the older generations.
+    log = AccessLog(AccessLogSettings(enabled=True, format="json"), [access_log._LineHandler(CountingStream())])  # type: ignore[arg-type]
+    for i in range(1000):
+        log.add(_entry(i))
+    gc.collect()
+    gc.disable()
+    try:
+        before = gc.get_count()[0]
+        log.flush()
+        grown = gc.get_count()[0] - before
+    finally:
+        gc.enable()
+    assert log.written == 1000 and grown < 50, f"a flush of 1000 lines made {grown} tracked objects"
