@@ -33,14 +33,18 @@
  * parse(data, start, request_class, t_begin, max_url, max_header, max_body, max_count)
  *     -> (requests, end)
  *
- * `requests` is a list of ``request_class(method, url, headers, body, True,
- * None, t_begin)`` (header names lower-cased, the last of a repeated name
- * kept — what the reader's on_header builds), at most `max_count` of them;
- * `end` is the offset in `data` after the last one taken (>= start).
+ * `requests` is a list of what ``request_class(method, url, headers, body,
+ * True, None, t_begin)`` builds (header names lower-cased, the last of a
+ * repeated name kept — what the reader's on_header builds), at most
+ * `max_count` of them; `end` is the offset in `data` after the last one taken
+ * (>= start). `configure(request_class)` comes first, once (reader.py at
+ * import): the objects are filled in here, slot by slot, not through __init__.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <string.h>
+#include <time.h>
 
 /* 1: an RFC 9110 tchar (header names) */
 static unsigned char is_tchar[256];
@@ -51,6 +55,7 @@ static unsigned char is_vchar[256];
 static const char *method_names[] = {"GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"};
 #define N_METHODS (sizeof(method_names) / sizeof(method_names[0]))
 static PyObject *method_objs[N_METHODS];
+static Py_ssize_t method_lens[N_METHODS];
 
 static const char *common_names[] = {
     "host", "user-agent", "accept", "accept-encoding", "accept-language", "content-type", "content-length",
@@ -62,6 +67,90 @@ static PyObject *common_objs[N_COMMON];
 static Py_ssize_t common_lens[N_COMMON];
 
 static PyObject *empty_bytes;
+
+/* The request class (shmserve/http/request.py's Request) and where each of its slots lives: `configure`
+ * reads them from the class's member descriptors, so the objects are built here without running its
+ * Python __init__ (~350 ns a request). `build` must set every slot as that __init__ does. */
+static PyTypeObject *request_type;
+enum { S_METHOD, S_PATH, S_URL, S_HEADERS, S_BODY, S_KEEP_ALIVE, S_ERROR, S_T_BEGIN, S_T_PARSED, S_REQUEST_ID,
+       S_RESPONSE_HEADERS, S_CTX, N_SLOTS };
+static const char *slot_names[N_SLOTS] = {"method", "path", "url", "headers", "body", "keep_alive", "error",
+                                          "t_begin", "t_parsed", "request_id", "response_headers", "ctx"};
+static Py_ssize_t slot_offsets[N_SLOTS];
+
+static PyObject *configure(PyObject *self, PyObject *cls) {
+    (void)self;
+    if (!PyType_Check(cls)) {
+        PyErr_SetString(PyExc_TypeError, "configure(request_class): a class");
+        return NULL;
+    }
+    PyObject *slots = PyObject_GetAttrString(cls, "__slots__");
+    if (slots == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Size(slots);
+    Py_DECREF(slots);
+    if (n != N_SLOTS || ((PyTypeObject *)cls)->tp_dictoffset != 0 || ((PyTypeObject *)cls)->tp_base != &PyBaseObject_Type) {
+        PyErr_Format(PyExc_ValueError, "configure: %R is not the Request this module builds (its %d slots, no "
+                     "__dict__, no base class); change shmserve/_native/http.c with it", cls, N_SLOTS);
+        return NULL;
+    }
+    for (int i = 0; i < N_SLOTS; i++) {
+        PyObject *d = PyObject_GetAttrString(cls, slot_names[i]);
+        if (d == NULL)
+            return NULL;
+        int ok = Py_IS_TYPE(d, &PyMemberDescr_Type) && ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX;
+        if (ok)
+            slot_offsets[i] = ((PyMemberDescrObject *)d)->d_member->offset;
+        Py_DECREF(d);
+        if (!ok) {
+            PyErr_Format(PyExc_ValueError, "configure: %R.%s is not a slot", cls, slot_names[i]);
+            return NULL;
+        }
+    }
+    Py_INCREF(cls);
+    Py_XSETREF(request_type, (PyTypeObject *)cls);
+    Py_RETURN_NONE;
+}
+
+/* Request(method, url, headers, body, True, None, t_begin), built as its __init__ does. Steals url, headers,
+ * body. New reference. */
+static PyObject *build(PyObject *method, PyObject *url, PyObject *headers, PyObject *body, PyObject *t_begin) {
+    PyObject *path = NULL, *t_parsed = NULL, *req = NULL;
+    const char *u = PyBytes_AS_STRING(url);
+    const char *q = memchr(u, '?', (size_t)PyBytes_GET_SIZE(url));
+    if (q == NULL) {
+        Py_INCREF(url);
+        path = url;
+    } else if ((path = PyBytes_FromStringAndSize(u, q - u)) == NULL) {
+        goto fail;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts); /* time.monotonic() */
+    if ((t_parsed = PyFloat_FromDouble((double)ts.tv_sec + ts.tv_nsec * 1e-9)) == NULL)
+        goto fail;
+    if ((req = request_type->tp_alloc(request_type, 0)) == NULL)
+        goto fail;
+    /* owned: the reference held here moves into the object; the others are borrowed and taken */
+    struct { PyObject *value; int owned; } values[N_SLOTS] = {
+        [S_METHOD] = {method, 0}, [S_PATH] = {path, 1}, [S_URL] = {url, 1}, [S_HEADERS] = {headers, 1},
+        [S_BODY] = {body, 1}, [S_KEEP_ALIVE] = {Py_True, 0}, [S_ERROR] = {Py_None, 0}, [S_T_BEGIN] = {t_begin, 0},
+        [S_T_PARSED] = {t_parsed, 1}, [S_REQUEST_ID] = {empty_bytes, 0}, [S_RESPONSE_HEADERS] = {empty_bytes, 0},
+        [S_CTX] = {Py_None, 0},
+    };
+    for (int i = 0; i < N_SLOTS; i++) {
+        if (!values[i].owned)
+            Py_INCREF(values[i].value);
+        *(PyObject **)((char *)req + slot_offsets[i]) = values[i].value;
+    }
+    return req;
+fail:
+    Py_DECREF(url);
+    Py_DECREF(headers);
+    Py_DECREF(body);
+    Py_XDECREF(path);
+    Py_XDECREF(t_parsed);
+    return NULL;
+}
 
 /* ASCII case-insensitive: does `p[0:n]` equal the lower-case `lower`? */
 static int eq_lower(const char *p, Py_ssize_t n, const char *lower, Py_ssize_t m) {
@@ -106,7 +195,7 @@ static PyObject *lower_name(const char *p, Py_ssize_t n) {
 
 /* One request at buf[pos:len]. Returns 1 and sets *out (a new Request) and *next; 0 when it is not the
  * plain case or not complete (nothing set); -1 on a Python error. */
-static int parse_one(const char *buf, Py_ssize_t len, Py_ssize_t pos, PyObject *cls, PyObject *t_begin,
+static int parse_one(const char *buf, Py_ssize_t len, Py_ssize_t pos, PyObject *t_begin,
                      Py_ssize_t max_url, Py_ssize_t max_header, Py_ssize_t max_body, PyObject **out,
                      Py_ssize_t *next) {
     const char *p = buf + pos, *end = buf + len;
@@ -119,7 +208,7 @@ static int parse_one(const char *buf, Py_ssize_t len, Py_ssize_t pos, PyObject *
     Py_ssize_t mlen = q - p;
     PyObject *method = NULL;
     for (size_t k = 0; k < N_METHODS; k++)
-        if ((Py_ssize_t)strlen(method_names[k]) == mlen && memcmp(method_names[k], p, (size_t)mlen) == 0) {
+        if (method_lens[k] == mlen && memcmp(method_names[k], p, (size_t)mlen) == 0) {
             method = method_objs[k];
             break;
         }
@@ -224,7 +313,7 @@ static int parse_one(const char *buf, Py_ssize_t len, Py_ssize_t pos, PyObject *
     if (blen > max_body || end - h < blen)
         return 0;
     /* complete and plain: build it */
-    PyObject *url = NULL, *headers = NULL, *body = NULL, *req = NULL;
+    PyObject *url = NULL, *headers = NULL, *body = NULL, *req;
     url = PyBytes_FromStringAndSize(u, ulen);
     headers = PyDict_New();
     if (url == NULL || headers == NULL)
@@ -246,13 +335,9 @@ static int parse_one(const char *buf, Py_ssize_t len, Py_ssize_t pos, PyObject *
         Py_INCREF(empty_bytes);
         body = empty_bytes;
     }
-    PyObject *args[7] = {method, url, headers, body, Py_True, Py_None, t_begin};
-    req = PyObject_Vectorcall(cls, args, 7, NULL);
+    req = build(method, url, headers, body, t_begin);
     if (req == NULL)
-        goto fail;
-    Py_DECREF(url);
-    Py_DECREF(headers);
-    Py_DECREF(body);
+        return -1;
     *out = req;
     *next = (h - buf) + blen;
     return 1;
@@ -273,7 +358,11 @@ static PyObject *parse(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
     Py_buffer view;
     if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
         return NULL;
-    PyObject *cls = args[2], *t_begin = args[3];
+    PyObject *t_begin = args[3];
+    if (request_type == NULL || args[2] != (PyObject *)request_type || !PyFloat_Check(t_begin)) {
+        PyErr_SetString(PyExc_TypeError, "parse: request_class must be the configured one, t_begin a float");
+        return NULL;
+    }
     Py_ssize_t start = PyLong_AsSsize_t(args[1]);
     Py_ssize_t max_url = PyLong_AsSsize_t(args[4]);
     Py_ssize_t max_header = PyLong_AsSsize_t(args[5]);
@@ -297,7 +386,7 @@ static PyObject *parse(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
             at++; /* empty lines between requests: llhttp skips them too */
         PyObject *req = NULL;
         Py_ssize_t next = 0;
-        int rc = parse_one(buf, len, at, cls, t_begin, max_url, max_header, max_body, &req, &next);
+        int rc = parse_one(buf, len, at, t_begin, max_url, max_header, max_body, &req, &next);
         if (rc < 0) {
             Py_CLEAR(list);
             goto done;
@@ -320,7 +409,71 @@ done:
     return NULL;
 }
 
+/* response(head, extra, response_headers, end, body) -> bytes: the whole response to write, as
+ * b"".join((head, b"%d\r\n" % len(body), extra, response_headers, end, body)) (HttpProtocol.reply): one
+ * allocation, the length formatted here, instead of a tuple, a formatted bytes and the join. */
+static PyObject *response(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "response(head, extra, response_headers, end, body)");
+        return NULL;
+    }
+    /* bytes (what the application passes) are read in place; anything else through the buffer protocol */
+    Py_buffer views[5];
+    const char *bufs[5];
+    Py_ssize_t lens[5];
+    int held[5] = {0}, got = 0;
+    PyObject *result = NULL;
+    for (; got < 5; got++) {
+        if (PyBytes_CheckExact(args[got])) {
+            bufs[got] = PyBytes_AS_STRING(args[got]);
+            lens[got] = PyBytes_GET_SIZE(args[got]);
+            continue;
+        }
+        if (PyObject_GetBuffer(args[got], &views[got], PyBUF_SIMPLE) < 0)
+            goto done;
+        held[got] = 1;
+        bufs[got] = (const char *)views[got].buf;
+        lens[got] = views[got].len;
+    }
+    char digits[24]; /* the body's length in decimal, then CRLF, written backwards from the end */
+    char *d = digits + sizeof(digits);
+    *--d = '\n';
+    *--d = '\r';
+    size_t n = (size_t)lens[4];
+    do {
+        *--d = (char)('0' + n % 10);
+        n /= 10;
+    } while (n);
+    Py_ssize_t nlen = digits + sizeof(digits) - d;
+    Py_ssize_t total = nlen;
+    for (int i = 0; i < 5; i++)
+        total += lens[i];
+    result = PyBytes_FromStringAndSize(NULL, total);
+    if (result == NULL)
+        goto done;
+    char *out = PyBytes_AS_STRING(result);
+    memcpy(out, bufs[0], (size_t)lens[0]);
+    out += lens[0];
+    memcpy(out, d, (size_t)nlen);
+    out += nlen;
+    for (int i = 1; i < 5; i++) {
+        memcpy(out, bufs[i], (size_t)lens[i]);
+        out += lens[i];
+    }
+done:
+    while (got > 0)
+        if (held[--got])
+            PyBuffer_Release(&views[got]);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"response", (PyCFunction)(void (*)(void))response, METH_FASTCALL,
+     "response(head, extra, response_headers, end, body) -> bytes: head, the body's length and CRLF, extra, "
+     "response_headers, end, body."},
+    {"configure", configure, METH_O,
+     "configure(request_class): the Request class whose objects parse builds (its slots are read), once."},
     {"parse", (PyCFunction)(void (*)(void))parse, METH_FASTCALL,
      "parse(data, start, request_class, t_begin, max_url, max_header, max_body, max_count) -> (requests, end): "
      "the plain complete requests at data[start:], built; end: where the first other one starts."},
@@ -340,9 +493,11 @@ PyMODINIT_FUNC PyInit__http(void) {
     empty_bytes = PyBytes_FromStringAndSize(NULL, 0);
     if (empty_bytes == NULL)
         return NULL;
-    for (size_t k = 0; k < N_METHODS; k++)
+    for (size_t k = 0; k < N_METHODS; k++) {
         if ((method_objs[k] = PyBytes_FromString(method_names[k])) == NULL)
             return NULL;
+        method_lens[k] = (Py_ssize_t)strlen(method_names[k]);
+    }
     for (size_t k = 0; k < N_COMMON; k++) {
         if ((common_objs[k] = PyBytes_FromString(common_names[k])) == NULL)
             return NULL;

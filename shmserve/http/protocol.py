@@ -36,6 +36,7 @@ from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any, Protocol
 
+from .. import _native
 from .reader import CONTINUE, RequestReader
 from .request import Request, error_body
 from .state import ServerState
@@ -46,6 +47,18 @@ _PIPELINE_LOW = 4  # queued requests below which a connection paused by a full p
 # Sent to a connection over `max_connections` before closing it; nothing of it is read.
 _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nserver: shmserve\r\ncontent-type: application/json\r\n"
          b"retry-after: 1\r\n%sconnection: close\r\ncontent-length: %d\r\n\r\n%s")
+
+
+
+
+def _response_py(head: bytes, extra: bytes, response_headers: bytes, end: bytes, body: bytes) -> bytes:
+    """One response's bytes: `head` (up to ``content-length: ``), the body's length, the other lines, `body`."""
+    return b"".join((head, b"%d\r\n" % len(body), extra, response_headers, end, body))
+
+
+_native_http = _native.load("http")
+#: `_response_py`, in one C call when the accelerator is built (shmserve/_native/http.c)
+_response = _response_py if _native_http is None else _native_http.response
 
 
 class Application(Protocol):
@@ -139,14 +152,9 @@ class HttpProtocol(asyncio.Protocol):
         if keep_alive and state.shutting_down:
             keep_alive = self._more_to_serve()  # the last answer of a draining connection says close
         head = state._heads.get((status, content_type))  # the built head, without a call (hot path)
-        self.transport.write(b"".join((
-            head or state.head(status, content_type),
-            b"%d\r\n" % len(body),
-            extra_headers,
-            request.response_headers if request is not None else b"",
-            state.date_end if keep_alive else state.date_close,
-            body,
-        )))
+        self.transport.write(_response(head or state.head(status, content_type), extra_headers,
+                                       request.response_headers if request is not None else b"",
+                                       state.date_end if keep_alive else state.date_close, body))
         hook = state.on_response
         if hook is not None and request is not None:
             hook(self, request, status, len(body))

@@ -38,6 +38,8 @@ from .state import ServerState
 
 #: the C parser of the plain request (shmserve/_native/http.c), or None: httptools parses everything
 _http = _native.load("http")
+if _http is not None:
+    _http.configure(Request)  # it builds `Request` objects itself, slot by slot
 
 __all__ = ["RequestReader", "Rest", "Owner", "PIPELINE_HIGH", "CONTINUE", "SLICE"]
 

@@ -10,7 +10,11 @@ __all__ = ["Request", "error_body"]
 
 
 class Request:
-    """One parsed HTTP request. Header names are lower-cased bytes."""
+    """One parsed HTTP request. Header names are lower-cased bytes.
+
+    shmserve/_native/http.c builds these too, setting each slot as `__init__` does: change both together
+    (tests/unit/test_http_native_parse.py compares them).
+    """
 
     __slots__ = ("method", "path", "url", "headers", "body", "keep_alive", "error", "t_begin", "t_parsed",
                  "request_id", "response_headers", "ctx")

@@ -168,3 +168,63 @@ def test_a_read_of_many_plain_requests_stops_at_the_pipeline_limit(monkeypatch: 
         _, conn = app.pending.pop(0)
         conn.reply(200, b"text/plain", b"ok")
     assert len(responses(tr.data)) == 3 * PIPELINE_HIGH and not tr.paused
+
+
+@needs_native
+@pytest.mark.parametrize("stream", PLAIN[:-1])
+def test_a_request_built_in_c_has_every_slot_as_init_sets_it(stream: bytes) -> None:
+    (built,), _ = NATIVE.parse(stream, 0, Request, 1.25, 16384, 65536, 1 << 20, 1)
+    made = Request(built.method, built.url, built.headers, built.body, True, None, 1.25)
+    for name in Request.__slots__:
+        if name != "t_parsed":
+            assert getattr(built, name) == getattr(made, name), name
+    assert made.t_parsed - 1.0 < built.t_parsed <= made.t_parsed  # the same clock, time.monotonic()
+    assert (built.path is built.url) == (b"?" not in built.url)
+
+
+@needs_native
+def test_the_c_parser_keeps_no_reference_it_does_not_own() -> None:
+    import sys
+
+    stream = b"GET /a?b HTTP/1.1\r\nA:\r\n\r\n" + post(b"/p", b"")
+    watched = (b"", True, None)
+
+    def parse_many(n: int) -> list[int]:
+        for _ in range(n):
+            requests, end = NATIVE.parse(stream, 0, Request, 0.5, 100, 1000, 1000, 10)
+            assert len(requests) == 2 and end == len(stream)
+            del requests
+        return [sys.getrefcount(o) for o in watched]
+
+    assert parse_many(1000) == parse_many(1)
+
+
+@needs_native
+def test_the_c_parser_builds_only_the_request_class_it_was_configured_with() -> None:
+    class Other:
+        __slots__ = ("method",)
+
+    with pytest.raises(ValueError, match="not the Request"):
+        NATIVE.configure(Other)
+    with pytest.raises(TypeError, match="configured"):
+        NATIVE.parse(GET, 0, Other, 0.0, 100, 1000, 1000, 1)
+    assert len(NATIVE.parse(GET, 0, Request, 0.0, 100, 1000, 1000, 1)[0]) == 1  # still configured
+
+
+@needs_native
+@pytest.mark.parametrize("size", [0, 1, 9, 10, 99, 100, 12345, 1 << 20])
+def test_the_response_built_in_c_is_the_joined_one(size: int) -> None:
+    import numpy as np
+
+    from shmserve.http import protocol
+
+    pieces = [b"HTTP/1.1 200 OK\r\ncontent-length: ", b"x-a: 1\r\n", b"x-request-id: r\r\n", b"\r\n", b"b" * size]
+    want = protocol._response_py(*pieces)
+    assert want == pieces[0] + b"%d\r\n" % size + b"".join(pieces[1:])
+    assert NATIVE.response(*pieces) == want
+    assert protocol._response is NATIVE.response
+    # what an application may hand as a body: any bytes-like object
+    for body in (memoryview(pieces[4]), bytearray(pieces[4]), np.frombuffer(pieces[4], dtype=np.uint8)):
+        assert NATIVE.response(*pieces[:4], body) == protocol._response_py(*pieces[:4], body)
+    with pytest.raises(TypeError):
+        NATIVE.response(*pieces[:4], "text")
