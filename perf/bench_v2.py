@@ -29,7 +29,8 @@ Figures (p50/p99 from wrk or from per-call timings; each figure is the median ov
    woken), so the goal's floor reads as the no-op ModelInfer plus the paced round trip.
 3. A 16 MB float32 input to ``big.head`` (returns its first row): through a
    registered system shared-memory region, against one ``memcpy`` of 16 MB measured
-   in the same loop, and against the same tensor as binary v2 over HTTP (a block of
+   in the same loop; the same input to ``big.same`` (returns it) with the output named
+   in a second region (``region_in_out``: 16 MB each way; the runner worker writes it there), and against the same tensor as binary v2 over HTTP (a block of
    its own in the same round).
 
 Results go to ``perf/results/<stamp>_v2.json`` and are printed as a table. The
@@ -214,16 +215,21 @@ def big_input(http: str, n: int) -> dict[str, dict[str, float]]:
     client = httpclient.InferenceServerClient(http, connection_timeout=60, network_timeout=60)
     key = f"/v2bench_{time.monotonic_ns()}"
     handle = shm.create_shared_memory_region("big_in", key, x.nbytes)
+    out_handle = shm.create_shared_memory_region("big_out", key + "o", x.nbytes)
     try:
         shm.set_shared_memory_region(handle, [x])
         client.register_system_shared_memory("big_in", key, x.nbytes)
+        client.register_system_shared_memory("big_out", key + "o", x.nbytes)
         ref = httpclient.InferInput("x", list(x.shape), "FP32")
         ref.set_shared_memory("big_in", x.nbytes)
+        out_ref = httpclient.InferRequestedOutput("output")
+        out_ref.set_shared_memory("big_out", x.nbytes)
         binary = httpclient.InferInput("x", list(x.shape), "FP32")
         binary.set_data_from_numpy(x)
-        region, over_http = np.empty(n), np.empty(n)
+        region, region_out, over_http = np.empty(n), np.empty(n), np.empty(n)
         for _ in range(3):
             client.infer(f"big{SUFFIX}.head", [ref])
+            client.infer(f"big{SUFFIX}.same", [ref], outputs=[out_ref])
             client.infer(f"big{SUFFIX}.head", [binary])
         np.copyto(dst, x)
         # The region and memcpy interleaved; the HTTP tensor in a block of its own: a region call
@@ -236,17 +242,23 @@ def big_input(http: str, n: int) -> dict[str, dict[str, float]]:
             t0 = time.perf_counter()
             out = client.infer(f"big{SUFFIX}.head", [ref]).as_numpy("output")
             region[i] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            client.infer(f"big{SUFFIX}.same", [ref], outputs=[out_ref])  # 16 MB in and 16 MB out, both regions
+            region_out[i] = time.perf_counter() - t0
         for i in range(n):
             t0 = time.perf_counter()
             client.infer(f"big{SUFFIX}.head", [binary])
             over_http[i] = time.perf_counter() - t0
         np.testing.assert_array_equal(out, x[:1])
+        np.testing.assert_array_equal(shm.get_contents_as_numpy(out_handle, np.float32, list(x.shape)), x)
         client.unregister_system_shared_memory("big_in")
+        client.unregister_system_shared_memory("big_out")
     finally:
         shm.destroy_shared_memory_region(handle)
+        shm.destroy_shared_memory_region(out_handle)
         client.close()
     return {"memcpy": percentiles(memcpy * 1e3), "region": percentiles(region * 1e3),
-            "http_binary": percentiles(over_http * 1e3)}
+            "region_in_out": percentiles(region_out * 1e3), "http_binary": percentiles(over_http * 1e3)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -352,7 +364,7 @@ def summarize(report: dict[str, Any], runs: dict[str, dict[int, list[wrk.WrkResu
         report["grpc_floor_aio_p50_ms"] = median([g["infer_raw"]["p50"] + r["paced"]["p50"]
                                                   for g, r in zip(grpc_runs["noop-aio"], runner_runs, strict=True)])
     report["big_16MB_ms"] = {what: {q: median([r[what][q] for r in big_runs]) for q in ("p50", "p99")}
-                             for what in ("memcpy", "region", "http_binary")} if big_runs else {}
+                             for what in ("memcpy", "region", "region_in_out", "http_binary")} if big_runs else {}
     ratios: dict[str, Any] = {}
     if "triton" in runs and runs["triton"][CONNECTIONS[0]]:
         for c in CONNECTIONS:
@@ -379,6 +391,9 @@ def summarize(report: dict[str, Any], runs: dict[str, dict[int, list[wrk.WrkResu
         per = [r["region"]["p50"] / r["memcpy"]["p50"] for r in big_runs]
         ratios["region_over_memcpy_p50"] = median(per)
         ratios["region_over_memcpy_p50_rounds"] = per
+        per_out = [r["region_in_out"]["p50"] / r["memcpy"]["p50"] for r in big_runs]
+        ratios["region_in_out_over_memcpy_p50"] = median(per_out)
+        ratios["region_in_out_over_memcpy_p50_rounds"] = per_out
         ratios["http_binary_over_region_p50"] = median([r["http_binary"]["p50"] / r["region"]["p50"] for r in big_runs])
     report["ratios"] = ratios
 

@@ -2,8 +2,9 @@
 
 ``mlp<suffix>.predict`` is the workload's MLP with its batching settings (64 / 10 ms).
 ``big<suffix>.head`` takes a large tensor and returns its first row, so a 16 MB
-round trip measures moving the input, not computing on it; its arena holds a
-16 MB input.
+round trip measures moving the input, not computing on it; ``big<suffix>.same``
+returns its input, so a 16 MB output is moved too; its arena holds a 16 MB
+input or result.
 """
 from __future__ import annotations
 
@@ -38,6 +39,10 @@ class HeadRunnable(shmserve.Runnable):
     @shmserve.Runnable.method()
     def head(self, x: np.ndarray) -> np.ndarray:
         return np.array(x[:1])
+
+    @shmserve.Runnable.method()
+    def same(self, x: np.ndarray) -> np.ndarray:
+        return x
 
 
 # Runner names are unique per host; the suffix keeps this run apart from other servers of the shared machine.

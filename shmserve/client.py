@@ -31,7 +31,7 @@ from .doorbells import Doorbells
 from .errors import InvalidInput, RunnerOverloaded, RunnerTimeout, RunnerUnavailable, TensorTooLarge
 from .link import Done, Pending, free_block, link_for
 from .pool import Link, LinkPool
-from .shm.extra import EXTERNAL
+from .shm.extra import EXTERNAL, results_in_place
 from .shm.message import decode_result, encode_call, view
 from .shm.signal import Signal
 from .shm.wire import DEFAULT_SLOTS, MAX_TENSORS, META_ALIGN, META_INLINE_MAX, TensorMeta, layout, request_align
@@ -322,6 +322,8 @@ class Codec:
 
     def decode(self, link: Link, tmetas: list[TensorMeta], meta: bytes, block_off: int, block_len: int) -> Any:
         """Rebuild the result in `link`'s result block at `block_off`."""
+        if tmetas and tmetas[0].segment:  # written by the worker straight into a client region (shm.extra)
+            return decode_result(results_in_place(link._extra, tmetas), meta, self.device)  # type: ignore[attr-defined]
         if not tmetas or block_len <= COPY_RESULT_MAX:
             arena = link.result_arena
             tensors = [from_wire(view(arena, t.offset, t.nbytes, t.dtype, t.shape).copy(), t.kind, t.dtype)

@@ -189,13 +189,8 @@ class WorkerLink:
 
         Raises RunnerOverloaded when the worker's queue would be served after `deadline` (the worker
         would refuse the call: say so without the round trip)."""
-        if deadline is not None:
-            drained_at = F64.unpack_from(self._buf, H_DRAINED_AT)[0]
-            if drained_at > deadline:
-                now = time.monotonic()
-                raise RunnerOverloaded(
-                    f"runner {self.runner!r} is busy: its queue would be served in {drained_at - now:.3f} s, "
-                    f"after this call's deadline ({deadline - now:.3f} s away); retry later")
+        if deadline is not None and F64.unpack_from(self._buf, H_DRAINED_AT)[0] > deadline:
+            _refuse_late(self.runner, F64.unpack_from(self._buf, H_DRAINED_AT)[0], deadline)
         if len(self.pending) >= self.slots:
             return None
         segments = local = None
@@ -209,6 +204,8 @@ class WorkerLink:
         ring = self._requests
         tag = call_request_id.get() if traces.tagging else b""
         try:
+            if extra.OUTPUT_TO.get() is not None:  # the caller wants the result in a client region (shm.extra)
+                self._extra = extra.place_output(self._extra, self._buf, seq)
             if segments is None:  # every tensor copied into the arena (the common call)
                 submit, pos = publish_call(ring, self._req_head, seq, index, base, block[1] - base, tensors, offsets,
                                            meta, meta_off, deadline, tag)
@@ -220,6 +217,7 @@ class WorkerLink:
                                    (submit, deadline or 0.0, 0.0, 0.0, 0.0), 0, tensors, placed, meta, tag, segments)
         except BaseException:
             self.requests.release(block)  # type: ignore[union-attr]
+            extra.release_output(self._extra, seq)
             raise
         self._req_head += 1
         p = Pending(seq, self, pos, block, method, submit)
@@ -261,6 +259,8 @@ class WorkerLink:
                 _stream_item(self, decode, pending.get(d.seq), tmetas, meta, d.block_off, d.block_len)
                 continue
             p = pending.pop(d.seq, None)
+            if self._extra is not None and self._extra.outs:  # its output destination entry, if any
+                self._extra.release_output(d.seq)
             if p is None:  # nobody waits for it (a second answer to a call): its block goes back all the same
                 free_block(arena, d.block_off, d.block_len)
                 continue
@@ -346,6 +346,13 @@ class WorkerLink:
         if self.board is not None:
             self.board.close()
             self.board = None
+
+
+def _refuse_late(runner: str, drained_at: float, deadline: float) -> None:
+    """The worker's queue would be served after the call's `deadline`: RunnerOverloaded, no round trip."""
+    now = time.monotonic()
+    raise RunnerOverloaded(f"runner {runner!r} is busy: its queue would be served in {drained_at - now:.3f} s, "
+                           f"after this call's deadline ({deadline - now:.3f} s away); retry later")
 
 
 def _attach(path: str, chan: ChannelLayout, reply: Signal, timeout: float,

@@ -62,6 +62,7 @@ class Model:
     inputs: tuple[TensorMeta, ...]
     outputs: tuple[TensorMeta, ...]
     max_batch_size: int = 0
+    result_in_place = False  # whether a runner worker may write the one output straight into a region
     platform = "shmserve"
     version = VERSION
 
@@ -190,6 +191,8 @@ class ApiModel(Model):
 
 class RunnerModel(Model):
     """One runner method, ``<runner>.<method>``."""
+
+    result_in_place = True  # its one output is the method's result: the worker may write it into a region
 
     def __init__(self, runner: Runner, method: str, runner_ready: Callable[[Runner], bool]) -> None:
         self.runner = runner

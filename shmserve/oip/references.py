@@ -7,6 +7,7 @@ for REST and gRPC.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -16,7 +17,7 @@ from .errors import InferError
 if TYPE_CHECKING:
     from .regions import RegionTable
 
-__all__ = ["RegionRef", "region_ref", "input_from_region", "check_output_region"]
+__all__ = ["RegionRef", "region_ref", "input_from_region", "check_output_region", "output_destination"]
 
 #: (region name, offset, byte size)
 RegionRef = tuple[str, int, int]
@@ -57,3 +58,16 @@ def check_output_region(regions: "RegionTable | None", ref: RegionRef, name: str
     if regions is None:
         raise InferError(400, f"output {name!r} names a shared-memory region, but {_OFF}")
     regions.view(ref[0], ref[1], ref[2], f"output {name!r}")
+
+
+def output_destination(model: Any, requested: Sequence[Any], regions: "RegionTable | None") -> np.ndarray | None:
+    """The bytes a runner worker may write `model`'s result into (`shmserve.shm.extra.OUTPUT_TO`): the
+    region reference of the request's one requested output, when that is the one output of a runner
+    method (whose result is that array); None otherwise (then the result is copied into the region)."""
+    if regions is None or len(requested) != 1 or not model.result_in_place:
+        return None
+    want = requested[0]
+    if want.region is None or want.name != model.outputs[0].name:
+        return None
+    name, offset, byte_size = want.region
+    return np.frombuffer(regions.view(name, offset, byte_size, f"output {want.name!r}"), np.uint8)

@@ -184,6 +184,8 @@ class RegionTable:
         if arr.nbytes > byte_size:
             raise InferError(400, f"{what} needs {arr.nbytes} bytes but its region {name!r} reference holds {byte_size}")
         dest = np.frombuffer(self.view(name, offset, arr.nbytes, what), arr.dtype.newbyteorder("<"), arr.size)
+        if arr.ctypes.data == dest.ctypes.data and arr.flags.c_contiguous and arr.dtype == dest.dtype:
+            return arr.nbytes  # the runner worker wrote it here already (shmserve.shm.extra: OUTPUT_TO)
         dest.reshape(arr.shape)[...] = arr
         return arr.nbytes
 

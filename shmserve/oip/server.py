@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
@@ -19,8 +19,10 @@ import numpy as np
 
 from ..runner import Runner
 from ..service import Service
+from ..shm.extra import OUTPUT_TO
 from .errors import InferError, status_of
 from .models import Model, ModelTable
+from .references import output_destination
 from .stats import MetricsSink, model_statistics
 
 if TYPE_CHECKING:
@@ -98,11 +100,17 @@ class InferenceServer:
         return model_statistics(models, self.metrics)
 
     # -- inference -------------------------------------------------------------------
-    async def infer(self, model: Model, inputs: dict[str, np.ndarray], parameters: Mapping[str, Any]
-                    ) -> list[tuple[str, np.ndarray]]:
-        """Call `model`; counts the outcome. Raises `InferError` (with its status) on any failure."""
+    async def infer(self, model: Model, inputs: dict[str, np.ndarray], parameters: Mapping[str, Any],
+                    requested: Sequence[Any] | None = None) -> list[tuple[str, np.ndarray]]:
+        """Call `model`; counts the outcome. Raises `InferError` (with its status) on any failure.
+
+        `requested`: the request's outputs; when the one output of a runner method names a region, the
+        runner worker writes the result straight into it (`output_destination`), and the caller's
+        `RegionTable.write` then finds it there and copies nothing."""
         start = time.perf_counter()
         timeout = _timeout_of(parameters)
+        dest = output_destination(model, requested, self.regions) if requested else None
+        token = OUTPUT_TO.set(dest) if dest is not None else None
         try:
             outputs = await model.infer(inputs, parameters, timeout, self.executor)
         except asyncio.CancelledError:
@@ -114,6 +122,9 @@ class InferenceServer:
                 log.warning("v2 model %r: %s", model.name, err.message)
             self.metrics.observe_request(model.name, err.status, time.perf_counter() - start)
             raise err from None
+        finally:
+            if token is not None:
+                OUTPUT_TO.reset(token)
         self.metrics.observe_request(model.name, 200, time.perf_counter() - start)
         return outputs
 

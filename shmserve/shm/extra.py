@@ -26,23 +26,52 @@ still in flight then fails with a clear error (or, if the worker mapped the
 object already, reads it from its own mapping, which stays valid until it is
 closed). The worker drops a mapping when the entry it came from changes and
 when the channel closes.
+
+Outputs go the other way. A caller that wants a call's result in a region
+sets `OUTPUT_TO` (the destination bytes, in a registered mapping) around the
+call; the link then announces the object like an input's and writes an
+`OUT_DEST` entry (seq, entry, generation, offset, capacity) of the channel's
+header page before publishing (`place_output`). When the worker's result is
+one ndarray that fits the capacity, it writes it into its own mapping of the
+object (`ExtraMappings.output_view`: the same checks as an input's) and its
+response's tensor header names the entry and offset, with no arena block; the
+client rebuilds the result as a view of its own mapping (`results_in_place`),
+so nothing is copied on the way back. Any other result (a tuple, too large, an
+entry gone) is answered through the arena as before, and the caller copies it.
 """
 from __future__ import annotations
 
+import contextvars
 import itertools
 import math
 import mmap
 import os
 import stat
+import struct
 import threading
 from typing import Any
 
 import numpy as np
 
 from ..tensors import KIND_NUMPY, numpy_dtype
-from .wire import EXTRA, EXTRA_OFF, EXTRA_SLOTS, Tensor, TensorMeta
+from .wire import EXTRA, EXTRA_OFF, EXTRA_SLOTS, HEADER_SIZE, U64, Tensor, TensorMeta, record_fields
 
-__all__ = ["EXTERNAL", "ExternalObjects", "LinkSlots", "ExtraMappings", "offsets_in_place", "open_object", "SHM_DIR"]
+__all__ = ["EXTERNAL", "ExternalObjects", "LinkSlots", "ExtraMappings", "offsets_in_place", "open_object", "SHM_DIR",
+           "OUTPUT_TO", "place_output", "release_output", "output_dest", "results_in_place"]
+
+# An output destination in the channel's header page, after the extra-segment entries: the call whose result
+# goes straight into a client object, the extra-segment entry (1-based) and generation naming the object, the
+# offset there and the bytes the result may take. Only the link writes them and their mask (bit i: entry i is
+# in use); the worker only reads. No C reads them.
+OUT_DEST = struct.Struct("<QBxxxIQQ")
+OUT_DEST_FIELDS = record_fields(OUT_DEST.format, ("seq", "segment", "generation", "offset", "capacity"))
+OUT_MASK_OFF = EXTRA_OFF + EXTRA_SLOTS * EXTRA.size
+OUT_DEST_OFF, OUT_DEST_SLOTS = OUT_MASK_OFF + 64, 32
+assert OUT_DEST.size == 32 and OUT_DEST_OFF + OUT_DEST_SLOTS * OUT_DEST.size <= HEADER_SIZE
+
+#: the bytes (a uint8 ndarray in a registered mapping) the result of the calls made in this context
+#: should be written to by the worker; None: into the arena, as every call
+OUTPUT_TO: contextvars.ContextVar[np.ndarray | None] = contextvars.ContextVar("shmserve_output_to", default=None)
 
 SHM_DIR = "/dev/shm"
 _NAME_MAX = EXTRA.size - 16  # the entry's name field
@@ -82,6 +111,7 @@ class ExternalObjects:
         self._ids = itertools.count(1)
         # generation -> (start address, end address, object name, object size)
         self._objects: dict[int, tuple[int, int, str, int]] = {}
+        self._mappings: dict[int, Any] = {}
         self.version = 0  # bumped on every removal: links then clear their dead entries
 
     @property
@@ -97,11 +127,22 @@ class ExternalObjects:
         with self._lock:
             gen = next(self._ids)
             self._objects[gen] = (start, start + size, name, size)
+            self._mappings[gen] = mapping
         return gen
+
+    def view(self, gen: int, t: TensorMeta) -> np.ndarray:
+        """Result tensor `t` as the worker wrote it into object `gen`, viewed in this process's mapping."""
+        mapping = self._mappings.get(gen)
+        dtype = numpy_dtype(t.dtype)
+        if mapping is None or t.offset + t.nbytes > len(mapping) or t.nbytes != math.prod(t.shape) * dtype.itemsize:
+            raise ValueError("a result written into a shared-memory region lies outside it, or the region was "
+                             "unregistered meanwhile")
+        return np.ndarray(t.shape, dtype, mapping, t.offset)
 
     def remove(self, gen: int) -> None:
         """Forget generation `gen` (before its mapping is closed)."""
         with self._lock:
+            self._mappings.pop(gen, None)
             if self._objects.pop(gen, None) is not None:
                 self.version += 1
 
@@ -137,6 +178,14 @@ class LinkSlots:
         self.header = header
         self.gens = [0] * EXTRA_SLOTS
         self.version = 0
+        self.outs: dict[int, int] = {}  # seq -> its OUT_DEST entry, while the call is in flight
+
+    def release_output(self, seq: int) -> None:
+        """Call `seq` was answered: free its output destination entry, if it had one."""
+        i = self.outs.pop(seq, None)
+        if i is not None:
+            mask = U64.unpack_from(self.header, OUT_MASK_OFF)[0]
+            U64.pack_into(self.header, OUT_MASK_OFF, mask & ~(1 << i))
 
     def announce(self, gen: int, name: str, size: int) -> int:
         """The entry (1-based) naming generation `gen`, written now if new; 0 when all are taken.
@@ -180,6 +229,58 @@ class LinkSlots:
                 self.gens[k] = 0
 
 
+def place_output(slots: "LinkSlots | None", header: memoryview, seq: int) -> "LinkSlots":
+    """Write call `seq`'s `OUTPUT_TO` destination into a free `OUT_DEST` entry, if its bytes lie in a
+    registered object and an entry is free; the link's `LinkSlots` (made now if `slots` is None).
+    Without an entry the result comes through the arena. The link frees the entry when the call's
+    response arrives (`LinkSlots.release_output`); only the link writes the entries and their mask."""
+    if slots is None:
+        slots = LinkSlots(header)
+    dest = OUTPUT_TO.get()
+    found = EXTERNAL.locate(dest, "|u1") if dest is not None and EXTERNAL.active else None
+    if found is None or len(slots.outs) >= OUT_DEST_SLOTS:
+        return slots
+    k = slots.announce(found[0], found[1], found[2])
+    if not k:
+        return slots
+    mask = U64.unpack_from(header, OUT_MASK_OFF)[0]
+    i = (~mask & -~mask).bit_length() - 1  # the lowest free entry
+    OUT_DEST.pack_into(header, OUT_DEST_OFF + i * OUT_DEST.size, seq, k, found[0] & _GEN_MASK, found[3], dest.nbytes)
+    U64.pack_into(header, OUT_MASK_OFF, mask | 1 << i)  # after the entry: the worker reads the mask first
+    slots.outs[seq] = i
+    return slots
+
+
+def release_output(slots: "LinkSlots | None", seq: int) -> None:
+    """`LinkSlots.release_output`, when the link has entries at all."""
+    if slots is not None:
+        slots.release_output(seq)
+
+
+def output_dest(header: memoryview, seq: int) -> tuple[int, int, int, int] | None:
+    """The worker's look-up: (entry, generation, offset, capacity) of call `seq`'s destination, or None."""
+    mask = U64.unpack_from(header, OUT_MASK_OFF)[0]
+    while mask:
+        i = (mask & -mask).bit_length() - 1
+        mask &= mask - 1
+        got_seq, k, gen, offset, capacity = OUT_DEST.unpack_from(header, OUT_DEST_OFF + i * OUT_DEST.size)
+        if got_seq == seq:
+            return k, gen, offset, capacity
+    return None
+
+
+def results_in_place(slots: "LinkSlots | None", tmetas: list[TensorMeta]) -> list[np.ndarray]:
+    """The client's side: each result tensor the worker wrote into an object its link announced,
+    viewed in this process's mapping; ValueError when the entry no longer names a live object."""
+    out = []
+    for t in tmetas:
+        gen = slots.gens[t.segment - 1] if slots is not None and 0 < t.segment <= EXTRA_SLOTS else 0
+        if not gen or gen & _GEN_MASK != t.generation:
+            raise ValueError("the shared-memory region of the result was unregistered before the call ended")
+        out.append(EXTERNAL.view(gen, t))
+    return out
+
+
 def offsets_in_place(found: list[tuple[int, str, int, int] | None], segments: list[tuple[int, int]],
                      local_offsets: list[int]) -> list[int]:
     """Every tensor's header offset: its offset in its object, or (in order) its arena offset."""
@@ -218,6 +319,16 @@ class ExtraMappings:
             raise ValueError(f"tensor at offset {t.offset} of {t.nbytes} bytes falls outside shared-memory "
                              f"object {name!r} ({min(size, len(mapping))} bytes)")
         return np.ndarray(t.shape, dtype, mapping, t.offset)
+
+    def output_view(self, header: memoryview, dest: tuple[int, int, int, int], arr: np.ndarray,
+                    dtype_str: str) -> np.ndarray | None:
+        """Where result `arr` goes in destination `dest` (`output_dest`), checked like an input; None
+        when it does not fit the capacity (the result then travels through the arena)."""
+        k, gen, offset, capacity = dest
+        if arr.nbytes > capacity or not arr.nbytes:
+            return None
+        t = TensorMeta(offset, arr.nbytes, dtype_str, tuple(arr.shape), KIND_NUMPY, k, gen)
+        return self.view(header, t)
 
     def _retire(self, mapping: mmap.mmap) -> None:
         self._retired.append(mapping)

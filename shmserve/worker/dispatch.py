@@ -28,7 +28,7 @@ from .batch import join_inputs, split_result
 from .call_log import log_failure, log_slow
 from .channel import Request, WorkerChannel
 from .queues import MethodSlot, Refused, file_calls, still_wanted
-from .results import ResultWriter, rows_of
+from .results import ResultWriter, rows_of, wants_region
 from .stream import stream_items
 
 __all__ = ["Dispatcher", "POLL_S"]
@@ -262,7 +262,8 @@ def write_alone(results: ResultWriter, batch: list[Request], out: Any, times: tu
         return False
     r = batch[0]
     ch = r.channel
-    if ch in results.parked or ch.closed or not rows_of(out, out.shape[0], 0) or not ch.response_slot_free():
+    if (ch in results.parked or ch.closed or not rows_of(out, out.shape[0], 0) or not ch.response_slot_free()
+            or wants_region(ch)):  # a call may name an output destination: the general write (results.py)
         return False
     arr, kind, dtype_str = to_wire(out, "result")
     ch.reclaim_results()

@@ -10,6 +10,10 @@ results sooner or to raise the runner's ``arena_mb``. A result also parks while 
 response ring is full of responses the client's reader has not taken (after a streaming call's
 items): it is written, or given up on, only once a slot is free, never over an unread response.
 One client's results keep their order: while one of them is parked, the later ones queue behind it.
+
+A call whose caller named an output destination (a client's shared-memory region, `shmserve.shm.extra`)
+and whose result is one ndarray that fits it is answered without the arena: the result is written into
+the worker's mapping of that object and the response names it (`ResultWriter.write`, `_in_region`).
 """
 from __future__ import annotations
 
@@ -19,13 +23,15 @@ from typing import Any
 
 import numpy as np
 
+from ..shm import wire
+from ..shm.extra import OUT_MASK_OFF, ExtraMappings, output_dest
 from ..shm.message import encode_result
-from ..shm.wire import Status
-from ..tensors import TRANSPORT, to_wire
+from ..shm.wire import U64, Status
+from ..tensors import KIND_NUMPY, TRANSPORT, to_wire
 from .channel import RESULT_SPACE_WAIT_S, Request, WorkerChannel
 from .rows import Row
 
-__all__ = ["ResultWriter", "RESULT_SPACE_WAIT_S", "RETRY_S"]
+__all__ = ["ResultWriter", "RESULT_SPACE_WAIT_S", "RETRY_S", "wants_region"]
 
 RETRY_S = 0.0005  # how often the loop looks for freed space while a result is parked
 
@@ -36,6 +42,42 @@ def rows_of(out: Any, total: int, dim: int) -> bool:
     return (type(out) is np.ndarray and dim == 0 and 1 <= out.ndim <= TRANSPORT.max_ndim and out.shape[0] == total
             and out.flags.c_contiguous and out.dtype.isnative and out.dtype.kind in TRANSPORT.dtype_kinds
             and out.dtype.fields is None)
+
+
+def wants_region(ch: WorkerChannel) -> bool:
+    """Whether some call of `ch` may have an output destination (one header word; zero for every client
+    that names none)."""
+    buf = getattr(getattr(ch, "view", None), "buf", None)  # None: a stand-in channel of unit tests
+    return buf is not None and bool(U64.unpack_from(buf, OUT_MASK_OFF)[0])
+
+
+def _in_region(ch: WorkerChannel, req: Request, tensors: list[Any], meta: bytes, times: tuple[float, ...],
+               batch_size: int) -> bool:
+    """Write `req`'s result straight into its output destination and publish its response; False (nothing
+    written) when it has none, the result is not one ndarray that fits it, or no response slot is free."""
+    if len(tensors) != 1 or tensors[0][1] != KIND_NUMPY or len(meta) > wire.META_INLINE_MAX:
+        return False
+    v = ch.view
+    dest = output_dest(v.buf, req.seq)
+    if dest is None or not ch.response_slot_free():
+        return False
+    arr, _kind, dtype_str = tensors[0]
+    if ch.extra is None:
+        ch.extra = ExtraMappings()
+    try:
+        dst = ch.extra.output_view(v.buf, dest, arr, dtype_str)
+    except (ValueError, OSError):  # the region went away: the arena, and the caller's own checks
+        return False
+    if dst is None:
+        return False
+    np.copyto(dst, arr)
+    del dst
+    wire.pack_desc(v.buf, v.resp_slot(ch.resp_head), req.seq, int(Status.OK), 0, 0, 0, (*times, time.monotonic()),
+                   batch_size, tensors, [dest[2]], meta, b"", [(dest[0], dest[1])])
+    ch.resp_head += 1
+    v.set(wire.H_RESP_HEAD, ch.resp_head)
+    ch.dirty = True
+    return True
 
 
 class _Parked:
@@ -66,6 +108,9 @@ class ResultWriter:
         ch = req.channel
         q = self.parked.get(ch)
         if q is None:
+            if code == Status.OK and wants_region(ch) and _in_region(ch, req, tensors, meta, times, batch_size):
+                self.answered.add(id(req))
+                return
             if ch.try_write_result(req, code, tensors, meta, times, batch_size) is not None:
                 self.answered.add(id(req))
                 return
@@ -108,7 +153,8 @@ class ResultWriter:
                 continue
             entries = per.get(ch)
             if entries is None:
-                if ch in self.parked or ch.closed:
+                # Parked results, or calls with an output destination (written one by one, `_in_region`).
+                if ch in self.parked or ch.closed or wants_region(ch):
                     blocked.add(ch)
                     left.append((r, start))
                     continue

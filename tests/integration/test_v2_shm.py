@@ -112,6 +112,46 @@ def test_http_round_trip_through_regions(server: V2Server, regions: Regions) -> 
         client.close()
 
 
+def _other_pids_mapping(server: V2Server, key: str) -> list[int]:
+    """Processes (not this one, not an API worker) that map shared-memory object `key`."""
+    skip = {os.getpid(), *api_worker_pids(server)}
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in skip:
+            continue
+        try:
+            with open(f"/proc/{entry}/maps") as f:
+                if key.lstrip("/") in f.read():
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_an_output_region_is_written_by_the_runner_worker(server: V2Server, regions: Regions, transport: str) -> None:
+    """The input travels as binary data; only the output names a region, and the runner worker maps it
+    (it writes the result there itself: the API worker copies nothing)."""
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    out_name, out_key, out_h = regions.make(x.nbytes + 64)
+    mod = httpclient if transport == "http" else grpcclient
+    client = mod.InferenceServerClient(server.url if transport == "http" else server.grpc_url)
+    try:
+        client.register_system_shared_memory(out_name, out_key, x.nbytes + 64)
+        inp = mod.InferInput("x", [3, 4], "FP32")
+        inp.set_data_from_numpy(x)
+        out = mod.InferRequestedOutput("output")
+        out.set_shared_memory(out_name, x.nbytes, offset=64)
+        for _ in range(3):
+            client.infer(f"{MATHS}.predict", [inp], outputs=[out])
+            np.testing.assert_array_equal(shm.get_contents_as_numpy(out_h, np.float32, [3, 4], offset=64), x * 2)
+            shm.set_shared_memory_region(out_h, [np.zeros(16, np.float32)])
+        assert _other_pids_mapping(server, out_key), "no runner worker mapped the output region"
+        client.unregister_system_shared_memory(out_name)
+    finally:
+        client.close()
+
+
 def test_grpc_round_trip_through_regions(server: V2Server, regions: Regions) -> None:
     a = np.arange(5, dtype=np.int64)
     in_name, in_key, in_h = regions.make(a.nbytes)

@@ -33,7 +33,7 @@ class FakeServer:
     def __init__(self) -> None:
         self.models = FakeModels()
 
-    async def infer(self, model: Any, inputs: dict[str, np.ndarray], parameters: Any) -> list[tuple[str, np.ndarray]]:
+    async def infer(self, model: Any, inputs: dict[str, np.ndarray], parameters: Any, requested: Any = None) -> list[tuple[str, np.ndarray]]:
         return [("output", inputs["x"] * 2)]
 
 

@@ -131,7 +131,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         inputs = decode_inputs(request, regions)
         requested = requested_outputs(request, regions)
         parameters = parameters_of(request.parameters) if request.parameters else {}
-        outputs = await server.infer(model, inputs, parameters)
+        outputs = await server.infer(model, inputs, parameters, requested)
         response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
         fill_response(response, outputs, requested, model.name, regions)
         return response

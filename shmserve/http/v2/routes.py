@@ -187,7 +187,7 @@ class V2Routes:
     async def _infer(self, conn: HttpProtocol, model: Model, req: InferRequest) -> None:
         """Call the model and reply; `_guard`'s error handling inline (one coroutine per request, not two)."""
         try:
-            outputs = await self.server.infer(model, req.inputs, req.parameters)
+            outputs = await self.server.infer(model, req.inputs, req.parameters, req.outputs)
             ctype, body, extra = encode_response(model.name, model.version, req, outputs, self.server.regions)
         except InferError as err:
             return reply_v2_error(conn, err)
