@@ -132,7 +132,7 @@ class _JsonLines:
         """`entries` as JSON lines; `wall`: what to add to their CLOCK_MONOTONIC times for the wall clock's."""
         known, quote, template = self._quoted.get, self._quoted.quote, _JSON
         last, stamp = self._second, self._stamp
-        lines = []
+        lines: list[str] = []
         append = lines.append
         for ts, client, method, path, status, n_in, n_out, seconds, runner_s, rid in entries:
             ts += wall
@@ -190,7 +190,8 @@ def write_records(handler: logging.Handler, records: list[logging.LogRecord]) ->
                 handler.handleError(r)
         return
     try:
-        text = "".join(handler.format(r) + handler.terminator for r in records)
+        terminator = handler.terminator  # type: ignore[attr-defined]
+        text = "".join(handler.format(r) + terminator for r in records)
         with handler.lock:  # type: ignore[union-attr]
             stream.write(text)
             handler.flush()

@@ -129,13 +129,14 @@ class LogSpanExporter:
         """One span as a JSON line."""
         trace_hex, span_hex = self._trace_hex, self._span_hex
         ctx, parent, status = span.context, span.parent, span.status
-        state = {"status_code": status.status_code.name}
+        state: dict[str, str | None] = {"status_code": status.status_code.name}
         if status.description:
             state["description"] = status.description
         kind = self._kinds.get(span.kind)
         if kind is None:
             kind = self._kinds[span.kind] = str(span.kind)
         trace_state = ctx.trace_state
+        shown: str | None
         if trace_state:
             shown = repr(trace_state)
         else:  # the empty state (every new trace's): its repr kept

@@ -238,7 +238,7 @@ def place_output(slots: "LinkSlots | None", header: memoryview, seq: int) -> "Li
         slots = LinkSlots(header)
     dest = OUTPUT_TO.get()
     found = EXTERNAL.locate(dest, "|u1") if dest is not None and EXTERNAL.active else None
-    if found is None or len(slots.outs) >= OUT_DEST_SLOTS:
+    if dest is None or found is None or len(slots.outs) >= OUT_DEST_SLOTS:
         return slots
     k = slots.announce(found[0], found[1], found[2])
     if not k:
