@@ -326,9 +326,11 @@ class Codec:
             return decode_result(results_in_place(link._extra, tmetas), meta, self.device)  # type: ignore[attr-defined]
         if not tmetas or block_len <= COPY_RESULT_MAX:
             arena = link.result_arena
-            tensors = [from_wire(view(arena, t.offset, t.nbytes, t.dtype, t.shape).copy(), t.kind, t.dtype)
-                       for t in tmetas]
-            free_block(arena, block_off, block_len)
+            try:
+                tensors = [from_wire(view(arena, t.offset, t.nbytes, t.dtype, t.shape).copy(), t.kind, t.dtype)
+                           for t in tmetas]
+            finally:  # copied out, or not rebuildable: either way the block goes back to the worker
+                free_block(arena, block_off, block_len)
             return decode_result(tensors, meta, self.device)
         lease = link.lease(block_off, block_len)
         tensors = [from_wire(np.ndarray(t.shape, numpy_dtype(t.dtype), lease, t.offset - block_off), t.kind, t.dtype)
