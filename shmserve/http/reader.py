@@ -138,8 +138,7 @@ class RequestReader:
     def _feed_plain(self, data: bytes | memoryview, now: float) -> int:
         """Queue the plain requests at the start of `data`, built in C; the offset of the first one it left."""
         state, queue = self.state, self.queue
-        requests, end = _http.parse(data, 0, Request, now, state.max_url_bytes,  # type: ignore[union-attr]
-                                    state.max_header_bytes,
+        requests, end = _http.parse(data, 0, Request, now, state.max_url_bytes, state.max_header_bytes,  # type: ignore[union-attr]
                                     state.max_body_bytes, max(1, PIPELINE_HIGH + 1 - len(queue)))
         queue.extend(requests)
         self.completed += len(requests)
