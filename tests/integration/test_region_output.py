@@ -16,8 +16,7 @@ import shmserve
 from shmserve.oip.regions import RegionTable
 from shmserve.shm.extra import OUT_MASK_OFF, OUTPUT_TO
 from shmserve.shm.wire import U64
-from tests.integration.test_region_in_place import Objects, objects, worker_maps  # noqa: F401  (fixture)
-from tests.runnables import EchoRunnable
+from tests.integration.test_region_in_place import Objects, echo, objects, worker_maps  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.integration
 
@@ -25,10 +24,10 @@ MB = 1 << 20
 
 
 @pytest.fixture
-def echo(unique_name, shm_clean) -> Iterator[shmserve.Runner]:
-    r = shmserve.Runner(EchoRunnable, name=unique_name, arena_mb=1, max_latency_ms=1)
-    with shmserve.start(r, workers=1):
-        yield r
+def table() -> Iterator[RegionTable]:
+    t = RegionTable()
+    yield t
+    t.close()
 
 
 def _region(table: RegionTable, objects: Objects, name: str, nbytes: int) -> tuple[str, np.ndarray]:  # noqa: F811
@@ -50,83 +49,63 @@ def _masks(r: shmserve.Runner) -> list[int]:
     return [U64.unpack_from(link._buf, OUT_MASK_OFF)[0] for link in client.links if link.live]
 
 
-def test_a_result_larger_than_the_arena_is_written_into_the_region(echo, objects) -> None:  # noqa: F811
-    table = RegionTable()
-    try:
-        key, dest = _region(table, objects, "out", 4 * MB + 4096)
-        got = _call(dest[4096:], echo.big.run, 4 * MB)  # at an offset into the region
-        assert got.shape == (4 * MB,) and int(got.sum()) == 4 * MB
-        assert np.shares_memory(got, dest) and got.ctypes.data == dest[4096:].ctypes.data  # a view: no copy
-        assert int(dest[:4096].sum()) == 0  # nothing before the offset was touched
-        assert key[1:] in worker_maps(echo)
-        assert _masks(echo) == [0]  # the destination entry was freed with the response
-        with pytest.raises(shmserve.errors.TensorTooLarge):  # the same result without a destination
-            echo.big.run(4 * MB)
-        del got
-    finally:
-        table.close()
+def test_a_result_larger_than_the_arena_is_written_into_the_region(echo, objects, table) -> None:  # noqa: F811
+    key, dest = _region(table, objects, "out", 4 * MB + 4096)
+    got = _call(dest[4096:], echo.big.run, 4 * MB)  # at an offset into the region
+    assert got.shape == (4 * MB,) and int(got.sum()) == 4 * MB
+    assert np.shares_memory(got, dest) and got.ctypes.data == dest[4096:].ctypes.data  # a view: no copy
+    assert int(dest[:4096].sum()) == 0  # nothing before the offset was touched
+    assert key[1:] in worker_maps(echo)
+    assert _masks(echo) == [0]  # the destination entry was freed with the response
+    with pytest.raises(shmserve.errors.TensorTooLarge):  # the same result without a destination
+        echo.big.run(4 * MB)
+    del got
 
 
-def test_a_small_result_of_a_call_served_alone_goes_into_the_region(echo, objects) -> None:  # noqa: F811
+def test_a_small_result_of_a_call_served_alone_goes_into_the_region(echo, objects, table) -> None:  # noqa: F811
     """A result that would fit the arena too (the worker's one-call row path) still goes to the region."""
-    table = RegionTable()
-    try:
-        _key, dest = _region(table, objects, "alone", 4096)
-        for n in (1000, 3000):
-            got = _call(dest, echo.big.run, n)
-            assert got.shape == (n,) and np.shares_memory(got, dest) and int(dest[:n].sum()) == n
-            del got
-            dest[:] = 0
-        assert _masks(echo) == [0]
-    finally:
-        table.close()
+    _key, dest = _region(table, objects, "alone", 4096)
+    for n in (1000, 3000):
+        got = _call(dest, echo.big.run, n)
+        assert got.shape == (n,) and np.shares_memory(got, dest) and int(dest[:n].sum()) == n
+        del got
+        dest[:] = 0
+    assert _masks(echo) == [0]
 
 
-def test_a_destination_too_small_leaves_the_result_in_the_arena(echo, objects) -> None:  # noqa: F811
-    table = RegionTable()
-    try:
-        _key, dest = _region(table, objects, "small", 4096)
-        got = _call(dest[:100], echo.big.run, 200)
-        assert got.shape == (200,) and not np.shares_memory(got, dest) and int(dest.sum()) == 0
-        with pytest.raises(shmserve.errors.TensorTooLarge):  # too big for both: the arena's error, as without
-            _call(dest, echo.big.run, 4 * MB)
-        assert _masks(echo) == [0]
-    finally:
-        table.close()
+def test_a_destination_too_small_leaves_the_result_in_the_arena(echo, objects, table) -> None:  # noqa: F811
+    _key, dest = _region(table, objects, "small", 4096)
+    got = _call(dest[:100], echo.big.run, 200)
+    assert got.shape == (200,) and not np.shares_memory(got, dest) and int(dest.sum()) == 0
+    with pytest.raises(shmserve.errors.TensorTooLarge):  # too big for both: the arena's error, as without
+        _call(dest, echo.big.run, 4 * MB)
+    assert _masks(echo) == [0]
 
 
-def test_a_destination_outside_any_region_is_ignored(echo) -> None:
+def test_a_destination_outside_any_region_is_ignored(echo) -> None:  # noqa: F811
     got = _call(np.zeros(4096, np.uint8), echo.big.run, 100)
     assert got.shape == (100,) and _masks(echo) == [0]
 
 
-def test_batched_rows_go_into_their_callers_regions(echo, objects) -> None:  # noqa: F811
-    table = RegionTable()
-    try:
-        _key, dest = _region(table, objects, "rows", 64 * 4)
-        x = np.arange(16, dtype=np.float32).reshape(4, 4)
-        got = _call(dest, echo.predict.run, x)
-        np.testing.assert_array_equal(got, x)
-        assert np.shares_memory(got, dest)
-        np.testing.assert_array_equal(np.frombuffer(dest, np.float32)[:16].reshape(4, 4), x)
-        # later calls without a destination take the row path again and leave the region alone
-        y = np.ones((2, 4), np.float32)
-        np.testing.assert_array_equal(echo.predict.run(y), y)
-        np.testing.assert_array_equal(np.frombuffer(dest, np.float32)[:16].reshape(4, 4), x)
-        assert _masks(echo) == [0]
-        del got
-    finally:
-        table.close()
+def test_batched_rows_go_into_their_callers_regions(echo, objects, table) -> None:  # noqa: F811
+    _key, dest = _region(table, objects, "rows", 64 * 4)
+    x = np.arange(16, dtype=np.float32).reshape(4, 4)
+    got = _call(dest, echo.predict.run, x)
+    np.testing.assert_array_equal(got, x)
+    assert np.shares_memory(got, dest)
+    np.testing.assert_array_equal(np.frombuffer(dest, np.float32)[:16].reshape(4, 4), x)
+    # later calls without a destination take the row path again and leave the region alone
+    y = np.ones((2, 4), np.float32)
+    np.testing.assert_array_equal(echo.predict.run(y), y)
+    np.testing.assert_array_equal(np.frombuffer(dest, np.float32)[:16].reshape(4, 4), x)
+    assert _masks(echo) == [0]
+    del got
 
 
-def test_an_unregistered_region_sends_the_result_through_the_arena(echo, objects) -> None:  # noqa: F811
-    table = RegionTable()
-    try:
-        _key, dest = _region(table, objects, "gone", 4096)
-        view = dest[:1024]
-        table.unregister("gone")  # the caller's view keeps the mapping; the object is no longer registered
-        got = _call(view, echo.big.run, 512)
-        assert got.shape == (512,) and not np.shares_memory(got, view)
-        del view, dest
-    finally:
-        table.close()
+def test_an_unregistered_region_sends_the_result_through_the_arena(echo, objects, table) -> None:  # noqa: F811
+    _key, dest = _region(table, objects, "gone", 4096)
+    view = dest[:1024]
+    table.unregister("gone")  # the caller's view keeps the mapping; the object is no longer registered
+    got = _call(view, echo.big.run, 512)
+    assert got.shape == (512,) and not np.shares_memory(got, view)
+    del view, dest

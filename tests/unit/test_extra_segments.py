@@ -1,6 +1,7 @@
 """Extra segments (`shmserve.shm.extra`): the worker's checks of a tensor that names a client object."""
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import uuid
@@ -13,18 +14,27 @@ from shmserve.shm import extra, wire
 from shmserve.shm.wire import TensorMeta
 
 
-@pytest.fixture
-def obj() -> Iterator[tuple[str, mmap.mmap]]:
+@contextlib.contextmanager
+def client_object(size: int) -> Iterator[tuple[str, mmap.mmap]]:
+    """A private shared-memory object of `size` bytes, as a client makes one: its name and a mapping."""
     name = "/v2test_" + uuid.uuid4().hex[:12]
     fd = os.open(os.path.join(extra.SHM_DIR, name[1:]), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.ftruncate(fd, 4096)
-        m = mmap.mmap(fd, 4096)
+        os.ftruncate(fd, size)
+        m = mmap.mmap(fd, size)
     finally:
         os.close(fd)
-    yield name, m
-    m.close()
-    os.unlink(os.path.join(extra.SHM_DIR, name[1:]))
+    try:
+        yield name, m
+    finally:
+        m.close()
+        os.unlink(os.path.join(extra.SHM_DIR, name[1:]))
+
+
+@pytest.fixture
+def obj() -> Iterator[tuple[str, mmap.mmap]]:
+    with client_object(4096) as made:
+        yield made
 
 
 def announced(name: str, gen: int = 7, size: int = 4096) -> memoryview:

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import mmap
-import os
-import uuid
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
 from shmserve.shm import extra, wire
+from tests.unit.test_extra_segments import client_object
 
 
 def test_the_out_dest_layout_is_pinned() -> None:
@@ -22,18 +21,10 @@ def test_the_out_dest_layout_is_pinned() -> None:
 
 @pytest.fixture
 def registered() -> Iterator[tuple[str, mmap.mmap, int]]:
-    name = "/v2test_" + uuid.uuid4().hex[:12]
-    fd = os.open(os.path.join(extra.SHM_DIR, name[1:]), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.ftruncate(fd, 8192)
-        m = mmap.mmap(fd, 8192)
-    finally:
-        os.close(fd)
-    gen = extra.EXTERNAL.add(m, name)
-    yield name, m, gen
-    extra.EXTERNAL.remove(gen)
-    m.close()
-    os.unlink(os.path.join(extra.SHM_DIR, name[1:]))
+    with client_object(8192) as (name, m):
+        gen = extra.EXTERNAL.add(m, name)
+        yield name, m, gen
+        extra.EXTERNAL.remove(gen)
 
 
 def _place(slots, header, seq, dest):
