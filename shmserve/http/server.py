@@ -89,7 +89,10 @@ class HttpServer:
         requests may already be in flight: they are served like the others.
         Once every process sharing the socket has called this, a new connection
         is refused at once (ECONNREFUSED) instead of waiting in a backlog that
-        nobody accepts from. Returns the tasks that set those connections up.
+        nobody accepts from; one whose handshake the kernel completes between
+        the last accept here and the close is reset with the backlog
+        (ECONNRESET), as on any server that closes its listener: it came after
+        the stop. Returns the tasks that set those connections up.
         """
         taken: list[asyncio.Task[Any]] = []
         sock, server = self._sock, self._server

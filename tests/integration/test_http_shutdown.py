@@ -28,10 +28,20 @@ SLOW_S = 2.0
 
 
 def _refused(port: int) -> bool:
+    """True once a new connection to `port` is turned away at once; False while one still gets in.
+
+    Turned away is ECONNREFUSED, or ECONNRESET: a handshake that the kernel completed
+    just as the last listening socket closed is reset with the rest of its accept
+    queue, and ``create_connection`` reports that reset when it lands before it reads
+    the socket's error. Neither is queued. A timeout (a SYN dropped while the
+    listener closed) tells nothing yet: the next probe decides.
+    """
     try:
         socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):
         return True
+    except TimeoutError:
+        return False
     return False
 
 
