@@ -36,7 +36,7 @@ import orjson
 
 from . import traces
 from .errors import InvalidInput, RunnerError, RunnerOverloaded, RunnerUnavailable, ShmserveError, from_wire
-from .publish import publish_call
+from .publish import consume_responses, publish_call
 from .shm import extra, handshake
 from .shm.channel import ChannelView
 from .shm.health import HealthBoard
@@ -245,7 +245,7 @@ class WorkerLink:
         """Append every call completed since the last collect to `done` as (call, result, error), and
         hand streamed items to their calls' sinks; results are rebuilt by `decode`. Returns how many
         calls completed."""
-        records = self._responses.consume(self._resp_tail)  # marks them consumed
+        records = consume_responses(self._responses, self._resp_tail)  # marks them consumed
         if not records:
             return 0
         self._resp_tail += len(records)

@@ -1,4 +1,4 @@
-"""The calling side's publish of one call: its data into the request arena, its descriptor, the head.
+"""The calling side's ring work: a call's data, descriptor and head out; the responses in.
 
 `publish_call` runs the C accelerator ``shmserve._native._client`` when it is
 built (one C call, the head stored with release ordering: see
@@ -7,6 +7,10 @@ docs/transport.md, Memory ordering), and its Python twin, `Ring.copy_in` then
 built, and for a tensor that is not a plain copy (not C-contiguous, or not
 little endian), which the C side refuses before writing anything. The C module
 takes every position from `shmserve.shm.wire` at import (`native_fields`).
+
+`consume_responses` reads every response published since the link's cursor in
+one C call (``consume``, configured with `consume_fields`), and with
+`Ring.consume`, its Python twin, otherwise: both return the same records.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from .shm import wire
 from .shm.channel import Ring
 from .shm.wire import Tensor
 
-__all__ = ["native_fields", "publish_call"]
+__all__ = ["consume_fields", "consume_responses", "native_fields", "publish_call"]
 
 
 def native_fields() -> dict[str, int]:
@@ -35,6 +39,20 @@ def native_fields() -> dict[str, int]:
     return out
 
 
+def consume_fields() -> tuple[Any, ...]:
+    """What ``shmserve._native._client.configure_consume`` takes, from `shmserve.shm.wire`: the fixed
+    fields in `ResponseDesc` order as (offset, struct code), the tensor header's fields, the sizes,
+    and the two record types."""
+    codes = wire.DESC_FIXED.format.lstrip("<")
+    names = wire.DESC_FORMAT_NAMES[: len(wire.ResponseDesc._fields)]
+    fixed = [(wire.DESC_FIELDS[name][0], code) for name, code in zip(names, codes)]
+    consts = dict(desc_size=wire.DESC_SIZE, tensors_off=wire.TENSORS_OFF, tensor_slot=wire.TENSOR_SLOT,
+                  meta_inline_off=wire.META_INLINE_OFF, max_tensors=wire.MAX_TENSORS, max_ndim=wire.MAX_NDIM,
+                  flag_meta_in_arena=wire.FLAG_META_IN_ARENA,
+                  **{f"i_{name}": names.index(name) for name in ("flags", "meta_len", "ntensors", "meta_off")})
+    return fixed, dict(wire.TENSOR_FIELDS), consts, wire.ResponseDesc, wire.TensorMeta
+
+
 def load_native() -> Any:
     """The C module, configured with `native_fields` (None: not built, or pure Python forced)."""
     mod = _native.load("client")
@@ -43,7 +61,29 @@ def load_native() -> Any:
     return mod
 
 
+def load_consume(mod: Any) -> Any:
+    """The C module's ``consume``, configured with `consume_fields` (None: no module, or a layout
+    this C was not written for: responses are then read in Python)."""
+    if mod is None:
+        return None
+    try:
+        mod.configure_consume(*consume_fields())
+    except (ValueError, KeyError, TypeError):
+        return None
+    return mod.consume
+
+
 _NATIVE = load_native()
+_CONSUME = load_consume(_NATIVE)
+
+
+def consume_responses(ring: Ring[Any], tail: int) -> list[tuple[int, Any, list[wire.TensorMeta], bytes]]:
+    """Every response published on `ring` since `tail`, marked consumed: `Ring.consume`'s records
+    (descriptor offset, `ResponseDesc`, tensor headers, metadata)."""
+    native = _CONSUME
+    if native is None:
+        return ring.consume(tail)
+    return native(ring.buf, ring.arena, ring.first, ring.slots, tail, ring.head_word, ring.tail_word)  # type: ignore[no-any-return]
 
 
 def publish_call(ring: Ring[Any], n: int, seq: int, code: int, base: int, block_len: int, tensors: list[Tensor],

@@ -222,12 +222,297 @@ done:
 #endif
 }
 
+/* -- consume: the response ring's new records, as Ring.consume returns them ---------------------------
+ *
+ * `configure_consume(fixed, tensor, consts, ResponseDesc, TensorMeta)` takes, from shmserve/shm/wire.py:
+ * `fixed`, the fixed part's fields in record order as (offset, struct code) with code one of Q, I, d
+ * (the request tag is not read); `tensor`, the tensor header's (offset, size) by name; `consts`, the
+ * descriptor's sizes. `consume(buf, arena, first, slots, tail, head_word, tail_word)` then reads every
+ * record published since `tail` (the head read with acquire ordering) and stores the new tail:
+ * [(descriptor offset, ResponseDesc, [TensorMeta, ...], metadata bytes), ...], what the Python twin
+ * `Ring.consume` builds. Out-of-line metadata is read from `arena` (clamped to it, as a slice is). */
+#define MAX_FIXED_C 24
+static int consume_ready = 0;
+static Py_ssize_t C_NFIXED, C_FIXED_OFF[MAX_FIXED_C];
+static char C_FIXED_CODE[MAX_FIXED_C];
+static Py_ssize_t C_DESC_SIZE, C_TENSORS_OFF, C_TENSOR_SLOT, C_META_INLINE_OFF, C_MAX_TENSORS, C_MAX_NDIM,
+    C_FLAG_META, C_I_FLAGS = -1, C_I_META_LEN = -1, C_I_NTENSORS = -1, C_I_META_OFF = -1;
+static Py_ssize_t CT_OFFSET, CT_NBYTES, CT_DTYPE, CT_DTYPE_LEN, CT_NDIM, CT_KIND, CT_SEGMENT, CT_GENERATION, CT_SHAPE;
+static PyObject *C_RECORD = NULL, *C_TENSOR_META = NULL;
+
+static int pair(PyObject *table, const char *name, Py_ssize_t *off, Py_ssize_t *size) {
+    PyObject *v = PyDict_GetItemString(table, name); /* borrowed */
+    if (v == NULL || !PyArg_ParseTuple(v, "nn", off, size)) {
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_KeyError, "configure_consume: missing field %s", name);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *configure_consume(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *fixed, *tens, *consts, *record, *tmeta;
+    if (!PyArg_ParseTuple(args, "O!O!O!OO", &PyList_Type, &fixed, &PyDict_Type, &tens, &PyDict_Type, &consts,
+                          &record, &tmeta))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(fixed);
+    if (n > MAX_FIXED_C || !PyType_Check(record) || !PyType_IsSubtype((PyTypeObject *)record, &PyTuple_Type) ||
+        !PyType_Check(tmeta) || !PyType_IsSubtype((PyTypeObject *)tmeta, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_ValueError, "configure_consume: too many fields, or records that are not tuples");
+        return NULL;
+    }
+    consume_ready = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const char *code;
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(fixed, i), "ns", &C_FIXED_OFF[i], &code))
+            return NULL;
+        if (strcmp(code, "Q") && strcmp(code, "I") && strcmp(code, "d")) {
+            PyErr_Format(PyExc_ValueError, "configure_consume: field code %s is not Q, I or d", code);
+            return NULL;
+        }
+        C_FIXED_CODE[i] = code[0];
+    }
+    C_NFIXED = n;
+    Py_ssize_t sz, ndim_size, kind_size, seg_size, gen_size, shape_size, off_size, nb_size;
+    struct { const char *name; Py_ssize_t *dst; } table[] = {
+        {"desc_size", &C_DESC_SIZE}, {"tensors_off", &C_TENSORS_OFF}, {"tensor_slot", &C_TENSOR_SLOT},
+        {"meta_inline_off", &C_META_INLINE_OFF}, {"max_tensors", &C_MAX_TENSORS}, {"max_ndim", &C_MAX_NDIM},
+        {"flag_meta_in_arena", &C_FLAG_META}, {"i_flags", &C_I_FLAGS}, {"i_meta_len", &C_I_META_LEN},
+        {"i_ntensors", &C_I_NTENSORS}, {"i_meta_off", &C_I_META_OFF},
+    };
+    for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++)
+        if (get_field(consts, table[i].name, table[i].dst) < 0)
+            return NULL;
+    if (pair(tens, "offset", &CT_OFFSET, &off_size) || pair(tens, "nbytes", &CT_NBYTES, &nb_size) ||
+        pair(tens, "dtype", &CT_DTYPE, &CT_DTYPE_LEN) || pair(tens, "ndim", &CT_NDIM, &ndim_size) ||
+        pair(tens, "kind", &CT_KIND, &kind_size) || pair(tens, "segment", &CT_SEGMENT, &seg_size) ||
+        pair(tens, "generation", &CT_GENERATION, &gen_size) || pair(tens, "shape", &CT_SHAPE, &shape_size))
+        return NULL;
+    (void)sz;
+    Py_ssize_t idx[] = {C_I_FLAGS, C_I_META_LEN, C_I_NTENSORS, C_I_META_OFF};
+    for (size_t i = 0; i < 4; i++)
+        if (idx[i] < 0 || idx[i] >= n || C_FIXED_CODE[idx[i]] == 'd') {
+            PyErr_SetString(PyExc_ValueError, "configure_consume: a count field is not an integer field");
+            return NULL;
+        }
+    if (off_size != 8 || nb_size != 8 || ndim_size != 1 || kind_size != 1 || seg_size != 1 || gen_size != 4 ||
+        shape_size != 8 * C_MAX_NDIM || C_TENSORS_OFF + C_MAX_TENSORS * C_TENSOR_SLOT > C_DESC_SIZE) {
+        PyErr_SetString(PyExc_ValueError, "configure_consume: layout outside what this module was built for");
+        return NULL;
+    }
+    Py_INCREF(record);
+    Py_INCREF(tmeta);
+    Py_XSETREF(C_RECORD, record);
+    Py_XSETREF(C_TENSOR_META, tmeta);
+    consume_ready = 1;
+    Py_RETURN_NONE;
+}
+
+static inline uint64_t get_u64(const char *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+static inline uint32_t get_u32(const char *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+
+/* One tensor header as TensorMeta(offset, nbytes, dtype, shape, kind, segment, generation). */
+static PyObject *tensor_meta(const char *th) {
+    unsigned ndim = (unsigned char)th[CT_NDIM];
+    if (ndim > (unsigned)C_MAX_NDIM)
+        return PyErr_Format(PyExc_ValueError, "consume: a result tensor of %u dimensions", ndim);
+    Py_ssize_t dl = CT_DTYPE_LEN;
+    while (dl > 0 && th[CT_DTYPE + dl - 1] == 0) /* bytes.rstrip(b"\0"), as the Python twin */
+        dl--;
+    PyObject *tm = PyTuple_Type.tp_alloc((PyTypeObject *)C_TENSOR_META, 7);
+    if (tm == NULL)
+        return NULL;
+    PyObject *shape = PyTuple_New(ndim);
+    PyObject *dt = PyUnicode_DecodeUTF8(th + CT_DTYPE, dl, "strict");
+    if (shape == NULL || dt == NULL) {
+        Py_XDECREF(shape);
+        Py_XDECREF(dt);
+        Py_DECREF(tm);
+        return NULL;
+    }
+    for (unsigned j = 0; j < ndim; j++) {
+        int64_t v;
+        memcpy(&v, th + CT_SHAPE + 8 * j, 8);
+        PyObject *dim = PyLong_FromLongLong(v);
+        if (dim == NULL) {
+            Py_DECREF(shape);
+            Py_DECREF(dt);
+            Py_DECREF(tm);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(shape, j, dim);
+    }
+    PyTuple_SET_ITEM(tm, 2, dt);
+    PyTuple_SET_ITEM(tm, 3, shape);
+    PyObject *ints[5] = {PyLong_FromUnsignedLongLong(get_u64(th + CT_OFFSET)),
+                         PyLong_FromUnsignedLongLong(get_u64(th + CT_NBYTES)),
+                         PyLong_FromLong((unsigned char)th[CT_KIND]), PyLong_FromLong((unsigned char)th[CT_SEGMENT]),
+                         PyLong_FromUnsignedLong((unsigned long)get_u32(th + CT_GENERATION))};
+    static const int at[5] = {0, 1, 4, 5, 6};
+    int bad = 0;
+    for (int i = 0; i < 5; i++) {
+        if (ints[i] == NULL) {
+            bad = 1;
+            ints[i] = Py_NewRef(Py_None);
+        }
+        PyTuple_SET_ITEM(tm, at[i], ints[i]);
+    }
+    if (bad) {
+        Py_DECREF(tm);
+        return NULL;
+    }
+    return tm;
+}
+
+/* One record: (pos, ResponseDesc, [TensorMeta, ...], meta). */
+static PyObject *response_record(const char *base, Py_ssize_t buf_len, Py_ssize_t pos, const char *arena,
+                                 Py_ssize_t arena_len) {
+    const char *d = base + pos;
+    PyObject *fixed = PyTuple_Type.tp_alloc((PyTypeObject *)C_RECORD, C_NFIXED);
+    if (fixed == NULL)
+        return NULL;
+    uint64_t ints[MAX_FIXED_C] = {0};
+    for (Py_ssize_t i = 0; i < C_NFIXED; i++) {
+        const char *p = d + C_FIXED_OFF[i];
+        PyObject *v;
+        if (C_FIXED_CODE[i] == 'd') {
+            double x;
+            memcpy(&x, p, 8);
+            v = PyFloat_FromDouble(x);
+        } else {
+            ints[i] = C_FIXED_CODE[i] == 'Q' ? get_u64(p) : get_u32(p);
+            v = PyLong_FromUnsignedLongLong(ints[i]);
+        }
+        if (v == NULL) {
+            Py_DECREF(fixed);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(fixed, i, v);
+    }
+    uint64_t meta_len = ints[C_I_META_LEN], nt = ints[C_I_NTENSORS];
+    PyObject *meta;
+    if (!meta_len) {
+        meta = PyBytes_FromStringAndSize(NULL, 0);
+    } else if (ints[C_I_FLAGS] & (uint64_t)C_FLAG_META) { /* arena[off : off + len], clamped as a slice is */
+        uint64_t start = ints[C_I_META_OFF], end = start + meta_len;
+        if (start > (uint64_t)arena_len)
+            start = (uint64_t)arena_len;
+        if (end > (uint64_t)arena_len || end < start)
+            end = (uint64_t)arena_len;
+        meta = PyBytes_FromStringAndSize(arena + start, (Py_ssize_t)(end - start));
+    } else {
+        uint64_t start = (uint64_t)(pos + C_META_INLINE_OFF), end = start + meta_len;
+        if (end > (uint64_t)buf_len)
+            end = (uint64_t)buf_len;
+        meta = PyBytes_FromStringAndSize(base + start, (Py_ssize_t)(end - start));
+    }
+    if (meta == NULL) {
+        Py_DECREF(fixed);
+        return NULL;
+    }
+    PyObject *tensors = NULL;
+    if (nt > (uint64_t)C_MAX_TENSORS)
+        PyErr_Format(PyExc_ValueError, "consume: a response names %llu tensors (at most %zd)",
+                     (unsigned long long)nt, C_MAX_TENSORS);
+    else
+        tensors = PyList_New((Py_ssize_t)nt);
+    for (uint64_t k = 0; tensors != NULL && k < nt; k++) {
+        PyObject *tm = tensor_meta(d + C_TENSORS_OFF + (Py_ssize_t)k * C_TENSOR_SLOT);
+        if (tm == NULL)
+            Py_CLEAR(tensors);
+        else
+            PyList_SET_ITEM(tensors, (Py_ssize_t)k, tm);
+    }
+    if (tensors == NULL) {
+        Py_DECREF(fixed);
+        Py_DECREF(meta);
+        return NULL;
+    }
+    PyObject *rec = PyTuple_New(4);
+    if (rec == NULL) {
+        Py_DECREF(fixed);
+        Py_DECREF(meta);
+        Py_DECREF(tensors);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(rec, 0, PyLong_FromSsize_t(pos));
+    if (PyTuple_GET_ITEM(rec, 0) == NULL) {
+        PyTuple_SET_ITEM(rec, 0, Py_NewRef(Py_None));
+        PyTuple_SET_ITEM(rec, 1, fixed);
+        PyTuple_SET_ITEM(rec, 2, tensors);
+        PyTuple_SET_ITEM(rec, 3, meta);
+        Py_DECREF(rec);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(rec, 1, fixed);
+    PyTuple_SET_ITEM(rec, 2, tensors);
+    PyTuple_SET_ITEM(rec, 3, meta);
+    return rec;
+}
+
+static PyObject *consume(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "consume takes 7 arguments");
+        return NULL;
+    }
+    if (!consume_ready) {
+        PyErr_SetString(PyExc_RuntimeError, "shmserve._native._client: configure_consume() was not called");
+        return NULL;
+    }
+    Py_ssize_t first = PyLong_AsSsize_t(args[2]), slots = PyLong_AsSsize_t(args[3]);
+    unsigned long long tail = PyLong_AsUnsignedLongLong(args[4]);
+    Py_ssize_t head_word = PyLong_AsSsize_t(args[5]), tail_word = PyLong_AsSsize_t(args[6]);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_buffer buf, ar;
+    if (PyObject_GetBuffer(args[0], &buf, PyBUF_WRITABLE) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[1], &ar, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&buf);
+        return NULL;
+    }
+    PyObject *list = NULL;
+    char *base = (char *)buf.buf;
+    if (slots <= 0 || first < 0 || first + slots * C_DESC_SIZE > buf.len || head_word < 0 || head_word + 8 > buf.len ||
+        tail_word < 0 || tail_word + 8 > buf.len) {
+        PyErr_SetString(PyExc_ValueError, "consume: the ring lies outside the segment");
+        goto done;
+    }
+    /* acquire: every descriptor and result published before this head is read after it */
+    uint64_t head = __atomic_load_n((uint64_t *)(base + head_word), __ATOMIC_ACQUIRE);
+    list = PyList_New(0);
+    if (list == NULL || head <= tail)
+        goto done;
+    for (uint64_t t = tail; t < head; t++) {
+        Py_ssize_t pos = first + (Py_ssize_t)((t % (uint64_t)slots) * (uint64_t)C_DESC_SIZE);
+        PyObject *rec = response_record(base, buf.len, pos, (const char *)ar.buf, ar.len);
+        if (rec == NULL || PyList_Append(list, rec) < 0) {
+            Py_XDECREF(rec);
+            Py_CLEAR(list);
+            goto done;
+        }
+        Py_DECREF(rec);
+    }
+    __atomic_store_n((uint64_t *)(base + tail_word), (uint64_t)head, __ATOMIC_RELEASE);
+done:
+    PyBuffer_Release(&ar);
+    PyBuffer_Release(&buf);
+    return list;
+}
+
 static PyMethodDef methods[] = {
     {"configure", configure, METH_O, "configure(fields): the wire offsets (shmserve.shm.wire), once."},
     {"publish", (PyCFunction)(void (*)(void))publish, METH_FASTCALL,
      "publish(buf, arena, pos, head_word, head, base, tensors, offsets, meta, meta_off, seq, code, "
      "block_len, t0, t1, tag) -> bool: copy a call in and publish its descriptor (False: not a plain copy, "
      "nothing written)."},
+    {"configure_consume", configure_consume, METH_VARARGS,
+     "configure_consume(fixed, tensor, consts, ResponseDesc, TensorMeta): the response layout (shmserve.shm.wire), once."},
+    {"consume", (PyCFunction)(void (*)(void))consume, METH_FASTCALL,
+     "consume(buf, arena, first, slots, tail, head_word, tail_word) -> [(pos, ResponseDesc, [TensorMeta], meta)]: "
+     "every response since `tail`, marked consumed (Ring.consume's records)."},
     {NULL, NULL, 0, NULL},
 };
 
