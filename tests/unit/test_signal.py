@@ -88,3 +88,37 @@ def test_try_post_on_a_closed_signal_says_false_instead_of_raising():
     assert sig.wait(0) is True
     sig.close()
     assert sig.try_post() is False
+
+
+class _CountingSem:
+    """A real semaphore that counts the `acquire` calls made on it."""
+
+    def __init__(self, sem):
+        self._sem = sem
+        self.acquires = 0
+
+    @property
+    def value(self):
+        return self._sem.value
+
+    def acquire(self, timeout=None):
+        self.acquires += 1
+        return self._sem.acquire(timeout)
+
+    def release(self):
+        self._sem.release()
+
+
+def test_drain_takes_every_pending_post_and_an_empty_drain_tries_no_take(sig):
+    real = sig._sem
+    counting = sig._sem = _CountingSem(real)
+    try:
+        assert sig.drain() == 0
+        assert counting.acquires == 0  # no refused acquire(0): nothing raised on the (common) empty drain
+        for _ in range(3):
+            sig.post()
+        assert sig.drain() == 3
+        assert counting.acquires == 3 and sig.value() == 0
+        assert sig.drain() == 0 and counting.acquires == 3
+    finally:
+        sig._sem = real
