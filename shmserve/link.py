@@ -87,6 +87,9 @@ class Pending:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.abandoned = False
         self.stream: Any = None  # a streaming call's sink, called with (item, error, ended) from any thread
+        # The caller's trace list (`shmserve.traces`) until the call's trace is in it; then None, since
+        # a finished call stays a while in its loop's deadline heap (`LoopDeadlines`) and a kept list, its
+        # trace and their tuple per call pushed the young objects alive past the collector's threshold.
         self.sink: list[tuple[str, str, dict[str, float]]] | None = call_traces.get()
 
 
@@ -284,6 +287,7 @@ class WorkerLink:
                     "submit": p.submit, "dequeue": d.dequeue, "batch_start": d.batch_start,
                     "model_start": d.model_start, "model_end": d.model_end, "written": d.written,
                     "complete": complete, "batch_size": d.batch_size}, p.sink)
+                p.sink = None  # handed over: a finished call in a deadline heap must not keep it (GC)
             done.append((p, result, error))
             n += 1
         return n

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import numpy as np
 import pytest
 
 import shmserve
+from shmserve import traces
+from shmserve.link import Pending
 from tests.runnables import EchoRunnable
 
 pytestmark = pytest.mark.integration
@@ -41,3 +44,22 @@ def test_async_timeouts_with_one_loop_timer(echo) -> None:
         assert await r.sleep.async_run(0.0, timeout=5) > 0
 
     asyncio.run(main())
+
+
+def test_a_finished_call_keeps_no_trace_list_of_its_request(echo) -> None:
+    """The loop's deadline heap keeps finished calls a while; they must not keep the request's trace list
+    (with its traces), which kept ~3 objects a call alive and started young collections (issue 17)."""
+    r = echo
+
+    async def one_request() -> list:
+        sink: list = []
+        traces.call_traces.set(sink)  # as an observed HTTP request does (this task's context only)
+        await r.predict.async_run(np.ones(4, np.float32))
+        return sink
+
+    async def main() -> list:
+        return await asyncio.create_task(one_request())
+
+    sink = asyncio.run(main())
+    assert [(runner, method) for runner, method, _ in sink] == [(r.name, "predict")]
+    assert not [o for o in gc.get_referrers(sink) if isinstance(o, Pending)]
