@@ -38,6 +38,7 @@ import asyncio
 import glob
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -255,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="a shmserve.yaml for the API worker (api_server, tracing): e.g. the access log on")
     p.add_argument("--per-thread", action="store_true",
                    help="also count each thread apart (1: the event loop's); --annotate then lists the loop's")
+    p.add_argument("--keep", type=Path, default=None, metavar="DIR",
+                   help="copy the callgrind dumps and the worker's log into DIR (for callgrind_annotate of any thread)")
     args = p.parse_args(argv)
     results = []
     for tree in args.tree or [REPO]:
@@ -262,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
             res = measure(tree.resolve(), args.body, args.requests, args.warmup, args.connections, Path(tmp),
                           args.annotate, args.idle, args.inclusive,
                           config=args.config.resolve() if args.config else None, per_thread=args.per_thread)
+            if args.keep is not None:
+                keep = args.keep / tree.resolve().name
+                shutil.copytree(tmp, keep, ignore=shutil.ignore_patterns("run"), dirs_exist_ok=True)
+                print(f"dumps kept in {keep}", flush=True)
         results.append(res)
         print(f"{res['tree']}: {res['body']} body, {res['ok']}/{res['requests']} ok, "
               f"{res['instructions_per_request']:,.0f} instructions/request "
