@@ -89,10 +89,16 @@ def media_type(headers: Headers) -> bytes:
     ct = headers.get(b"content-type")
     if not ct:
         return b""
-    semi = ct.find(b";")
-    if semi >= 0:
-        ct = ct[:semi]
-    return ct.strip().lower()
+    mt = _MEDIA_TYPES.get(ct)  # a server sees few distinct values: one lookup instead of four calls per request
+    if mt is None:
+        semi = ct.find(b";")
+        mt = (ct if semi < 0 else ct[:semi]).strip().lower()
+        if len(_MEDIA_TYPES) < 256:
+            _MEDIA_TYPES[ct] = mt
+    return mt
+
+
+_MEDIA_TYPES: dict[bytes, bytes] = {}  # Content-Type value -> `media_type`
 
 
 def _json_default(value: Any) -> Any:

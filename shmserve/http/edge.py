@@ -34,8 +34,10 @@ class Edge:
 
         `routed`: whether the path names a route of this server (only those get preflight answers).
         """
-        self.identify(request)
         headers = request.headers
+        # `identify`, inline: this runs for every request
+        rid = request.request_id = self.ids.accept(headers.get(HEADER))
+        request.response_headers = _ECHO + rid + b"\r\n"
         cors = self.cors
         if cors is not None and b"origin" in headers:
             if routed and is_preflight(request.method, headers):

@@ -38,4 +38,4 @@ class RequestIds:
         """`supplied` when it is 1..128 token characters, else a minted ID."""
         if supplied is not None and _SANE.fullmatch(supplied):
             return supplied
-        return self.mint()
+        return self._prefix + b"%x" % self._next()  # `mint`, inline: most requests bring no ID

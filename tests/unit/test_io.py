@@ -117,6 +117,28 @@ def test_enforce_dtype_refuses_other_binary_dtypes_and_casting_mode_converts() -
     assert arr.dtype == np.float32 and arr.tolist() == [1, 1, 1, 1]
 
 
+def test_repeated_raw_headers_decode_as_the_first_time_and_a_changed_body_is_checked_again() -> None:
+    # The second request with the same headers takes the remembered plan: the same view, the same checks.
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    desc = NumpyNdarray(dtype="float32", shape=(-1, 4), enforce_shape=True)
+    for _ in range(3):
+        arr = desc.decode(x.tobytes(), octet("float32", "3,4"))
+        np.testing.assert_array_equal(arr, x)
+        assert arr.shape == (3, 4) and arr.dtype == np.float32 and not arr.flags.writeable
+    with pytest.raises(InvalidInput, match="needs 12 items"):  # same headers, other length: not the plan's
+        desc.decode(x.tobytes()[:-4], octet("float32", "3,4"))
+    for _ in range(2):  # refused every time, never remembered
+        with pytest.raises(InvalidInput, match="expected shape"):
+            desc.decode(x.tobytes(), octet("float32", "12"))
+    cast = NumpyNdarray(dtype="float32")  # a cast or a reshape is done again each time, not remembered
+    for _ in range(2):
+        out = cast.decode(np.ones(4, np.float64).tobytes(), octet("float64", "4"))
+        assert out.dtype == np.float32 and out.tolist() == [1, 1, 1, 1]
+    reshaped = NumpyNdarray(shape=(2, 2))
+    for _ in range(2):
+        assert reshaped.decode(np.ones(4, np.float32).tobytes(), octet("float32", "4")).shape == (2, 2)
+
+
 def test_unknown_content_type_is_415() -> None:
     with pytest.raises(UnsupportedMediaType, match="application/x-npy") as info:
         NumpyNdarray().decode(b"x", {b"content-type": b"image/png"})
