@@ -45,6 +45,8 @@ from .flusher import FLUSH_S, FlushThread
 __all__ = ["AccessLog", "Entry", "FIELDS", "LOGGER_NAME", "FLUSH_S", "write_records"]
 
 LOGGER_NAME = "shmserve.access"
+_log = logging.getLogger("shmserve.http")
+_monotonic, _random = time.monotonic, random.random  # looked up once: `record` runs for every response
 
 #: the C twin of `_JsonLines` (shmserve/_native/accesslog.c), or None
 _native = load("accesslog")
@@ -228,6 +230,7 @@ class AccessLog:
     def __init__(self, settings: AccessLogSettings, handlers: list[logging.Handler] | None = None) -> None:
         self.settings = settings
         self._rate = settings.sample_rate
+        self._sampled = settings.sample_rate < 1.0
         self._slow_s = settings.slow_ms / 1000.0
         is_json = settings.format == "json"
         self._format: Callable[[list[Any], float], str] = _JsonLines() if is_json else _text
@@ -250,19 +253,32 @@ class AccessLog:
         self.flush()  # lines recorded without a writer, or after it stopped
 
     def record(self, conn: Any, request: Any, status: int, body_bytes: int, sink: Sink | None = None) -> None:
-        """Keep the line of one response for the writer (on the event loop; one deque extend).
+        """Keep the line of one response for the writer (on the event loop; one deque extend). Never raises:
+        while tracing is off this is the protocol's ``on_response`` hook itself (`Observer.hook`), a
+        frame fewer per request.
 
-        `sink`: the request's runner call traces; their round trips are summed here (runner time), so
-        the entry does not keep them alive until the writer's turn.
+        `sink`: the request's runner call traces (default: those of its `RequestContext`, ``request.ctx``);
+        their round trips are summed here (runner time), so the entry does not keep them alive until
+        the writer's turn. Written for few bytecodes: the loop runs it for every response.
         """
-        now = time.monotonic()
-        seconds = now - (request.t_begin or request.t_parsed)
-        if self._rate < 1.0 and status < 500 and seconds < self._slow_s and random.random() >= self._rate:
-            return
-        client = getattr(conn, "access_client", None) or _client_of(conn)
-        self._pending.extend((now, client, request.method or b"-", request.path or b"-", status,
-                              len(request.body), body_bytes, seconds, runner_seconds(sink) if sink else 0.0,
-                              request.request_id or b"-"))
+        try:
+            now = _monotonic()
+            seconds = now - (request.t_begin or request.t_parsed)
+            if self._sampled and status < 500 and seconds < self._slow_s and _random() >= self._rate:
+                return
+            try:
+                client = conn.access_client  # a plain attribute load; a getattr call costs more
+            except AttributeError:
+                client = _client_of(conn)
+            if sink is None:
+                ctx = request.ctx
+                sink = ctx.sink if ctx is not None else None
+            self._pending.extend((now, client, request.method or b"-", request.path or b"-", status,
+                                  len(request.body), body_bytes, seconds, runner_seconds(sink) if sink else 0.0,
+                                  request.request_id or b"-"))
+        except Exception:
+            _log.exception("recording the access line of request %s failed",
+                           getattr(request, "request_id", b"").decode("latin-1"))
 
     def add(self, entry: Entry) -> None:
         """Queue one entry as it is (tests; `record` builds its own)."""

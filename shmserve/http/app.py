@@ -143,7 +143,7 @@ class App:
     @property
     def on_response(self) -> Any:
         """The hook for ``ServerState.on_response``: None while the access log and tracing are off."""
-        return self.observer.on_response if self.observer.active else None
+        return self.observer.hook
 
     def close(self) -> None:
         """Flush and stop the access log and the span exporter."""

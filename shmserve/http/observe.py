@@ -3,7 +3,7 @@
 `Observer.begin` gives an API request a `RequestContext` when anything wants
 to know about it (the access log, a sampled trace, a caller's
 ``X-Shmserve-Trace``); the context collects the runner calls' traces. The
-protocol's ``on_response`` hook (`Observer.on_response`) then only appends
+protocol's ``on_response`` hook (`Observer.hook`) then only appends
 tuples: the access line's fields to the access log's queue, and a sampled
 request's context and end time to the span queue. One writer thread wakes
 every `FLUSH_S` seconds, formats and writes the waiting access lines and
@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from ..config.schema import AccessLogSettings, TracingSettings
@@ -85,12 +86,20 @@ class Observer:
         ctx = request.ctx = RequestContext(api, parent, timeline)
         return ctx
 
+    @property
+    def hook(self) -> Callable[[HttpProtocol, Request, int, int], None] | None:
+        """The protocol's ``on_response`` hook: None while nothing observes; the access log's `record`
+        itself while tracing is off (no frame of ours around it); else `on_response`."""
+        if self.tracer is None:
+            return self.access_log.record if self.access_log is not None else None
+        return self.on_response
+
     def on_response(self, conn: HttpProtocol, request: Request, status: int, body_bytes: int) -> None:
-        """The protocol's hook: queue the access line and the spans for the writer (never raises)."""
+        """The protocol's hook while tracing is on: queue the access line and the spans for the writer (never raises)."""
         ctx: RequestContext | None = request.ctx
         try:
             if self.access_log is not None:
-                self.access_log.record(conn, request, status, body_bytes, ctx.sink if ctx is not None else None)
+                self.access_log.record(conn, request, status, body_bytes)  # the sink: ctx's
             if ctx is not None and ctx.parent is not None:
                 self._traced.append((ctx, request.method, request.path, status, request.request_id, time.monotonic()))
         except Exception:

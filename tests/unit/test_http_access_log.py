@@ -258,3 +258,17 @@ def test_a_flush_leaves_no_tracked_object_per_line_behind_while_it_formats() -> 
     finally:
         gc.enable()
     assert log.written == 1000 and grown < 50, f"a flush of 1000 lines made {grown} tracked objects"
+
+
+def test_the_hook_is_record_itself_while_tracing_is_off_and_it_never_raises(caplog: pytest.LogCaptureFixture) -> None:
+    h = Harness(settings=ApiServerSettings(logging=LoggingSettings(access=AccessLogSettings(enabled=True))),
+                access_log=AccessLog(AccessLogSettings(enabled=True), [Capture()]))
+    try:
+        assert h.app.on_response == h.app.observer.access_log.record  # type: ignore[union-attr]
+        broken = Request(b"GET", b"/x", {}, b"", True)
+        broken.t_parsed = None  # type: ignore[assignment]  # a request that cannot be measured
+        with caplog.at_level(logging.ERROR, "shmserve.http"):
+            h.app.on_response(object.__new__(HttpProtocol), broken, 200, 0)
+        assert "recording the access line" in caplog.text and h.app.observer.access_log.waiting == 0  # type: ignore[union-attr]
+    finally:
+        h.close()
