@@ -259,7 +259,7 @@ class NumpyNdarray(IODescriptor):
     # -- encoding -------------------------------------------------------------
     def encode(self, value: Any, accept: bytes) -> tuple[bytes, bytes, bytes]:
         """Encode an array per `accept`: ``.npy``, raw bytes with dtype/shape headers, or JSON."""
-        arr = to_numpy(value)
+        arr = value if type(value) is np.ndarray else to_numpy(value)
         if accept:
             if _CT_NPY in accept:
                 head, data = encode_npy(arr)

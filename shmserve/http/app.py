@@ -51,6 +51,10 @@ log = logging.getLogger("shmserve.http")
 traces.tagging = True  # this process serves HTTP: its runner calls carry the request's ID (`call_request_id`)
 
 _TRACE_HEADER = b"x-shmserve-trace"
+# A request's task is made here, not by loop.create_task: on Python 3.11 a task given no name formats
+# "Task-<n>" in its __init__ (a fifth of making it), and uvloop's create_task is one more call around it.
+_Task = asyncio.Task
+_TASK_NAME = "shmserve-request"
 _OTHER = "-"  # metrics label for requests that match no API
 # Result types seen not to stream: `is_stream` asks hasattr(__aiter__), which for an ndarray raises
 # and swallows an AttributeError per request; a type answers the same every time (bounded: types
@@ -181,14 +185,15 @@ class App:
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         if api.input.decode_in_steps(request.body, request.headers):
-            conn.task = loop.create_task(self._decode_in_steps(api, request, conn, start))
+            conn.task = _Task(self._decode_in_steps(api, request, conn, start), loop=loop, name=_TASK_NAME)
             return
         try:
             value = api.input.decode(request.body, request.headers)
         except Exception as exc:
             self._decode_failed(conn, api, start, exc)
             return
-        conn.task = loop.create_task(self._serve_call(api, value, request, conn, start))
+        call = self._serve_call if _TRACE_HEADER in request.headers or self.observer.active else self._call  # most: one frame less
+        conn.task = _Task(call(api, value, request, conn, start), loop=loop, name=_TASK_NAME)
 
     def _decode_failed(self, conn: HttpProtocol, api: API, start: float, exc: Exception) -> None:
         if isinstance(exc, ShmserveError):

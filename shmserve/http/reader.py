@@ -115,8 +115,17 @@ class RequestReader:
         rest.at = 0.0
         size = len(data)
         start = 0
-        if _http is not None and not self.in_message and not self.state.shutting_down:
-            start = self._feed_plain(data, now)  # httptools goes on from the first request the C did not take
+        state = self.state
+        if _http is not None and not self.in_message and not state.shutting_down:
+            # The plain requests at its start, built in C (here, not in a method: every read comes here);
+            # httptools goes on from the first request the C did not take.
+            queue = self.queue
+            requests, start = _http.parse(data, 0, Request, now, state.max_url_bytes, state.max_header_bytes,  # type: ignore[union-attr]
+                                          state.max_body_bytes, max(1, PIPELINE_HIGH + 1 - len(queue)))
+            queue.extend(requests)
+            self.completed += len(requests)
+            if len(queue) > PIPELINE_HIGH:
+                self.conn.pause_reading()
             if start == size:
                 return
         elif size <= SLICE:
@@ -134,17 +143,6 @@ class RequestReader:
             self._feed_slice(view[start:start + step], ended)
             start += step
             ended = False
-
-    def _feed_plain(self, data: bytes | memoryview, now: float) -> int:
-        """Queue the plain requests at the start of `data`, built in C; the offset of the first one it left."""
-        state, queue = self.state, self.queue
-        requests, end = _http.parse(data, 0, Request, now, state.max_url_bytes, state.max_header_bytes,  # type: ignore[union-attr]
-                                    state.max_body_bytes, max(1, PIPELINE_HIGH + 1 - len(queue)))
-        queue.extend(requests)
-        self.completed += len(requests)
-        if len(queue) > PIPELINE_HIGH:
-            self.conn.pause_reading()
-        return end
 
     def _feed_slice(self, data: bytes | memoryview, ended: bool = False) -> None:
         """Parse `data` with httptools (`ended`: an earlier request ended just before it, in the same read)."""

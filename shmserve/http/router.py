@@ -41,7 +41,5 @@ class Router:
             if api.route_bytes in self.routes:
                 raise ValueError(f"API {api.name!r} route {api.route!r} clashes with a server endpoint")
             self.routes[api.route_bytes] = Route(api.route_bytes, b"POST", api=api)
-
-    def resolve(self, path: bytes) -> Route | None:
-        """The route of `path`, or None (404)."""
-        return self.routes.get(path)
+        #: the route of a path, or None (404): the dict's own get, so a request costs no Python frame here
+        self.resolve: Callable[[bytes], Route | None] = self.routes.get
