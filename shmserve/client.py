@@ -35,7 +35,7 @@ from .shm.extra import EXTERNAL, results_in_place
 from .shm.message import decode_result, encode_call, view
 from .shm.signal import Signal
 from .shm.wire import DEFAULT_SLOTS, MAX_TENSORS, META_ALIGN, META_INLINE_MAX, TensorMeta, layout, request_align
-from .tensors import from_wire, numpy_dtype
+from .tensors import KIND_NUMPY, from_wire, numpy_dtype
 from .traces import TraceHook, add_trace_hook, call_traces, remove_trace_hook  # noqa: F401  (public here too)
 from .watchdog import WatchdogLimits
 
@@ -113,7 +113,8 @@ class RunnerClient(StreamingCalls):
         # Inputs that lie in a client's registered object are read in place by the worker (shm.extra).
         external = EXTERNAL.locate_all(tensors) if EXTERNAL.active else None
         local = tensors if external is None else [t for t, e in zip(tensors, external) if e is None]
-        offsets, end = layout(local, 0)  # wire.block_layout, inlined: once per call
+        offsets, end, align = (([0], local[0][0].nbytes, local[0][0].dtype.itemsize or 1) if len(local) == 1 else
+                               (*layout(local, 0), request_align(local)))  # wire.block_layout inlined; one tensor: at 0
         meta_off = (end + META_ALIGN - 1) & ~(META_ALIGN - 1)
         nbytes = meta_off + len(meta) if len(meta) > META_INLINE_MAX else end
         if nbytes > self.arena_bytes:
@@ -121,7 +122,6 @@ class RunnerClient(StreamingCalls):
                 f"input of {nbytes / 2**20:.1f} MB exceeds the {self.arena_bytes / 2**20:.0f} MB arena of runner "
                 f"{self.name!r}; raise Runner(arena_mb=...) or runners.{self.name}.arena_mb in the config"
             )
-        align = request_align(local)
         now = time.monotonic()
         if deadline is not None and deadline <= now:
             raise RunnerTimeout(f"call to {self.name}.{method}: its deadline passed before it was sent")
@@ -322,6 +322,16 @@ class Codec:
 
     def decode(self, link: Link, tmetas: list[TensorMeta], meta: bytes, block_off: int, block_len: int) -> Any:
         """Rebuild the result in `link`'s result block at `block_off`."""
+        if not meta and block_len <= COPY_RESULT_MAX and len(tmetas) == 1:
+            t = tmetas[0]
+            if not t.segment and t.kind == KIND_NUMPY:
+                # The common small result, one numpy array: copied out here, without the general path's
+                # view, from_wire, list and decode_result frames (once per call).
+                arena = link.result_arena
+                try:
+                    return np.ndarray(t.shape, numpy_dtype(t.dtype), arena, t.offset).copy()
+                finally:  # copied out, or not rebuildable: either way the block goes back to the worker
+                    free_block(arena, block_off, block_len)
         if tmetas and tmetas[0].segment:  # written by the worker straight into a client region (shm.extra)
             return decode_result(results_in_place(link._extra, tmetas), meta, self.device)  # type: ignore[attr-defined]
         if not tmetas or block_len <= COPY_RESULT_MAX:

@@ -33,7 +33,10 @@ def test_a_small_result_is_copied_out_and_its_block_freed() -> None:
     meta = TensorMeta(128, x.nbytes, "<f4", (2, 3), KIND_NUMPY)
     out = Codec().decode(link, [meta], b"", _BLOCK_OFF, _BLOCK_LEN)  # type: ignore[arg-type]
     np.testing.assert_array_equal(out, x)
+    assert out.dtype == np.float32 and out.shape == (2, 3)
     assert _state(link) == BLOCK_FREE
+    link.result_arena[128:128 + x.nbytes] = bytes(x.nbytes)  # the worker reuses the freed block
+    np.testing.assert_array_equal(out, x)  # a copy, not a view of the block
 
 
 def test_a_result_that_cannot_be_rebuilt_still_gives_its_block_back() -> None:
