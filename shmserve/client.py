@@ -368,11 +368,13 @@ class RemoteMethod:
         self.streams = bool(client.methods.get(name, {}).get("stream"))
 
     def run(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
-        self._check(False)
+        if self.streams:  # checked here, not by calling _check: no frame on the call path
+            self._check(False)
         return self._client.call(self.name, args, kwargs, timeout)
 
     def async_run(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Coroutine[Any, Any, Any]:
-        self._check(False)
+        if self.streams:
+            self._check(False)
         return self._client.async_call(self.name, args, kwargs, timeout)  # the call's coroutine: no frame around it
 
     def stream(self, *args: Any, timeout: float | None = None, **kwargs: Any) -> Iterator[Any]:

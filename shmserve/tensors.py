@@ -152,7 +152,7 @@ def to_wire(x: Any, where: str) -> tuple[np.ndarray, int, str]:
     """
     if isinstance(x, np.ndarray):
         arr, kind = x, KIND_NUMPY
-        dtype_str = _dtype_str(arr.dtype, where)
+        dtype_str = _DTYPE_STRS.get(arr.dtype) or _dtype_str(arr.dtype, where)  # a known dtype: no frame
     else:  # a torch tensor (device kinds are routed to shmserve.gpu before this)
         t = x.detach()
         if t.device.type != "cpu":
