@@ -61,6 +61,9 @@ def test_small_values_are_written_at_once() -> None:
     big = np.zeros((1000, 784), np.float32)
     assert NumpyNdarray().encode_in_steps(big, b"application/json") and JSON().encode_in_steps({"y": big}, b"")
     assert not NumpyNdarray().encode_in_steps(big, b"application/x-npy")
+    # no Accept header, an ndarray: NumpyNdarray answers without json_in_steps, by the same rule
+    for value in (big, A, np.zeros((), np.float32), big[:, :1], np.zeros(300_000, np.float64)):
+        assert NumpyNdarray().encode_in_steps(value, b"") == json_in_steps(value)
 
 
 def test_the_descriptors_answer_in_steps_as_they_answer_at_once() -> None:
