@@ -45,7 +45,7 @@ from .descriptor import (
     media_type,
 )
 from .errors import InvalidInput, UnsupportedMediaType
-from .jsonarray import array_steps
+from .jsonarray import array_steps, native_array
 from .jsonscan import PIECE_BYTES, run, run_async
 from .jsonvalue import value_steps
 from .npy import CACHE_LIMIT as _CACHE_LIMIT
@@ -166,6 +166,10 @@ class NumpyNdarray(IODescriptor):
         return array_steps(body, self.dtype)
 
     def _from_json(self, body: bytes) -> np.ndarray:
+        if len(body) <= PIECE_BYTES and not self._json_infer_first:  # `array_steps`' answer without its generator
+            arr = native_array(body, self.dtype)
+            if arr is not None:
+                return self._json_ndim(arr)
         return self._json_ndim(run(self._json_steps(body)))
 
     @staticmethod
