@@ -322,11 +322,14 @@ class Codec:
 
     def decode(self, link: Link, tmetas: list[TensorMeta], meta: bytes, block_off: int, block_len: int) -> Any:
         """Rebuild the result in `link`'s result block at `block_off`."""
-        if not meta and block_len <= COPY_RESULT_MAX and len(tmetas) == 1:
+        if not meta and len(tmetas) == 1:
             t = tmetas[0]
             if not t.segment and t.kind == KIND_NUMPY:
-                # The common small result, one numpy array: copied out here, without the general path's
+                # The common result, one numpy array: copied out or leased here, without the general path's
                 # view, from_wire, list and decode_result frames (once per call).
+                if block_len > COPY_RESULT_MAX:
+                    return np.ndarray(t.shape, numpy_dtype(t.dtype), link.lease(block_off, block_len),
+                                      t.offset - block_off)
                 arena = link.result_arena
                 try:
                     return np.ndarray(t.shape, numpy_dtype(t.dtype), arena, t.offset).copy()
