@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Generator
+from contextlib import closing
 from typing import Any, TypeVar
 
 import numpy as np
@@ -51,11 +52,12 @@ _FIND_BYTES = 4 * 1024 * 1024
 
 def run(steps: Steps[T]) -> T:
     """The result of `steps`, computed at once."""
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
+    with closing(steps):
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
 
 
 async def run_async(steps: Steps[T], budget_s: float | None = None) -> T:
@@ -64,14 +66,17 @@ async def run_async(steps: Steps[T], budget_s: float | None = None) -> T:
         budget_s = STEP_BUDGET_S
     clock = time.perf_counter
     until = clock() + budget_s
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-        if clock() >= until:
-            await asyncio.sleep(0)
-            until = clock() + budget_s
+    # Closed however this ends: a cancelled request's decode gives back at once what it holds (the
+    # collector's full collections, `shmserve.collector`) instead of whenever its frame is collected.
+    with closing(steps):
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            if clock() >= until:
+                await asyncio.sleep(0)
+                until = clock() + budget_s
 
 
 def skip_space(body: Any, i: int) -> int:

@@ -18,12 +18,12 @@ the caller learns from elsewhere in the document
 """
 from __future__ import annotations
 
-import gc
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from .collector import PieceDecode
 from .errors import InvalidInput
 from .jsonscan import PIECE_BYTES, Steps, find_close, find_colon, has_quote, run, skip_space, spans
 
@@ -61,23 +61,18 @@ def value_steps(body: Any, piece_bytes: int = PIECE_BYTES, number_paths: frozens
     close = yield from find_close(body, start, len(body), piece_bytes)
     if skip_space(body, close + 1) != len(body):
         raise InvalidInput("request body is not valid JSON (data after the value); send one JSON value")
-    # The lists already parsed are moved out of the collector's generations after each piece (gc.freeze):
-    # otherwise every young-generation pass walks each number of hundreds of fresh row lists, 5-15 ms
-    # at a time. Only when nothing else has frozen objects (a pre-fork server may have); they are given
-    # back (gc.unfreeze, to the oldest generation) when the decode ends, however it ends.
-    freeze = gc.isenabled() and gc.get_freeze_count() == 0
-    try:
-        return (yield from _container(body, start, close, _Options(piece_bytes, number_paths, freeze), ()))
-    finally:
-        if freeze:
-            gc.unfreeze()
+    # The lists already parsed settle into the oldest generation after each piece, and full collections
+    # wait until the decode ends (`shmserve.collector`): otherwise every young pass walks each number of
+    # hundreds of fresh row lists, 5-15 ms at a time, and every full one all the rows parsed so far.
+    with PieceDecode() as decode:
+        return (yield from _container(body, start, close, _Options(piece_bytes, number_paths, decode), ()))
 
 
 @dataclass(frozen=True)
 class _Options:
     piece_bytes: int
     number_paths: frozenset[Path]
-    freeze: bool = False
+    decode: PieceDecode
 
 
 def _container(body: Any, open_at: int, close_at: int, opts: _Options, path: Path) -> Steps[Any]:
@@ -107,8 +102,7 @@ def _container(body: Any, open_at: int, close_at: int, opts: _Options, path: Pat
             out.update(_loads(b"{" + text + b"}"))
         else:
             out.extend(_loads(b"[" + text + b"]"))
-        if opts.freeze:
-            gc.freeze()
+        opts.decode.piece_done()
         yield
     return out
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+from ..collector import freeze_startup
 from ..config import ApiServerSettings
 from ..config.serve import ServeConfig
 from ..errors import ConfigError
@@ -136,6 +137,9 @@ def run_api_worker(spec: APIWorkerSpec, sock: socket.socket, status: Connection)
         except BaseException as exc:
             report_error(status, f"an on_startup hook raised {type(exc).__name__}: {exc}\n{traceback.format_exc()}")
             raise SystemExit(1) from exc
+        # What start-up built (the service, its imports, the hooks' models) lives as long as the process:
+        # out of the collector's generations, a full collection no longer walks it (`shmserve.collector`).
+        freeze_startup()
         loop.run_until_complete(_serve(server, sock, status, grpc_server, api.graceful_shutdown_timeout))
         loop.run_until_complete(app.shutdown())
     finally:

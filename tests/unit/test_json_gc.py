@@ -1,17 +1,26 @@
-"""A large JSON() body decoded in steps keeps the collector's generations small, and leaves gc as it was."""
+"""A large JSON() body decoded in steps keeps the collector's generations small and holds full collections off
+until it ends, and leaves gc as it was: thresholds given back, a start-up freeze kept (`shmserve.collector`)."""
 from __future__ import annotations
 
+import asyncio
 import gc
+import weakref
+from collections.abc import Iterator
 
 import orjson
 import pytest
 
-from shmserve import jsonvalue
+from shmserve import collector
+from shmserve.collector import freeze_startup
 from shmserve.errors import InvalidInput
+from shmserve.jsonscan import run, run_async
 from shmserve.jsonvalue import value_steps
 
 ROWS = [[i + 0.5] * 200 for i in range(1500)]  # ~1.8 MB of JSON, 1500 row lists
 BODY = orjson.dumps(ROWS)
+PAIRS = [[i, i + 1] for i in range(40_000)]  # ~0.6 MB, thousands of lists in each 32 KiB piece
+PAIRS_BODY = orjson.dumps(PAIRS)
+PIECE = 32 * 1024
 
 
 def _young_sizes(steps) -> tuple[list[int], object]:
@@ -21,75 +30,163 @@ def _young_sizes(steps) -> tuple[list[int], object]:
             next(steps)
         except StopIteration as done:
             return sizes, done.value
-        if gc.get_freeze_count():  # once the container's pieces are being parsed (after finding its end)
-            sizes.append(len(gc.get_objects(0)) + len(gc.get_objects(1)))
+        sizes.append(len(gc.get_objects(0)) + len(gc.get_objects(1)))
+
+
+def _full_collections() -> tuple[list[int], object]:
+    runs: list[int] = []
+
+    def count(phase: str, info: dict) -> None:
+        if phase == "stop" and info["generation"] == 2:
+            runs.append(1)
+    return runs, count
 
 
 @pytest.fixture(autouse=True)
-def _gc_enabled():
-    was = gc.isenabled()
+def _gc_as_it_was() -> Iterator[None]:
+    was, threshold = gc.isenabled(), gc.get_threshold()
     gc.enable()
     yield
+    gc.set_threshold(*threshold)
     if not was:
         gc.disable()
 
 
-def test_the_rows_already_parsed_leave_the_young_generations() -> None:
-    sizes, value = _young_sizes(value_steps(BODY, piece_bytes=32 * 1024))
+@pytest.fixture(params=[False, True], ids=["nothing-frozen", "start-up-frozen"])
+def startup_frozen(request: pytest.FixtureRequest) -> Iterator[bool]:
+    if request.param:
+        gc.freeze()
+    yield request.param
+    if request.param:
+        gc.unfreeze()
+
+
+def test_the_rows_already_parsed_leave_the_young_generations(startup_frozen: bool) -> None:
+    gc.collect()  # young generations empty when the decode starts
+    sizes, value = _young_sizes(value_steps(BODY, piece_bytes=PIECE))
     assert value == ROWS and len(sizes) > 40
-    # Each step's rows are frozen after it: what a young pass would walk stays about one piece's rows
-    # (~20 here), not the thousands parsed so far.
+    # Each step's rows settle in the oldest generation after it: what a young pass would walk stays
+    # about one piece's rows (~20 here), not the thousands parsed so far; a start-up freeze changes nothing.
     assert max(sizes) < 600, max(sizes)
-    assert gc.get_freeze_count() == 0  # given back at the end
 
 
-def test_a_failed_or_abandoned_decode_gives_the_frozen_objects_back() -> None:
+def test_full_collections_wait_until_the_decode_ends(startup_frozen: bool) -> None:
+    # Thresholds that make a full collection due after every few young ones: thousands of pair lists
+    # per piece trigger young passes within each orjson call.
+    gc.collect()
+    gc.set_threshold(100, 1, 1)
+    runs, count = _full_collections()
+    gc.callbacks.append(count)
+    try:
+        assert run(value_steps(PAIRS_BODY, piece_bytes=PIECE)) == PAIRS
+        during = len(runs)
+        for _ in range(3):
+            junk = [[] for _ in range(1000)]  # young passes again, after the decode
+            del junk
+    finally:
+        gc.callbacks.remove(count)
+    assert during == 0
+    assert len(runs) > 0  # full collections run again once the decode ended
+    assert gc.get_threshold() == (100, 1, 1)
+
+
+def test_a_hold_of_more_than_HOLD_MAX_S_lets_one_full_collection_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Decodes that overlap without end must not keep the oldest generation's cyclic garbage forever.
+    monkeypatch.setattr(collector, "HOLD_MAX_S", 0.0)
+    runs, count = _full_collections()
+    gc.callbacks.append(count)
+    try:
+        assert run(value_steps(BODY, piece_bytes=PIECE)) == ROWS
+    finally:
+        gc.callbacks.remove(count)
+    assert len(runs) > 10  # one per piece here, with no time allowed
+
+
+def test_the_hold_is_given_back_however_the_decode_ends() -> None:
+    threshold = gc.get_threshold()
     with pytest.raises(InvalidInput):
-        _young_sizes(value_steps(BODY[:-1] + b",]", piece_bytes=32 * 1024))
-    assert gc.get_freeze_count() == 0
-    steps = value_steps(BODY, piece_bytes=32 * 1024)
+        run(value_steps(BODY[:-1] + b",]", piece_bytes=PIECE))
+    assert gc.get_threshold() == threshold
+    steps = value_steps(BODY, piece_bytes=PIECE)
     for _ in range(10_000):
         next(steps)
-        if gc.get_freeze_count():
+        if gc.get_threshold() != threshold:
             break
-    assert gc.get_freeze_count() > 0
+    assert gc.get_threshold() != threshold  # held while the pieces are parsed
     steps.close()  # a client that went away: the task stops iterating
-    assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == threshold
 
 
-def test_objects_someone_else_froze_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Watched through the calls the decoder makes, not through gc.get_freeze_count(): frozen objects that
-    # other tests left behind may be freed meanwhile, which lowers the count without anyone unfreezing.
-    calls: list[str] = []
+def test_a_cancelled_request_gives_the_hold_back_at_once() -> None:
+    threshold = gc.get_threshold()
 
-    class WatchedGc:
-        isenabled = staticmethod(gc.isenabled)
-        get_freeze_count = staticmethod(gc.get_freeze_count)
+    async def main() -> None:
+        task = asyncio.create_task(run_async(value_steps(BODY, piece_bytes=PIECE), budget_s=0.0))
+        for _ in range(10_000):
+            await asyncio.sleep(0)
+            if gc.get_threshold() != threshold:
+                break
+        assert gc.get_threshold() != threshold
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # Not whenever the collector frees the task's frame (with full collections held, perhaps never).
+        assert gc.get_threshold() == threshold
+    asyncio.run(main())
 
-        @staticmethod
-        def freeze() -> None:
-            calls.append("freeze")
-            gc.freeze()
 
-        @staticmethod
-        def unfreeze() -> None:
-            calls.append("unfreeze")
-            gc.unfreeze()
+def test_overlapping_decodes_hold_until_the_last_one_ends() -> None:
+    threshold = gc.get_threshold()
+    first, second = value_steps(BODY, piece_bytes=PIECE), value_steps(BODY, piece_bytes=PIECE)
+    while gc.get_threshold() == threshold:
+        next(first)
+    while collector._hold.holders < 2:  # the second one past its scan, parsing pieces too
+        next(second)
+    assert run(first) == ROWS
+    assert gc.get_threshold() != threshold  # the second decode still holds
+    assert run(second) == ROWS
+    assert gc.get_threshold() == threshold
 
-    monkeypatch.setattr(jsonvalue, "gc", WatchedGc)
-    assert _young_sizes(value_steps(BODY, piece_bytes=32 * 1024))[1] == ROWS
-    assert calls and calls[-1] == "unfreeze"  # the watch sees the decoder's calls when nothing else is frozen
-    calls.clear()
+
+def test_a_start_up_freeze_survives_a_large_decode() -> None:
+    marker: list[object] = []
     gc.freeze()
     try:
-        assert gc.get_freeze_count() > 0
-        steps = value_steps(BODY, piece_bytes=32 * 1024)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                value = done.value
-                break
-        assert value == ROWS and calls == []
+        assert run(value_steps(BODY, piece_bytes=PIECE)) == ROWS
+        assert not any(o is marker for g in range(3) for o in gc.get_objects(g))  # still frozen
+    finally:
+        gc.unfreeze()
+    assert any(o is marker for o in gc.get_objects(2))  # (the probe sees an unfrozen object)
+
+
+def test_a_disabled_collector_is_left_alone() -> None:
+    threshold = gc.get_threshold()
+    gc.disable()
+    runs, count = _full_collections()
+    gc.callbacks.append(count)
+    try:
+        steps = value_steps(BODY, piece_bytes=PIECE)
+        sizes, value = _young_sizes(steps)
+        assert value == ROWS and gc.get_threshold() == threshold
+        assert max(sizes) > 1500  # nothing collected the rows
+    finally:
+        gc.callbacks.remove(count)
+        gc.enable()
+    assert runs == []
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_freeze_startup_collects_the_start_up_garbage_and_freezes_the_rest() -> None:
+    garbage, kept = _Cycle(), _Cycle()
+    collected = weakref.ref(garbage)
+    del garbage
+    try:
+        freeze_startup()
+        assert collected() is None  # garbage is not frozen for the life of the process
+        assert not any(o is kept for g in range(3) for o in gc.get_objects(g))
     finally:
         gc.unfreeze()
