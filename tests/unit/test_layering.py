@@ -42,6 +42,7 @@ ALLOWED: dict[str, set[str]] = {
     "_native": set(),  # the optional C accelerators' loader: imported by the parts they speed up
     "traces": set(),
     "batching": set(),
+    "collector": set(),  # the cyclic collector's settings in a serving process (start-up freeze, decode holds)
     "context": set(),
     "cli": set(),
     "deadline": set(),
@@ -56,12 +57,12 @@ ALLOWED: dict[str, set[str]] = {
     "calling": {"_native", "deadline", "errors", "gpu", "lease", "registry", "shm", "traces", "watchdog"},
     "worker": {"_native", "batching", "calling", "errors", "gpu", "lease", "model", "process", "registry", "shm", "watchdog",
                "worker_stats"},
-    "io": {"_native", "errors"},
+    "io": {"_native", "collector", "errors"},
     "service": {"errors", "io", "model"},
     "oip": {"errors", "io", "model", "service", "shm"},  # shm: regions hand their mappings to shm.extra
     "config": {"errors", "model", "service", "shm", "watchdog"},
     "models": {"errors", "registry", "model", FACE},
-    "http": {"_native", "calling", "config", "context", "errors", "io", "model", "oip", "process", "registry", "service", "shm",
+    "http": {"_native", "calling", "collector", "config", "context", "errors", "io", "model", "oip", "process", "registry", "service", "shm",
              "traces", "worker", "worker_stats", FACE},
     "deploy": {"config", "errors", "models", "shm", FACE},
     "compat": {"context", "errors", "io", "model", "service"},
