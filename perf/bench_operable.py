@@ -73,6 +73,11 @@ def export_tree(rev: str, into: Path) -> None:
     with tarfile.open(archive) as tar:
         tar.extractall(into / "src", filter="data")
     archive.unlink()
+    # Its C accelerators built as this tree's are (pip install -e . builds them): an exported tree served
+    # without them would run the pure-Python twins and flatter every change measured against it.
+    if (into / "src" / "shmserve" / "_native").is_dir():
+        subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=into / "src", check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def start(kind: str, tree: Path, port: int, log: Path) -> subprocess.Popen:
