@@ -12,9 +12,18 @@ connections, the order rotated every round:
   1% sample rate (console exporter: spans go to the server's log, like the
   access lines).
 
-Prints, per connection count, the median req/s and p99 over the rounds and the
-ratios off/before and on/off (with their range over rounds), and writes them
-to ``perf/results/operable_<stamp>.json``. With ``--instructions`` it first
+Around every wrk run the CPU time of each process of the server is read
+(`perf.process_cost`, as `perf.bench_saturation` does): **CPU µs per request**
+of the API worker (its access-log writer thread included), the runner worker
+and the supervisor. On a shared machine req/s moves with the load by more than
+the cost measured here; CPU per request moves far less, and on/off of the API
+worker's CPU per request is the req/s ratio a CPU-bound API worker would give.
+
+Prints, per connection count, the medians over the rounds of req/s, p50/p99
+and CPU µs per request per process, and the ratios off/before and on/off of
+req/s and of CPU per request (API worker, runner worker, all processes), each
+taken per round and given as median [min-max]; writes them to
+``perf/results/operable_<stamp>.json``. With ``--instructions`` it first
 counts an API worker's instructions per request, off and on, under callgrind
 (`perf.callgrind_api`, both at once): a figure the machine's load does not
 move, where req/s on a shared machine moves by more than the cost measured.
@@ -31,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -44,10 +54,13 @@ from typing import Any
 
 from . import callgrind_api, wrk
 from .env import REPO, THREAD_ENV, bench_dir
+from .process_cost import per_request, shmserve_roles, snapshot
 from .procs import free_port, stop, wait_http
-from .stats import median
+from .stats import median, spread
 
 SERVICE = "examples.service_mlp:svc"
+CPU_ROLES = ("api_worker", "runner_worker", "supervisor", "total")
+ROLE_NAMES = {"api_worker": "api", "runner_worker": "runner", "supervisor": "supervisor", "total": "total"}
 ON_CONFIG = """\
 api_server:
   logging:
@@ -103,19 +116,23 @@ def start(kind: str, tree: Path, port: int, log: Path) -> subprocess.Popen:
 
 
 def measure(kind: str, tree: Path, connections: tuple[int, ...], duration: float, log: Path) -> dict[int, Any]:
-    """One server: warm up, then wrk at each connection count."""
+    """One server: warm up, then wrk at each connection count, with CPU µs per request per process role."""
     port = free_port()
     proc = start(kind, tree, port, log)
     body, ctype = wrk.bodies()["json"]
     url = f"http://127.0.0.1:{port}/predict"
     try:
+        pids = shmserve_roles(proc.pid, log)
         wrk.run(url, body, ctype, 8, 1.0)  # warm-up: imports, first batches, allocator
         out = {}
         for c in connections:
+            before = snapshot(pids)
             res = wrk.run(url, body, ctype, c, duration)
+            cpu, woken = per_request(pids, before, snapshot(pids), res.requests)
             if res.errors:
                 raise RuntimeError(f"{kind} server: {res.errors} errors at {c} connections; see {log}")
-            out[c] = {"rps": res.rps, "p50_ms": res.latency_ms.get("p50"), "p99_ms": res.latency_ms.get("p99")}
+            out[c] = {"rps": res.rps, "p50_ms": res.latency_ms.get("p50"), "p99_ms": res.latency_ms.get("p99"),
+                      "requests": res.requests, "cpu_us_per_request": cpu, "wakeups_per_request": woken}
         return out
     finally:
         stop(proc)
@@ -154,6 +171,59 @@ def instructions_line(fig: dict[str, dict[str, float]]) -> str:
             f"raw: every thread {pair('raw_per_request')}, event loop {pair('raw_loop_per_request')}")
 
 
+def _spread(values: list[float]) -> dict[str, float]:
+    """Median, min, max and (max - min) / median of per-round values."""
+    return {"median": median(values), "min": min(values), "max": max(values), "spread": spread(values)}
+
+
+def _cpu(run: dict[str, Any], role: str) -> float:
+    """CPU µs per request of one role in one run (role "total": the sum over the server's processes)."""
+    cpu = run["cpu_us_per_request"]
+    return float(sum(cpu.values())) if role == "total" else float(cpu.get(role, math.nan))
+
+
+def figures(runs: dict[str, list[dict[int, Any]]], c: int) -> dict[str, Any]:
+    """One connection count's figures over rounds: per kind req/s, latencies and CPU per request per role;
+    the ratios off/before and on/off of req/s and of CPU per request, taken per round (the servers of one
+    round ran within a minute of each other), as median, range and spread."""
+    fig: dict[str, Any] = {}
+    for k, kind_runs in runs.items():
+        rr = [run[c] for run in kind_runs]
+        fig[k] = {m: median([x[m] for x in rr]) for m in ("rps", "p50_ms", "p99_ms")}
+        fig[k]["rps_over_rounds"] = _spread([x["rps"] for x in rr])
+        fig[k]["cpu_us_per_request"] = {role: _spread([_cpu(x, role) for x in rr]) for role in CPU_ROLES}
+    for name, a, b in (("off_over_before", "off", "before"), ("on_over_off", "on", "off")):
+        pairs = list(zip(runs[a], runs[b]))
+        fig[name] = _spread([x[c]["rps"] / y[c]["rps"] for x, y in pairs])
+        fig[f"cpu_{name}"] = {role: _spread([_cpu(x[c], role) / _cpu(y[c], role) for x, y in pairs])
+                              for role in ("api_worker", "runner_worker", "total")}
+    return fig
+
+
+def _r(f: dict[str, float], digits: int = 3) -> str:
+    return f"{f['median']:.{digits}f} [{f['min']:.{digits}f}-{f['max']:.{digits}f}]"
+
+
+def summary_text(c: int, fig: dict[str, Any]) -> str:
+    """The lines of one connection count: req/s with its ratios, then CPU per request with its ratios."""
+    kinds = ("before", "off", "on")
+    lines = [f"c={c:<4} req/s  " + "  ".join(f"{k} {fig[k]['rps']:8.0f}" for k in kinds)
+             + f"   off/before {_r(fig['off_over_before'])}  on/off {_r(fig['on_over_off'])}",
+             "       p99 ms " + "  ".join(f"{k} {fig[k]['p99_ms']:8.2f}" for k in kinds)
+             + ";  p50 ms " + "  ".join(f"{k} {fig[k]['p50_ms']:.3f}" for k in kinds)]
+    for k in kinds:
+        cpu = fig[k]["cpu_us_per_request"]
+        lines.append(f"       CPU µs/request {k:6} " + "  ".join(f"{ROLE_NAMES[role]} {_r(cpu[role], 1)}"
+                                                              for role in CPU_ROLES))
+    for name in ("off_over_before", "on_over_off"):
+        ratio = fig[f"cpu_{name}"]
+        lines.append(f"       CPU/request {name.replace('_over_', '/'):10} " + "  ".join(
+            f"{ROLE_NAMES[role]} {_r(ratio[role])}" for role in ("api_worker", "runner_worker", "total")))
+    api = fig["cpu_on_over_off"]["api_worker"]["median"]
+    lines.append(f"       req/s on/off a CPU-bound API worker would give (its CPU/request off/on): {1 / api:.3f}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: see the module docstring."""
     p = argparse.ArgumentParser(prog="python -m perf.bench_operable", description=__doc__.split("\n\n")[0])
@@ -185,28 +255,20 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(args.rounds):
             order = kinds[r % 3:] + kinds[:r % 3]
             for kind in order:
-                runs[kind].append(measure(kind, trees[kind], conns, args.duration, tmpdir / f"{kind}.log"))
+                # a log per server run: its roles are read from the pids it logs
+                log = tmpdir / f"{kind}_r{r + 1}.log"
+                runs[kind].append(measure(kind, trees[kind], conns, args.duration, log))
                 print(f"round {r + 1}/{args.rounds} {kind}: " + ", ".join(
-                    f"c{c} {v['rps']:.0f} req/s p99 {v['p99_ms']:.2f} ms" for c, v in runs[kind][-1].items()), flush=True)
+                    f"c{c} {v['rps']:.0f} req/s p99 {v['p99_ms']:.2f} ms CPU µs/request "
+                    + " ".join(f"{ROLE_NAMES.get(role, role)} {us:.1f}" for role, us in v["cpu_us_per_request"].items())
+                    for c, v in runs[kind][-1].items()), flush=True)
     summary: dict[str, Any] = {"before_rev": rev, "rounds": args.rounds, "duration_s": args.duration,
                                "on_config": ON_CONFIG, "figures": {}, "instructions": instructions}
-    print("\nmedians over rounds (this machine is shared and noisy: read the ranges)")
+    print("\nmedians over rounds [min-max] (this machine is shared and noisy: read the ranges; "
+          "CPU per request moves far less with its load than req/s)")
     for c in conns:
-        fig: dict[str, Any] = {}
-        for k in kinds:
-            fig[k] = {m: median([run[c][m] for run in runs[k]]) for m in ("rps", "p50_ms", "p99_ms")}
-        # Ratios per round (servers of one round ran minutes apart at most), then their median and range.
-        for name, a, b in (("off_over_before", "off", "before"), ("on_over_off", "on", "off")):
-            per = [x[c]["rps"] / y[c]["rps"] for x, y in zip(runs[a], runs[b])]
-            fig[name] = {"median": median(per), "min": min(per), "max": max(per)}
-        summary["figures"][str(c)] = fig
-        print(f"c={c:<4} req/s  before {fig['before']['rps']:8.0f}  off {fig['off']['rps']:8.0f}  "
-              f"on {fig['on']['rps']:8.0f}   off/before {fig['off_over_before']['median']:.3f} "
-              f"[{fig['off_over_before']['min']:.3f}-{fig['off_over_before']['max']:.3f}]  "
-              f"on/off {fig['on_over_off']['median']:.3f} [{fig['on_over_off']['min']:.3f}-{fig['on_over_off']['max']:.3f}]")
-        print(f"       p99 ms before {fig['before']['p99_ms']:8.2f}  off {fig['off']['p99_ms']:8.2f}  "
-              f"on {fig['on']['p99_ms']:8.2f};  p50 ms before {fig['before']['p50_ms']:.3f}  "
-              f"off {fig['off']['p50_ms']:.3f}  on {fig['on']['p50_ms']:.3f}")
+        summary["figures"][str(c)] = fig = figures(runs, c)
+        print(summary_text(c, fig))
     if instructions is not None:
         print(instructions_line(instructions))
     out = REPO / "perf" / "results" / f"operable_{time.strftime('%Y%m%d-%H%M%S')}.json"

@@ -55,44 +55,16 @@ import numpy as np
 from . import wrk
 from .bench_operable import export_tree
 from .env import REPO, THREAD_ENV, bench_dir
+from .process_cost import per_request, shmserve_roles, snapshot
 from .procs import cmdline, descendants, free_port, stop, wait_http
 from .stats import median
 
-__all__ = ["main", "Server", "cpu_ticks"]
+__all__ = ["main", "Server"]
 
 SERVICE = "examples.service_mlp:svc"
 CONNECTIONS = (64, 128, 256)
 SCRIPT = Path(__file__).resolve().parent / "saturation_post.lua"
 MAX_LATENCY_MS = 10.0
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_ticks(pid: int) -> int:
-    """utime + stime of `pid` (every thread), in clock ticks; 0 once it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0
-    return int(stat[11]) + int(stat[12])
-
-
-def wakeups(pid: int) -> int:
-    """Voluntary context switches of every thread of `pid` so far: how often it slept and was woken."""
-    total = 0
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return 0
-    for tid in tids:
-        try:
-            for line in Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines():
-                if line.startswith("voluntary_ctxt_switches:"):
-                    total += int(line.split()[1])
-        except (OSError, ValueError):
-            pass  # the thread ended
-    return total
-
-
 @dataclass
 class Server:
     """One server under test: how to start it, where to POST, and which process plays which role."""
@@ -126,22 +98,6 @@ def _shmserve(tree: Path, api_workers: int = 1) -> Any:
             raise RuntimeError(f"shmserve ({tree}) did not get ready; see {log}") from None
         return proc
     return start
-
-
-def _shmserve_roles(root: int, log: Path) -> dict[int, str]:
-    from .bench_http import roles_from_log
-
-    # /readyz answers once the first API worker listens; the supervisor logs every worker's pid
-    # only when all are ready, just before its "serving" line (with several API workers, later).
-    deadline = time.monotonic() + 120
-    while "shmserve: serving" not in log.read_text(errors="replace") and time.monotonic() < deadline:
-        time.sleep(0.1)
-    known = roles_from_log(log)
-    roles = {root: "supervisor"}
-    for pid in descendants(root):
-        cmd = cmdline(pid)
-        roles[pid] = known.get(pid) or ("resource_tracker" if "resource_tracker" in cmd else "other")
-    return roles
 
 
 def _mosec() -> Server | None:
@@ -230,18 +186,9 @@ def measure(server: Server, body_set: dict[str, Any], connections: tuple[int, ..
         for body, (path, ctype, env) in body_set.items():
             wrk.run(url, path, ctype, 16, 1.0, script=SCRIPT, script_env=env)  # warm-up
             for c in connections:
-                before = {pid: (cpu_ticks(pid), wakeups(pid)) for pid in pids}
+                before = snapshot(pids)
                 res = wrk.run(url, path, ctype, c, duration, script=SCRIPT, script_env=env)
-                after = {pid: (cpu_ticks(pid), wakeups(pid)) for pid in pids}
-                n = max(1, res.requests)
-                cpu: dict[str, float] = {}
-                woken: dict[str, float] = {}
-                for pid, role in pids.items():
-                    if role in ("resource_tracker", "other"):
-                        continue
-                    # several API workers: their sum, as one role (the CPU one request costs)
-                    cpu[role] = cpu.get(role, 0.0) + (after[pid][0] - before[pid][0]) / _TICK / n * 1e6
-                    woken[role] = woken.get(role, 0.0) + (after[pid][1] - before[pid][1]) / n
+                cpu, woken = per_request(pids, before, snapshot(pids), res.requests)
                 out[f"{body}.c{c}"] = {"rps": res.rps, "p50_ms": res.latency_ms.get("p50"),
                                        "p99_ms": res.latency_ms.get("p99"), "requests": res.requests,
                                        "errors": res.errors, "cpu_us_per_request": cpu,
@@ -335,14 +282,14 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_this_tree:
             for n in (int(x) for x in args.api_workers.split(",")):
                 name = "shmserve" if n == 1 else f"shmserve_{n}api"
-                servers.append(Server(name, _shmserve(REPO, n), "/predict", _shmserve_roles))
+                servers.append(Server(name, _shmserve(REPO, n), "/predict", shmserve_roles))
         for tree in args.tree:
-            servers.append(Server(f"shmserve@{tree}", _shmserve(tree.resolve()), "/predict", _shmserve_roles))
+            servers.append(Server(f"shmserve@{tree}", _shmserve(tree.resolve()), "/predict", shmserve_roles))
         for rev in args.rev:
             into = scratch / f"rev_{len(servers)}"
             into.mkdir()
             export_tree(rev, into)
-            servers.append(Server(f"shmserve@{rev}", _shmserve(into / "src"), "/predict", _shmserve_roles))
+            servers.append(Server(f"shmserve@{rev}", _shmserve(into / "src"), "/predict", shmserve_roles))
         mosec = None if args.no_mosec else _mosec()
         if mosec is not None:
             servers.append(mosec)

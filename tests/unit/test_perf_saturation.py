@@ -7,16 +7,16 @@ import os
 import numpy as np
 import pytest
 
-from perf import bench_saturation, callgrind_api
+from perf import bench_saturation, callgrind_api, process_cost
 
 
 def test_cpu_ticks_grow_with_work_and_vanish_with_the_process() -> None:
-    before = bench_saturation.cpu_ticks(os.getpid())
+    before = process_cost.cpu_ticks(os.getpid())
     x = 0
-    while bench_saturation.cpu_ticks(os.getpid()) == before:  # bounded: CPU time always advances
+    while process_cost.cpu_ticks(os.getpid()) == before:  # bounded: CPU time always advances
         x += sum(range(10000))
-    assert bench_saturation.cpu_ticks(os.getpid()) > before
-    assert bench_saturation.cpu_ticks(2**22 + 12345) == 0  # beyond pid_max: no such process
+    assert process_cost.cpu_ticks(os.getpid()) > before
+    assert process_cost.cpu_ticks(2**22 + 12345) == 0  # beyond pid_max: no such process
 
 
 def test_raw_body_is_the_json_array_as_float32(tmp_path) -> None:
@@ -51,11 +51,11 @@ def test_wakeups_count_the_sleeps_of_every_thread() -> None:
     import threading
     import time
 
-    before = bench_saturation.wakeups(os.getpid())
+    before = process_cost.wakeups(os.getpid())
     t = threading.Thread(target=time.sleep, args=(0.01,))  # a thread that blocks once, then ends
     t.start()
     time.sleep(0.01)  # and this one blocks too
-    after = bench_saturation.wakeups(os.getpid())
+    after = process_cost.wakeups(os.getpid())
     t.join()
     assert after >= before + 1
-    assert bench_saturation.wakeups(2**22 + 12345) == 0
+    assert process_cost.wakeups(2**22 + 12345) == 0
