@@ -272,3 +272,36 @@ def test_the_hook_is_record_itself_while_tracing_is_off_and_it_never_raises(capl
         assert "recording the access line" in caplog.text and h.app.observer.access_log.waiting == 0  # type: ignore[union-attr]
     finally:
         h.close()
+
+
+def test_lines_queued_while_a_flush_takes_the_batch_are_written_once_each() -> None:
+    """The writer takes the waiting items with a slice and a slice delete while the loop keeps appending:
+    an entry appended in between must stay for the next flush, not be lost or written twice."""
+    import sys
+    import threading
+
+    cap = Capture()
+    log = AccessLog(AccessLogSettings(enabled=True, format="json"), [cap])
+    done = threading.Event()
+
+    def loop() -> None:
+        for i in range(20000):
+            log.add(_entry(i))
+        done.set()
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # the threads take turns every few bytecodes, not every 5 ms
+    try:
+        t = threading.Thread(target=loop)
+        t.start()
+        flushes = 0
+        while not done.is_set():  # bounded: the appending thread ends
+            log.flush()
+            flushes += 1
+        t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    log.flush()
+    ids = [orjson.loads(line)["request_id"] for line in cap.lines]
+    assert sorted(ids) == sorted(f"id-{i}" for i in range(20000))
+    assert flushes > 1
