@@ -258,8 +258,8 @@ class AccessLog:
         while tracing is off this is the protocol's ``on_response`` hook itself (`Observer.hook`), a
         frame fewer per request.
 
-        `sink`: the request's runner call traces (default: those of its `RequestContext`, ``request.ctx``);
-        their round trips are summed here (runner time), so the entry does not keep them alive until
+        `sink`: the request's runner call traces (default: its `RequestContext`, ``request.ctx``, which is
+        that list); their round trips are summed here (runner time), so the entry does not keep them alive until
         the writer's turn. Written for few bytecodes: the loop runs it for every response.
         """
         try:
@@ -272,8 +272,7 @@ class AccessLog:
             except AttributeError:
                 client = _client_of(conn)
             if sink is None:
-                ctx = request.ctx
-                sink = ctx.sink if ctx is not None else None
+                sink = request.ctx  # a RequestContext is its runner calls' traces (shmserve.http.observe)
             self._pending.extend((now, client, request.method or b"-", request.path or b"-", status,
                                   len(request.body), body_bytes, seconds, runner_seconds(sink) if sink else 0.0,
                                   request.request_id or b"-"))

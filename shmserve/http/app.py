@@ -219,7 +219,7 @@ class App:
         if asked or observer.active:  # checked here: most requests are not observed, and skip the call
             ctx = observer.begin(request, api.name, asked)
             if ctx is not None:  # no wrapping coroutine: its frame would be on every resumption of the task
-                return self._call(api, value, request, conn, start, ctx.timeline, asked, ctx.sink)
+                return self._call(api, value, request, conn, start, ctx.timeline, asked, ctx)
         return self._call(api, value, request, conn, start)
 
     async def _call(self, api: API, value: Any, request: Request, conn: HttpProtocol, start: float,

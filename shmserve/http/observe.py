@@ -16,13 +16,13 @@ and no thread runs.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from ..config.schema import AccessLogSettings, TracingSettings
-from ..traces import Sink
 from .access_log import AccessLog, runner_seconds
 from .flusher import FlushThread
 from .protocol import HttpProtocol, Request
@@ -30,27 +30,33 @@ from .protocol import HttpProtocol, Request
 __all__ = ["Observer", "RequestContext"]
 
 log = logging.getLogger("shmserve.http")
+_random = random.random  # looked up once: `begin` draws for every request while tracing samples
 
 # A traced request waiting for its spans: (context, method, path, status, request ID, end time).
 _Traced = tuple["RequestContext", bytes, bytes, int, bytes, float]
 
 
-class RequestContext:
-    """What an observed API request collects for its access line and spans."""
+class RequestContext(list[tuple[str, str, dict[str, float]]]):
+    """What an observed API request collects for its access line and spans.
 
-    __slots__ = ("api", "sink", "parent", "timeline")
+    It is the list of its runner calls' traces, ``(runner, method, trace)`` (`shmserve.traces`: the
+    runner client appends to it): made with no Python ``__init__`` and one object, since most
+    observed requests are only access-logged and this is made for each of them (a slotted object
+    holding a list, built by its ``__init__``, cost ~1,000 instructions more per request). A traced
+    request, or one that asked for its timeline, sets `api`, `parent` and `timeline` (`Observer.begin`);
+    the others read the class's defaults.
+    """
 
-    def __init__(self, api: str, parent: Any, timeline: dict[str, Any] | None) -> None:
-        self.api = api
-        #: ``(runner, method, trace)`` of every runner call the request made (`shmserve.traces`)
-        self.sink: Sink = []
-        #: the OpenTelemetry parent context when the request is traced, else None
-        self.parent = parent
-        self.timeline = timeline
+    #: the API's name (set when the request is traced)
+    api = ""
+    #: the OpenTelemetry parent context when the request is traced, else None
+    parent: Any = None
+    #: the ``X-Shmserve-Trace`` timeline (CLOCK_MONOTONIC times) when traced or asked for, else None
+    timeline: dict[str, Any] | None = None
 
     def runner_seconds(self) -> float:
         """Summed round trips of the request's runner calls."""
-        return runner_seconds(self.sink)
+        return runner_seconds(self)
 
 
 class Observer:
@@ -66,6 +72,12 @@ class Observer:
             tracer = Tracer(tracing, service_name)
         self.access_log = access_log
         self.tracer = tracer
+        # what `begin` samples with: the tracer's rate, and the parent of a new trace (None: no tracer)
+        self._rate: float | None = None
+        if tracer is not None:
+            from .tracing import NEW_TRACE
+
+            self._rate, self._new_trace = tracer.rate, NEW_TRACE
         self.active = access_log is not None or tracer is not None
         # The loop appends, the writer pops (deque.append and popleft are atomic: no lock).
         self._traced: deque[_Traced] = deque()
@@ -77,13 +89,22 @@ class Observer:
         """The context of an API request, or None when nobody observes it."""
         if not (asked or self.active):
             return None
-        parent = self.tracer.sample(request.headers) if self.tracer is not None else None
-        if parent is None and not asked and self.access_log is None:
-            return None  # traced only when sampled, and this one is not: nothing to collect
-        timeline = None
-        if asked or parent is not None:
-            timeline = {"begin": request.t_begin, "parsed": request.t_parsed, "decoded": time.monotonic()}
-        ctx = request.ctx = RequestContext(api, parent, timeline)
+        parent = None
+        if self._rate is not None:
+            # Tracer.sample's rule for a request without a traceparent, inline (a call less per request)
+            if self._rate < 1.0 and b"traceparent" not in request.headers:
+                if _random() < self._rate:
+                    parent = self._new_trace
+            else:
+                parent = self.tracer.sample(request.headers)
+        if parent is None and not asked:
+            if self.access_log is None:
+                return None  # traced only when sampled, and this one is not: nothing to collect
+            ctx = request.ctx = RequestContext()  # the access log's runner time only
+            return ctx
+        ctx = request.ctx = RequestContext()
+        ctx.api, ctx.parent = api, parent
+        ctx.timeline = {"begin": request.t_begin, "parsed": request.t_parsed, "decoded": time.monotonic()}
         return ctx
 
     @property
@@ -118,7 +139,7 @@ class Observer:
             if tracer is None:
                 continue
             timeline = dict(ctx.timeline or ())
-            timeline["runners"] = ctx.sink
+            timeline["runners"] = ctx
             try:
                 tracer.export(ctx.parent, method, path, ctx.api, status, rid, timeline, end)
             except Exception:  # one request's broken spans must not stop the others'

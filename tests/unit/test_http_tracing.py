@@ -265,3 +265,27 @@ def test_console_lines_keep_their_timestamps_exact_across_seconds() -> None:
     assert tracing._iso(1_700_000_000_999_999_600) == "2023-11-14T22:13:21.000000Z"
     assert tracing._iso(1_700_000_000_000_000_000) == "2023-11-14T22:13:20.000000Z"
     assert tracing._iso(1_600_000_000_123_456_000) == "2020-09-13T12:26:40.123456Z"
+
+
+def test_a_fractional_sample_rate_traces_that_fraction_of_requests_without_traceparent() -> None:
+    """One draw per request decides (Observer.begin inlines Tracer.sample's rule): 25% of 4000 requests, not
+    25% of 25%; the access-logged rest still get a context that collects their runner traces."""
+    from shmserve.config.schema import AccessLogSettings
+    from shmserve.http.observe import Observer
+    from shmserve.http.protocol import Request
+
+    settings = TracingSettings(exporter="console", sample_rate=0.25)
+    observer = Observer(AccessLogSettings(enabled=True), settings, "svc", tracer=Tracer(settings, "svc",
+                                                                                        exporter=InMemorySpanExporter()))
+    try:
+        contexts = [observer.begin(Request(b"POST", b"/p", {}, b"", True), "p", False) for _ in range(4000)]
+        with_parent = Request(b"POST", b"/p", {b"traceparent": TRACEPARENT}, b"", True)
+        traced_parent = observer.begin(with_parent, "p", False)
+    finally:
+        observer.close()
+    assert all(ctx is not None and ctx == [] for ctx in contexts)
+    traced = [ctx for ctx in contexts if ctx is not None and ctx.parent is not None]
+    assert 800 <= len(traced) <= 1200  # binomial(4000, 0.25): mean 1000, sd 27
+    assert all(ctx.timeline is not None and ctx.api == "p" for ctx in traced)
+    assert traced_parent is not None and traced_parent.parent is not None  # a sampled traceparent: always
+    assert format(traced_parent.parent.trace_id, "032x") == TRACE_ID
