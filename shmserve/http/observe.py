@@ -97,14 +97,12 @@ class Observer:
                     parent = self._new_trace
             else:
                 parent = self.tracer.sample(request.headers)
-        if parent is None and not asked:
-            if self.access_log is None:
-                return None  # traced only when sampled, and this one is not: nothing to collect
-            ctx = request.ctx = RequestContext()  # the access log's runner time only
-            return ctx
+        if parent is None and not asked and self.access_log is None:
+            return None  # traced only when sampled, and this one is not: nothing to collect
         ctx = request.ctx = RequestContext()
-        ctx.api, ctx.parent = api, parent
-        ctx.timeline = {"begin": request.t_begin, "parsed": request.t_parsed, "decoded": time.monotonic()}
+        if parent is not None or asked:  # else only the access log's runner time is collected
+            ctx.api, ctx.parent = api, parent
+            ctx.timeline = {"begin": request.t_begin, "parsed": request.t_parsed, "decoded": time.monotonic()}
         return ctx
 
     @property
