@@ -172,6 +172,12 @@ def pin_arena_of(array: np.ndarray, device: int = 0) -> PinnedRegion | None:
     root = root_buffer(array)
     if root is None:
         return None
+    # A GPU worker pins only the request arena of each channel's segment (a slice of the
+    # mapping): a view inside it is served by that region, since CUDA refuses to lock the
+    # whole mapping over it.
+    inside = _registry().find(int(array.ctypes.data), int(array.nbytes))
+    if inside is not None:
+        return inside
     view = memoryview(root)
     found = _registry().find(int(np.frombuffer(view, dtype=np.uint8).ctypes.data), view.nbytes)
     return found if found is not None else register_host(view, device=device, keep_export=False)

@@ -292,3 +292,21 @@ def test_pin_arena_of_registers_the_whole_mapping_once(drv):
         a.unregister()
         assert drv.lib.fake_registered() == 0
         del arena  # no export held by the region: the mapping closes normally
+
+
+def test_pin_arena_of_reuses_a_registered_sub_range_of_the_mapping(drv):
+    # A GPU worker page-locks only the request arena of a channel's segment (a slice of the
+    # mapping); a method calling pin_arena_of on a batch view in it must get that region,
+    # not try to lock the whole mapping over it (CUDA refuses overlapping registrations).
+    import mmap
+
+    with mmap.mmap(-1, 1 << 16) as m:
+        arena_part = memoryview(m)[4096: 4096 + 8192]
+        region = pinned.register_host(arena_part, keep_export=False)
+        arena = np.frombuffer(memoryview(m), dtype=np.float32)
+        view = arena[1024 + 16: 1024 + 80].reshape(8, 8)  # bytes 4160..4416: inside the pinned part
+        assert pinned.pin_arena_of(view) is region
+        assert drv.lib.fake_registered() == 1
+        region.unregister()
+        assert drv.lib.fake_registered() == 0
+        del arena, view, arena_part
