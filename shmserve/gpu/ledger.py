@@ -17,19 +17,39 @@ tokens whose views are dead and whose GPU work has finished. `sweep()` (in
 """
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
 from . import ipc
 from .handles import is_handle_dict
 
+# Tokens owed, per peer, of this process (by pid: a forked child starts empty), shared by every
+# ledger in it: `ipc.collect_releases` hands out the whole process's finished releases, and a
+# process has one ledger per runner client, so the ledger that collects a token is often not
+# the one that talks to its peer.
+_OWED: dict[int, tuple[dict[int, list[int]], threading.Lock]] = {}
+_OWED_LOCK = threading.Lock()
+
+
+def _owed_of_process() -> tuple[dict[int, list[int]], threading.Lock]:
+    pid = os.getpid()
+    with _OWED_LOCK:
+        owed = _OWED.get(pid)
+        if owed is None:
+            owed = _OWED[pid] = ({}, threading.Lock())
+        return owed
+
 
 class HandoffLedger:
-    """Tokens owed to each peer, plus the encode/decode walk over call values."""
+    """Tokens owed to each peer, plus the encode/decode walk over call values.
+
+    Every ledger of a process shares one table of owed tokens, so a release reaches its
+    peer whichever ledger collected it.
+    """
 
     def __init__(self) -> None:
-        self._owed: dict[int, list[int]] = {}
-        self._lock = threading.Lock()
+        self._owed, self._lock = _owed_of_process()
 
     def encode(self, value: Any, peer_pid: int | None = None) -> Any:
         """`value` with every torch CUDA tensor / CuPy array (inside tuples, lists and

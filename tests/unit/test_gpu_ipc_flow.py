@@ -305,3 +305,19 @@ def test_ledger_walks_values_and_routes_releases(fake, monkeypatch):
     assert ledger.owed_to(os.getppid()) == []
     ledger.take_back([payload[0]["token"], payload[1]["mask"]["token"]])
     assert ipc.stats()["exports"] == 0
+
+
+def test_releases_reach_their_peer_whichever_ledger_collected_them(monkeypatch):
+    # Each runner client has its own ledger, but released views are collected process-wide:
+    # a token collected while another runner's client called must still go to its own worker.
+    from shmserve.gpu.ledger import HandoffLedger
+
+    worker_a, worker_b = 1001, 1002
+    ready = [[(worker_a, 1), (worker_b, 2)]]
+    monkeypatch.setattr(ipc, "collect_releases", lambda: ready.pop() if ready else [])
+    client_a, client_b = HandoffLedger(), HandoffLedger()
+    assert client_a.owed_to(worker_a) == [1]  # collects worker_b's token too
+    assert client_b.peers() == [worker_b]
+    assert client_b.owed_to(worker_b) == [2]
+    assert client_a.owed_to(worker_b) == [] and client_b.owed_to(worker_a) == []
+    client_a.forget(worker_b)
