@@ -6,17 +6,25 @@ Run on a host with an NVIDIA GPU, torch (CUDA build) and optionally CuPy::
     python perf/gpu_bench.py              # full run (about 2-4 minutes)
     python perf/gpu_bench.py --quick      # fewer repetitions, 1,000-call leak check
     python perf/gpu_bench.py --only ipc,pinned
+    python perf/gpu_bench.py --json perf/results_gpu_h200.json
 
 Every section checks correctness before it times anything (outputs are
 poisoned with NaN first and compared with the same work done in-process),
-then prints one table and writes ``perf/results/gpu_<UTC time>.json``.
+then prints one table and writes ``perf/results/gpu_<UTC time>.json`` (or
+``--json``). A section that fails records ``<section>_error`` and the others
+still run, so one broken piece does not cost a GPU session all its figures.
 
 Sections and their targets (from the issue):
 
 * ipc     hand-off round trip of a 4 MB and a 256 MB CUDA tensor by IPC
           handle vs copying through host memory; IPC time independent of
           size and >= 50x faster at 256 MB. Also 10,000 calls with device
-          memory and outstanding exports checked before and after.
+          memory and outstanding exports checked before and after. The
+          handles travel by hand here (`HandoffLedger` on both sides, as
+          method arguments): the protocol alone.
+* transport the same through the serving path: a CUDA tensor passed to
+          ``runner.method.run`` crosses as ``{"G": handle}`` (shm.message),
+          releases ride on later messages (client.py, worker/dispatch.py).
 * pinned  host-to-device copy of a batch view out of a POSIX shm arena, page-
           locked vs pageable; >= 1.5x the bandwidth.
 * e2e     a batched torch MLP on the GPU through shmserve vs the same batches
@@ -121,7 +129,37 @@ class GpuMLPRunnable(shmserve.Runnable):
         return y.cpu().numpy()  # synchronous: the arena range may be reused after return
 
 
+class TransportRunnable(shmserve.Runnable):
+    """CUDA tensors as plain arguments and results: the transport carries the handles."""
+
+    SUPPORTED_RESOURCES = ("nvidia.com/gpu",)
+    SUPPORTS_CPU_MULTI_THREADING = False
+
+    @shmserve.Runnable.method(batchable=False)
+    def same(self, x: Any) -> Any:
+        """The input itself: comes back as the caller's own memory."""
+        return x
+
+    @shmserve.Runnable.method(batchable=False)
+    def add1(self, x: Any) -> Any:
+        """A new tensor on the worker's GPU."""
+        return x + 1
+
+    @shmserve.Runnable.method(batchable=False)
+    def handoff_stats(self) -> dict:
+        """This worker's hand-off counts, after its queued GPU work."""
+        _sync()
+        return gpu.stats()
+
+
 # -- helpers ------------------------------------------------------------------------------
+
+
+def _gpus() -> list[str]:
+    """The GPU to give each bench runner: named, so a host without /proc/driver/nvidia still serves on it."""
+    from shmserve.strategy import visible_gpus
+
+    return (visible_gpus() or ["0"])[:1]
 
 
 def _sync() -> None:
@@ -169,7 +207,7 @@ class HandoffClient:
 def section_ipc(args: argparse.Namespace, out: dict[str, Any]) -> None:
     import torch
 
-    runner = shmserve.Runner(HandoffRunnable, name="gpu-handoff", workers=1, arena_mb=320)
+    runner = shmserve.Runner(HandoffRunnable, name="gpu-handoff", workers=1, arena_mb=320, gpus=_gpus())
     with shmserve.start(runner):
         client = HandoffClient(runner)
         for size_mb in (4, 256):
@@ -228,6 +266,71 @@ def section_ipc(args: argparse.Namespace, out: dict[str, Any]) -> None:
         out["leak_import_opens_worker"] = state["worker"]["import_opens"]
 
 
+def section_transport(args: argparse.Namespace, out: dict[str, Any]) -> None:
+    import torch
+
+    runner = shmserve.Runner(TransportRunnable, name="gpu-transport", workers=1, gpus=_gpus())
+    with shmserve.start(runner):
+        for size_mb in (4, 256):
+            x = torch.randn(size_mb * MB // 4, device="cuda")
+            dest = torch.full_like(x, float("nan"))
+            r = runner.add1.run(x)
+            dest.copy_(r)
+            del r
+            _sync()
+            if not torch.equal(dest, x + 1):
+                raise SystemExit(f"transport hand-off of {size_mb} MB returned wrong values")
+            r = runner.same.run(x)
+            if r.data_ptr() != x.data_ptr():
+                raise SystemExit("transport 'same' did not come back as the caller's own memory")
+            del r, dest
+            reps = args.reps if size_mb == 4 else max(5, args.reps // 10)
+            times = []
+            for _ in range(reps + 3):
+                _sync()
+                t0 = time.perf_counter()
+                r = runner.same.run(x)
+                _sync()
+                times.append(time.perf_counter() - t0)
+                del r
+            out[f"transport_ipc_{size_mb}MB_ms"] = _median_ms(times[3:])
+        out["transport_size_ratio_256_vs_4"] = out["transport_ipc_256MB_ms"] / out["transport_ipc_4MB_ms"]
+        if "handoff_host_256MB_ms" in out:
+            out["transport_speedup_256MB"] = out["handoff_host_256MB_ms"] / out["transport_ipc_256MB_ms"]
+
+        def settle(deadline_s: float = 20.0) -> tuple[dict[str, int], dict[str, int]]:
+            # Releases ride on later messages: calls without tensors carry them both ways.
+            end = time.monotonic() + deadline_s
+            while True:
+                _sync()
+                worker = runner.handoff_stats.run()
+                mine = gpu.stats()
+                if (worker["exports"] == 0 and mine["exports"] == 0 and mine["pending_releases"] == 0) \
+                        or time.monotonic() > end:
+                    return mine, worker
+
+        x = torch.randn(MB, device="cuda")  # 4 MB
+        runner.add1.run(x)
+        settle()
+        free_before = torch.cuda.mem_get_info()[0]
+        alloc_before = torch.cuda.memory_allocated()
+        t0 = time.perf_counter()
+        for _ in range(args.leak_calls):
+            runner.add1.run(x)
+        out["transport_add1_4MB_call_us"] = (time.perf_counter() - t0) / args.leak_calls * 1e6
+        mine, worker = settle()
+        free_after = torch.cuda.mem_get_info()[0]
+        out["transport_leak_calls"] = args.leak_calls
+        out["transport_leak_device_free_delta_MB"] = (free_before - free_after) / MB
+        out["transport_leak_client_allocated_delta_MB"] = (torch.cuda.memory_allocated() - alloc_before) / MB
+        out["transport_leak_outstanding_exports"] = mine["exports"] + worker["exports"]
+        out["transport_leak_pending_releases"] = mine["pending_releases"] + worker["pending_releases"]
+        out["transport_leak_imports_client"] = mine["imports"]
+        out["transport_leak_imports_worker"] = worker["imports"]
+        out["transport_leak_import_opens_worker"] = worker["import_opens"]
+        out["transport_leak_import_opens_client"] = mine["import_opens"]
+
+
 def section_pinned(args: argparse.Namespace, out: dict[str, Any]) -> None:
     import torch
 
@@ -281,7 +384,8 @@ def section_e2e(args: argparse.Namespace, out: dict[str, Any]) -> None:
     model = build_mlp()
     with torch.no_grad():
         expected = model(torch.from_numpy(inputs.reshape(256, 784)).cuda()).cpu().numpy()
-    runner = shmserve.Runner(GpuMLPRunnable, name="gpu-mlp", workers=1, max_batch_size=64, max_latency_ms=10)
+    runner = shmserve.Runner(GpuMLPRunnable, name="gpu-mlp", workers=1, max_batch_size=64, max_latency_ms=10,
+                             gpus=_gpus())
     batches: dict[float, int] = {}
 
     def hook(name: str, method: str, trace: dict[str, float]) -> None:
@@ -391,6 +495,10 @@ def environment() -> dict[str, Any]:
 TARGETS = [
     ("ipc_size_ratio_256_vs_4", "<=", 2.0, "IPC round trip independent of size (256 MB / 4 MB)"),
     ("ipc_speedup_256MB", ">=", 50.0, "IPC vs host copy at 256 MB"),
+    ("transport_size_ratio_256_vs_4", "<=", 2.0, "served IPC round trip independent of size"),
+    ("transport_speedup_256MB", ">=", 50.0, "served IPC vs host copy at 256 MB"),
+    ("transport_leak_outstanding_exports", "<=", 0, "exports left after the served leak check"),
+    ("transport_leak_device_free_delta_MB", "<=", 16.0, "device memory lost over the served leak check (MB)"),
     ("pinned_speedup", ">=", 1.5, "pinned vs pageable H2D bandwidth"),
     ("e2e_ratio", ">=", 0.9, "shmserve vs in-process throughput"),
     ("leak_outstanding_exports", "<=", 0, "exports left after the leak check (both sides)"),
@@ -398,11 +506,25 @@ TARGETS = [
 ]
 
 
+def _write(path: Path, meta: dict[str, Any], results: dict[str, Any], failed: list[str],
+           args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Write the JSON result as it stands; returns the target verdicts."""
+    verdicts = []
+    for key, op, bound, what in TARGETS:
+        if isinstance(results.get(key), (int, float)):
+            ok = results[key] <= bound if op == "<=" else results[key] >= bound
+            verdicts.append({"figure": key, "what": what, "value": results[key], "target": f"{op} {bound}", "met": ok})
+    path.write_text(json.dumps({"meta": meta, "figures": results, "targets": verdicts, "failed_sections": failed,
+                                "settings": vars(args)}, indent=2, default=str))
+    return verdicts
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer repetitions, 1,000-call leak check")
-    p.add_argument("--only", default="ipc,pinned,e2e,batch", help="comma-separated sections")
+    p.add_argument("--only", default="ipc,transport,pinned,e2e,batch", help="comma-separated sections")
     p.add_argument("--out", default=str(REPO / "perf" / "results"), help="folder for the JSON result")
+    p.add_argument("--json", default=None, help="write the JSON result to this file instead")
     args = p.parse_args(argv)
     args.reps = 20 if args.quick else 100
     args.leak_calls = 1000 if args.quick else 10_000
@@ -414,15 +536,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpu_bench needs a CUDA GPU and a CUDA build of torch: {exc}", file=sys.stderr)
         return 2
     results: dict[str, Any] = {}
-    sections = {"ipc": section_ipc, "pinned": section_pinned, "e2e": section_e2e, "batch": section_batch}
-    for name in args.only.split(","):
+    sections = {"ipc": section_ipc, "transport": section_transport, "pinned": section_pinned, "e2e": section_e2e,
+                "batch": section_batch}
+    if args.json:
+        path = Path(args.json)
+    else:
+        path = Path(args.out) / f"gpu_{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = environment()
+    failed: list[str] = []
+    for name in (n.strip() for n in args.only.split(",")):
         print(f"[gpu_bench] {name} ...", flush=True)
-        sections[name.strip()](args, results)
-    verdicts = []
-    for key, op, bound, what in TARGETS:
-        if key in results:
-            ok = results[key] <= bound if op == "<=" else results[key] >= bound
-            verdicts.append({"figure": key, "what": what, "value": results[key], "target": f"{op} {bound}", "met": ok})
+        t0 = time.perf_counter()
+        try:
+            sections[name](args, results)
+        except (Exception, SystemExit) as exc:  # record it and go on: the other sections' figures still count
+            import traceback
+
+            traceback.print_exc()
+            results[f"{name}_error"] = f"{type(exc).__name__}: {exc}"
+            failed.append(name)
+        results[f"{name}_seconds"] = round(time.perf_counter() - t0, 1)
+        print(f"[gpu_bench] {name} done in {results[f'{name}_seconds']} s", flush=True)
+        _write(path, meta, results, failed, args)  # after every section: a run cut short keeps what it measured
+    verdicts = _write(path, meta, results, failed, args)
     print(f"\n{'figure':40} {'value':>14}")
     for key, value in results.items():
         shown = f"{value:14.3f}" if isinstance(value, float) else f"{value!s:>14}"
@@ -430,13 +567,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{'target':55} {'value':>10} {'target':>10}  met")
     for v in verdicts:
         print(f"{v['what']:55} {v['value']:10.2f} {v['target']:>10}  {'yes' if v['met'] else 'NO'}")
-    folder = Path(args.out)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"gpu_{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.json"
-    path.write_text(json.dumps({"meta": environment(), "figures": results, "targets": verdicts,
-                                "settings": vars(args)}, indent=2, default=str))
     print(f"\nwrote {path}")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
