@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import settings
-from ..tensors import NUMPY, kind_of, plan, split
+from ..tensors import NUMPY, is_device, kind_of, plan, split
 from .frameworks import empty, require
 
 METHODS = ("auto", "kernel", "cat")
@@ -99,7 +99,8 @@ def coalesce(tensors: Sequence[Any], dim: int = 0, method: str | None = None) ->
     if len(tensors) == 1:
         return DeviceBatch(tensors[0], sizes, dim, "none")
     contiguous = all(_is_contiguous(t) for t in tensors)
-    cupy_ok = _have_cupy()
+    # The kernel reads device memory: host (torch CPU) tensors always take cat.
+    cupy_ok = all(is_device(t) for t in tensors) and _have_cupy()
     chosen = choose_method(method, kind, dim, contiguous, cupy_ok, cupy_ok and kernel_path().is_file())
     if chosen == "cat":
         mod = sys.modules[kind] if kind in sys.modules else require(kind)

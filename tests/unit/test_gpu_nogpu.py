@@ -212,3 +212,12 @@ def test_release_paths_are_no_ops_where_the_gpu_was_never_used():
     assert ledger.owed_to(1) == [] and ledger.peers() == []
     assert ledger.encode((np.zeros(2), {"a": 1}), 5)[1] == {"a": 1}
     assert ledger.decode([1, {"b": "x"}]) == [1, {"b": "x"}]
+
+
+def test_auto_joins_host_tensors_with_cat_even_where_cupy_is_installed(monkeypatch):
+    # The gather kernel reads device memory: "auto" must not hand it CPU tensors on a GPU host.
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(batch_mod, "_have_cupy", lambda: True)
+    xs = [torch.zeros(1, 2), torch.ones(2, 2)]
+    b = batch_mod.coalesce(xs, method="auto")
+    assert b.method == "cat" and torch.equal(b.tensor, torch.cat(xs))
