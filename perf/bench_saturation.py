@@ -173,9 +173,17 @@ def verify(url: str, body_set: dict[str, tuple[Path, str, dict[str, str]]]) -> N
             raise AssertionError(f"{url} answered the {name} body with {got!r}, expected {want!r}")
 
 
+def run_log(scratch: Path, server: str, round_: int) -> Path:
+    """The log of one server start: its own file, because the roles are read from the log's pid lines
+    and its "serving" line, and a log shared across rounds holds the previous round's."""
+    return scratch / f"{server.replace('/', '_').replace('@', '_')}.round{round_ + 1}.log"
+
+
 def measure(server: Server, body_set: dict[str, Any], connections: tuple[int, ...], duration: float,
             log: Path) -> dict[str, Any]:
     """Start `server`, then one wrk run per (body, connections) with CPU per request per role."""
+    if log.exists():
+        raise ValueError(f"{log} exists: each server start needs a log of its own (its roles are read from it)")
     port = free_port()
     proc = server.start(port, log)
     url = f"http://127.0.0.1:{port}{server.route}"
@@ -300,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(args.rounds):
             order = servers[r % len(servers):] + servers[:r % len(servers)]
             for server in order:
-                log = scratch / f"{server.name.replace('/', '_')}.log"
+                log = run_log(scratch, server.name, r)
                 t0 = time.monotonic()
                 runs[server.name].append(measure(server, body_set, conns, args.duration, log))
                 print(f"round {r + 1}/{args.rounds} {server.name}: {time.monotonic() - t0:.0f} s, "

@@ -59,3 +59,16 @@ def test_wakeups_count_the_sleeps_of_every_thread() -> None:
     t.join()
     assert after >= before + 1
     assert process_cost.wakeups(2**22 + 12345) == 0
+
+
+def test_each_round_of_a_server_gets_a_log_of_its_own(tmp_path) -> None:
+    # The roles of a server's processes are read from its log (pid lines, "serving"); a log shared
+    # across rounds made round 2 read round 1's pids and count its API worker as "other".
+    from perf.bench_saturation import measure, run_log
+
+    logs = {run_log(tmp_path, name, r) for name in ("shmserve", "shmserve@b36f509", "mosec") for r in range(3)}
+    assert len(logs) == 9
+    reused = run_log(tmp_path, "mosec", 0)
+    reused.write_text("shmserve: serving\n")
+    with pytest.raises(ValueError, match="log of its own"):
+        measure(None, {}, (), 1.0, reused)  # type: ignore[arg-type]
