@@ -19,6 +19,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stddef.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -246,10 +247,316 @@ done:
     return result;
 }
 
+/* ---- the response hook: Recorder ---------------------------------------------------------------
+ *
+ * The C twin of access_log.AccessLog._record: called by the protocol for every response as
+ * hook(conn, request, status, body_bytes[, sink]), it queues the access line's FIELDS items on
+ * `pending` (None: no access log) and a sampled request's (ctx, method, path, status, request ID, end
+ * time) on `traced` (None: no tracing), with no Python frame: the Python twin cost the event loop
+ * ~6,000 instructions a response (two frames while tracing was on: Observer.on_response around
+ * record, and runner_seconds), this ~1,500. The items of one entry are all made before the first is
+ * appended, and appending runs no Python code: the writer, which takes whole entries, never sees a
+ * part of one. It never raises: a failure is handed to `failed(request, exc)`, which logs it.
+ */
+typedef struct {
+    PyObject_HEAD
+    PyObject *pending;   /* list, or None */
+    PyObject *traced;    /* list, or None */
+    PyObject *client_of; /* conn -> "host:port" (asked when conn has no access_client yet) */
+    PyObject *runner_seconds; /* sink -> float, for a sink the fast loop here does not read */
+    PyObject *failed;    /* (request, exc) -> None */
+    PyObject *random;    /* () -> float in [0, 1) */
+    double rate;         /* below 1: that fraction of the fast, successful responses is logged */
+    double slow_s;       /* slower responses are always logged */
+    vectorcallfunc vectorcall;
+} Recorder;
+
+static PyObject *s_t_begin, *s_t_parsed, *s_access_client, *s_ctx, *s_method, *s_path, *s_body, *s_request_id,
+    *s_parent, *s_submit, *s_complete, *s_dash;
+
+/* `o or b"-"` (a new reference) */
+static PyObject *or_dash(PyObject *o) {
+    int t = PyObject_IsTrue(o);
+    if (t < 0)
+        return NULL;
+    return Py_NewRef(t ? o : s_dash);
+}
+
+/* the summed round trips of the runner calls in `sink` (access_log.runner_seconds); -1 and an error set on failure */
+static int sum_runner_seconds(Recorder *r, PyObject *sink, double *out) {
+    double total = 0.0;
+    if (PyList_Check(sink)) {
+        Py_ssize_t n = PyList_GET_SIZE(sink);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *item = PyList_GET_ITEM(sink, i);
+            if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 3 || !PyDict_CheckExact(PyTuple_GET_ITEM(item, 2)))
+                goto slow;
+            PyObject *t = PyTuple_GET_ITEM(item, 2);
+            PyObject *complete = PyDict_GetItemWithError(t, s_complete); /* borrowed */
+            if (complete == NULL) {
+                if (PyErr_Occurred())
+                    return -1;
+                continue;
+            }
+            PyObject *submit = PyDict_GetItemWithError(t, s_submit);
+            if (submit == NULL) {
+                if (PyErr_Occurred())
+                    return -1;
+                continue;
+            }
+            if (!PyFloat_CheckExact(complete) || !PyFloat_CheckExact(submit))
+                goto slow;
+            total += PyFloat_AS_DOUBLE(complete) - PyFloat_AS_DOUBLE(submit);
+        }
+        *out = total;
+        return 0;
+    }
+slow:; /* anything else: what the Python function says */
+    PyObject *v = PyObject_CallOneArg(r->runner_seconds, sink);
+    if (v == NULL)
+        return -1;
+    *out = PyFloat_AsDouble(v);
+    Py_DECREF(v);
+    return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
+}
+
+/* 0 when queued (or sampled out), -1 with an error set */
+static int record(Recorder *r, PyObject *conn, PyObject *request, PyObject *status, PyObject *body_bytes,
+                  PyObject *sink) {
+    PyObject *items[FIELDS] = {NULL};
+    PyObject *ctx = NULL, *t = NULL, *parent = NULL;
+    int rc = -1;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts); /* time.monotonic's clock */
+    double now = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+    ctx = PyObject_GetAttr(request, s_ctx);
+    if (ctx == NULL)
+        goto done;
+    if (r->traced != Py_None && ctx != Py_None) { /* a sampled request: its spans are due */
+        parent = PyObject_GetAttr(ctx, s_parent);
+        if (parent == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_AttributeError))
+                goto done;
+            PyErr_Clear();
+        } else if (parent != Py_None) {
+            PyObject *method = PyObject_GetAttr(request, s_method), *path = NULL, *rid = NULL, *end = NULL, *entry = NULL;
+            if (method != NULL && (path = PyObject_GetAttr(request, s_path)) != NULL
+                && (rid = PyObject_GetAttr(request, s_request_id)) != NULL && (end = PyFloat_FromDouble(now)) != NULL)
+                entry = PyTuple_Pack(6, ctx, method, path, status, rid, end);
+            Py_XDECREF(method);
+            Py_XDECREF(path);
+            Py_XDECREF(rid);
+            Py_XDECREF(end);
+            if (entry == NULL)
+                goto done;
+            int appended = PyList_Append(r->traced, entry);
+            Py_DECREF(entry);
+            if (appended < 0)
+                goto done;
+        }
+    }
+    if (r->pending == Py_None) {
+        rc = 0;
+        goto done;
+    }
+    t = PyObject_GetAttr(request, s_t_begin);
+    if (t == NULL)
+        goto done;
+    int truth = PyObject_IsTrue(t);
+    if (truth < 0)
+        goto done;
+    if (!truth) {
+        Py_SETREF(t, PyObject_GetAttr(request, s_t_parsed));
+        if (t == NULL)
+            goto done;
+    }
+    double begin = PyFloat_AsDouble(t);
+    if (begin == -1.0 && PyErr_Occurred())
+        goto done;
+    double seconds = now - begin;
+    if (r->rate < 1.0 && seconds < r->slow_s) {
+        long code = PyLong_AsLong(status);
+        if (code == -1 && PyErr_Occurred())
+            goto done;
+        if (code < 500) {
+            PyObject *draw = PyObject_CallNoArgs(r->random);
+            if (draw == NULL)
+                goto done;
+            double x = PyFloat_AsDouble(draw);
+            Py_DECREF(draw);
+            if (x == -1.0 && PyErr_Occurred())
+                goto done;
+            if (x >= r->rate) {
+                rc = 0;
+                goto done;
+            }
+        }
+    }
+    PyObject *client = PyObject_GetAttr(conn, s_access_client);
+    if (client == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError))
+            goto done;
+        PyErr_Clear();
+        client = PyObject_CallOneArg(r->client_of, conn);
+        if (client == NULL)
+            goto done;
+    }
+    items[1] = client;
+    if (sink == NULL)
+        sink = ctx; /* a RequestContext is its runner calls' traces */
+    double runner_s = 0.0;
+    int has = PyObject_IsTrue(sink);
+    if (has < 0 || (has && sum_runner_seconds(r, sink, &runner_s) < 0))
+        goto done;
+    PyObject *v;
+    if ((items[0] = PyFloat_FromDouble(now)) == NULL || (v = PyObject_GetAttr(request, s_method)) == NULL)
+        goto done;
+    items[2] = or_dash(v);
+    Py_DECREF(v);
+    if (items[2] == NULL || (v = PyObject_GetAttr(request, s_path)) == NULL)
+        goto done;
+    items[3] = or_dash(v);
+    Py_DECREF(v);
+    if (items[3] == NULL || (v = PyObject_GetAttr(request, s_body)) == NULL)
+        goto done;
+    Py_ssize_t n_in = PyObject_Length(v);
+    Py_DECREF(v);
+    if (n_in < 0 || (items[5] = PyLong_FromSsize_t(n_in)) == NULL || (items[7] = PyFloat_FromDouble(seconds)) == NULL
+        || (items[8] = PyFloat_FromDouble(runner_s)) == NULL || (v = PyObject_GetAttr(request, s_request_id)) == NULL)
+        goto done;
+    items[9] = or_dash(v);
+    Py_DECREF(v);
+    if (items[9] == NULL)
+        goto done;
+    items[4] = Py_NewRef(status);
+    items[6] = Py_NewRef(body_bytes);
+    for (int i = 0; i < FIELDS; i++) /* no Python code runs between these: the entry is queued whole */
+        if (PyList_Append(r->pending, items[i]) < 0)
+            goto done; /* out of memory: the list is broken anyway */
+    rc = 0;
+done:
+    for (int i = 0; i < FIELDS; i++)
+        Py_XDECREF(items[i]);
+    Py_XDECREF(ctx);
+    Py_XDECREF(t);
+    Py_XDECREF(parent);
+    return rc;
+}
+
+static PyObject *recorder_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    Recorder *r = (Recorder *)self;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if ((kwnames != NULL && PyTuple_GET_SIZE(kwnames)) || nargs < 4 || nargs > 5) {
+        PyErr_SetString(PyExc_TypeError, "record(conn, request, status, body_bytes, sink=None): 4 or 5 positional arguments");
+        return NULL;
+    }
+    PyObject *sink = nargs == 5 && args[4] != Py_None ? args[4] : NULL;
+    if (record(r, args[0], args[1], args[2], args[3], sink) < 0) {
+        PyObject *type, *exc, *tb;
+        PyErr_Fetch(&type, &exc, &tb);
+        PyErr_NormalizeException(&type, &exc, &tb);
+        if (tb != NULL)
+            PyException_SetTraceback(exc, tb);
+        PyObject *res = PyObject_CallFunctionObjArgs(r->failed, args[1], exc, NULL);
+        Py_XDECREF(type);
+        Py_XDECREF(exc);
+        Py_XDECREF(tb);
+        if (res == NULL)
+            PyErr_WriteUnraisable(self);
+        Py_XDECREF(res);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *recorder_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"pending", "traced", "rate", "slow_s", "client_of", "runner_seconds", "failed", "random",
+                             NULL};
+    PyObject *pending, *traced, *client_of, *runner_seconds, *failed, *random;
+    double rate, slow_s;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOddOOOO:Recorder", kwlist, &pending, &traced, &rate, &slow_s,
+                                     &client_of, &runner_seconds, &failed, &random))
+        return NULL;
+    if ((pending != Py_None && !PyList_Check(pending)) || (traced != Py_None && !PyList_Check(traced))) {
+        PyErr_SetString(PyExc_TypeError, "Recorder: pending and traced are lists or None");
+        return NULL;
+    }
+    Recorder *r = (Recorder *)type->tp_alloc(type, 0);
+    if (r == NULL)
+        return NULL;
+    r->pending = Py_NewRef(pending);
+    r->traced = Py_NewRef(traced);
+    r->client_of = Py_NewRef(client_of);
+    r->runner_seconds = Py_NewRef(runner_seconds);
+    r->failed = Py_NewRef(failed);
+    r->random = Py_NewRef(random);
+    r->rate = rate;
+    r->slow_s = slow_s;
+    r->vectorcall = recorder_vectorcall;
+    return (PyObject *)r;
+}
+
+static int recorder_traverse(Recorder *r, visitproc visit, void *arg) {
+    Py_VISIT(r->pending);
+    Py_VISIT(r->traced);
+    Py_VISIT(r->client_of);
+    Py_VISIT(r->runner_seconds);
+    Py_VISIT(r->failed);
+    Py_VISIT(r->random);
+    return 0;
+}
+
+static int recorder_clear(Recorder *r) {
+    Py_CLEAR(r->pending);
+    Py_CLEAR(r->traced);
+    Py_CLEAR(r->client_of);
+    Py_CLEAR(r->runner_seconds);
+    Py_CLEAR(r->failed);
+    Py_CLEAR(r->random);
+    return 0;
+}
+
+static void recorder_dealloc(Recorder *r) {
+    PyObject_GC_UnTrack(r);
+    recorder_clear(r);
+    Py_TYPE(r)->tp_free((PyObject *)r);
+}
+
+static PyTypeObject RecorderType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "shmserve._native._accesslog.Recorder",
+    .tp_basicsize = sizeof(Recorder),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "Recorder(pending, traced, rate, slow_s, client_of, runner_seconds, failed, random): the response hook "
+              "record(conn, request, status, body_bytes, sink=None) of access_log.AccessLog, in C.",
+    .tp_new = recorder_new,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(Recorder, vectorcall),
+    .tp_traverse = (traverseproc)recorder_traverse,
+    .tp_clear = (inquiry)recorder_clear,
+    .tp_dealloc = (destructor)recorder_dealloc,
+};
+
 #define JSON_LINES_DOC                                                                                     \
     "json_lines(items, wall) -> str or None: the JSON lines of the flat list of access log entries, each " \
     "ended by a newline; None where the Python formatter must decide."
 static PyMethodDef methods[] = {{"json_lines", json_lines, METH_VARARGS, JSON_LINES_DOC}, {NULL, NULL, 0, NULL}};
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_accesslog", NULL, -1, methods, NULL, NULL, NULL, NULL};
 
-PyMODINIT_FUNC PyInit__accesslog(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__accesslog(void) {
+    static const char *names[] = {"t_begin", "t_parsed", "access_client", "ctx", "method", "path", "body",
+                                  "request_id", "parent", "submit", "complete"};
+    PyObject **slots[] = {&s_t_begin, &s_t_parsed, &s_access_client, &s_ctx, &s_method, &s_path, &s_body,
+                          &s_request_id, &s_parent, &s_submit, &s_complete};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if ((*slots[i] = PyUnicode_InternFromString(names[i])) == NULL)
+            return NULL;
+    if ((s_dash = PyBytes_FromStringAndSize("-", 1)) == NULL || PyType_Ready(&RecorderType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "Recorder", (PyObject *)&RecorderType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

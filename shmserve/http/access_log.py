@@ -1,8 +1,9 @@
 """The access log: one line per request, formatted and written in batches by a background thread.
 
-On the event loop a response costs one `list.extend` of its ten fields (well
-under a microsecond, no lock, no wake-up, and no object the garbage collector
-tracks left behind: see `Entry`). A writer thread sleeps `FLUSH_S`
+On the event loop a response costs one call of the protocol's hook,
+`AccessLog.record` (in C where it is built: `_native.Recorder`), which appends
+the line's ten fields to a list (well under a microsecond, no lock, no
+wake-up, and no object the garbage collector tracks left behind: see `Entry`). A writer thread sleeps `FLUSH_S`
 seconds, takes every waiting entry, formats them and writes the batch with
 one write per handler, and sleeps again (in a server that is the observer's
 writer, `shmserve.http.observe`, which builds the spans on the same turn;
@@ -240,6 +241,11 @@ class AccessLog:
         # an entry more, loop and writer together (callgrind); `_taking` keeps two callers of flush() from taking the same items.
         self._pending: list[Any] = []
         self._taking = threading.Lock()
+        # where a traced request's (context, method, path, status, ID, end time) goes (`trace_into`)
+        self._traced: list[Any] | None = None
+        #: the protocol's ``on_response`` hook, ``record(conn, request, status, body_bytes, sink=None)``:
+        #: the C twin of `_record` (`_native.Recorder`, no Python frame per response) where it is built
+        self.record: Callable[..., None] = self._recorder()
         self._writer = FlushThread(self.flush, "shmserve-access-log", "writing access log lines")
         #: lines written so far (for tests and statistics)
         self.written = 0
@@ -253,10 +259,25 @@ class AccessLog:
         self._writer.stop()
         self.flush()  # lines recorded without a writer, or after it stopped
 
-    def record(self, conn: Any, request: Any, status: int, body_bytes: int, sink: Sink | None = None) -> None:
-        """Keep the line of one response for the writer (on the event loop; one list extend). Never raises:
-        while tracing is off this is the protocol's ``on_response`` hook itself (`Observer.hook`), a
-        frame fewer per request.
+    def _recorder(self) -> Callable[..., None]:
+        """The hook `record` is: the C twin over this log's queues, or `_record`."""
+        if _native is None:
+            return self._record
+        return _native.Recorder(self._pending, self._traced, self._rate if self._sampled else 1.0,  # type: ignore[no-any-return]
+                                self._slow_s, _client_of, runner_seconds, self._record_failed, _random)
+
+    def trace_into(self, traced: list[Any]) -> None:
+        """Make `record` also queue every traced request's spans on `traced`, as ``(context, method, path,
+        status, request ID, end time)``: a traced request is one whose `RequestContext` has a ``parent``
+        (`shmserve.http.observe`). So while the access log and tracing are both on, the protocol's hook is
+        still `record` alone: one call per response and, in C, no Python frame."""
+        self._traced = traced
+        self.record = self._recorder()
+
+    def _record(self, conn: Any, request: Any, status: int, body_bytes: int, sink: Sink | None = None) -> None:
+        """Keep the line of one response for the writer (on the event loop; one list extend), and a traced
+        request's spans (`trace_into`). Never raises: this is the protocol's ``on_response`` hook itself
+        (`Observer.hook`), as `record`, when the C twin is not built.
 
         `sink`: the request's runner call traces (default: its `RequestContext`, ``request.ctx``, which is
         that list); their round trips are summed here (runner time), so the entry does not keep them alive until
@@ -264,6 +285,9 @@ class AccessLog:
         """
         try:
             now = _monotonic()
+            ctx = request.ctx
+            if self._traced is not None and ctx is not None and getattr(ctx, "parent", None) is not None:
+                self._traced.append((ctx, request.method, request.path, status, request.request_id, now))
             seconds = now - (request.t_begin or request.t_parsed)
             if self._sampled and status < 500 and seconds < self._slow_s and _random() >= self._rate:
                 return
@@ -272,13 +296,21 @@ class AccessLog:
             except AttributeError:
                 client = _client_of(conn)
             if sink is None:
-                sink = request.ctx  # a RequestContext is its runner calls' traces (shmserve.http.observe)
+                sink = ctx  # a RequestContext is its runner calls' traces (shmserve.http.observe)
             self._pending.extend((now, client, request.method or b"-", request.path or b"-", status,
                                   len(request.body), body_bytes, seconds, runner_seconds(sink) if sink else 0.0,
                                   request.request_id or b"-"))
+        except Exception as exc:
+            self._record_failed(request, exc)
+
+    @staticmethod
+    def _record_failed(request: Any, exc: BaseException) -> None:
+        """Log why the access line (or spans) of `request` could not be recorded (the hook never raises)."""
+        try:
+            rid = getattr(request, "request_id", b"").decode("latin-1")
         except Exception:
-            _log.exception("recording the access line of request %s failed",
-                           getattr(request, "request_id", b"").decode("latin-1"))
+            rid = "?"
+        _log.error("recording the access line of request %s failed", rid, exc_info=exc)
 
     def add(self, entry: Entry) -> None:
         """Queue one entry as it is (tests; `record` builds its own)."""

@@ -3,9 +3,10 @@
 `Observer.begin` gives an API request a `RequestContext` when anything wants
 to know about it (the access log, a sampled trace, a caller's
 ``X-Shmserve-Trace``); the context collects the runner calls' traces. The
-protocol's ``on_response`` hook (`Observer.hook`) then only appends
-tuples: the access line's fields to the access log's queue, and a sampled
-request's context and end time to the span queue. One writer thread wakes
+protocol's ``on_response`` hook (`Observer.hook`: the access log's
+`AccessLog.record`, in C where it is built) then only appends: the access
+line's fields to the access log's queue, and a sampled request's context and
+end time to the span queue, in one call per response. One writer thread wakes
 every `FLUSH_S` seconds, formats and writes the waiting access lines and
 builds and exports the waiting spans (`shmserve.http.tracing.Tracer.export`,
 from the recorded timestamps), so neither formatting nor the OpenTelemetry
@@ -17,13 +18,13 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from ..config.schema import AccessLogSettings, TracingSettings
-from .access_log import AccessLog, runner_seconds
+from .access_log import AccessLog, _native, runner_seconds
 from .flusher import FlushThread
 from .protocol import HttpProtocol, Request
 
@@ -79,8 +80,19 @@ class Observer:
 
             self._rate, self._new_trace = tracer.rate, NEW_TRACE
         self.active = access_log is not None or tracer is not None
-        # The loop appends, the writer pops (deque.append and popleft are atomic: no lock).
-        self._traced: deque[_Traced] = deque()
+        # The loop appends (list.append: atomic), the writer takes every waiting one with a slice and a
+        # slice delete under `_taking` (each atomic: what the loop appends in between stays for the next
+        # turn). With the access log on, its hook queues them too (`AccessLog.trace_into`).
+        self._traced: list[_Traced] = []
+        self._taking = threading.Lock()
+        self._hook: Callable[..., None] | None = None
+        if access_log is not None:
+            if tracer is not None:
+                access_log.trace_into(self._traced)
+            self._hook = access_log.record
+        elif tracer is not None:
+            self._hook = self.on_response if _native is None else _native.Recorder(
+                None, self._traced, 1.0, 0.0, None, None, AccessLog._record_failed, None)
         self._writer = FlushThread(self.flush, "shmserve-observe", "writing access log lines or spans")
         if self.active:
             self._writer.start()
@@ -107,35 +119,32 @@ class Observer:
 
     @property
     def hook(self) -> Callable[[HttpProtocol, Request, int, int], None] | None:
-        """The protocol's ``on_response`` hook: None while nothing observes; the access log's `record`
-        itself while tracing is off (no frame of ours around it); else `on_response`."""
-        if self.tracer is None:
-            return self.access_log.record if self.access_log is not None else None
-        return self.on_response
+        """The protocol's ``on_response`` hook: None while nothing observes; else the access log's `record`
+        (which queues a traced request's spans too: `AccessLog.trace_into`), or, with tracing alone, the
+        C twin of `on_response` where it is built: one call per response, no frame of ours around it."""
+        return self._hook
 
     def on_response(self, conn: HttpProtocol, request: Request, status: int, body_bytes: int) -> None:
-        """The protocol's hook while tracing is on: queue the access line and the spans for the writer (never raises)."""
+        """The hook while tracing alone is on (without the C twin): queue a traced request's spans (never raises)."""
         ctx: RequestContext | None = request.ctx
         try:
-            if self.access_log is not None:
-                self.access_log.record(conn, request, status, body_bytes)  # the sink: ctx's
             if ctx is not None and ctx.parent is not None:
                 self._traced.append((ctx, request.method, request.path, status, request.request_id, time.monotonic()))
-        except Exception:
-            log.exception("recording the access line or spans of request %s failed", request.request_id.decode())
+        except Exception as exc:
+            AccessLog._record_failed(request, exc)
 
     def flush(self) -> None:
         """Write the waiting access lines and export the waiting spans now (the writer calls this; so may tests)."""
         if self.access_log is not None:
             self.access_log.flush()
         traced, tracer = self._traced, self.tracer
-        while traced:
-            try:
-                ctx, method, path, status, rid, end = traced.popleft()
-            except IndexError:  # another caller of flush() took the last one
-                break
-            if tracer is None:
-                continue
+        with self._taking:
+            n = len(traced)
+            due = traced[:n]
+            del traced[:n]
+        if tracer is None:
+            return
+        for ctx, method, path, status, rid, end in due:
             timeline = dict(ctx.timeline or ())
             timeline["runners"] = ctx
             try:

@@ -283,10 +283,16 @@ def test_lines_queued_while_a_flush_takes_the_batch_are_written_once_each() -> N
     cap = Capture()
     log = AccessLog(AccessLogSettings(enabled=True, format="json"), [cap])
     done = threading.Event()
+    flushes = 0
+    added = 0
 
     def loop() -> None:
-        for i in range(20000):
-            log.add(_entry(i))
+        # at least 20,000 entries, and more (up to 100,000) until flushes overlapped the appends a few
+        # times: on a busy machine all 20,000 may go in while the first flush formats
+        nonlocal added
+        while added < 20000 or (flushes < 3 and added < 100_000):
+            log.add(_entry(added))
+            added += 1
         done.set()
 
     interval = sys.getswitchinterval()
@@ -294,7 +300,6 @@ def test_lines_queued_while_a_flush_takes_the_batch_are_written_once_each() -> N
     try:
         t = threading.Thread(target=loop)
         t.start()
-        flushes = 0
         while not done.is_set():  # bounded: the appending thread ends
             log.flush()
             flushes += 1
@@ -303,5 +308,48 @@ def test_lines_queued_while_a_flush_takes_the_batch_are_written_once_each() -> N
         sys.setswitchinterval(interval)
     log.flush()
     ids = [orjson.loads(line)["request_id"] for line in cap.lines]
-    assert sorted(ids) == sorted(f"id-{i}" for i in range(20000))
+    assert sorted(ids) == sorted(f"id-{i}" for i in range(added))
     assert flushes > 1
+
+
+def test_with_tracing_on_too_the_hook_is_still_record_and_queues_the_spans() -> None:
+    """Access log and tracing both on: one hook call per response (`AccessLog.record`, which queues a
+    traced request's spans too: `trace_into`), every line written and every traced request's spans built."""
+    pytest.importorskip("opentelemetry.sdk.trace")
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from shmserve.config.schema import TracingSettings
+    from shmserve.http.tracing import Tracer
+
+    exporter = InMemorySpanExporter()
+    tracing = TracingSettings(exporter="console", sample_rate=1.0)
+    cap = Capture()
+    settings = AccessLogSettings(enabled=True, format="json")
+    h = Harness(settings=ApiServerSettings(logging=LoggingSettings(access=settings)), access_log=AccessLog(settings, [cap]),
+                tracing=tracing, tracer=Tracer(tracing, "svc", exporter=exporter))
+    try:
+        assert h.app.on_response is h.app.observer.access_log.record  # type: ignore[union-attr]
+        h.exchange(post(b"/predict", b"[[1, 2, 3]]", b"X-Request-ID: tr-1\r\n") * 3, 3)
+    finally:
+        h.close()  # the writer's last turn: lines and spans
+    assert [orjson.loads(line)["request_id"] for line in cap.lines] == ["tr-1"] * 3
+    servers = [s for s in exporter.get_finished_spans() if s.name == "POST /predict"]
+    assert len(servers) == 3 and all(s.attributes["shmserve.request_id"] == "tr-1" for s in servers)
+
+
+def test_with_tracing_alone_the_hook_queues_only_spans() -> None:
+    pytest.importorskip("opentelemetry.sdk.trace")
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from shmserve.config.schema import TracingSettings
+    from shmserve.http.tracing import Tracer
+
+    exporter = InMemorySpanExporter()
+    tracing = TracingSettings(exporter="console", sample_rate=1.0)
+    h = Harness(tracing=tracing, tracer=Tracer(tracing, "svc", exporter=exporter))
+    try:
+        assert h.app.observer.access_log is None and h.app.on_response is not None
+        h.exchange(post(b"/predict", b"[[1, 2, 3]]") * 2, 2)
+    finally:
+        h.close()
+    assert len([s for s in exporter.get_finished_spans() if s.name == "POST /predict"]) == 2

@@ -114,3 +114,124 @@ def test_the_python_lines_are_json_with_every_field() -> None:
     first, second = (orjson.loads(line) for line in text.split("\n")[:2])
     assert first["path"] == "/predict" and second["path"] == '/a"b\\c\x01\xe9'
     assert first["duration_ms"] == 0.412 and first["runner_ms"] == 0.2 and first["bytes_in"] == 3136
+
+
+# ---- the response hook: access_log.AccessLog.record in C (_native.Recorder) against its Python twin ----
+
+def _conn(client: str | None = "127.0.0.1:9") -> object:
+    from shmserve.http.protocol import HttpProtocol
+
+    conn = object.__new__(HttpProtocol)
+    conn.transport = None  # type: ignore[attr-defined]
+    if client is not None:
+        conn.access_client = client  # type: ignore[attr-defined]
+    return conn
+
+
+def _request(path: bytes = b"/p", ctx: object = None, **slots: object) -> object:
+    from shmserve.http.protocol import Request
+
+    r = Request(b"POST", path, {}, b"abc", True, t_begin=time.monotonic() - 0.002)
+    r.request_id = b"rid-1"
+    r.ctx = ctx
+    for name, value in slots.items():
+        setattr(r, name, value)
+    return r
+
+
+def _both(settings: object, calls: list[tuple], traced: bool = False) -> tuple[object, object]:
+    """The same calls through the C hook and through the Python twin: (C log, Python log)."""
+    from shmserve.http.access_log import AccessLog
+
+    logs = []
+    for native in (True, False):
+        log = AccessLog(settings, [])  # type: ignore[arg-type]
+        if traced:
+            log.trace_into([])
+        hook = log.record if native else log._record
+        assert (type(hook).__name__ == "Recorder") == native
+        for args in calls:
+            hook(*args)
+        logs.append(log)
+    return logs[0], logs[1]
+
+
+def _without_times(items: list) -> list:
+    """Pending items with the clock's fields (end time, duration) left out: they differ by the clock only."""
+    return [x for i, x in enumerate(items) if i % FIELDS not in (0, 7)]
+
+
+@needs_native
+def test_the_c_hook_queues_what_the_python_hook_queues() -> None:
+    from shmserve.config.schema import AccessLogSettings
+    from shmserve.http.observe import RequestContext
+
+    ctx = RequestContext([("r", "m", {"submit": 1.0, "complete": 1.25}), ("r", "m", {"submit": 2.0})])
+    odd_sink = [("r", "m", types_mapping({"submit": 1, "complete": 3}))]  # a sink the C loop leaves to Python
+    calls = [(_conn(), _request(ctx=ctx), 200, 17),
+             (_conn(None), _request(b"", ctx=None, method=b"", request_id=b""), 404, 0),
+             (_conn(), _request(), 200, 5, [("r", "m", {"submit": 0.5, "complete": 1.0})]),
+             (_conn(), _request(), 201, 5, odd_sink),
+             (_conn(), _request(t_begin=0.0), 500, 1)]
+    c, py = _both(AccessLogSettings(enabled=True, format="json"), calls)
+    assert c.waiting == py.waiting == 5  # type: ignore[attr-defined]
+    assert _without_times(c._pending) == _without_times(py._pending)  # type: ignore[attr-defined]
+    assert [type(x) for x in c._pending] == [type(x) for x in py._pending]  # type: ignore[attr-defined]
+    assert c._pending[1 * FIELDS + 1] == "-" and c._pending[2] == b"POST"  # type: ignore[attr-defined]
+    durations = c._pending[7::FIELDS]  # type: ignore[attr-defined]
+    assert 0.002 <= durations[0] < 5 and durations[4] >= 0  # t_begin 0: measured from t_parsed
+
+
+def types_mapping(d: dict) -> object:
+    from types import MappingProxyType
+
+    return MappingProxyType(d)
+
+
+@needs_native
+def test_the_c_hook_samples_as_the_python_hook_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shmserve.config.schema import AccessLogSettings
+
+    draws = iter([0.9, 0.1] * 2)
+    monkeypatch.setattr(access_log, "_random", lambda: next(draws))
+    sampled = AccessLogSettings(enabled=True, format="json", sample_rate=0.5, slow_ms=60_000)
+    calls = [(_conn(), _request(), 200, 1), (_conn(), _request(), 200, 2), (_conn(), _request(), 503, 3),
+             (_conn(), _request(t_begin=time.monotonic() - 120), 200, 4)]
+    c, py = _both(sampled, calls)
+    # 0.9 >= 0.5: dropped; 0.1: kept; a 5xx and a slow request: kept without a draw
+    assert c._pending[6::FIELDS] == py._pending[6::FIELDS] == [2, 3, 4]  # type: ignore[attr-defined]
+
+
+@needs_native
+def test_the_c_hook_queues_traced_requests_and_never_raises(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from shmserve.config.schema import AccessLogSettings
+    from shmserve.http.observe import RequestContext
+
+    traced_ctx = RequestContext()
+    traced_ctx.parent = "parent"
+    broken = _request(ctx=None, t_parsed=None, t_begin=0.0)  # cannot be measured
+    calls = [(_conn(), _request(ctx=traced_ctx), 200, 1), (_conn(), _request(ctx=RequestContext()), 200, 2),
+             (_conn(), broken, 200, 3)]
+    with caplog.at_level(logging.ERROR, "shmserve.http"):
+        c, py = _both(AccessLogSettings(enabled=True, format="json"), calls, traced=True)
+    assert caplog.text.count("recording the access line of request rid-1 failed") == 2  # once per twin
+    assert caplog.records[0].exc_info is not None  # with its traceback
+    for log in (c, py):
+        assert log.waiting == 2  # type: ignore[attr-defined]
+        (ctx, method, path, status, rid, end), = log._traced  # type: ignore[attr-defined]
+        assert ctx is traced_ctx and (method, path, status, rid) == (b"POST", b"/p", 200, b"rid-1")
+        assert abs(end - time.monotonic()) < 5
+
+
+@needs_native
+def test_the_c_hook_takes_four_or_five_arguments() -> None:
+    from shmserve.config.schema import AccessLogSettings
+    from shmserve.http.access_log import AccessLog
+
+    log = AccessLog(AccessLogSettings(enabled=True), [])
+    with pytest.raises(TypeError, match="4 or 5"):
+        log.record(_conn(), _request())
+    with pytest.raises(TypeError):
+        NATIVE.Recorder(None, (), 1.0, 0.0, None, None, None, None)  # type: ignore[union-attr]
