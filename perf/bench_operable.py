@@ -22,7 +22,10 @@ worker's CPU per request is the req/s ratio a CPU-bound API worker would give.
 Prints, per connection count, the medians over the rounds of req/s, p50/p99
 and CPU µs per request per process, and the ratios off/before and on/off of
 req/s and of CPU per request (API worker, runner worker, all processes), each
-taken per round and given as median [min-max]; writes them to
+taken per round and given as median [min-max]; the API worker's CPU per request
+split between its event-loop thread and its other threads (the access-log and
+span writer, the span exporter, the runner client's: `process_cost.per_thread_request`),
+with their context switches per request; writes them to
 ``perf/results/operable_<stamp>.json``. With ``--instructions`` it first
 counts an API worker's instructions per request, off and on, under callgrind
 (`perf.callgrind_api`, both at once): a figure the machine's load does not
@@ -54,12 +57,14 @@ from typing import Any
 
 from . import callgrind_api, wrk
 from .env import REPO, THREAD_ENV, bench_dir
-from .process_cost import per_request, shmserve_roles, snapshot
+from .process_cost import per_request, per_thread_request, shmserve_roles, snapshot, thread_snapshot
 from .procs import free_port, stop, wait_http
 from .stats import median, spread
 
 SERVICE = "examples.service_mlp:svc"
 CPU_ROLES = ("api_worker", "runner_worker", "supervisor", "total")
+#: per request, of the API worker's event-loop thread and of its other threads (`process_cost.per_thread_request`)
+THREAD_FIGURES = ("cpu_us", "user_us", "sys_us", "voluntary", "involuntary")
 ROLE_NAMES = {"api_worker": "api", "runner_worker": "runner", "supervisor": "supervisor", "total": "total"}
 ON_CONFIG = """\
 api_server:
@@ -123,16 +128,19 @@ def measure(kind: str, tree: Path, connections: tuple[int, ...], duration: float
     url = f"http://127.0.0.1:{port}/predict"
     try:
         pids = shmserve_roles(proc.pid, log)
+        api = next((pid for pid, role in pids.items() if role == "api_worker"), None)
         wrk.run(url, body, ctype, 8, 1.0)  # warm-up: imports, first batches, allocator
         out = {}
         for c in connections:
-            before = snapshot(pids)
+            before, threads = snapshot(pids), thread_snapshot(api) if api is not None else {}
             res = wrk.run(url, body, ctype, c, duration)
             cpu, woken = per_request(pids, before, snapshot(pids), res.requests)
             if res.errors:
                 raise RuntimeError(f"{kind} server: {res.errors} errors at {c} connections; see {log}")
             out[c] = {"rps": res.rps, "p50_ms": res.latency_ms.get("p50"), "p99_ms": res.latency_ms.get("p99"),
-                      "requests": res.requests, "cpu_us_per_request": cpu, "wakeups_per_request": woken}
+                      "requests": res.requests, "cpu_us_per_request": cpu, "wakeups_per_request": woken,
+                      "api_threads_per_request": per_thread_request(api, threads, thread_snapshot(api), res.requests)
+                      if api is not None else {}}
         return out
     finally:
         stop(proc)
@@ -192,6 +200,9 @@ def figures(runs: dict[str, list[dict[int, Any]]], c: int) -> dict[str, Any]:
         fig[k] = {m: median([x[m] for x in rr]) for m in ("rps", "p50_ms", "p99_ms")}
         fig[k]["rps_over_rounds"] = _spread([x["rps"] for x in rr])
         fig[k]["cpu_us_per_request"] = {role: _spread([_cpu(x, role) for x in rr]) for role in CPU_ROLES}
+        fig[k]["api_threads_per_request"] = {
+            part: {m: _spread([x.get("api_threads_per_request", {}).get(part, {}).get(m, math.nan) for x in rr])
+                   for m in THREAD_FIGURES} for part in ("loop", "others")}
     for name, a, b in (("off_over_before", "off", "before"), ("on_over_off", "on", "off")):
         pairs = list(zip(runs[a], runs[b]))
         fig[name] = _spread([x[c]["rps"] / y[c]["rps"] for x, y in pairs])
@@ -215,6 +226,12 @@ def summary_text(c: int, fig: dict[str, Any]) -> str:
         cpu = fig[k]["cpu_us_per_request"]
         lines.append(f"       CPU µs/request {k:6} " + "  ".join(f"{ROLE_NAMES[role]} {_r(cpu[role], 1)}"
                                                               for role in CPU_ROLES))
+    for k in kinds:
+        th = fig[k]["api_threads_per_request"]
+        lines.append(f"       API worker threads {k:6} " + "  ".join(
+            f"{part} CPU µs {_r(th[part]['cpu_us'], 1)} (sys {th[part]['sys_us']['median']:.1f}, switches "
+            f"vol {th[part]['voluntary']['median']:.3f} invol {th[part]['involuntary']['median']:.3f})"
+            for part in ("loop", "others")) + " /request")
     for name in ("off_over_before", "on_over_off"):
         ratio = fig[f"cpu_{name}"]
         lines.append(f"       CPU/request {name.replace('_over_', '/'):10} " + "  ".join(
@@ -261,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {r + 1}/{args.rounds} {kind}: " + ", ".join(
                     f"c{c} {v['rps']:.0f} req/s p99 {v['p99_ms']:.2f} ms CPU µs/request "
                     + " ".join(f"{ROLE_NAMES.get(role, role)} {us:.1f}" for role, us in v["cpu_us_per_request"].items())
+                    + " (API loop thread " + "/ other threads ".join(
+                        f"{v['api_threads_per_request'].get(part, {}).get('cpu_us', math.nan):.1f}"
+                        for part in ("loop", "others")) + ")"
                     for c, v in runs[kind][-1].items()), flush=True)
     summary: dict[str, Any] = {"before_rev": rev, "rounds": args.rounds, "duration_s": args.duration,
                                "on_config": ON_CONFIG, "figures": {}, "instructions": instructions}

@@ -11,6 +11,16 @@ req/s does, which is why the benchmarks report it beside req/s::
     before = snapshot(pids)
     res = wrk.run(...)
     cpu, woken = per_request(pids, before, snapshot(pids), res.requests)
+
+Within one process (the API worker), `thread_snapshot` and `per_thread_request`
+split the same figures between its main thread (the event loop) and the
+others (the access-log/span writer, the span exporter, the runner client's
+threads): what the loop pays itself, and what runs beside it on the other
+core, contending for the GIL::
+
+    before = thread_snapshot(api_pid)
+    res = wrk.run(...)
+    split = per_thread_request(api_pid, before, thread_snapshot(api_pid), res.requests)
 """
 from __future__ import annotations
 
@@ -20,7 +30,8 @@ from pathlib import Path
 
 from .procs import cmdline, descendants
 
-__all__ = ["cpu_ticks", "wakeups", "shmserve_roles", "snapshot", "per_request", "IGNORED_ROLES"]
+__all__ = ["cpu_ticks", "wakeups", "shmserve_roles", "snapshot", "per_request", "IGNORED_ROLES", "thread_snapshot",
+           "per_thread_request"]
 
 _TICK = os.sysconf("SC_CLK_TCK")
 IGNORED_ROLES = ("resource_tracker", "other")  # processes no request goes through
@@ -88,3 +99,48 @@ def per_request(pids: dict[int, str], before: dict[int, tuple[int, int]], after:
         cpu[role] = cpu.get(role, 0.0) + (after[pid][0] - before[pid][0]) / _TICK / n * 1e6
         woken[role] = woken.get(role, 0.0) + (after[pid][1] - before[pid][1]) / n
     return cpu, woken
+
+
+def thread_snapshot(pid: int) -> dict[int, tuple[int, int, int, int]]:
+    """tid -> (utime ticks, stime ticks, voluntary, involuntary context switches) of every thread of `pid`."""
+    out: dict[int, tuple[int, int, int, int]] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+            switches = {k: int(v) for k, _, v in (line.partition(":") for line in
+                        Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines())
+                        if k in ("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")}
+        except (OSError, ValueError):
+            continue  # the thread ended
+        out[int(tid)] = (int(stat[11]), int(stat[12]), switches.get("voluntary_ctxt_switches", 0),
+                         switches.get("nonvoluntary_ctxt_switches", 0))
+    return out
+
+
+def per_thread_request(pid: int, before: dict[int, tuple[int, int, int, int]],
+                       after: dict[int, tuple[int, int, int, int]], requests: int) -> dict[str, dict[str, float]]:
+    """Per request, for the main thread of `pid` ("loop": an API worker's event loop) and its other threads
+    together ("others"): CPU µs (user, system, both) and voluntary and involuntary context switches.
+
+    A thread that started between the snapshots counts from zero; one that ended is missing from `after`
+    and its last interval is lost (the writer threads live as long as the server)."""
+    n = max(1, requests)
+    tick_us = 1e6 / _TICK
+    split: dict[str, dict[str, float]] = {}
+    for tid, now in after.items():
+        then = before.get(tid, (0, 0, 0, 0))
+        part = split.setdefault("loop" if tid == pid else "others",
+                                {"user_us": 0.0, "sys_us": 0.0, "cpu_us": 0.0, "voluntary": 0.0, "involuntary": 0.0,
+                                 "threads": 0})
+        user, system = (now[0] - then[0]) * tick_us / n, (now[1] - then[1]) * tick_us / n
+        part["user_us"] += user
+        part["sys_us"] += system
+        part["cpu_us"] += user + system
+        part["voluntary"] += (now[2] - then[2]) / n
+        part["involuntary"] += (now[3] - then[3]) / n
+        part["threads"] += 1
+    return split
