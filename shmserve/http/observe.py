@@ -60,6 +60,42 @@ class RequestContext(list[tuple[str, str, dict[str, float]]]):
         return runner_seconds(self)
 
 
+class _TurnSpans:
+    """The span processor of the console exporter: the spans a writer turn builds, exported in one call
+    at the end of the turn (`export_due`; one write to the log).
+
+    The SDK's ``BatchSpanProcessor`` runs a thread of its own, which wakes, takes the GIL from the event
+    loop and writes at its own times; the console exporter only formats and writes, so the observer's
+    writer thread, awake anyway, does it: one thread fewer contending for the GIL with the loop. (An
+    OTLP exporter, which waits on the network, keeps the SDK's processor and its thread.)
+    """
+
+    def __init__(self, exporter: Any) -> None:
+        self.exporter = exporter
+        self._spans: list[Any] = []
+        #: what `Tracer.export` hands each finished span to: the list's own append (no frame per span)
+        self.on_end = self._spans.append
+
+    def export_due(self) -> None:
+        """Export the spans built so far (on the writer thread; a failing exporter is logged, not fatal)."""
+        spans = self._spans
+        due = spans[:]
+        del spans[:len(due)]
+        if due:
+            try:
+                self.exporter.export(due)
+            except Exception:
+                log.exception("exporting %d spans failed", len(due))
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        self.export_due()
+        return True
+
+    def shutdown(self) -> None:
+        self.export_due()
+        self.exporter.shutdown()
+
+
 class Observer:
     """The access log and the tracer of one API worker (either may be None), and their writer thread."""
 
@@ -67,10 +103,16 @@ class Observer:
                  access_log: AccessLog | None = None, tracer: Any = None) -> None:
         if access_log is None and access.enabled:
             access_log = AccessLog(access)
+        self._turn_spans: _TurnSpans | None = None
         if tracer is None and tracing.enabled:
-            from .tracing import Tracer
+            from .tracing import Tracer, span_exporter
 
-            tracer = Tracer(tracing, service_name)
+            if tracing.exporter == "console":
+                self._turn_spans = _TurnSpans(span_exporter(tracing))
+                tracer = Tracer(tracing, service_name, exporter=self._turn_spans)  # no exporter thread
+                tracer.processor = self._turn_spans  # spans go straight to its list
+            else:
+                tracer = Tracer(tracing, service_name)
         self.access_log = access_log
         self.tracer = tracer
         # what `begin` samples with: the tracer's rate, and the parent of a new trace (None: no tracer)
@@ -151,6 +193,8 @@ class Observer:
                 tracer.export(ctx.parent, method, path, ctx.api, status, rid, timeline, end)
             except Exception:  # one request's broken spans must not stop the others'
                 log.exception("building the spans of request %s failed", rid.decode("latin-1"))
+        if self._turn_spans is not None:
+            self._turn_spans.export_due()
 
     def close(self) -> None:
         """Stop the writer, write and export what waits, then flush and stop the access log and the exporter."""

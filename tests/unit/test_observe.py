@@ -1,0 +1,71 @@
+"""The observer: console spans exported on the writer's own turn, no exporter thread (no processes)."""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("opentelemetry.sdk.trace")
+
+from shmserve.config.schema import AccessLogSettings, TracingSettings  # noqa: E402
+from shmserve.http.observe import Observer  # noqa: E402
+from shmserve.http.protocol import HttpProtocol, Request  # noqa: E402
+
+
+def _served(observer: Observer, n: int, prefix: str = "obs") -> None:
+    """`n` traced requests answered, through the observer's hook as the protocol calls it."""
+    conn = object.__new__(HttpProtocol)
+    conn.transport = None
+    for i in range(n):
+        r = Request(b"POST", b"/p", {}, b"", True)
+        r.request_id = f"{prefix}-{i}".encode()
+        assert observer.begin(r, "p", False) is not None
+        observer.hook(conn, r, 200, 0)  # type: ignore[misc]
+
+
+def test_console_spans_are_exported_by_the_writer_turn_without_a_thread_of_their_own(caplog: pytest.LogCaptureFixture) -> None:
+    before = {t.name for t in threading.enumerate()}
+    with caplog.at_level(logging.INFO, "shmserve.tracing"):
+        observer = Observer(AccessLogSettings(enabled=False), TracingSettings(exporter="console", sample_rate=1.0), "svc")
+        try:
+            started = {t.name for t in threading.enumerate()} - before
+            assert started == {"shmserve-observe"}  # no BatchSpanProcessor worker
+            _served(observer, 3, "a")
+            deadline = time.monotonic() + 10
+            while len(caplog.records) < 6 and time.monotonic() < deadline:
+                time.sleep(0.01)  # nobody calls flush(): the writer's turn writes them (2 spans a request)
+            assert sorted({_rid(r) for r in caplog.records}) == ["a-0", "a-1", "a-2"]
+            _served(observer, 2, "b")
+        finally:
+            observer.close()  # the last ones: written at close
+    ids = [_rid(r) for r in caplog.records]
+    assert sorted(ids) == sorted(["a-0", "a-1", "a-2", "b-0", "b-1"] * 2)  # each span once
+
+
+def _rid(record: logging.LogRecord) -> str:
+    return str(json.loads(record.getMessage())["attributes"]["shmserve.request_id"])
+
+
+def test_a_failing_console_export_is_logged_and_the_next_turn_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    observer = Observer(AccessLogSettings(enabled=False), TracingSettings(exporter="console", sample_rate=1.0), "svc")
+    turn = observer._turn_spans
+    assert turn is not None
+    calls: list[int] = []
+
+    def broken(spans: list) -> None:
+        calls.append(len(spans))
+        raise OSError("log gone")
+
+    turn.exporter.export = broken  # type: ignore[method-assign]
+    try:
+        with caplog.at_level(logging.ERROR, "shmserve.http"):
+            _served(observer, 1)
+            observer.flush()
+            _served(observer, 1)
+            observer.flush()
+    finally:
+        observer.close()
+    assert calls == [2, 2] and "exporting 2 spans failed" in caplog.text  # a request: decode and its server span
