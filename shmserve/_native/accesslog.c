@@ -535,6 +535,134 @@ static PyTypeObject RecorderType = {
     .tp_dealloc = (destructor)recorder_dealloc,
 };
 
+/* ---- the request's context: Beginner ------------------------------------------------------------
+ *
+ * The C twin of the common case of observe.Observer.begin(request, api, asked), called by the app for
+ * every API request while the access log or tracing is on: a request that did not ask for its timeline,
+ * has no traceparent and is not drawn for a trace (with the tracer's rate below 1) gets a fresh
+ * `context_type` (observe.RequestContext, a list subclass: allocated empty, no __init__ runs, as list()
+ * makes one) as request.ctx when the access log is on, else None. Every other request is handed to the
+ * Python twin: `begin(request, api, asked)` when nothing was drawn (asked, a traceparent, rate 1), or
+ * `sampled(request, api)` when the draw here picked it. So the draw is made once per request either way.
+ */
+typedef struct {
+    PyObject_HEAD
+    PyTypeObject *context_type;
+    PyObject *begin;   /* the Python twin */
+    PyObject *sampled; /* (request, api) -> the context of a request drawn for a trace */
+    PyObject *random;  /* () -> float in [0, 1); None without a tracer */
+    double rate;       /* the tracer's sample rate; negative: no tracer */
+    int logged;        /* the access log is on */
+    vectorcallfunc vectorcall;
+} Beginner;
+
+static PyObject *s_headers, *s_traceparent;
+
+static PyObject *beginner_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    Beginner *b = (Beginner *)self;
+    if ((kwnames != NULL && PyTuple_GET_SIZE(kwnames)) || PyVectorcall_NARGS(nargsf) != 3) {
+        PyErr_SetString(PyExc_TypeError, "begin(request, api, asked): 3 positional arguments");
+        return NULL;
+    }
+    PyObject *request = args[0];
+    int asked = PyObject_IsTrue(args[2]);
+    if (asked < 0)
+        return NULL;
+    if (asked || b->rate >= 1.0)
+        return PyObject_Vectorcall(b->begin, args, 3, NULL);
+    if (b->rate >= 0.0) {
+        PyObject *headers = PyObject_GetAttr(request, s_headers);
+        if (headers == NULL)
+            return NULL;
+        int has = PyDict_CheckExact(headers) ? PyDict_Contains(headers, s_traceparent) : 1; /* else: Python decides */
+        Py_DECREF(headers);
+        if (has < 0)
+            return NULL;
+        if (has)
+            return PyObject_Vectorcall(b->begin, args, 3, NULL);
+        PyObject *draw = PyObject_CallNoArgs(b->random);
+        if (draw == NULL)
+            return NULL;
+        double x = PyFloat_AsDouble(draw);
+        Py_DECREF(draw);
+        if (x == -1.0 && PyErr_Occurred())
+            return NULL;
+        if (x < b->rate)
+            return PyObject_Vectorcall(b->sampled, args, 2, NULL);
+    }
+    if (!b->logged)
+        Py_RETURN_NONE;
+    PyObject *ctx = b->context_type->tp_alloc(b->context_type, 0);
+    if (ctx == NULL)
+        return NULL;
+    if (PyObject_SetAttr(request, s_ctx, ctx) < 0) {
+        Py_DECREF(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
+static PyObject *beginner_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"context_type", "rate", "logged", "begin", "sampled", "random", NULL};
+    PyObject *context_type, *begin, *sampled, *random;
+    double rate;
+    int logged;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!dpOOO:Beginner", kwlist, &PyType_Type, &context_type, &rate,
+                                     &logged, &begin, &sampled, &random))
+        return NULL;
+    if (!PyType_IsSubtype((PyTypeObject *)context_type, &PyList_Type)) {
+        PyErr_SetString(PyExc_TypeError, "Beginner: context_type is a subclass of list");
+        return NULL;
+    }
+    Beginner *b = (Beginner *)type->tp_alloc(type, 0);
+    if (b == NULL)
+        return NULL;
+    b->context_type = (PyTypeObject *)Py_NewRef(context_type);
+    b->begin = Py_NewRef(begin);
+    b->sampled = Py_NewRef(sampled);
+    b->random = Py_NewRef(random);
+    b->rate = rate;
+    b->logged = logged;
+    b->vectorcall = beginner_vectorcall;
+    return (PyObject *)b;
+}
+
+static int beginner_traverse(Beginner *b, visitproc visit, void *arg) {
+    Py_VISIT(b->context_type);
+    Py_VISIT(b->begin);
+    Py_VISIT(b->sampled);
+    Py_VISIT(b->random);
+    return 0;
+}
+
+static int beginner_clear(Beginner *b) {
+    Py_CLEAR(b->context_type);
+    Py_CLEAR(b->begin);
+    Py_CLEAR(b->sampled);
+    Py_CLEAR(b->random);
+    return 0;
+}
+
+static void beginner_dealloc(Beginner *b) {
+    PyObject_GC_UnTrack(b);
+    beginner_clear(b);
+    Py_TYPE(b)->tp_free((PyObject *)b);
+}
+
+static PyTypeObject BeginnerType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "shmserve._native._accesslog.Beginner",
+    .tp_basicsize = sizeof(Beginner),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "Beginner(context_type, rate, logged, begin, sampled, random): observe.Observer.begin(request, api, "
+              "asked) in C for the requests that are only access-logged; the others go to `begin` or `sampled`.",
+    .tp_new = beginner_new,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(Beginner, vectorcall),
+    .tp_traverse = (traverseproc)beginner_traverse,
+    .tp_clear = (inquiry)beginner_clear,
+    .tp_dealloc = (destructor)beginner_dealloc,
+};
+
 #define JSON_LINES_DOC                                                                                     \
     "json_lines(items, wall) -> str or None: the JSON lines of the flat list of access log entries, each " \
     "ended by a newline; None where the Python formatter must decide."
@@ -549,12 +677,15 @@ PyMODINIT_FUNC PyInit__accesslog(void) {
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if ((*slots[i] = PyUnicode_InternFromString(names[i])) == NULL)
             return NULL;
-    if ((s_dash = PyBytes_FromStringAndSize("-", 1)) == NULL || PyType_Ready(&RecorderType) < 0)
+    if ((s_dash = PyBytes_FromStringAndSize("-", 1)) == NULL || (s_traceparent = PyBytes_FromString("traceparent")) == NULL
+        || (s_headers = PyUnicode_InternFromString("headers")) == NULL || PyType_Ready(&RecorderType) < 0
+        || PyType_Ready(&BeginnerType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
-    if (PyModule_AddObjectRef(m, "Recorder", (PyObject *)&RecorderType) < 0) {
+    if (PyModule_AddObjectRef(m, "Recorder", (PyObject *)&RecorderType) < 0
+        || PyModule_AddObjectRef(m, "Beginner", (PyObject *)&BeginnerType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -122,6 +122,12 @@ class Observer:
 
             self._rate, self._new_trace = tracer.rate, NEW_TRACE
         self.active = access_log is not None or tracer is not None
+        #: ``begin(request, api, asked)``: the C twin of `_begin` where it is built (`_native.Beginner`:
+        #: an access-logged request that is not traced gets its context with no Python frame)
+        self.begin: Callable[[Request, str, bool], RequestContext | None] = self._begin
+        if _native is not None and self.active:
+            self.begin = _native.Beginner(RequestContext, -1.0 if self._rate is None else self._rate,
+                                          access_log is not None, self._begin, self._sampled, _random)
         # The loop appends (list.append: atomic), the writer takes every waiting one with a slice and a
         # slice delete under `_taking` (each atomic: what the loop appends in between stays for the next
         # turn). With the access log on, its hook queues them too (`AccessLog.trace_into`).
@@ -139,8 +145,8 @@ class Observer:
         if self.active:
             self._writer.start()
 
-    def begin(self, request: Request, api: str, asked: bool) -> RequestContext | None:
-        """The context of an API request, or None when nobody observes it."""
+    def _begin(self, request: Request, api: str, asked: bool) -> RequestContext | None:
+        """The context of an API request, or None when nobody observes it (`begin`'s Python twin)."""
         if not (asked or self.active):
             return None
         parent = None
@@ -153,10 +159,21 @@ class Observer:
                 parent = self.tracer.sample(request.headers)
         if parent is None and not asked and self.access_log is None:
             return None  # traced only when sampled, and this one is not: nothing to collect
+        if parent is not None or asked:
+            return self._timed(request, api, parent)
+        ctx = request.ctx = RequestContext()  # only the access log's runner time is collected
+        return ctx
+
+    def _sampled(self, request: Request, api: str) -> RequestContext:
+        """The context of a request without traceparent drawn for a new trace (`_native.Beginner` drew)."""
+        return self._timed(request, api, self._new_trace)
+
+    @staticmethod
+    def _timed(request: Request, api: str, parent: Any) -> RequestContext:
+        """The context of a traced request (`parent`) or of one that asked for its timeline (None)."""
         ctx = request.ctx = RequestContext()
-        if parent is not None or asked:  # else only the access log's runner time is collected
-            ctx.api, ctx.parent = api, parent
-            ctx.timeline = {"begin": request.t_begin, "parsed": request.t_parsed, "decoded": time.monotonic()}
+        ctx.api, ctx.parent = api, parent
+        ctx.timeline = {"begin": request.t_begin, "parsed": request.t_parsed, "decoded": time.monotonic()}
         return ctx
 
     @property

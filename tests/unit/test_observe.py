@@ -69,3 +69,54 @@ def test_a_failing_console_export_is_logged_and_the_next_turn_goes_on(caplog: py
     finally:
         observer.close()
     assert calls == [2, 2] and "exporting 2 spans failed" in caplog.text  # a request: decode and its server span
+
+
+def _outcome(ctx: object, request: Request) -> object:
+    """What a begin call decided: None, or (the context is request.ctx, api, parent, timeline's keys)."""
+    if ctx is None:
+        return None
+    assert ctx is request.ctx and type(ctx).__name__ == "RequestContext" and ctx == []
+    return (ctx.api, ctx.parent, sorted(ctx.timeline or ()))  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("logged", [True, False])
+def test_begin_in_c_decides_as_the_python_twin(monkeypatch: pytest.MonkeyPatch, logged: bool) -> None:
+    from shmserve.http import observe
+    from shmserve.http.tracing import NEW_TRACE, Tracer
+
+    traceparent = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    cases = [({}, False), ({}, False), ({}, True), ({b"traceparent": traceparent}, False), ({}, False)]
+    outcomes = []
+    for native in (True, False):
+        draws = iter([0.9, 0.1, 0.5, 0.05] * 3)  # one draw per request without traceparent that did not ask
+        monkeypatch.setattr(observe, "_random", lambda: next(draws))
+        monkeypatch.setattr("shmserve.http.tracing.random.random", lambda: next(draws))
+        settings = TracingSettings(exporter="console", sample_rate=0.25)
+        observer = Observer(AccessLogSettings(enabled=logged), settings, "svc", tracer=Tracer(settings, "svc"))
+        try:
+            begin = observer.begin if native else observer._begin
+            assert (type(begin).__name__ == "Beginner") == (native and observe._native is not None)
+            got = []
+            for headers, asked in cases:
+                r = Request(b"POST", b"/p", dict(headers), b"", True)
+                got.append(_outcome(begin(r, "p", asked), r))
+        finally:
+            observer.close()
+        outcomes.append(got)
+        assert next(draws) == 0.9  # one draw each (0.9, 0.1, the asked one's 0.5, 0.05) but the traceparent one's
+    assert outcomes[0] == outcomes[1]
+    timeline = ["begin", "decoded", "parsed"]
+    assert outcomes[0][1] == outcomes[0][4] == ("p", NEW_TRACE, timeline) and outcomes[0][2] == ("p", None, timeline)
+    assert outcomes[0][0] == (("", None, []) if logged else None)
+    assert outcomes[0][3][1] is not None and outcomes[0][3][1] is not NEW_TRACE  # the caller's span context
+
+
+def test_begin_in_c_with_the_access_log_alone() -> None:
+    observer = Observer(AccessLogSettings(enabled=True), TracingSettings(), "svc")
+    try:
+        r = Request(b"POST", b"/p", {}, b"", True)
+        assert _outcome(observer.begin(r, "p", False), r) == ("", None, [])
+        asked = Request(b"POST", b"/p", {}, b"", True)
+        assert _outcome(observer.begin(asked, "p", True), asked) == ("p", None, ["begin", "decoded", "parsed"])
+    finally:
+        observer.close()
