@@ -47,8 +47,12 @@ LOGGER_NAME = "shmserve.access"
 _log = logging.getLogger("shmserve.http")
 _monotonic, _random = time.monotonic, random.random  # looked up once: `record` runs for every response
 
-#: the C twin of `_JsonLines` (shmserve/_native/accesslog.c), or None
+#: the C twin of `_JsonLines` and of `AccessLog._record` (shmserve/_native/accesslog.c), or None
 _native = load("accesslog")
+if _native is not None:
+    from .request import Request as _Request
+
+    _native.configure(_Request)  # its fields are read from their slots
 
 # One entry: (CLOCK_MONOTONIC time, client address, method, path, status, bytes in, bytes out, seconds,
 # runner seconds, id); the writer adds the wall clock's offset to the monotonic time. Every field is

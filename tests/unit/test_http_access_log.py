@@ -308,8 +308,8 @@ def test_lines_queued_while_a_flush_takes_the_batch_are_written_once_each() -> N
         sys.setswitchinterval(interval)
     log.flush()
     ids = [orjson.loads(line)["request_id"] for line in cap.lines]
-    assert sorted(ids) == sorted(f"id-{i}" for i in range(added))
-    assert flushes > 1
+    assert len(ids) == added and sorted(ids) == sorted(f"id-{i}" for i in range(added)), (len(ids), added)
+    assert flushes > 1, (flushes, added)
 
 
 def test_with_tracing_on_too_the_hook_is_still_record_and_queues_the_spans() -> None:

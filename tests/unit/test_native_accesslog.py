@@ -235,3 +235,26 @@ def test_the_c_hook_takes_four_or_five_arguments() -> None:
         log.record(_conn(), _request())
     with pytest.raises(TypeError):
         NATIVE.Recorder(None, (), 1.0, 0.0, None, None, None, None)  # type: ignore[union-attr]
+
+
+@needs_native
+def test_the_c_hook_reads_any_request_object_and_configure_wants_slots() -> None:
+    import types
+
+    from shmserve.config.schema import AccessLogSettings
+
+    def plain() -> object:  # not a Request: its fields are looked up as attributes
+        return types.SimpleNamespace(method=b"GET", path=b"/n", headers={}, body=b"12345", t_begin=time.monotonic(),
+                                     t_parsed=time.monotonic(), request_id=b"ns-1", ctx=None)
+
+    c, py = _both(AccessLogSettings(enabled=True, format="json"), [(_conn(), plain(), 200, 3), (_conn(), _request(), 200, 4)])
+    assert _without_times(c._pending) == _without_times(py._pending)  # type: ignore[attr-defined]
+    assert c._pending[5] == 5 and c._pending[9] == b"ns-1"  # type: ignore[attr-defined]
+    with pytest.raises(TypeError, match="no __dict__"):
+        NATIVE.configure(types.SimpleNamespace)  # type: ignore[union-attr]
+
+    class Slotted:
+        __slots__ = ("method",)
+
+    with pytest.raises(AttributeError):
+        NATIVE.configure(Slotted)  # type: ignore[union-attr]  # the other fields are missing

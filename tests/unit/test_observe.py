@@ -88,9 +88,10 @@ def test_begin_in_c_decides_as_the_python_twin(monkeypatch: pytest.MonkeyPatch, 
     cases = [({}, False), ({}, False), ({}, True), ({b"traceparent": traceparent}, False), ({}, False)]
     outcomes = []
     for native in (True, False):
-        draws = iter([0.9, 0.1, 0.5, 0.05] * 3)  # one draw per request without traceparent that did not ask
-        monkeypatch.setattr(observe, "_random", lambda: next(draws))
-        monkeypatch.setattr("shmserve.http.tracing.random.random", lambda: next(draws))
+        draws = iter([0.9, 0.1, 0.5, 0.05] * 3)  # one draw per request but the one with a traceparent
+        draw = draws.__next__
+        monkeypatch.setattr(observe, "_random", draw)
+        monkeypatch.setattr("shmserve.http.tracing.random.random", draw)
         settings = TracingSettings(exporter="console", sample_rate=0.25)
         observer = Observer(AccessLogSettings(enabled=logged), settings, "svc", tracer=Tracer(settings, "svc"))
         try:
