@@ -126,11 +126,14 @@ static int put_ms(Buf *b, double ms) {
     if (ms == 0.0 && !signbit(ms))
         return PUT_LITERAL(b, "0.000");
     if (ms > 0.0 && ms < 9007199254740.992) {
-        int e;
-        double f = frexp(ms, &e); /* ms = f * 2**e, 0.5 <= f < 1 */
-        int k = 53 - e;           /* ms = m * 2**-k with m = f * 2**53, exact */
-        if (k >= 1 && k <= 63) {
-            uint64_t scaled = (uint64_t)ldexp(f, 53) * 1000u;
+        /* ms = m * 2**-k read off its IEEE 754 bits (frexp and ldexp, two libm calls, cost as much as the
+         * rest): m the 53-bit significand with its implicit bit, k from the biased exponent */
+        uint64_t bits;
+        memcpy(&bits, &ms, sizeof bits);
+        int biased = (int)(bits >> 52) & 0x7ff;
+        int k = 1075 - biased;
+        if (biased != 0 && k >= 1 && k <= 63) { /* a subnormal (biased 0) has no implicit bit: the slow way */
+            uint64_t scaled = ((bits & ((UINT64_C(1) << 52) - 1)) | (UINT64_C(1) << 52)) * 1000u;
             uint64_t n = scaled >> k, rest = scaled & ((UINT64_C(1) << k) - 1), half = UINT64_C(1) << (k - 1);
             if (rest > half || (rest == half && (n & 1)))
                 n++;

@@ -258,3 +258,13 @@ def test_the_c_hook_reads_any_request_object_and_configure_wants_slots() -> None
 
     with pytest.raises(AttributeError):
         NATIVE.configure(Slotted)  # type: ignore[union-attr]  # the other fields are missing
+
+
+@needs_native
+@pytest.mark.parametrize("seconds", [0.0, 5e-324, 2.2250738585072014e-308, 1e-12, 4.99e-7, 5e-7, 1.5e-6, 2.5e-6,
+                                     0.0010005, 0.123456789, 1.0, 1234.5675, 9e9, 9.007199254740992e9, 1e300])
+def test_milliseconds_round_as_python_formats_them(seconds: float) -> None:
+    """put_ms reads the double's bits for its exact rounding (ties to even); subnormals, values too small
+    for its shift and huge ones take PyOS_double_to_string: the same text as '%.3f' either way."""
+    items = _flat([_entry(seconds=seconds, runner_s=seconds / 3)])
+    assert NATIVE.json_lines(items, WALL) == _python(items, WALL)  # type: ignore[union-attr]
