@@ -79,25 +79,33 @@ class RingAllocator:
 
     def alloc(self, nbytes: int, align: int = 8) -> list[int] | None:
         """Reserve `nbytes`; returns the block token ([start, end, released]) or None when full now."""
-        nbytes = max(nbytes, 1)  # zero-length blocks would make a full ring look empty
-        if not self._live:
+        if nbytes < 1:
+            nbytes = 1  # zero-length blocks would make a full ring look empty
+        live = self._live
+        if not live:  # nothing in use (a lone caller's every call): start over at 0, where it is warm
             self.head = 0
-            start = 0
-        else:
-            start = (self.head + align - 1) // align * align
-        tail = self.tail
-        if self._live and self.head <= tail:
+            if nbytes > self.size:
+                return None
+            block = [0, nbytes, 0]
+            live.append(block)
+            self.head = nbytes
+            return block
+        head = self.head
+        start = (head + align - 1) // align * align
+        tail = live[0][0]
+        if head <= tail:
             # The live region runs past the end and restarts at 0: free space is [head, tail).
             if start + nbytes > tail:
                 return None
         elif start + nbytes > self.size:
             # Does not fit before the end: restart at 0 if the oldest block leaves room there.
-            if not self._live or nbytes > tail:
+            if nbytes > tail:
                 return None
             start = 0
-        block = [start, start + nbytes, 0]
-        self._live.append(block)
-        self.head = start + nbytes
+        end = start + nbytes
+        block = [start, end, 0]
+        live.append(block)
+        self.head = end
         return block
 
     def release(self, block: list[int]) -> None:
