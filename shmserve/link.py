@@ -36,7 +36,7 @@ import orjson
 
 from . import traces
 from .errors import InvalidInput, RunnerError, RunnerOverloaded, RunnerUnavailable, ShmserveError, from_wire
-from .publish import consume_responses, publish_call
+from .publish import Publisher, consume_responses, publisher
 from .shm import extra, handshake
 from .shm.channel import ChannelView
 from .shm.health import HealthBoard
@@ -149,6 +149,7 @@ class WorkerLink:
         self._extra: extra.LinkSlots | None = None  # this channel's extra-segment entries, once a call uses one
         self.result_arena = view.resp_arena  # where the codec reads results (`lease`, `free_block`)
         self.doorbell = doorbell
+        self._publish: Publisher | None = publisher(view.requests, doorbell)  # the common call's publish and post
         self.worker_pid = int(answer["pid"])
         self.methods = answer["methods"]
         self.requests = RingAllocator(chan.req_arena_size)
@@ -209,9 +210,9 @@ class WorkerLink:
         try:
             if extra.OUTPUT_TO.get() is not None:  # the caller wants the result in a client region (shm.extra)
                 self._extra = extra.place_output(self._extra, self._buf, seq)
-            if segments is None:  # every tensor copied into the arena (the common call)
-                submit, pos = publish_call(ring, self._req_head, seq, index, base, block[1] - base, tensors, offsets,
-                                           meta, meta_off, deadline, tag)
+            if segments is None:  # every tensor copied into the arena (the common call), posted if `post`
+                submit, pos = self._publish(self._req_head, seq, index, base, block[1] - base,  # type: ignore[misc]
+                                            tensors, offsets, meta, meta_off, deadline, tag, post)
             else:  # some tensors read in place from extra segments (`shmserve.shm.extra`): the Python path
                 ring.copy_in(base, tensors if local is None else local, offsets, meta, meta_off)
                 submit = time.monotonic()
@@ -226,7 +227,7 @@ class WorkerLink:
         p = Pending(seq, self, pos, block, method, submit)
         p.stream = stream  # set before the worker can answer
         self.pending[seq] = p
-        if post:
+        if post and segments is not None:
             self.doorbell.post()  # type: ignore[union-attr]
         return p
 
@@ -331,6 +332,7 @@ class WorkerLink:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
+        self._publish = None  # with it the C handle on the doorbell
         if self.doorbell is not None:
             self.doorbell.close()
             self.doorbell = None

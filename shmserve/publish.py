@@ -8,6 +8,11 @@ built, and for a tensor that is not a plain copy (not C-contiguous, or not
 little endian), which the C side refuses before writing anything. The C module
 takes every position from `shmserve.shm.wire` at import (`native_fields`).
 
+`publisher` binds that step and the worker's doorbell post to one link: the
+C ``submit`` (publish, then ``sem_post`` on its own handle of the doorbell)
+behind a `functools.partial`, so a call publishes with no Python frame, or
+`publish_call` and `Signal.post`, its twin.
+
 `consume_responses` reads every response published since the link's cursor in
 one C call (``consume``, configured with `consume_fields`), and with
 `Ring.consume`, its Python twin, otherwise: both return the same records.
@@ -15,6 +20,8 @@ one C call (``consume``, configured with `consume_fields`), and with
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from . import _native
@@ -22,7 +29,7 @@ from .shm import wire
 from .shm.channel import Ring
 from .shm.wire import Tensor
 
-__all__ = ["consume_fields", "consume_responses", "native_fields", "publish_call"]
+__all__ = ["consume_fields", "consume_responses", "native_fields", "publish_call", "publisher"]
 
 
 def native_fields() -> dict[str, int]:
@@ -103,3 +110,27 @@ def publish_call(ring: Ring[Any], n: int, seq: int, code: int, base: int, block_
     pos = ring.publish(n, seq, code, base, block_len, base + meta_off, (submit, deadline or 0.0, 0.0, 0.0, 0.0), 0,
                        tensors, [base + o for o in offsets] if base else offsets, meta, tag)
     return submit, pos
+
+
+#: ``publish(n, seq, code, base, block_len, tensors, offsets, meta, meta_off, deadline, tag, post)`` ->
+#: (submit time, descriptor offset): `publish_call` for one link's ring, then its doorbell posted if `post`
+Publisher = Callable[[int, int, int, int, int, list[Tensor], list[int], bytes, int, float | None, bytes, bool],
+                     tuple[float, int]]
+
+
+def publisher(ring: Ring[Any], doorbell: Any) -> Publisher:
+    """One link's publish step: the C ``submit`` bound to `ring` and `doorbell` (a `Signal`, or a
+    test's object with ``post()``), or the Python twin when the C module is not there."""
+
+    def twin(n: int, seq: int, code: int, base: int, block_len: int, tensors: list[Tensor], offsets: list[int],
+             meta: bytes, meta_off: int, deadline: float | None, tag: bytes, post: bool) -> tuple[float, int]:
+        submit, pos = publish_call(ring, n, seq, code, base, block_len, tensors, offsets, meta, meta_off, deadline, tag)
+        if post:
+            doorbell.post()
+        return submit, pos
+
+    native = _NATIVE
+    if native is None:
+        return twin
+    bell = native.open_doorbell(getattr(doorbell, "name", None))  # None: posted through doorbell.post()
+    return partial(native.submit, ring.buf, ring.arena, ring.first, ring.slots, ring.head_word, bell, doorbell, twin)

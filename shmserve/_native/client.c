@@ -25,6 +25,9 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include <semaphore.h>
+#include <fcntl.h>
+#include <time.h>
 
 #define MAX_TENSORS_C 8
 #define MAX_NDIM_C 8
@@ -91,37 +94,35 @@ static int little_endian_format(const char *fmt) {
     return fmt[0] != '>' && fmt[0] != '!';
 }
 
-static PyObject *publish(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    (void)self;
-    if (nargs != 16) {
-        PyErr_SetString(PyExc_TypeError, "publish takes 16 arguments");
-        return NULL;
-    }
+/* The publish itself (see the top of this file): 1 written, 0 refused (nothing written), -1 an error set.
+ * `a` holds publish's 16 arguments in its order, except that a[2] (pos) and a[4] (head), a[13] and a[14]
+ * (t0, t1) are taken from `pos`, `head`, `t0`, `t1`. */
+static int do_publish(PyObject *const *a, Py_ssize_t pos, unsigned long long head, double t0, double t1) {
     if (!configured) {
         PyErr_SetString(PyExc_RuntimeError, "shmserve._native._client: configure() was not called");
-        return NULL;
+        return -1;
     }
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
-    Py_RETURN_FALSE; /* the Python twin packs little endian on any host */
+    (void)a, (void)pos, (void)head, (void)t0, (void)t1;
+    return 0; /* the Python twin packs little endian on any host */
 #else
+    PyObject *const *args = a;
     PyObject *tensors = args[6], *offsets = args[7], *meta = args[8], *tag = args[15];
     if (!PyList_Check(tensors) || !PyList_Check(offsets) || !PyBytes_Check(meta) || !PyBytes_Check(tag)) {
         PyErr_SetString(PyExc_TypeError, "publish: tensors and offsets are lists, meta and tag bytes");
-        return NULL;
+        return -1;
     }
-    Py_ssize_t pos = PyLong_AsSsize_t(args[2]), head_word = PyLong_AsSsize_t(args[3]);
-    unsigned long long head = PyLong_AsUnsignedLongLong(args[4]);
+    Py_ssize_t head_word = PyLong_AsSsize_t(args[3]);
     Py_ssize_t base = PyLong_AsSsize_t(args[5]), meta_off = PyLong_AsSsize_t(args[9]);
     unsigned long long seq = PyLong_AsUnsignedLongLong(args[10]);
     unsigned long code = PyLong_AsUnsignedLong(args[11]);
     unsigned long long block_len = PyLong_AsUnsignedLongLong(args[12]);
-    double t0 = PyFloat_AsDouble(args[13]), t1 = PyFloat_AsDouble(args[14]);
     if (PyErr_Occurred())
-        return NULL;
+        return -1;
     Py_ssize_t nt = PyList_GET_SIZE(tensors);
     if (nt > D_MAX_TENSORS || PyList_GET_SIZE(offsets) != nt) {
         PyErr_SetString(PyExc_ValueError, "publish: too many tensors, or offsets do not match them");
-        return NULL;
+        return -1;
     }
     Py_buffer views[MAX_TENSORS_C];
     long kinds[MAX_TENSORS_C];
@@ -129,7 +130,7 @@ static PyObject *publish(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     Py_ssize_t dtype_lens[MAX_TENSORS_C];
     Py_ssize_t offs[MAX_TENSORS_C];
     Py_ssize_t got = 0;
-    PyObject *result = NULL;
+    int result = -1;
     Py_buffer out = {0}, ar = {0};
     int have_out = 0, have_ar = 0;
     for (; got < nt; got++) {
@@ -145,12 +146,12 @@ static PyObject *publish(PyObject *self, PyObject *const *args, Py_ssize_t nargs
             goto done;
         if (PyObject_GetBuffer(PyTuple_GET_ITEM(t, 0), &views[got], PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
             PyErr_Clear(); /* not contiguous, or no buffer: the Python twin copies it */
-            result = Py_False;
+            result = 0;
             goto done;
         }
         if (!little_endian_format(views[got].format) || views[got].ndim > T_MAX_NDIM) {
             PyBuffer_Release(&views[got]);
-            result = Py_False;
+            result = 0;
             goto done;
         }
     }
@@ -208,7 +209,7 @@ static PyObject *publish(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     }
     /* 3. the head, last, with release ordering: it publishes steps 1 and 2 */
     __atomic_store_n((uint64_t *)((char *)out.buf + head_word), (uint64_t)(head + 1), __ATOMIC_RELEASE);
-    result = Py_True;
+    result = 1;
 done:
     for (Py_ssize_t i = 0; i < got; i++)
         PyBuffer_Release(&views[i]);
@@ -216,10 +217,116 @@ done:
         PyBuffer_Release(&out);
     if (have_ar)
         PyBuffer_Release(&ar);
-    if (result != NULL)
-        Py_INCREF(result);
     return result;
 #endif
+}
+
+static PyObject *publish(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 16) {
+        PyErr_SetString(PyExc_TypeError, "publish takes 16 arguments");
+        return NULL;
+    }
+    Py_ssize_t pos = PyLong_AsSsize_t(args[2]);
+    unsigned long long head = PyLong_AsUnsignedLongLong(args[4]);
+    double t0 = PyFloat_AsDouble(args[13]), t1 = PyFloat_AsDouble(args[14]);
+    if (PyErr_Occurred())
+        return NULL;
+    int r = do_publish(args, pos, head, t0, t1);
+    if (r < 0)
+        return NULL;
+    return Py_NewRef(r ? Py_True : Py_False);
+}
+
+/* -- submit: a call's publish and the worker's doorbell post, in one C call ----------------------------
+ *
+ * `open_doorbell(name)` opens the worker's doorbell semaphore (a second handle on the one the link's
+ * `Signal` has: glibc maps a name once per process and counts its openers) as a capsule that closes it
+ * when dropped; None when it cannot be opened (a test's signal without a semaphore behind it).
+ *
+ * `submit(buf, arena, first, slots, head_word, bell, doorbell, twin, n, seq, code, base, block_len,
+ * tensors, offsets, meta, meta_off, deadline, tag, post)` is what shmserve/publish.py's Python twin
+ * does: take the submit time (CLOCK_MONOTONIC, time.monotonic's clock), publish record `n` at
+ * first + (n % slots) * desc_size (t0 = the submit time, t1 = deadline or 0), post the doorbell when
+ * `post` (sem_post on `bell`; `doorbell.post()` when there is no bell, or sem_post failed), and return
+ * (submit time, descriptor offset). A call publish refuses (not a plain copy) is handed whole to `twin`,
+ * called with the arguments from `n` on. The first eight are bound once per link (functools.partial). */
+static const char *BELL = "shmserve.doorbell";
+
+static void bell_close(PyObject *capsule) {
+    sem_t *sem = PyCapsule_GetPointer(capsule, BELL);
+    if (sem != NULL)
+        sem_close(sem);
+}
+
+static PyObject *open_doorbell(PyObject *self, PyObject *name) {
+    (void)self;
+    if (!PyUnicode_Check(name))
+        Py_RETURN_NONE;
+    const char *s = PyUnicode_AsUTF8(name);
+    if (s == NULL)
+        return NULL;
+    sem_t *sem = sem_open(s, 0);
+    if (sem == SEM_FAILED)
+        Py_RETURN_NONE;
+    PyObject *capsule = PyCapsule_New(sem, BELL, bell_close);
+    if (capsule == NULL)
+        sem_close(sem);
+    return capsule;
+}
+
+static PyObject *submit(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 20) {
+        PyErr_SetString(PyExc_TypeError, "submit takes 20 arguments");
+        return NULL;
+    }
+    Py_ssize_t first = PyLong_AsSsize_t(args[2]), slots = PyLong_AsSsize_t(args[3]);
+    unsigned long long n = PyLong_AsUnsignedLongLong(args[8]);
+    double t1 = args[17] == Py_None ? 0.0 : PyFloat_AsDouble(args[17]);
+    int post = PyObject_IsTrue(args[19]);
+    if (PyErr_Occurred() || post < 0)
+        return NULL;
+    if (slots <= 0) {
+        PyErr_SetString(PyExc_ValueError, "submit: a ring of no slots");
+        return NULL;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    double t0 = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+    Py_ssize_t pos = first + (Py_ssize_t)(n % (unsigned long long)slots) * D_SIZE;
+    /* publish's argument order: buf, arena, pos, head_word, head, base, tensors, offsets, meta, meta_off,
+       seq, code, block_len, t0, t1, tag */
+    PyObject *a[16] = {args[0], args[1], NULL, args[4], NULL, args[11], args[13], args[14], args[15], args[16],
+                       args[9], args[10], args[12], NULL, NULL, args[18]};
+    int r = do_publish(a, pos, n, t0, t1);
+    if (r < 0)
+        return NULL;
+    if (r == 0) /* not a plain copy: the Python twin does all of it */
+        return PyObject_Vectorcall(args[7], args + 8, 12, NULL);
+    if (post) {
+        sem_t *sem = args[5] == Py_None ? NULL : PyCapsule_GetPointer(args[5], BELL);
+        if (sem == NULL || sem_post(sem) != 0) {
+            PyErr_Clear();
+            PyObject *done = PyObject_CallMethod(args[6], "post", NULL);
+            if (done == NULL)
+                return NULL;
+            Py_DECREF(done);
+        }
+    }
+    PyObject *out = PyTuple_New(2);
+    if (out == NULL)
+        return NULL;
+    PyObject *when = PyFloat_FromDouble(t0), *where = PyLong_FromSsize_t(pos);
+    if (when == NULL || where == NULL) {
+        Py_XDECREF(when);
+        Py_XDECREF(where);
+        Py_DECREF(out);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(out, 0, when);
+    PyTuple_SET_ITEM(out, 1, where);
+    return out;
 }
 
 /* -- consume: the response ring's new records, as Ring.consume returns them ---------------------------
@@ -508,6 +615,12 @@ static PyMethodDef methods[] = {
      "publish(buf, arena, pos, head_word, head, base, tensors, offsets, meta, meta_off, seq, code, "
      "block_len, t0, t1, tag) -> bool: copy a call in and publish its descriptor (False: not a plain copy, "
      "nothing written)."},
+    {"open_doorbell", open_doorbell, METH_O,
+     "open_doorbell(name) -> capsule or None: a handle on the doorbell semaphore `name`, closed when dropped."},
+    {"submit", (PyCFunction)(void (*)(void))submit, METH_FASTCALL,
+     "submit(buf, arena, first, slots, head_word, bell, doorbell, twin, n, seq, code, base, block_len, tensors, "
+     "offsets, meta, meta_off, deadline, tag, post) -> (submit time, descriptor offset): publish record n and "
+     "post the doorbell (a refused call goes to twin(n, ...))."},
     {"configure_consume", configure_consume, METH_VARARGS,
      "configure_consume(fixed, tensor, consts, ResponseDesc, TensorMeta): the response layout (shmserve.shm.wire), once."},
     {"consume", (PyCFunction)(void (*)(void))consume, METH_FASTCALL,

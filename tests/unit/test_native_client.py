@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 
 import numpy as np
 import pytest
@@ -11,8 +12,10 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from shmserve import publish
+from shmserve.publish import publisher
 from shmserve.shm import wire
 from shmserve.shm.channel import Ring
+from shmserve.shm.signal import Signal
 from shmserve.shm.wire import RequestDesc, layout, request_align
 from shmserve.tensors import to_wire
 
@@ -129,3 +132,90 @@ def test_the_layout_comes_from_wire_and_a_missing_position_is_refused():
     with pytest.raises(KeyError):
         native.configure(fields)
     native.configure(publish.native_fields())  # configured again as the link did
+
+
+# -- publisher: the publish and the doorbell post of one link, C `submit` or its twin ----------------------
+class CountingBell:
+    """A doorbell with no semaphore behind it (as a test's link has): C posts it through ``post()``."""
+
+    def __init__(self) -> None:
+        self.posts = 0
+
+    def post(self) -> None:
+        self.posts += 1
+
+
+def _submit(values: list[np.ndarray], meta: bytes, doorbell, n: int, post: bool = True, pure: bool = False):
+    """Publish one call through `publisher` (its Python twin when `pure`); returns (bytes, submit, pos)."""
+    tensors = [to_wire(v, f"argument {i}") for i, v in enumerate(values)]
+    offsets, end = layout(tensors, 0)
+    meta_off = (end + wire.META_ALIGN - 1) & ~(wire.META_ALIGN - 1)
+    block_len = meta_off + len(meta) if len(meta) > wire.META_INLINE_MAX else end
+    buf, arena, ring = _ring(n)
+    saved = publish._NATIVE
+    if pure:
+        publish._NATIVE = None
+    try:
+        publish_one = publisher(ring, doorbell)
+    finally:
+        publish._NATIVE = saved
+    submit, pos = publish_one(n, 77 + n, 3, 256, block_len, tensors, offsets, meta, meta_off, 9.5, b"tag", post)
+    t0 = wire.DESC_FIELDS["t0"][0]
+    assert struct.unpack_from("<d", buf, pos + t0)[0] == submit  # the submit time it returns is the one written
+    struct.pack_into("<d", buf, pos + t0, 0.0)  # the only byte that may differ between two publishes
+    return bytes(buf) + bytes(arena), submit, pos
+
+
+@pytest.mark.parametrize("n", [0, 3, SLOTS, 2 * SLOTS + 1])
+@pytest.mark.parametrize("meta", [b"", b"m" * 200])
+def test_a_links_publisher_writes_what_its_twin_writes_and_posts_once(n: int, meta: bytes) -> None:
+    values = [np.arange(768, dtype=np.float32), np.ones((2, 3), np.int64)]
+    bell_c, bell_py = CountingBell(), CountingBell()
+    before = time.monotonic()
+    got_c, submit, pos_c = _submit(values, meta, bell_c, n)
+    got_py, _, pos_py = _submit(values, meta, bell_py, n, pure=True)
+    assert got_c == got_py
+    assert pos_c == pos_py == FIRST + (n % SLOTS) * wire.DESC_SIZE  # the descriptor slot C computes, pinned
+    assert before <= submit <= time.monotonic()  # time.monotonic's clock
+    assert bell_c.posts == bell_py.posts == 1
+    assert struct.unpack_from("<Q", got_c, HEAD)[0] == n + 1
+
+
+def test_a_publisher_told_not_to_post_does_not() -> None:
+    bell = CountingBell()
+    _submit([np.ones(4, np.float32)], b"", bell, 1, post=False)
+    assert bell.posts == 0
+
+
+@needs_c
+def test_a_call_c_refuses_is_published_and_posted_by_the_twin() -> None:
+    odd = np.arange(20, dtype=np.float32).reshape(4, 5)[:, ::2]  # not contiguous
+    bell_c, bell_py = CountingBell(), CountingBell()
+    got_c, _, _ = _submit([odd], b"", bell_c, 2)
+    got_py, _, _ = _submit([odd], b"", bell_py, 2, pure=True)
+    assert got_c == got_py and bell_c.posts == bell_py.posts == 1
+
+
+@needs_c
+def test_the_c_post_lands_on_the_doorbell_semaphore_and_dropping_it_keeps_the_signal() -> None:
+    sig = Signal.create()
+    try:
+        buf, arena, ring = _ring(0)
+        publish_one = publisher(ring, sig)
+        assert publish_one.args[5] is not None  # a C handle of its own on the semaphore
+        tensors = [to_wire(np.ones(8, np.float32), "argument 0")]
+        publish_one(0, 1, 0, 0, 32, tensors, [0], b"", 32, None, b"", True)
+        publish_one(1, 2, 0, 64, 32, tensors, [0], b"", 32, None, b"", False)
+        assert sig.value() == 1
+        del publish_one  # closes the C handle: the Signal's own stays usable
+        sig.post()
+        assert sig.wait(0) and sig.wait(0) and not sig.wait(0)
+    finally:
+        sig.unlink()
+        sig.close()
+
+
+@needs_c
+def test_a_doorbell_that_cannot_be_opened_has_no_c_handle() -> None:
+    assert native.open_doorbell("/shmserve-test-no-such-semaphore") is None
+    assert native.open_doorbell(None) is None
