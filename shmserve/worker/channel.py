@@ -92,9 +92,6 @@ class WorkerChannel:
             return self.extra.view(self.view.buf, t)
         return view(self.view.req_arena, t.offset, t.nbytes, t.dtype, t.shape)
 
-    def _block_released(self, block: list[int]) -> bool:
-        return U64.unpack_from(self.view.resp_arena, block[0])[0] == BLOCK_FREE
-
     def alloc_result(self, nbytes: int, wait_s: float = 0.0) -> list[int] | None:
         """A result block for `nbytes` bytes, waiting up to `wait_s` seconds for the caller to free
         room; None when there is none."""
@@ -103,7 +100,7 @@ class WorkerChannel:
             return None
         deadline = 0.0
         while True:
-            self.results.reclaim(self._block_released)
+            self.results.reclaim_freed(self.view.resp_arena, BLOCK_FREE)
             block = self.results.alloc(total, 64)
             if block is not None:
                 arena = self.view.resp_arena
@@ -118,7 +115,7 @@ class WorkerChannel:
 
     def reclaim_results(self) -> None:
         """Reclaim the result blocks the client let go of (`reserve_result` does not)."""
-        self.results.reclaim(self._block_released)
+        self.results.reclaim_freed(self.view.resp_arena, BLOCK_FREE)
 
     def reserve_result(self, nbytes: int) -> list[int] | None:
         """A result block for `nbytes` bytes of data, if there is room now, without reclaiming: its

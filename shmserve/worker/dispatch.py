@@ -143,7 +143,8 @@ class Dispatcher:
         """Tell every client the soonest deadline a call arriving now could have and be admitted (the
         work queued, after the batch running until `busy_until`), so it refuses calls due sooner at once
         (RunnerOverloaded) instead of sending them to be refused when the loop reads them."""
-        backlog = max([m.admission_wait(1) for m in self.busy.values() if m.queued], default=0.0)
+        busy = self.busy
+        backlog = max([m.admission_wait(1) for m in busy.values() if m.queued], default=0.0) if busy else 0.0
         drained_at = max(time.monotonic(), busy_until) + backlog if backlog or busy_until else 0.0
         for ch in self.channels:
             if ch.drained_sent != drained_at:  # only the worker writes the word: unchanged, not rewritten
@@ -152,7 +153,8 @@ class Dispatcher:
 
     def _flush(self) -> None:
         for ch in self.channels:
-            ch.flush()
+            if ch.dirty:  # `WorkerChannel.flush` tests it too; read here, no frame for a channel with nothing new
+                ch.flush()
 
     def drain_all(self) -> None:
         """Run everything queued, in batches, without waiting (used when stopping)."""
@@ -267,12 +269,13 @@ def write_alone(results: ResultWriter, batch: list[Request], out: Any, times: tu
         return False
     arr, kind, dtype_str = to_wire(out, "result")
     ch.reclaim_results()
-    block = ch.reserve_result(arr.nbytes)
+    nbytes = arr.nbytes
+    block = ch.results.alloc(ring.BLOCK_HEADER + nbytes, 64)  # `WorkerChannel.reserve_result`, inlined: once per call
     if block is None:
         return False
     try:
-        ch.publish_rows(arr, [(r.seq, block[0], block[1] - block[0], 0, arr.nbytes, arr.shape[0], r.dequeue)],
-                        dtype_str.encode(), kind, tuple(arr.shape[1:]), times, batch_size)
+        ch.publish_rows(arr, [(r.seq, block[0], block[1] - block[0], 0, nbytes, arr.shape[0], r.dequeue)],
+                        dtype_str.encode(), kind, arr.shape[1:], times, batch_size)
     except Exception:  # nothing was written: the general path writes it, or fails the call
         ch.results.release(block)
         return False

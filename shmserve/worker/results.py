@@ -26,7 +26,7 @@ import numpy as np
 from ..shm import wire
 from ..shm.extra import OUT_MASK_OFF, ExtraMappings, output_dest
 from ..shm.message import encode_result
-from ..shm.wire import U64, Status
+from ..shm.wire import BLOCK_HEADER, U64, Status
 from ..tensors import KIND_NUMPY, TRANSPORT, to_wire
 from .channel import RESULT_SPACE_WAIT_S, Request, WorkerChannel
 from .rows import Row
@@ -139,49 +139,49 @@ class ResultWriter:
         `write` (a channel with parked results, or no room now): the later calls of their channel too,
         so one client's results keep their order."""
         row_bytes = out.nbytes // total  # not strides[0]: an empty array's says an item size
-        per: dict[WorkerChannel, list[Row]] = {}
-        room: dict[WorkerChannel, int] = {}
+        # each channel of the batch: [its rows, (call, block) of each, response slots it may still fill
+        # (0: blocked, by parked results, a call's output destination, or no room), its allocator]
+        per: dict[WorkerChannel, list[Any]] = {}
         left: list[tuple[Request, int]] = []
-        blocked: set[WorkerChannel] = set()
-        blocks: dict[WorkerChannel, list[tuple[Request, list[int]]]] = {}
         first_row = 0
         for r in batch:
             ch = r.channel
             start, first_row = first_row, first_row + r.items
-            if ch in blocked:
-                left.append((r, start))
-                continue
-            entries = per.get(ch)
-            if entries is None:
+            state = per.get(ch)
+            if state is None:
                 # Parked results, or calls with an output destination (written one by one, `_in_region`).
                 if ch in self.parked or ch.closed or wants_region(ch):
-                    blocked.add(ch)
-                    left.append((r, start))
+                    state = per[ch] = [[], [], 0, None]
+                else:
+                    ch.reclaim_results()  # once, before any block of this batch is reserved (see reserve_result)
+                    state = per[ch] = [[], [], ch.free_response_slots(), ch.results]
+            entries = state[0]
+            if len(entries) < state[2]:
+                nbytes = r.items * row_bytes
+                block = state[3].alloc(BLOCK_HEADER + nbytes, 64)  # `WorkerChannel.reserve_result`, inlined
+                if block is not None:
+                    entries.append((r.seq, block[0], block[1] - block[0], start * row_bytes, nbytes, r.items,
+                                    r.dequeue))
+                    state[1].append((r, block))
                     continue
-                entries = per[ch] = []
-                room[ch] = ch.free_response_slots()
-                ch.reclaim_results()  # once, before any block of this batch is reserved (see reserve_result)
-            nbytes = r.items * row_bytes
-            block = ch.reserve_result(nbytes) if len(entries) < room[ch] else None
-            if block is None:
-                blocked.add(ch)
-                left.append((r, start))
-                continue
-            entries.append((r.seq, block[0], block[1] - block[0], start * row_bytes, nbytes, r.items, r.dequeue))
-            blocks.setdefault(ch, []).append((r, block))
-        trailing = tuple(out.shape[1:])
-        dtype = dtype_str.encode()
-        for ch, entries in per.items():
-            if not entries:
-                continue
-            try:
-                ch.publish_rows(out, entries, dtype, kind, trailing, times, total)
-            except Exception:  # nothing was written: free the blocks, and the batch fails these calls
-                for _r, block in blocks[ch]:
-                    ch.results.release(block)
-                raise
-            self.answered.update(id(r) for r, _block in blocks[ch])
+            state[2] = 0  # this call and the channel's later ones go to `write`, in order
+            left.append((r, start))
+        for ch, state in per.items():
+            if state[0]:
+                self._publish(ch, out, state[0], state[1], kind, dtype_str, times, total)
         return left
+
+    def _publish(self, ch: WorkerChannel, out: np.ndarray, entries: list[Row], blocks: list[tuple[Request, list[int]]],
+                 kind: int, dtype_str: str, times: tuple[float, float, float], total: int) -> None:
+        """`write_rows`' one `publish_rows` call for channel `ch`'s calls of the batch."""
+        try:
+            ch.publish_rows(out, entries, dtype_str.encode(), kind, tuple(out.shape[1:]), times, total)
+        except Exception:  # nothing was written: free the blocks, and the batch fails these calls
+            for _r, block in blocks:
+                ch.results.release(block)
+            raise
+        self.answered.update(id(r) for r, _block in blocks)
+
 
     def retry(self, now: float) -> None:
         """Write the parked results that fit now, and fail those that waited too long."""

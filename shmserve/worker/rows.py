@@ -11,6 +11,7 @@ that both leave the same bytes. The layout is `shmserve.shm.wire`'s, handed to C
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -101,20 +102,10 @@ def publish_rows_py(buf: Any, first: int, slots: int, head: int, head_word: int,
     return head
 
 
-def consume(buf: Any, first: int, slots: int, tail: int, head_word: int, tail_word: int,
-            arena: int, arena_len: int) -> tuple[int, list[Incoming]]:
-    """`consume_py`, in C when built."""
-    if NATIVE is not None:
-        return NATIVE.consume(buf, first, slots, tail, head_word, tail_word, arena, arena_len)  # type: ignore[no-any-return]
-    return consume_py(buf, first, slots, tail, head_word, tail_word, arena, arena_len)
-
-
-def publish_rows(buf: Any, first: int, slots: int, head: int, head_word: int, arena: int, src: np.ndarray,
-                 src_off: int, rows: list[Row], dtype: bytes, kind: int, trailing: tuple[int, ...],
-                 times: tuple[float, float, float, float], batch_size: int) -> int:
-    """`publish_rows_py`, in C when built."""
-    if NATIVE is not None:
-        return NATIVE.publish_rows(buf, first, slots, head, head_word, arena, src, src_off,  # type: ignore[no-any-return]
-                                   rows, dtype, kind, trailing, times, batch_size)
-    return publish_rows_py(buf, first, slots, head, head_word, arena, src, src_off, rows, dtype, kind, trailing,
-                           times, batch_size)
+#: `consume_py`, in C when built (bound here: the dispatch loop calls it with no Python frame between)
+consume: Callable[[Any, int, int, int, int, int, int, int], tuple[int, list[Incoming]]] = (
+    NATIVE.consume if NATIVE is not None else consume_py)
+#: `publish_rows_py`, in C when built (bound here, as `consume`)
+publish_rows: Callable[[Any, int, int, int, int, int, np.ndarray, int, list[Row], bytes, int, tuple[int, ...],
+                        tuple[float, float, float, float], int], int] = (
+    NATIVE.publish_rows if NATIVE is not None else publish_rows_py)
