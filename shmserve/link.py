@@ -36,7 +36,7 @@ import orjson
 
 from . import traces
 from .errors import InvalidInput, RunnerError, RunnerOverloaded, RunnerUnavailable, ShmserveError, from_wire
-from .publish import Publisher, consume_responses, publisher
+from .publish import Publisher, consume_responses, native_pending, publisher
 from .shm import extra, handshake
 from .shm.channel import ChannelView
 from .shm.health import HealthBoard
@@ -67,12 +67,14 @@ Done = list[tuple["Pending", Any, "BaseException | None"]]  # completed calls: (
 
 
 class Pending:
-    """One call in flight."""
+    """One call in flight: `new_pending` makes them (the C twin ``shmserve._native._client.Pending`` when
+    built: the same attributes, set the same way, in one call)."""
 
     __slots__ = ("seq", "link", "slot", "block", "method", "submit", "done", "result", "error", "lock", "future",
                  "loop", "abandoned", "sink", "stream")
 
-    def __init__(self, seq: int, link: Any, slot: int, block: Any, method: str, submit: float) -> None:
+    def __init__(self, seq: int, link: Any, slot: int, block: Any, method: str, submit: float,
+                 sink: list[tuple[str, str, dict[str, float]]] | None) -> None:
         self.seq = seq
         self.link = link
         self.slot = slot  # byte offset of its request descriptor (where a cancel is marked)
@@ -90,7 +92,11 @@ class Pending:
         # The caller's trace list (`shmserve.traces`) until the call's trace is in it; then None, since
         # a finished call stays a while in its loop's deadline heap (`LoopDeadlines`) and a kept list, its
         # trace and their tuple per call pushed the young objects alive past the collector's threshold.
-        self.sink: list[tuple[str, str, dict[str, float]]] | None = call_traces.get()
+        self.sink: list[tuple[str, str, dict[str, float]]] | None = sink
+
+
+#: ``new_pending(seq, link, slot, block, method, submit, sink)``: the C `Pending` when built, else the class
+new_pending: Callable[[int, Any, int, Any, str, float, Any], Pending] = native_pending() or Pending
 
 
 HEALTH_EVERY_S = 0.05  # how long a reading of the worker's health board is reused
@@ -224,7 +230,7 @@ class WorkerLink:
             extra.release_output(self._extra, seq)
             raise
         self._req_head += 1
-        p = Pending(seq, self, pos, block, method, submit)
+        p = new_pending(seq, self, pos, block, method, submit, call_traces.get())
         p.stream = stream  # set before the worker can answer
         self.pending[seq] = p
         if post and segments is not None:

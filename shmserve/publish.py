@@ -29,7 +29,7 @@ from .shm import wire
 from .shm.channel import Ring
 from .shm.wire import Tensor
 
-__all__ = ["consume_fields", "consume_responses", "native_fields", "publish_call", "publisher"]
+__all__ = ["consume_fields", "consume_responses", "native_fields", "native_pending", "publish_call", "publisher"]
 
 
 def native_fields() -> dict[str, int]:
@@ -134,3 +134,8 @@ def publisher(ring: Ring[Any], doorbell: Any) -> Publisher:
         return twin
     bell = native.open_doorbell(getattr(doorbell, "name", None))  # None: posted through doorbell.post()
     return partial(native.submit, ring.buf, ring.arena, ring.first, ring.slots, ring.head_word, bell, doorbell, twin)
+
+
+def native_pending() -> Any:
+    """The C twin of `shmserve.link.Pending` (None: the C module is not there)."""
+    return None if _NATIVE is None else _NATIVE.Pending

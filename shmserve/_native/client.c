@@ -23,6 +23,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <stdint.h>
 #include <string.h>
 #include <semaphore.h>
@@ -609,6 +610,89 @@ done:
     return list;
 }
 
+/* -- Pending: one call in flight, the C twin of shmserve/link.py's `Pending` --------------------------
+ *
+ * The same fifteen attributes, each a slot as the Python class's are (a member that holds any object),
+ * made by one C call: Pending(seq, link, slot, block, method, submit, sink) with done and abandoned
+ * False and the rest None, as the Python __init__ leaves them. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *seq, *link, *slot, *block, *method, *submit, *done, *result, *error, *lock, *future, *loop,
+        *abandoned, *sink, *stream;
+} PendingObject;
+
+#define PENDING_FIELDS(X) X(seq) X(link) X(slot) X(block) X(method) X(submit) X(done) X(result) X(error) \
+    X(lock) X(future) X(loop) X(abandoned) X(sink) X(stream)
+
+static int pending_traverse(PendingObject *p, visitproc visit, void *arg) {
+#define VISIT(f) Py_VISIT(p->f);
+    PENDING_FIELDS(VISIT)
+#undef VISIT
+    return 0;
+}
+
+static int pending_clear(PendingObject *p) {
+#define CLEAR(f) Py_CLEAR(p->f);
+    PENDING_FIELDS(CLEAR)
+#undef CLEAR
+    return 0;
+}
+
+static void pending_dealloc(PendingObject *p) {
+    PyObject_GC_UnTrack(p);
+    pending_clear(p);
+    Py_TYPE(p)->tp_free((PyObject *)p);
+}
+
+static PyObject *pending_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    PyObject *a[7];
+    if ((kwds != NULL && PyDict_GET_SIZE(kwds)) ||
+        !PyArg_UnpackTuple(args, "Pending", 7, 7, &a[0], &a[1], &a[2], &a[3], &a[4], &a[5], &a[6])) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "Pending(seq, link, slot, block, method, submit, sink)");
+        return NULL;
+    }
+    PendingObject *p = (PendingObject *)type->tp_alloc(type, 0);
+    if (p == NULL)
+        return NULL;
+    p->seq = Py_NewRef(a[0]);
+    p->link = Py_NewRef(a[1]);
+    p->slot = Py_NewRef(a[2]);
+    p->block = Py_NewRef(a[3]);
+    p->method = Py_NewRef(a[4]);
+    p->submit = Py_NewRef(a[5]);
+    p->sink = Py_NewRef(a[6]);
+    p->done = Py_NewRef(Py_False);
+    p->abandoned = Py_NewRef(Py_False);
+    p->result = Py_NewRef(Py_None);
+    p->error = Py_NewRef(Py_None);
+    p->lock = Py_NewRef(Py_None);
+    p->future = Py_NewRef(Py_None);
+    p->loop = Py_NewRef(Py_None);
+    p->stream = Py_NewRef(Py_None);
+    return (PyObject *)p;
+}
+
+static PyMemberDef pending_members[] = {
+#define MEMBER(f) {#f, T_OBJECT_EX, offsetof(PendingObject, f), 0, NULL},
+    PENDING_FIELDS(MEMBER)
+#undef MEMBER
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject PendingType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmserve._native._client.Pending",
+    .tp_basicsize = sizeof(PendingObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "One call in flight (the C twin of shmserve.link.Pending).",
+    .tp_traverse = (traverseproc)pending_traverse,
+    .tp_clear = (inquiry)pending_clear,
+    .tp_dealloc = (destructor)pending_dealloc,
+    .tp_members = pending_members,
+    .tp_new = pending_new,
+};
+
 static PyMethodDef methods[] = {
     {"configure", configure, METH_O, "configure(fields): the wire offsets (shmserve.shm.wire), once."},
     {"publish", (PyCFunction)(void (*)(void))publish, METH_FASTCALL,
@@ -629,7 +713,18 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_client", "The client's publish step in C.", -1, methods,
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_client", "The client's per-call steps in C.", -1, methods,
                                     NULL, NULL, NULL, NULL};
 
-PyMODINIT_FUNC PyInit__client(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__client(void) {
+    if (PyType_Ready(&PendingType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "Pending", (PyObject *)&PendingType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

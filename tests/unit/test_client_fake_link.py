@@ -22,8 +22,9 @@ import pytest
 
 from shmserve.client import RunnerClient
 from shmserve.errors import RunnerOverloaded, RunnerTimeout, RunnerUnavailable
-from shmserve.link import Pending
+from shmserve.link import Pending, new_pending
 from shmserve.shm.signal import Signal
+from shmserve.traces import call_traces
 
 METHODS = {"echo": {"index": 0, "stream": False}}
 
@@ -64,7 +65,7 @@ class FakeLink:
                external: Any = None, post: bool = True) -> Pending | None:
         if len(self.pending) >= self.room:
             return None
-        p = Pending(seq, self, 0, None, method, time.monotonic())
+        p = new_pending(seq, self, 0, None, method, time.monotonic(), call_traces.get())
         p.stream = stream
         self.pending[seq] = p
         self.sent[seq] = meta

@@ -219,3 +219,41 @@ def test_the_c_post_lands_on_the_doorbell_semaphore_and_dropping_it_keeps_the_si
 def test_a_doorbell_that_cannot_be_opened_has_no_c_handle() -> None:
     assert native.open_doorbell("/shmserve-test-no-such-semaphore") is None
     assert native.open_doorbell(None) is None
+
+
+# -- Pending: the C twin of shmserve.link.Pending ------------------------------------------------------------
+@needs_c
+def test_the_c_pending_has_the_python_ones_attributes_set_the_same_way() -> None:
+    from shmserve.link import Pending, new_pending
+
+    assert new_pending is native.Pending
+    sink: list = []
+    made = [cls(7, "link", 4096, [0, 64, 0], "echo", 1.25, sink) for cls in (Pending, native.Pending)]
+    for name in Pending.__slots__:
+        values = [getattr(p, name) for p in made]
+        assert values[0] == values[1] and type(values[0]) is type(values[1]), name
+    assert made[1].sink is sink
+    for p in made:
+        p.done, p.lock, p.stream = True, "lock", None  # every attribute may be set, as a slot
+        assert (p.done, p.lock) == (True, "lock")
+    with pytest.raises(AttributeError):
+        made[1].other = 1  # noqa: B018  (no attributes beyond the slots, as the class)
+    with pytest.raises(TypeError):
+        native.Pending(1, 2, 3)
+
+
+@needs_c
+def test_a_c_pending_in_a_cycle_is_collected() -> None:
+    import gc
+    import weakref
+
+    class Link:
+        pass
+
+    link = Link()
+    p = native.Pending(1, link, 0, None, "m", 0.0, None)
+    link.pending = {1: p}  # type: ignore[attr-defined]
+    gone = weakref.ref(link)
+    del link, p
+    gc.collect()
+    assert gone() is None
