@@ -36,7 +36,7 @@ import orjson
 
 from . import traces
 from .errors import InvalidInput, RunnerError, RunnerOverloaded, RunnerUnavailable, ShmserveError, from_wire
-from .publish import Publisher, consume_responses, native_pending, publisher
+from .publish import Consumer, Publisher, consumer, native_pending, publisher
 from .shm import extra, handshake
 from .shm.channel import ChannelView
 from .shm.health import HealthBoard
@@ -151,11 +151,12 @@ class WorkerLink:
         self.sock = sock
         self.segment = segment
         self.view = view = ChannelView(segment, chan)
-        self._requests, self._responses, self._buf = view.requests, view.responses, view.buf
+        self._requests, self._buf = view.requests, view.buf
         self._extra: extra.LinkSlots | None = None  # this channel's extra-segment entries, once a call uses one
         self.result_arena = view.resp_arena  # where the codec reads results (`lease`, `free_block`)
         self.doorbell = doorbell
         self._publish: Publisher | None = publisher(view.requests, doorbell)  # the common call's publish and post
+        self._consume: Consumer = consumer(view.responses)
         self.worker_pid = int(answer["pid"])
         self.methods = answer["methods"]
         self.requests = RingAllocator(chan.req_arena_size)
@@ -255,7 +256,7 @@ class WorkerLink:
         """Append every call completed since the last collect to `done` as (call, result, error), and
         hand streamed items to their calls' sinks; results are rebuilt by `decode`. Returns how many
         calls completed."""
-        records = consume_responses(self._responses, self._resp_tail)  # marks them consumed
+        records = self._consume(self._resp_tail)  # marks them consumed
         if not records:
             return 0
         self._resp_tail += len(records)

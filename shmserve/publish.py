@@ -13,7 +13,7 @@ C ``submit`` (publish, then ``sem_post`` on its own handle of the doorbell)
 behind a `functools.partial`, so a call publishes with no Python frame, or
 `publish_call` and `Signal.post`, its twin.
 
-`consume_responses` reads every response published since the link's cursor in
+`consumer` gives one link's read of every response published since its cursor:
 one C call (``consume``, configured with `consume_fields`), and with
 `Ring.consume`, its Python twin, otherwise: both return the same records.
 """
@@ -29,7 +29,7 @@ from .shm import wire
 from .shm.channel import Ring
 from .shm.wire import Tensor
 
-__all__ = ["consume_fields", "consume_responses", "native_fields", "native_pending", "publish_call", "publisher"]
+__all__ = ["consume_fields", "consumer", "native_fields", "native_pending", "publish_call", "publisher"]
 
 
 def native_fields() -> dict[str, int]:
@@ -84,13 +84,17 @@ _NATIVE = load_native()
 _CONSUME = load_consume(_NATIVE)
 
 
-def consume_responses(ring: Ring[Any], tail: int) -> list[tuple[int, Any, list[wire.TensorMeta], bytes]]:
-    """Every response published on `ring` since `tail`, marked consumed: `Ring.consume`'s records
-    (descriptor offset, `ResponseDesc`, tensor headers, metadata)."""
+#: ``consume(tail)``: every response published on a ring since `tail`, marked consumed
+Consumer = Callable[[int], list[tuple[int, Any, list[wire.TensorMeta], bytes]]]
+
+
+def consumer(ring: Ring[Any]) -> Consumer:
+    """`consume_responses` bound to one link's response ring: the C ``consume`` behind a
+    `functools.partial` (no Python frame per read), or `Ring.consume`."""
     native = _CONSUME
     if native is None:
-        return ring.consume(tail)
-    return native(ring.buf, ring.arena, ring.first, ring.slots, tail, ring.head_word, ring.tail_word)  # type: ignore[no-any-return]
+        return ring.consume
+    return partial(native, ring.buf, ring.arena, ring.first, ring.slots, ring.head_word, ring.tail_word)
 
 
 def publish_call(ring: Ring[Any], n: int, seq: int, code: int, base: int, block_len: int, tensors: list[Tensor],

@@ -335,10 +335,11 @@ static PyObject *submit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
  * `configure_consume(fixed, tensor, consts, ResponseDesc, TensorMeta)` takes, from shmserve/shm/wire.py:
  * `fixed`, the fixed part's fields in record order as (offset, struct code) with code one of Q, I, d
  * (the request tag is not read); `tensor`, the tensor header's (offset, size) by name; `consts`, the
- * descriptor's sizes. `consume(buf, arena, first, slots, tail, head_word, tail_word)` then reads every
+ * descriptor's sizes. `consume(buf, arena, first, slots, head_word, tail_word, tail)` then reads every
  * record published since `tail` (the head read with acquire ordering) and stores the new tail:
  * [(descriptor offset, ResponseDesc, [TensorMeta, ...], metadata bytes), ...], what the Python twin
- * `Ring.consume` builds. Out-of-line metadata is read from `arena` (clamped to it, as a slice is). */
+ * `Ring.consume` builds. Out-of-line metadata is read from `arena` (clamped to it, as a slice is).
+ * `tail` comes last: a link binds the rest once (functools.partial, shmserve/publish.py `consumer`). */
 #define MAX_FIXED_C 24
 static int consume_ready = 0;
 static Py_ssize_t C_NFIXED, C_FIXED_OFF[MAX_FIXED_C];
@@ -570,8 +571,8 @@ static PyObject *consume(PyObject *self, PyObject *const *args, Py_ssize_t nargs
         return NULL;
     }
     Py_ssize_t first = PyLong_AsSsize_t(args[2]), slots = PyLong_AsSsize_t(args[3]);
-    unsigned long long tail = PyLong_AsUnsignedLongLong(args[4]);
-    Py_ssize_t head_word = PyLong_AsSsize_t(args[5]), tail_word = PyLong_AsSsize_t(args[6]);
+    Py_ssize_t head_word = PyLong_AsSsize_t(args[4]), tail_word = PyLong_AsSsize_t(args[5]);
+    unsigned long long tail = PyLong_AsUnsignedLongLong(args[6]);
     if (PyErr_Occurred())
         return NULL;
     Py_buffer buf, ar;
@@ -708,7 +709,7 @@ static PyMethodDef methods[] = {
     {"configure_consume", configure_consume, METH_VARARGS,
      "configure_consume(fixed, tensor, consts, ResponseDesc, TensorMeta): the response layout (shmserve.shm.wire), once."},
     {"consume", (PyCFunction)(void (*)(void))consume, METH_FASTCALL,
-     "consume(buf, arena, first, slots, tail, head_word, tail_word) -> [(pos, ResponseDesc, [TensorMeta], meta)]: "
+     "consume(buf, arena, first, slots, head_word, tail_word, tail) -> [(pos, ResponseDesc, [TensorMeta], meta)]: "
      "every response since `tail`, marked consumed (Ring.consume's records)."},
     {NULL, NULL, 0, NULL},
 };

@@ -50,7 +50,7 @@ def _twins(responses: list[tuple[int, list[np.ndarray], bytes]], tail: int = 0, 
     (buf_p, arena_p, ring_p), (buf_c, arena_c, ring_c) = rings
     got_p = ring_p.consume(tail)
     assert native is not None
-    got_c = native(ring_c.buf, ring_c.arena, ring_c.first, ring_c.slots, tail, ring_c.head_word, ring_c.tail_word)
+    got_c = native(ring_c.buf, ring_c.arena, ring_c.first, ring_c.slots, ring_c.head_word, ring_c.tail_word, tail)
     return got_p, got_c, bytes(buf_p) + bytes(arena_p), bytes(buf_c) + bytes(arena_c)
 
 
@@ -96,7 +96,7 @@ def test_nothing_new_reads_nothing_and_leaves_the_tail():
     buf, arena, ring = _ring(3)
     struct.pack_into("<Q", buf, HEAD, 9)
     before = bytes(buf)
-    assert native(ring.buf, ring.arena, FIRST, SLOTS, 9, HEAD, TAIL) == [] == ring.consume(9)
+    assert native(ring.buf, ring.arena, FIRST, SLOTS, HEAD, TAIL, 9) == [] == ring.consume(9)
     assert bytes(buf) == before
 
 
@@ -106,13 +106,13 @@ def test_malformed_counts_and_positions_raise():
     _respond(ring, 0, 5, wire.Status.OK, [np.ones(4, np.float32)], b"")
     struct.pack_into("<I", buf, FIRST + wire.DESC_FIELDS["ntensors"][0], wire.MAX_TENSORS + 1)
     with pytest.raises(ValueError, match="tensors"):
-        native(ring.buf, ring.arena, FIRST, SLOTS, 0, HEAD, TAIL)
+        native(ring.buf, ring.arena, FIRST, SLOTS, HEAD, TAIL, 0)
     struct.pack_into("<I", buf, FIRST + wire.DESC_FIELDS["ntensors"][0], 1)
     buf[FIRST + wire.TENSORS_OFF + wire.TENSOR_FIELDS["ndim"][0]] = wire.MAX_NDIM + 1
     with pytest.raises(ValueError, match="dimensions"):
-        native(ring.buf, ring.arena, FIRST, SLOTS, 0, HEAD, TAIL)
+        native(ring.buf, ring.arena, FIRST, SLOTS, HEAD, TAIL, 0)
     with pytest.raises(ValueError, match="outside"):
-        native(ring.buf, ring.arena, FIRST, SLOTS + 1000, 0, HEAD, TAIL)
+        native(ring.buf, ring.arena, FIRST, SLOTS + 1000, HEAD, TAIL, 0)
     assert struct.unpack_from("<Q", buf, TAIL)[0] != 1  # nothing was marked consumed
 
 
@@ -141,16 +141,17 @@ def test_any_response_reads_the_same(shapes, dtype, meta_len, status, tail):
     assert seg_p == seg_c
 
 
-def test_consume_responses_reads_what_was_published():
+def test_a_links_consumer_reads_what_was_published():
     """Either path (the C one when built, the Python twin under SHMSERVE_PURE_PYTHON=1) the link uses."""
     buf, arena, ring = _ring(5)
     _respond(ring, 0, 41, wire.Status.OK, [np.arange(6, dtype=np.float32).reshape(2, 3)], b"")
-    [(pos, d, tensors, meta)] = publish.consume_responses(ring, 0)
+    consume = publish.consumer(ring)
+    [(pos, d, tensors, meta)] = consume(0)
     assert (pos, d.seq, d.status, meta) == (FIRST, 41, wire.Status.OK, b"")
     t = tensors[0]
     assert (t.dtype, t.shape, t.kind) == ("<f4", (2, 3), 0)
     got = np.ndarray(t.shape, np.float32, arena, t.offset)
     assert got.tolist() == [[0, 1, 2], [3, 4, 5]]
-    assert publish.consume_responses(ring, 1) == []
+    assert consume(1) == []
     assert (publish._CONSUME is None) == (pure or publish._NATIVE is None)
     assert layout([to_wire(got, "x")], 0) == ([0], 24)
