@@ -95,10 +95,9 @@ class RunnerClient(StreamingCalls):
         `stream`: a streaming call's item sink; `ring_on`: the call's loop (its post may wait: `Doorbells`)."""
         if self._closed:
             raise RunnerUnavailable(f"the client of runner {self.name!r} is closed")
-        info = self._pool.methods.get(method)
-        if info is None:
+        index = self._pool.codes.get(method)
+        if index is None:
             raise InvalidInput(f"runner {self.name!r} has no method {method!r}; it has {sorted(self.methods)}")
-        index = int(info["index"])
         hint: Link | None = None
         releases = None
         gpu = self._codec.gpu
@@ -122,10 +121,9 @@ class RunnerClient(StreamingCalls):
                 f"input of {nbytes / 2**20:.1f} MB exceeds the {self.arena_bytes / 2**20:.0f} MB arena of runner "
                 f"{self.name!r}; raise Runner(arena_mb=...) or runners.{self.name}.arena_mb in the config"
             )
-        now = time.monotonic()
-        if deadline is not None and deadline <= now:
+        if deadline is not None and deadline <= time.monotonic():
             raise RunnerTimeout(f"call to {self.name}.{method}: its deadline passed before it was sent")
-        space_deadline = deadline or now + SPACE_WAIT_S
+        space_deadline = deadline  # with none, SPACE_WAIT_S from the first attempt that finds no room
         while True:
             with self._lock:
                 if self._inflight >= self.max_queue_size:
@@ -144,6 +142,8 @@ class RunnerClient(StreamingCalls):
                         self._doorbells.later(ring_on, link)  # type: ignore[arg-type]
                     return p
             # The arena or ring is full: results on their way back will free space.
+            if space_deadline is None:
+                space_deadline = time.monotonic() + SPACE_WAIT_S
             if not block_for_space or time.monotonic() > space_deadline:
                 raise RunnerOverloaded(f"the shared-memory arena of runner {self.name!r} stayed full; retry later")
             self._delivery.wait_for_space()

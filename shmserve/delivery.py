@@ -77,7 +77,7 @@ class Delivery:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
-                if self.thread is None and self._reader.acquire(blocking=False):
+                if self.thread is None and self._reader.acquire(False):  # without blocking
                     try:
                         while not p.done:
                             remaining = None if deadline is None else deadline - time.monotonic()
@@ -215,7 +215,7 @@ class Delivery:
 
     def deliver(self, done: Done, here: asyncio.AbstractEventLoop | None = None) -> None:
         """Hand results to their callers; `here` is the loop this runs on, if any (no thread hop)."""
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]] = {}
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]] | None = None
         for p, result, error in done:
             if p.stream is None:  # a stream's sink carries its end: on p, an error would be in a cycle
                 p.result, p.error = result, error  # with the consumer's frames (see RunnerClient.async_call)
@@ -224,9 +224,13 @@ class Delivery:
                 p.stream((None, error, True))  # after its items: the same sink, the same hop
                 continue
             if p.future is not None and p.loop is not None:
+                if by_loop is None:
+                    by_loop = {}  # made only for futures: a synchronous caller's results need none
                 by_loop.setdefault(p.loop, []).append((p.future, result, error))
             elif p.lock is not None:
                 _unlock(p.lock)
+        if by_loop is None:
+            return
         for loop, items in by_loop.items():
             if loop is here:
                 settle_many(items)

@@ -60,6 +60,7 @@ class LinkPool:
         self._reply = reply
         self._loop_wake = loop_wake
         self.methods: dict[str, Any] = {}  # the runner's method table, from the last attach
+        self.codes: dict[str, int] = {}  # each method's index in that table (what a call's descriptor carries)
 
     def _try(self, link: Link, timeout: float) -> BaseException | None:
         """`link.connect`, reporting failure instead of raising (the worker may be restarting)."""
@@ -69,6 +70,7 @@ class LinkPool:
         except CONNECT_ERRORS as exc:
             return exc
         self.methods = link.methods
+        self.codes = {name: int(info["index"]) for name, info in link.methods.items()}
         return None
 
     def connect_all(self, deadline: float) -> None:

@@ -113,11 +113,8 @@ class ExternalObjects:
         self._objects: dict[int, tuple[int, int, str, int]] = {}
         self._mappings: dict[int, Any] = {}
         self.version = 0  # bumped on every removal: links then clear their dead entries
-
-    @property
-    def active(self) -> bool:
-        """Whether any object is registered (the per-call lookup runs only then)."""
-        return bool(self._objects)
+        #: whether any object is registered (the per-call lookup runs only then): an attribute, read per call
+        self.active = False
 
     def add(self, mapping: Any, name: str) -> int:
         """Register the mapping of object `name` (the whole object); its generation."""
@@ -128,6 +125,7 @@ class ExternalObjects:
             gen = next(self._ids)
             self._objects[gen] = (start, start + size, name, size)
             self._mappings[gen] = mapping
+            self.active = True
         return gen
 
     def view(self, gen: int, t: TensorMeta) -> np.ndarray:
@@ -145,6 +143,7 @@ class ExternalObjects:
             self._mappings.pop(gen, None)
             if self._objects.pop(gen, None) is not None:
                 self.version += 1
+            self.active = bool(self._objects)
 
     def alive(self, gen: int) -> bool:
         return gen in self._objects
