@@ -15,6 +15,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -357,6 +358,91 @@ done:
     return out;
 }
 
+/* -- Request: one call read from a channel, the C twin of shmserve/worker/channel.py's `Request` ---------
+ *
+ * The same eleven attributes, each a slot as the Python class's are (a member that holds any object),
+ * made by one C call: Request(seq, channel, slot, method, meta, tensors, submit, deadline, dequeue
+ * [, cancelled]) with items 1 and cancelled False unless given, as the Python __init__ leaves them. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *seq, *channel, *slot, *method, *meta, *tensors, *submit, *deadline, *items, *dequeue, *cancelled;
+} RequestObject;
+
+#define REQUEST_FIELDS(X) X(seq) X(channel) X(slot) X(method) X(meta) X(tensors) X(submit) X(deadline) \
+    X(items) X(dequeue) X(cancelled)
+
+static int request_traverse(RequestObject *r, visitproc visit, void *arg) {
+#define VISIT(f) Py_VISIT(r->f);
+    REQUEST_FIELDS(VISIT)
+#undef VISIT
+    return 0;
+}
+
+static int request_clear(RequestObject *r) {
+#define CLEAR(f) Py_CLEAR(r->f);
+    REQUEST_FIELDS(CLEAR)
+#undef CLEAR
+    return 0;
+}
+
+static void request_dealloc(RequestObject *r) {
+    PyObject_GC_UnTrack(r);
+    request_clear(r);
+    Py_TYPE(r)->tp_free((PyObject *)r);
+}
+
+static PyObject *request_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    PyObject *a[10] = {NULL};
+    if ((kwds != NULL && PyDict_GET_SIZE(kwds)) ||
+        !PyArg_UnpackTuple(args, "Request", 9, 10, &a[0], &a[1], &a[2], &a[3], &a[4], &a[5], &a[6], &a[7], &a[8],
+                           &a[9])) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError,
+                            "Request(seq, channel, slot, method, meta, tensors, submit, deadline, dequeue[, cancelled])");
+        return NULL;
+    }
+    RequestObject *r = (RequestObject *)type->tp_alloc(type, 0);
+    if (r == NULL)
+        return NULL;
+    static PyObject *one = NULL;
+    if (one == NULL && (one = PyLong_FromLong(1)) == NULL) {
+        Py_DECREF(r);
+        return NULL;
+    }
+    r->seq = Py_NewRef(a[0]);
+    r->channel = Py_NewRef(a[1]);
+    r->slot = Py_NewRef(a[2]);
+    r->method = Py_NewRef(a[3]);
+    r->meta = Py_NewRef(a[4]);
+    r->tensors = Py_NewRef(a[5]);
+    r->submit = Py_NewRef(a[6]);
+    r->deadline = Py_NewRef(a[7]);
+    r->dequeue = Py_NewRef(a[8]);
+    r->items = Py_NewRef(one);
+    r->cancelled = Py_NewRef(a[9] != NULL ? a[9] : Py_False);
+    return (PyObject *)r;
+}
+
+static PyMemberDef request_members[] = {
+#define MEMBER(f) {#f, T_OBJECT_EX, offsetof(RequestObject, f), 0, NULL},
+    REQUEST_FIELDS(MEMBER)
+#undef MEMBER
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject RequestType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmserve._native._worker.Request",
+    .tp_basicsize = sizeof(RequestObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "One call read from a channel (the C twin of shmserve.worker.channel.Request).",
+    .tp_traverse = (traverseproc)request_traverse,
+    .tp_clear = (inquiry)request_clear,
+    .tp_dealloc = (destructor)request_dealloc,
+    .tp_members = request_members,
+    .tp_new = request_new,
+};
+
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, "Take the wire layout (offsets and sizes) from shmserve.shm.wire."},
     {"publish_rows", publish_rows, METH_VARARGS, "Write a batch's OK results (rows of one array) and publish them."},
@@ -366,4 +452,15 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_worker", NULL, -1, methods, NULL, NULL, NULL, NULL};
 
-PyMODINIT_FUNC PyInit__worker(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__worker(void) {
+    if (PyType_Ready(&RequestType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "Request", (PyObject *)&RequestType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

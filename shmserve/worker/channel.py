@@ -32,7 +32,9 @@ RESULT_SPACE_WAIT_S = 2.0  # how long a result may wait for the caller to free r
 
 
 class Request:
-    """One call read from a channel: where it is, what it carries, its deadline (0: none)."""
+    """One call read from a channel: where it is, what it carries, its deadline (0: none). `read_new`
+    makes them with `new_request` (the C twin ``shmserve._native._worker.Request`` when built: the
+    same attributes, set the same way, in one call)."""
 
     __slots__ = ("seq", "channel", "slot", "method", "meta", "tensors", "submit", "deadline", "items", "dequeue",
                  "cancelled")
@@ -51,6 +53,11 @@ class Request:
         self.dequeue = dequeue
         self.items = 1
         self.cancelled = cancelled  # its cancel word said so when it was read (`WorkerChannel.abandoned` reads it now)
+
+
+#: ``new_request(seq, channel, slot, method, meta, tensors, submit, deadline, dequeue[, cancelled])``:
+#: the C `Request` when built, else the class
+new_request: Callable[..., Request] = rows.NATIVE.Request if rows.NATIVE is not None else Request
 
 
 class WorkerChannel:
@@ -77,7 +84,7 @@ class WorkerChannel:
         lay = self.view.layout
         self.req_tail, got = rows.consume(self.view.buf, lay.req_desc, lay.slots, self.req_tail, ring.H_REQ_HEAD,
                                           ring.H_REQ_TAIL, lay.req_arena, lay.req_arena_size)
-        return [Request(seq, self, pos, method, meta, tensors, submit, deadline, now, gone)
+        return [new_request(seq, self, pos, method, meta, tensors, submit, deadline, now, gone)
                 for pos, seq, method, meta, tensors, submit, deadline, gone in got]
 
     def abandoned(self, req: Request) -> bool:

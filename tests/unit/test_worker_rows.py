@@ -232,3 +232,37 @@ def test_a_batchs_results_each_get_their_own_block_and_rows(tmp_path: Any, path:
         assert len(set(offs)) == len(offs), f"calls share a result block: {offs}"
     for _ch, seq, x in calls:
         np.testing.assert_array_equal(seen[seq][2], x * 2)
+
+
+# -- Request: the C twin of shmserve.worker.channel.Request ---------------------------------------------------
+@pytest.mark.skipif(rows.NATIVE is None, reason="shmserve._native._worker is not built (or pure Python forced)")
+@pytest.mark.parametrize("cancelled", [(), (True,)])
+def test_the_c_request_has_the_python_ones_attributes_set_the_same_way(cancelled: tuple[bool, ...]) -> None:
+    import gc
+    import weakref
+
+    from shmserve.worker.channel import Request, new_request
+
+    assert new_request is rows.NATIVE.Request
+    tensors = [wire.TensorMeta(0, 16, "<f4", (1, 4), 0, 0, 0)]
+    made = [cls(5, "ch", 4096, 2, b"m", tensors, 1.5, 9.0, 2.0, *cancelled) for cls in (Request, new_request)]
+    for name in Request.__slots__:
+        values = [getattr(r, name) for r in made]
+        assert values[0] == values[1] and type(values[0]) is type(values[1]), name
+    for r in made:
+        r.items = 3  # a joinable call's items are set after it is read
+        assert r.items == 3
+    with pytest.raises(AttributeError):
+        made[1].other = 1
+    with pytest.raises(TypeError):
+        new_request(1, 2, 3)
+
+    class Channel:
+        pass
+
+    ch = Channel()
+    ch.queued = [new_request(1, ch, 0, 0, b"", [], 0.0, 0.0, 0.0)]  # type: ignore[attr-defined]
+    gone = weakref.ref(ch)
+    del ch
+    gc.collect()
+    assert gone() is None
