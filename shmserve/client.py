@@ -112,8 +112,12 @@ class RunnerClient(StreamingCalls):
         # Inputs that lie in a client's registered object are read in place by the worker (shm.extra).
         external = EXTERNAL.locate_all(tensors) if EXTERNAL.active else None
         local = tensors if external is None else [t for t, e in zip(tensors, external) if e is None]
-        offsets, end, align = (([0], local[0][0].nbytes, local[0][0].dtype.itemsize or 1) if len(local) == 1 else
-                               (*layout(local, 0), request_align(local)))  # wire.block_layout inlined; one tensor: at 0
+        if len(local) == 1:  # wire.block_layout inlined; one tensor: at 0
+            arr = local[0][0]
+            offsets, end, align = [0], arr.nbytes, arr.itemsize or 1
+        else:
+            offsets, end = layout(local, 0)
+            align = request_align(local)
         meta_off = (end + META_ALIGN - 1) & ~(META_ALIGN - 1)
         nbytes = meta_off + len(meta) if len(meta) > META_INLINE_MAX else end
         if nbytes > self.arena_bytes:

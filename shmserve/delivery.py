@@ -86,7 +86,8 @@ class Delivery:
                             self.poll(POLL_S if remaining is None else min(POLL_S, remaining), self._spinner)
                     finally:
                         self._reader.release()
-                        self._wake_a_follower()
+                        if self._followers:  # the common case, read without the lock: none
+                            self._wake_a_follower()
                     continue
                 # Follower: wait to be woken with the result, or to take over as leader.
                 if p.lock is None:
@@ -107,8 +108,7 @@ class Delivery:
         return True
 
     def _wake_a_follower(self) -> None:
-        if not self._followers:  # the common case, read without the lock: a new follower re-checks p.done
-            return
+        # called when `_followers` was seen non-empty without the lock: a new follower re-checks p.done
         with self._lock:
             waiting = [f for f in self._followers if not f.done]
         if waiting:

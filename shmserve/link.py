@@ -212,7 +212,6 @@ class WorkerLink:
         if block is None:
             return None
         base = block[0]
-        ring = self._requests
         tag = call_request_id.get() if traces.tagging else b""
         try:
             if extra.OUTPUT_TO.get() is not None:  # the caller wants the result in a client region (shm.extra)
@@ -221,6 +220,7 @@ class WorkerLink:
                 submit, pos = self._publish(self._req_head, seq, index, base, block[1] - base,  # type: ignore[misc]
                                             tensors, offsets, meta, meta_off, deadline, tag, post)
             else:  # some tensors read in place from extra segments (`shmserve.shm.extra`): the Python path
+                ring = self._requests
                 ring.copy_in(base, tensors if local is None else local, offsets, meta, meta_off)
                 submit = time.monotonic()
                 placed = extra.offsets_in_place(external, segments, [base + o for o in offsets])  # type: ignore[arg-type]
