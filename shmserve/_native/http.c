@@ -37,8 +37,17 @@
  * True, None, t_begin)`` builds (header names lower-cased, the last of a
  * repeated name kept — what the reader's on_header builds), at most
  * `max_count` of them; `end` is the offset in `data` after the last one taken
- * (>= start). `configure(request_class)` comes first, once (reader.py at
- * import): the objects are filled in here, slot by slot, not through __init__.
+ * (>= start). `configure(request_class, pipeline_high)` comes first, once
+ * (reader.py at import): the objects are filled in here, slot by slot, not
+ * through __init__.
+ *
+ * take(reader, data, t_begin) -> end
+ *
+ * is what RequestReader.feed does with `parse` at the start of a read, in one
+ * call (every read of the API worker comes here): the requests are appended
+ * to reader.queue, within reader.state's limits, counted in reader.completed,
+ * and reading pauses (reader.conn.pause_reading()) once more than
+ * `pipeline_high` are queued.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -77,13 +86,23 @@ enum { S_METHOD, S_PATH, S_URL, S_HEADERS, S_BODY, S_KEEP_ALIVE, S_ERROR, S_T_BE
 static const char *slot_names[N_SLOTS] = {"method", "path", "url", "headers", "body", "keep_alive", "error",
                                           "t_begin", "t_parsed", "request_id", "response_headers", "ctx"};
 static Py_ssize_t slot_offsets[N_SLOTS];
+/* `take`: the queue length over which the connection stops reading (reader.py's PIPELINE_HIGH, given to
+ * `configure`) */
+static Py_ssize_t pipeline_high = 32;
+/* attribute names `take` reads, interned once */
+static PyObject *str_append, *str_queue, *str_state, *str_completed, *str_conn, *str_pause_reading,
+    *str_max_url_bytes, *str_max_header_bytes, *str_max_body_bytes;
 
-static PyObject *configure(PyObject *self, PyObject *cls) {
+static PyObject *configure(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (!PyType_Check(cls)) {
-        PyErr_SetString(PyExc_TypeError, "configure(request_class): a class");
+    PyObject *cls = nargs >= 1 ? args[0] : NULL;
+    if (nargs < 1 || nargs > 2 || !PyType_Check(cls)) {
+        PyErr_SetString(PyExc_TypeError, "configure(request_class, pipeline_high=32): a class");
         return NULL;
     }
+    Py_ssize_t high = pipeline_high;
+    if (nargs == 2 && ((high = PyLong_AsSsize_t(args[1])) == -1 && PyErr_Occurred()))
+        return NULL;
     PyObject *slots = PyObject_GetAttrString(cls, "__slots__");
     if (slots == NULL)
         return NULL;
@@ -109,6 +128,7 @@ static PyObject *configure(PyObject *self, PyObject *cls) {
     }
     Py_INCREF(cls);
     Py_XSETREF(request_type, (PyTypeObject *)cls);
+    pipeline_high = high;
     Py_RETURN_NONE;
 }
 
@@ -348,6 +368,42 @@ fail:
     return -1;
 }
 
+/* Takes the plain complete requests at buf[pos:len], at most `max_count`, appending each to `dest` (a list,
+ * or anything with an append method: the connection's deque). Returns where the first one not taken starts
+ * (>= pos) and sets *taken; -1 on a Python error. */
+static Py_ssize_t take_into(const char *buf, Py_ssize_t len, Py_ssize_t pos, PyObject *t_begin, Py_ssize_t max_url,
+                            Py_ssize_t max_header, Py_ssize_t max_body, Py_ssize_t max_count, PyObject *dest,
+                            Py_ssize_t *taken) {
+    int is_list = PyList_CheckExact(dest);
+    Py_ssize_t n = 0;
+    while (n < max_count) {
+        Py_ssize_t at = pos;
+        while (at < len && (buf[at] == '\r' || buf[at] == '\n'))
+            at++; /* empty lines between requests: llhttp skips them too */
+        PyObject *req = NULL;
+        Py_ssize_t next = 0;
+        int rc = parse_one(buf, len, at, t_begin, max_url, max_header, max_body, &req, &next);
+        if (rc < 0)
+            return -1;
+        if (rc == 0)
+            break;
+        if (is_list) {
+            rc = PyList_Append(dest, req);
+        } else {
+            PyObject *r = PyObject_CallMethodOneArg(dest, str_append, req);
+            rc = r == NULL ? -1 : 0;
+            Py_XDECREF(r);
+        }
+        Py_DECREF(req);
+        if (rc < 0)
+            return -1;
+        n++;
+        pos = next;
+    }
+    *taken = n;
+    return pos;
+}
+
 static PyObject *parse(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     if (nargs != 8) {
@@ -359,16 +415,16 @@ static PyObject *parse(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
     if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
         return NULL;
     PyObject *t_begin = args[3];
+    PyObject *list = NULL;
     if (request_type == NULL || args[2] != (PyObject *)request_type || !PyFloat_Check(t_begin)) {
         PyErr_SetString(PyExc_TypeError, "parse: request_class must be the configured one, t_begin a float");
-        return NULL;
+        goto done;
     }
     Py_ssize_t start = PyLong_AsSsize_t(args[1]);
     Py_ssize_t max_url = PyLong_AsSsize_t(args[4]);
     Py_ssize_t max_header = PyLong_AsSsize_t(args[5]);
     Py_ssize_t max_body = PyLong_AsSsize_t(args[6]);
     Py_ssize_t max_count = PyLong_AsSsize_t(args[7]);
-    PyObject *list = NULL;
     if (PyErr_Occurred())
         goto done;
     if (start < 0 || start > view.len) {
@@ -378,35 +434,87 @@ static PyObject *parse(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
     list = PyList_New(0);
     if (list == NULL)
         goto done;
-    const char *buf = (const char *)view.buf;
-    Py_ssize_t len = view.len, pos = start;
-    while (PyList_GET_SIZE(list) < max_count) {
-        Py_ssize_t at = pos;
-        while (at < len && (buf[at] == '\r' || buf[at] == '\n'))
-            at++; /* empty lines between requests: llhttp skips them too */
-        PyObject *req = NULL;
-        Py_ssize_t next = 0;
-        int rc = parse_one(buf, len, at, t_begin, max_url, max_header, max_body, &req, &next);
-        if (rc < 0) {
-            Py_CLEAR(list);
-            goto done;
-        }
-        if (rc == 0)
-            break;
-        rc = PyList_Append(list, req);
-        Py_DECREF(req);
-        if (rc < 0) {
-            Py_CLEAR(list);
-            goto done;
-        }
-        pos = next;
+    Py_ssize_t taken;
+    Py_ssize_t pos = take_into((const char *)view.buf, view.len, start, t_begin, max_url, max_header, max_body,
+                               max_count, list, &taken);
+    if (pos < 0) {
+        Py_CLEAR(list);
+        goto done;
     }
-    PyObject *result = Py_BuildValue("(Nn)", list, pos);
     PyBuffer_Release(&view);
-    return result;
+    return Py_BuildValue("(Nn)", list, pos);
 done:
     PyBuffer_Release(&view);
     return NULL;
+}
+
+/* An attribute of `obj` as a Py_ssize_t (-1 with an exception set on failure). */
+static Py_ssize_t ssize_attr(PyObject *obj, PyObject *name) {
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL)
+        return -1;
+    Py_ssize_t n = PyLong_AsSsize_t(v);
+    Py_DECREF(v);
+    return n;
+}
+
+/* take(reader, data, t_begin) -> end: what RequestReader.feed does with `parse` at the start of a read, in
+ * one call: the plain requests at data[0:] are appended to reader.queue (at most as many as bring it to
+ * pipeline_high + 1, and one at least), within reader.state's limits (max_url_bytes, max_header_bytes,
+ * max_body_bytes); reader.completed counts them; reader.conn.pause_reading() is called once the queue holds
+ * more than pipeline_high. `end`: where the first request not taken starts. */
+static PyObject *take(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 3 || !PyFloat_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "take(reader, data, t_begin): t_begin a float");
+        return NULL;
+    }
+    if (request_type == NULL) {
+        PyErr_SetString(PyExc_TypeError, "take: configure(request_class) first");
+        return NULL;
+    }
+    PyObject *reader = args[0], *queue = NULL, *state = NULL, *result = NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if ((queue = PyObject_GetAttr(reader, str_queue)) == NULL || (state = PyObject_GetAttr(reader, str_state)) == NULL)
+        goto done;
+    Py_ssize_t max_url = ssize_attr(state, str_max_url_bytes);
+    Py_ssize_t max_header = ssize_attr(state, str_max_header_bytes);
+    Py_ssize_t max_body = ssize_attr(state, str_max_body_bytes);
+    Py_ssize_t queued = PyObject_Size(queue);
+    if (PyErr_Occurred())
+        goto done;
+    Py_ssize_t max_count = pipeline_high + 1 - queued;
+    Py_ssize_t taken;
+    Py_ssize_t pos = take_into((const char *)view.buf, view.len, 0, args[2], max_url, max_header, max_body,
+                               max_count < 1 ? 1 : max_count, queue, &taken);
+    if (pos < 0)
+        goto done;
+    if (taken) {
+        Py_ssize_t completed = ssize_attr(reader, str_completed);
+        if (completed == -1 && PyErr_Occurred())
+            goto done;
+        PyObject *c = PyLong_FromSsize_t(completed + taken);
+        int rc = c == NULL ? -1 : PyObject_SetAttr(reader, str_completed, c);
+        Py_XDECREF(c);
+        if (rc < 0)
+            goto done;
+        if (queued + taken > pipeline_high) {
+            PyObject *conn = PyObject_GetAttr(reader, str_conn);
+            PyObject *r = conn == NULL ? NULL : PyObject_CallMethodNoArgs(conn, str_pause_reading);
+            Py_XDECREF(conn);
+            if (r == NULL)
+                goto done;
+            Py_DECREF(r);
+        }
+    }
+    result = PyLong_FromSsize_t(pos);
+done:
+    Py_XDECREF(queue);
+    Py_XDECREF(state);
+    PyBuffer_Release(&view);
+    return result;
 }
 
 /* response(head, extra, response_headers, end, body) -> bytes: the whole response to write, as
@@ -472,8 +580,12 @@ static PyMethodDef methods[] = {
     {"response", (PyCFunction)(void (*)(void))response, METH_FASTCALL,
      "response(head, extra, response_headers, end, body) -> bytes: head, the body's length and CRLF, extra, "
      "response_headers, end, body."},
-    {"configure", configure, METH_O,
-     "configure(request_class): the Request class whose objects parse builds (its slots are read), once."},
+    {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL,
+     "configure(request_class, pipeline_high=32): the Request class whose objects parse builds (its slots are "
+     "read), and the queue length over which `take` pauses reading; once."},
+    {"take", (PyCFunction)(void (*)(void))take, METH_FASTCALL,
+     "take(reader, data, t_begin) -> end: the plain complete requests at the start of data appended to "
+     "reader.queue (RequestReader.feed's C path); end: where the first other one starts."},
     {"parse", (PyCFunction)(void (*)(void))parse, METH_FASTCALL,
      "parse(data, start, request_class, t_begin, max_url, max_header, max_body, max_count) -> (requests, end): "
      "the plain complete requests at data[start:], built; end: where the first other one starts."},
@@ -493,6 +605,14 @@ PyMODINIT_FUNC PyInit__http(void) {
     empty_bytes = PyBytes_FromStringAndSize(NULL, 0);
     if (empty_bytes == NULL)
         return NULL;
+    struct { PyObject **slot; const char *name; } names[] = {
+        {&str_append, "append"}, {&str_queue, "queue"}, {&str_state, "state"}, {&str_completed, "completed"},
+        {&str_conn, "conn"}, {&str_pause_reading, "pause_reading"}, {&str_max_url_bytes, "max_url_bytes"},
+        {&str_max_header_bytes, "max_header_bytes"}, {&str_max_body_bytes, "max_body_bytes"},
+    };
+    for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++)
+        if ((*names[k].slot = PyUnicode_InternFromString(names[k].name)) == NULL)
+            return NULL;
     for (size_t k = 0; k < N_METHODS; k++) {
         if ((method_objs[k] = PyBytes_FromString(method_names[k])) == NULL)
             return NULL;

@@ -36,15 +36,16 @@ from .. import _native
 from .request import Request
 from .state import ServerState
 
-#: the C parser of the plain request (shmserve/_native/http.c), or None: httptools parses everything
-_http = _native.load("http")
-if _http is not None:
-    _http.configure(Request)  # it builds `Request` objects itself, slot by slot
-
 __all__ = ["RequestReader", "Rest", "Owner", "PIPELINE_HIGH", "CONTINUE", "SLICE"]
 
 #: queued requests before the connection stops reading (and parsing the rest of a read)
 PIPELINE_HIGH = 32
+
+#: the C parser of the plain request (shmserve/_native/http.c), or None: httptools parses everything
+_http = _native.load("http")
+if _http is not None:
+    _http.configure(Request, PIPELINE_HIGH)  # it builds `Request` objects itself, slot by slot
+_monotonic = time.monotonic
 #: bytes of a read parsed at a time: bounds the requests queued past `PIPELINE_HIGH` (one read of
 #: 64 KiB can hold a thousand small pipelined requests)
 SLICE = 4096
@@ -111,26 +112,20 @@ class RequestReader:
             rest.data = bytes(rest.data) + bytes(data)
             return
         # One clock read per chunk serves every request it begins (the kept rest: when it arrived).
-        now = self._now = rest.at or time.monotonic()
+        now = self._now = rest.at or _monotonic()
         rest.at = 0.0
-        size = len(data)
         start = 0
-        state = self.state
-        if _http is not None and not self.in_message and not state.shutting_down:
-            # The plain requests at its start, built in C (here, not in a method: every read comes here);
-            # httptools goes on from the first request the C did not take.
-            queue = self.queue
-            requests, start = _http.parse(data, 0, Request, now, state.max_url_bytes, state.max_header_bytes,  # type: ignore[union-attr]
-                                          state.max_body_bytes, max(1, PIPELINE_HIGH + 1 - len(queue)))
-            queue.extend(requests)
-            self.completed += len(requests)
-            if len(queue) > PIPELINE_HIGH:
-                self.conn.pause_reading()
-            if start == size:
+        if _http is not None and not self.in_message and not self.state.shutting_down:
+            # The plain requests at its start, built in C and queued there (the queue, the limits, the
+            # count and the pause as in `on_message_complete`); httptools goes on from the first request
+            # the C did not take.
+            start = _http.take(self, data, now)
+            if start == len(data):
                 return
-        elif size <= SLICE:
+        elif len(data) <= SLICE:
             self._feed_slice(data)
             return
+        size = len(data)
         queue = self.queue
         view, ended = memoryview(data), start > 0  # ended: the C took requests just before `start`
         while start < size and not self.discard:

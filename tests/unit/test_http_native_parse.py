@@ -228,3 +228,23 @@ def test_the_response_built_in_c_is_the_joined_one(size: int) -> None:
         assert NATIVE.response(*pieces[:4], body) == protocol._response_py(*pieces[:4], body)
     with pytest.raises(TypeError):
         NATIVE.response(*pieces[:4], "text")
+
+
+@needs_native
+def test_take_queues_counts_and_pauses_as_the_reader_does() -> None:
+    from collections import deque
+    from types import SimpleNamespace
+
+    from shmserve.http.state import ServerState
+
+    paused: list[bool] = []
+    reader = SimpleNamespace(queue=deque(), state=ServerState(max_body_bytes=4), completed=3,
+                             conn=SimpleNamespace(pause_reading=lambda: paused.append(True)))
+    stream = GET * 2 + post(b"/p", b"12345")  # the last one is over max_body_bytes: left where it starts
+    assert NATIVE.take(reader, stream, 1.5) == 2 * len(GET)
+    assert [r.t_begin for r in reader.queue] == [1.5, 1.5] and reader.completed == 5 and not paused
+    # at most as many as bring the queue one past PIPELINE_HIGH (one at least); then reading pauses
+    reader.queue.extend([None] * (PIPELINE_HIGH - 3))
+    assert NATIVE.take(reader, GET * 3, 0.0) == 2 * len(GET) and len(reader.queue) == PIPELINE_HIGH + 1
+    assert paused == [True] and reader.completed == 7
+    assert NATIVE.take(reader, GET * 3, 0.0) == len(GET) and paused == [True, True]
