@@ -34,7 +34,7 @@ from ..service import API, Service
 from ..traces import Sink, call_request_id, call_traces
 from .access_log import AccessLog
 from .docs_ui import ASSET_PATHS, DocsUI
-from .edge import Edge
+from .edge import V2, Edge
 from .endpoints import RETRY_AFTER, ServerEndpoints, runner_ready
 from .metrics import Metrics, MetricsExchange
 from .observe import Observer
@@ -56,6 +56,7 @@ _TRACE_HEADER = b"x-shmserve-trace"
 _Task = asyncio.Task
 _TASK_NAME = "shmserve-request"
 _OTHER = "-"  # metrics label for requests that match no API
+_perf_counter = time.perf_counter
 # Result types seen not to stream: `is_stream` asks hasattr(__aiter__), which for an ndarray raises
 # and swallows an AttributeError per request; a type answers the same every time (bounded: types
 # made at run time).
@@ -135,6 +136,9 @@ class App:
         self.state: dict[str, Any] = {}
         # (api, status) -> histogram, kept per API to skip a dict build per request
         self._ok_hist = {api.name: self.metrics.request_histogram(api.name, 200) for api in service.apis.values()}
+        # the APIs `_call` awaits directly: async functions without a Context, a timeout or streaming
+        self._plain = frozenset(api.name for api in service.apis.values()
+                                if api.is_async and not api.streams and api.timeout is None and api.ctx_param is None)
 
     async def startup(self) -> None:
         """Run the service's ``@svc.on_startup`` hooks (an exception propagates: the start fails)."""
@@ -157,7 +161,7 @@ class App:
     def dispatch(self, request: Request, conn: HttpProtocol) -> None:
         """Answer `request` on `conn` (now, or from a task)."""
         route = self.router.resolve(request.path)
-        answered = self.edge.admit(request, conn, route is not None or request.path.startswith(b"/v2"))
+        answered = self.edge.admit(request, conn, route or V2)
         if answered:
             self.metrics.observe_request(_OTHER, answered, 0.0)
             return
@@ -180,7 +184,7 @@ class App:
             assert route.endpoint is not None
             route.endpoint(request, conn)
             return
-        start = time.perf_counter()
+        start = _perf_counter()
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
@@ -238,29 +242,33 @@ class App:
         """
         # Counted here, not at create_task: a task cancelled before its first step never runs its finally.
         self.in_flight += 1
-        ctx = Context.for_request(request, self.state) if api.ctx_param is not None else None
-        func: Callable[..., Any] = api.func
-        if ctx is not None:
-            func = functools.partial(api.func, **{str(api.ctx_param): ctx})
+        ctx = None
         try:
             try:
                 call_request_id.set(request.request_id)  # this request's runner calls carry its ID (this task only)
                 if sink is not None:
                     call_traces.set(sink)  # this task's context only: the runner client appends to it
-                if api.timeout is not None:
-                    request_deadline.set(time.monotonic() + api.timeout)  # and its deadline bounds them
-                if not api.is_async:
-                    func = functools.partial(contextvars.copy_context().run, func)  # executors drop contexts
-                if api.streams:  # an async generator API: iterated below, item by item
-                    result = func(value)
-                elif api.is_async:
-                    if api.timeout is None:
-                        result = await func(value)
-                    else:
-                        result = await asyncio.wait_for(func(value), api.timeout)
+                if api.name in self._plain:  # most: an async function, no Context, no timeout, no stream
+                    result = await api.func(value)
                 else:
-                    fut = asyncio.get_running_loop().run_in_executor(self.executor, func, value)
-                    result = await (fut if api.timeout is None else asyncio.wait_for(fut, api.timeout))
+                    func: Callable[..., Any] = api.func
+                    if api.ctx_param is not None:
+                        ctx = Context.for_request(request, self.state)
+                        func = functools.partial(api.func, **{str(api.ctx_param): ctx})
+                    if api.timeout is not None:
+                        request_deadline.set(time.monotonic() + api.timeout)  # and its deadline bounds them
+                    if not api.is_async:
+                        func = functools.partial(contextvars.copy_context().run, func)  # executors drop contexts
+                    if api.streams:  # an async generator API: iterated below, item by item
+                        result = func(value)
+                    elif api.is_async:
+                        if api.timeout is None:
+                            result = await func(value)
+                        else:
+                            result = await asyncio.wait_for(func(value), api.timeout)
+                    else:
+                        fut = asyncio.get_running_loop().run_in_executor(self.executor, func, value)
+                        result = await (fut if api.timeout is None else asyncio.wait_for(fut, api.timeout))
             except asyncio.CancelledError:
                 # The client went away; nothing to answer.
                 self.metrics.observe_request(api.name, 499, time.perf_counter() - start)
@@ -308,9 +316,9 @@ class App:
                 return
             extra += lines
         if status == 200:
-            self._ok_hist[api.name].observe(time.perf_counter() - start)
+            self._ok_hist[api.name].observe(_perf_counter() - start)
         else:
-            self.metrics.observe_request(api.name, status, time.perf_counter() - start)
+            self.metrics.observe_request(api.name, status, _perf_counter() - start)
         if timeline is not None:
             timeline["encoded"] = time.monotonic()
             if send_timeline:
