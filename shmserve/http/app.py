@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from .. import traces
+from .. import _native, traces
 from ..client import request_deadline
 from ..config.schema import ApiServerSettings, ShmserveConfig, TracingSettings
 from ..context import Context, run_hooks
@@ -51,8 +51,12 @@ log = logging.getLogger("shmserve.http")
 traces.tagging = True  # this process serves HTTP: its runner calls carry the request's ID (`call_request_id`)
 
 _TRACE_HEADER = b"x-shmserve-trace"
-# A request's task is made here, not by loop.create_task: on Python 3.11 a task given no name formats
-# "Task-<n>" in its __init__ (a fifth of making it), and uvloop's create_task is one more call around it.
+# An API request's coroutine runs in a RequestTask of shmserve/_native/http.c when it is built: its first
+# step at once, no asyncio.Task made (see `_start`). Without it, the task is made here, not by
+# loop.create_task: on Python 3.11 a task given no name formats "Task-<n>" in its __init__ (a fifth of
+# making it), and uvloop's create_task is one more call around it.
+_native_http = _native.load("http")
+_start_task = None if _native_http is None else _native_http.start_task
 _Task = asyncio.Task
 _TASK_NAME = "shmserve-request"
 _OTHER = "-"  # metrics label for requests that match no API
@@ -62,6 +66,16 @@ _perf_counter = time.perf_counter
 # made at run time).
 _PLAIN_RESULTS: set[type] = set()
 _PLAIN_RESULTS_MAX = 256
+
+
+def _start(coro: Any, loop: asyncio.AbstractEventLoop, conn: HttpProtocol) -> None:
+    """Run the request's coroutine `coro` as ``conn.task`` (so a disconnect cancels it): a RequestTask
+    (shmserve/_native/http.c: its first step now, no asyncio.Task made; it is asyncio.current_task() while
+    it runs and offers what asyncio.timeout and TaskGroup ask of it), or an asyncio.Task."""
+    if _start_task is not None:
+        _start_task(coro, loop, conn)
+    else:
+        conn.task = _Task(coro, loop=loop, name=_TASK_NAME)
 
 
 def check_settings(config: ShmserveConfig) -> None:
@@ -189,7 +203,7 @@ class App:
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         if api.input.decode_in_steps(request.body, request.headers):
-            conn.task = _Task(self._decode_in_steps(api, request, conn, start), loop=loop, name=_TASK_NAME)
+            _start(self._decode_in_steps(api, request, conn, start), loop, conn)
             return
         try:
             value = api.input.decode(request.body, request.headers)
@@ -197,7 +211,10 @@ class App:
             self._decode_failed(conn, api, start, exc)
             return
         call = self._serve_call if _TRACE_HEADER in request.headers or self.observer.active else self._call  # most: one frame less
-        conn.task = _Task(call(api, value, request, conn, start), loop=loop, name=_TASK_NAME)
+        if _start_task is not None:  # `_start`, inline
+            _start_task(call(api, value, request, conn, start), loop, conn)
+        else:
+            conn.task = _Task(call(api, value, request, conn, start), loop=loop, name=_TASK_NAME)
 
     def _decode_failed(self, conn: HttpProtocol, api: API, start: float, exc: Exception) -> None:
         if isinstance(exc, ShmserveError):
