@@ -41,12 +41,12 @@
  * (reader.py at import): the objects are filled in here, slot by slot, not
  * through __init__.
  *
- * take(reader, data, t_begin) -> end
+ * take(data, t_begin, queue, limits, reader) -> end
  *
  * is what RequestReader.feed does with `parse` at the start of a read, in one
  * call (every read of the API worker comes here): the requests are appended
- * to reader.queue, within reader.state's limits, counted in reader.completed,
- * and reading pauses (reader.conn.pause_reading()) once more than
+ * to the reader's queue, within its limits, counted in reader.completed, and
+ * reading pauses (reader.conn.pause_reading()) once more than
  * `pipeline_high` are queued.
  */
 #define PY_SSIZE_T_CLEAN
@@ -90,8 +90,7 @@ static Py_ssize_t slot_offsets[N_SLOTS];
  * `configure`) */
 static Py_ssize_t pipeline_high = 32;
 /* attribute names `take` reads, interned once */
-static PyObject *str_append, *str_queue, *str_state, *str_completed, *str_conn, *str_pause_reading,
-    *str_max_url_bytes, *str_max_header_bytes, *str_max_body_bytes;
+static PyObject *str_append, *str_completed, *str_conn, *str_pause_reading;
 
 static PyObject *configure(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
@@ -186,31 +185,23 @@ static int eq_lower(const char *p, Py_ssize_t n, const char *lower, Py_ssize_t m
     return 1;
 }
 
-/* The lower-cased header name as bytes: a shared one when it is common. New reference. */
+/* The lower-cased header name as bytes: a shared one when it is common (compared case-insensitively in
+ * place, no lower-cased copy made for it). New reference. */
 static PyObject *lower_name(const char *p, Py_ssize_t n) {
-    char small[64];
-    char *dst;
-    PyObject *obj = NULL;
-    if (n <= (Py_ssize_t)sizeof(small)) {
-        dst = small;
-    } else {
-        obj = PyBytes_FromStringAndSize(NULL, n);
-        if (obj == NULL)
-            return NULL;
-        dst = PyBytes_AS_STRING(obj);
-    }
+    for (size_t k = 0; k < N_COMMON; k++)
+        if (common_lens[k] == n && eq_lower(p, n, PyBytes_AS_STRING(common_objs[k]), n)) {
+            Py_INCREF(common_objs[k]);
+            return common_objs[k];
+        }
+    PyObject *obj = PyBytes_FromStringAndSize(NULL, n);
+    if (obj == NULL)
+        return NULL;
+    char *dst = PyBytes_AS_STRING(obj);
     for (Py_ssize_t i = 0; i < n; i++) {
         char c = p[i];
         dst[i] = (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
     }
-    if (obj != NULL)
-        return obj;
-    for (size_t k = 0; k < N_COMMON; k++)
-        if (common_lens[k] == n && memcmp(PyBytes_AS_STRING(common_objs[k]), dst, (size_t)n) == 0) {
-            Py_INCREF(common_objs[k]);
-            return common_objs[k];
-        }
-    return PyBytes_FromStringAndSize(dst, n);
+    return obj;
 }
 
 /* One request at buf[pos:len]. Returns 1 and sets *out (a new Request) and *next; 0 when it is not the
@@ -458,36 +449,36 @@ static Py_ssize_t ssize_attr(PyObject *obj, PyObject *name) {
     return n;
 }
 
-/* take(reader, data, t_begin) -> end: what RequestReader.feed does with `parse` at the start of a read, in
- * one call: the plain requests at data[0:] are appended to reader.queue (at most as many as bring it to
- * pipeline_high + 1, and one at least), within reader.state's limits (max_url_bytes, max_header_bytes,
+/* take(data, t_begin, queue, limits, reader) -> end: what RequestReader.feed does with `parse` at the start
+ * of a read, in one call: the plain requests at data[0:] are appended to `queue` (at most as many as bring
+ * it to pipeline_high + 1, and one at least), within `limits` (max_url_bytes, max_header_bytes,
  * max_body_bytes); reader.completed counts them; reader.conn.pause_reading() is called once the queue holds
- * more than pipeline_high. `end`: where the first request not taken starts. */
+ * more than pipeline_high. `end`: where the first request not taken starts. The caller passes what it
+ * reads cheaply (an attribute load in Python costs a fraction of PyObject_GetAttr here). */
 static PyObject *take(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 3 || !PyFloat_Check(args[2])) {
-        PyErr_SetString(PyExc_TypeError, "take(reader, data, t_begin): t_begin a float");
+    if (nargs != 5 || !PyFloat_Check(args[1]) || !PyTuple_Check(args[3]) || PyTuple_GET_SIZE(args[3]) != 3) {
+        PyErr_SetString(PyExc_TypeError, "take(data, t_begin, queue, limits, reader): t_begin a float, limits "
+                                         "(max_url_bytes, max_header_bytes, max_body_bytes)");
         return NULL;
     }
     if (request_type == NULL) {
         PyErr_SetString(PyExc_TypeError, "take: configure(request_class) first");
         return NULL;
     }
-    PyObject *reader = args[0], *queue = NULL, *state = NULL, *result = NULL;
-    Py_buffer view;
-    if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0)
-        return NULL;
-    if ((queue = PyObject_GetAttr(reader, str_queue)) == NULL || (state = PyObject_GetAttr(reader, str_state)) == NULL)
-        goto done;
-    Py_ssize_t max_url = ssize_attr(state, str_max_url_bytes);
-    Py_ssize_t max_header = ssize_attr(state, str_max_header_bytes);
-    Py_ssize_t max_body = ssize_attr(state, str_max_body_bytes);
+    PyObject *queue = args[2], *limits = args[3], *reader = args[4], *result = NULL;
+    Py_ssize_t max_url = PyLong_AsSsize_t(PyTuple_GET_ITEM(limits, 0));
+    Py_ssize_t max_header = PyLong_AsSsize_t(PyTuple_GET_ITEM(limits, 1));
+    Py_ssize_t max_body = PyLong_AsSsize_t(PyTuple_GET_ITEM(limits, 2));
     Py_ssize_t queued = PyObject_Size(queue);
     if (PyErr_Occurred())
-        goto done;
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
     Py_ssize_t max_count = pipeline_high + 1 - queued;
     Py_ssize_t taken;
-    Py_ssize_t pos = take_into((const char *)view.buf, view.len, 0, args[2], max_url, max_header, max_body,
+    Py_ssize_t pos = take_into((const char *)view.buf, view.len, 0, args[1], max_url, max_header, max_body,
                                max_count < 1 ? 1 : max_count, queue, &taken);
     if (pos < 0)
         goto done;
@@ -511,8 +502,6 @@ static PyObject *take(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     }
     result = PyLong_FromSsize_t(pos);
 done:
-    Py_XDECREF(queue);
-    Py_XDECREF(state);
     PyBuffer_Release(&view);
     return result;
 }
@@ -1061,8 +1050,8 @@ static PyMethodDef methods[] = {
     {"start_task", (PyCFunction)(void (*)(void))start_task, METH_FASTCALL,
      "start_task(coro, loop, conn): run coro as a RequestTask, set as conn.task, its first step now."},
     {"take", (PyCFunction)(void (*)(void))take, METH_FASTCALL,
-     "take(reader, data, t_begin) -> end: the plain complete requests at the start of data appended to "
-     "reader.queue (RequestReader.feed's C path); end: where the first other one starts."},
+     "take(data, t_begin, queue, limits, reader) -> end: the plain complete requests at the start of data "
+     "appended to queue (RequestReader.feed's C path); end: where the first other one starts."},
     {"parse", (PyCFunction)(void (*)(void))parse, METH_FASTCALL,
      "parse(data, start, request_class, t_begin, max_url, max_header, max_body, max_count) -> (requests, end): "
      "the plain complete requests at data[start:], built; end: where the first other one starts."},
@@ -1083,9 +1072,8 @@ PyMODINIT_FUNC PyInit__http(void) {
     if (empty_bytes == NULL)
         return NULL;
     struct { PyObject **slot; const char *name; } names[] = {
-        {&str_append, "append"}, {&str_queue, "queue"}, {&str_state, "state"}, {&str_completed, "completed"},
-        {&str_conn, "conn"}, {&str_pause_reading, "pause_reading"}, {&str_max_url_bytes, "max_url_bytes"},
-        {&str_max_header_bytes, "max_header_bytes"}, {&str_max_body_bytes, "max_body_bytes"},
+        {&str_append, "append"}, {&str_completed, "completed"},
+        {&str_conn, "conn"}, {&str_pause_reading, "pause_reading"}, 
         {&str_blocking, "_asyncio_future_blocking"}, {&str_add_done_callback, "add_done_callback"},
         {&str_cancel, "cancel"}, {&str_get_loop, "get_loop"}, {&str_call_soon, "call_soon"}, {&str_task, "task"},
         {&str_call_exception_handler, "call_exception_handler"}, {&str_throw, "throw"}, {&str_message, "message"},

@@ -93,6 +93,8 @@ class RequestReader:
         self._now = 0.0  # when the chunk being fed arrived
         #: the unparsed rest of a read, kept while the pipeline is full (see the module docstring)
         self.rest = Rest(self)
+        # what the C parser is given: the state's limits (fixed once the server runs)
+        self._limits = (state.max_url_bytes, state.max_header_bytes, state.max_body_bytes)
         # The message being parsed.
         self._t_begin = 0.0
         self._url: bytes | list[bytes] = b""
@@ -119,7 +121,7 @@ class RequestReader:
             # The plain requests at its start, built in C and queued there (the queue, the limits, the
             # count and the pause as in `on_message_complete`); httptools goes on from the first request
             # the C did not take.
-            start = _http.take(self, data, now)
+            start = _http.take(data, now, self.queue, self._limits, self)
             if start == len(data):
                 return
         elif len(data) <= SLICE:

@@ -235,16 +235,14 @@ def test_take_queues_counts_and_pauses_as_the_reader_does() -> None:
     from collections import deque
     from types import SimpleNamespace
 
-    from shmserve.http.state import ServerState
-
     paused: list[bool] = []
-    reader = SimpleNamespace(queue=deque(), state=ServerState(max_body_bytes=4), completed=3,
-                             conn=SimpleNamespace(pause_reading=lambda: paused.append(True)))
+    reader = SimpleNamespace(queue=deque(), completed=3, conn=SimpleNamespace(pause_reading=lambda: paused.append(True)))
+    limits = (100, 1000, 4)
     stream = GET * 2 + post(b"/p", b"12345")  # the last one is over max_body_bytes: left where it starts
-    assert NATIVE.take(reader, stream, 1.5) == 2 * len(GET)
+    assert NATIVE.take(stream, 1.5, reader.queue, limits, reader) == 2 * len(GET)
     assert [r.t_begin for r in reader.queue] == [1.5, 1.5] and reader.completed == 5 and not paused
     # at most as many as bring the queue one past PIPELINE_HIGH (one at least); then reading pauses
     reader.queue.extend([None] * (PIPELINE_HIGH - 3))
-    assert NATIVE.take(reader, GET * 3, 0.0) == 2 * len(GET) and len(reader.queue) == PIPELINE_HIGH + 1
-    assert paused == [True] and reader.completed == 7
-    assert NATIVE.take(reader, GET * 3, 0.0) == len(GET) and paused == [True, True]
+    assert NATIVE.take(GET * 3, 0.0, reader.queue, limits, reader) == 2 * len(GET)
+    assert len(reader.queue) == PIPELINE_HIGH + 1 and paused == [True] and reader.completed == 7
+    assert NATIVE.take(GET * 3, 0.0, reader.queue, limits, reader) == len(GET) and paused == [True, True]
