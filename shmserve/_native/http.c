@@ -820,7 +820,7 @@ static PyObject *rtask_step(RequestTask *t) {
     switch (sent) {
     case PYGEN_RETURN:
         Py_XDECREF(result);
-        rtask_finish(t, T_FINISHED);
+        rtask_finish(t, t->must_cancel ? T_CANCELLED : T_FINISHED); /* cancelled meanwhile: as Task.__step */
         break;
     case PYGEN_NEXT:
         rtask_wait(t, result);

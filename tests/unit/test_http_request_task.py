@@ -314,3 +314,19 @@ def test_it_holds_nothing_once_done_and_is_collected(loop: asyncio.AbstractEvent
     conn.task = None
     gc.collect()
     assert ref() is None
+
+
+@both
+def test_cancelled_from_inside_then_returning_leaves_it_cancelled(start: Start, loop: asyncio.AbstractEventLoop) -> None:
+    conn = Conn()
+
+    async def coro() -> None:
+        conn.task.cancel()  # nothing awaited after: the cancellation is never thrown in
+
+    async def main() -> None:
+        start(coro(), loop, conn)
+        for _ in range(2):
+            await asyncio.sleep(0)
+
+    run(loop, main)
+    assert conn.task.done() and conn.task.cancelled()
