@@ -78,8 +78,9 @@ class HttpProtocol(asyncio.Protocol):
         self.reader = RequestReader(self, state, self.queue)
         self.busy = False
         self.current: Request | None = None
-        #: the task serving `current`, set by the application so a disconnect can cancel it
-        self.task: asyncio.Future[Any] | None = None
+        #: the task serving `current`, set by the application so a disconnect can cancel it (an asyncio.Task,
+        #: or the RequestTask of shmserve/_native/http.c: both have cancel() and done())
+        self.task: Any = None
         self.closed = False
         self.idle_ticks = 0
         self._dispatching = False
