@@ -51,12 +51,12 @@ log = logging.getLogger("shmserve.http")
 traces.tagging = True  # this process serves HTTP: its runner calls carry the request's ID (`call_request_id`)
 
 _TRACE_HEADER = b"x-shmserve-trace"
-# An API request's coroutine runs in a RequestTask of shmserve/_native/http.c when it is built: its first
+# An API request's coroutine runs in a RequestTask of shmserve/_native/task.c when it is built: its first
 # step at once, no asyncio.Task made (see `_start`). Without it, the task is made here, not by
 # loop.create_task: on Python 3.11 a task given no name formats "Task-<n>" in its __init__ (a fifth of
 # making it), and uvloop's create_task is one more call around it.
-_native_http = _native.load("http")
-_start_task = None if _native_http is None else _native_http.start_task
+_native_task = _native.load("task")
+_start_task = None if _native_task is None else _native_task.start_task
 _Task = asyncio.Task
 _TASK_NAME = "shmserve-request"
 _OTHER = "-"  # metrics label for requests that match no API
@@ -70,7 +70,7 @@ _PLAIN_RESULTS_MAX = 256
 
 def _start(coro: Any, loop: asyncio.AbstractEventLoop, conn: HttpProtocol) -> None:
     """Run the request's coroutine `coro` as ``conn.task`` (so a disconnect cancels it): a RequestTask
-    (shmserve/_native/http.c: its first step now, no asyncio.Task made; it is asyncio.current_task() while
+    (shmserve/_native/task.c: its first step now, no asyncio.Task made; it is asyncio.current_task() while
     it runs and offers what asyncio.timeout and TaskGroup ask of it), or an asyncio.Task."""
     if _start_task is not None:
         _start_task(coro, loop, conn)

@@ -79,7 +79,7 @@ class HttpProtocol(asyncio.Protocol):
         self.busy = False
         self.current: Request | None = None
         #: the task serving `current`, set by the application so a disconnect can cancel it (an asyncio.Task,
-        #: or the RequestTask of shmserve/_native/http.c: both have cancel() and done())
+        #: or the RequestTask of shmserve/_native/task.c: both have cancel() and done())
         self.task: Any = None
         self.closed = False
         self.idle_ticks = 0

@@ -1,4 +1,4 @@
-"""`RequestTask` (shmserve/_native/http.c): a request's coroutine run without an asyncio.Task, as a Task would run it.
+"""`RequestTask` (shmserve/_native/task.c): a request's coroutine run without an asyncio.Task, as a Task would run it.
 
 Each behaviour is checked against asyncio.Task itself where the two can be compared
 (`both`): the values a coroutine sees and what becomes of it must be the same.
@@ -18,8 +18,8 @@ import uvloop
 
 from shmserve.http import app as app_mod
 
-NATIVE = app_mod._native_http
-needs_native = pytest.mark.skipif(NATIVE is None, reason="shmserve._native._http not built (or pure Python forced)")
+NATIVE = app_mod._native_task
+needs_native = pytest.mark.skipif(NATIVE is None, reason="shmserve._native._task not built (or pure Python forced)")
 
 var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
 
