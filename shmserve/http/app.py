@@ -17,6 +17,7 @@ import asyncio
 import contextvars
 import functools
 import logging
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -56,7 +57,9 @@ _TRACE_HEADER = b"x-shmserve-trace"
 # loop.create_task: on Python 3.11 a task given no name formats "Task-<n>" in its __init__ (a fifth of
 # making it), and uvloop's create_task is one more call around it.
 _native_task = _native.load("task")
-_start_task = None if _native_task is None else _native_task.start_task
+# It makes itself asyncio.current_task() through asyncio's _current_tasks dict, which Python 3.14 gave up
+# (the current task lives in the thread state there): from 3.14 on, asyncio.Task.
+_start_task = None if _native_task is None or sys.version_info >= (3, 14) else _native_task.start_task
 _Task = asyncio.Task
 _TASK_NAME = "shmserve-request"
 _OTHER = "-"  # metrics label for requests that match no API
