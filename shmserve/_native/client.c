@@ -23,7 +23,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <structmember.h>
+#include "slots.h"
 #include <stdint.h>
 #include <string.h>
 #include <semaphore.h>
@@ -616,34 +616,14 @@ done:
  * The same fifteen attributes, each a slot as the Python class's are (a member that holds any object),
  * made by one C call: Pending(seq, link, slot, block, method, submit, sink) with done and abandoned
  * False and the rest None, as the Python __init__ leaves them. */
-typedef struct {
-    PyObject_HEAD
-    PyObject *seq, *link, *slot, *block, *method, *submit, *done, *result, *error, *lock, *future, *loop,
-        *abandoned, *sink, *stream;
-} PendingObject;
-
 #define PENDING_FIELDS(X) X(seq) X(link) X(slot) X(block) X(method) X(submit) X(done) X(result) X(error) \
     X(lock) X(future) X(loop) X(abandoned) X(sink) X(stream)
+typedef struct {
+    PyObject_HEAD
+    PENDING_FIELDS(SLOTS_DECLARE)
+} PendingObject;
 
-static int pending_traverse(PendingObject *p, visitproc visit, void *arg) {
-#define VISIT(f) Py_VISIT(p->f);
-    PENDING_FIELDS(VISIT)
-#undef VISIT
-    return 0;
-}
-
-static int pending_clear(PendingObject *p) {
-#define CLEAR(f) Py_CLEAR(p->f);
-    PENDING_FIELDS(CLEAR)
-#undef CLEAR
-    return 0;
-}
-
-static void pending_dealloc(PendingObject *p) {
-    PyObject_GC_UnTrack(p);
-    pending_clear(p);
-    Py_TYPE(p)->tp_free((PyObject *)p);
-}
+SLOTS_FUNCTIONS(pending, PendingObject, PENDING_FIELDS)
 
 static PyObject *pending_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     PyObject *a[7];
@@ -674,23 +654,16 @@ static PyObject *pending_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     return (PyObject *)p;
 }
 
-static PyMemberDef pending_members[] = {
-#define MEMBER(f) {#f, T_OBJECT_EX, offsetof(PendingObject, f), 0, NULL},
-    PENDING_FIELDS(MEMBER)
+#define MEMBER(f) SLOTS_MEMBER_(PendingObject, f)
+static PyMemberDef pending_members[] = {PENDING_FIELDS(MEMBER) {NULL, 0, 0, 0, NULL}};
 #undef MEMBER
-    {NULL, 0, 0, 0, NULL},
-};
 
 static PyTypeObject PendingType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "shmserve._native._client.Pending",
     .tp_basicsize = sizeof(PendingObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "One call in flight (the C twin of shmserve.link.Pending).",
-    .tp_traverse = (traverseproc)pending_traverse,
-    .tp_clear = (inquiry)pending_clear,
-    .tp_dealloc = (destructor)pending_dealloc,
-    .tp_members = pending_members,
+    SLOTS_TYPE_SLOTS(pending),
     .tp_new = pending_new,
 };
 

@@ -15,7 +15,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <structmember.h>
+#include "slots.h"
 #include <stdint.h>
 #include <string.h>
 
@@ -363,33 +363,14 @@ done:
  * The same eleven attributes, each a slot as the Python class's are (a member that holds any object),
  * made by one C call: Request(seq, channel, slot, method, meta, tensors, submit, deadline, dequeue
  * [, cancelled]) with items 1 and cancelled False unless given, as the Python __init__ leaves them. */
-typedef struct {
-    PyObject_HEAD
-    PyObject *seq, *channel, *slot, *method, *meta, *tensors, *submit, *deadline, *items, *dequeue, *cancelled;
-} RequestObject;
-
 #define REQUEST_FIELDS(X) X(seq) X(channel) X(slot) X(method) X(meta) X(tensors) X(submit) X(deadline) \
     X(items) X(dequeue) X(cancelled)
+typedef struct {
+    PyObject_HEAD
+    REQUEST_FIELDS(SLOTS_DECLARE)
+} RequestObject;
 
-static int request_traverse(RequestObject *r, visitproc visit, void *arg) {
-#define VISIT(f) Py_VISIT(r->f);
-    REQUEST_FIELDS(VISIT)
-#undef VISIT
-    return 0;
-}
-
-static int request_clear(RequestObject *r) {
-#define CLEAR(f) Py_CLEAR(r->f);
-    REQUEST_FIELDS(CLEAR)
-#undef CLEAR
-    return 0;
-}
-
-static void request_dealloc(RequestObject *r) {
-    PyObject_GC_UnTrack(r);
-    request_clear(r);
-    Py_TYPE(r)->tp_free((PyObject *)r);
-}
+SLOTS_FUNCTIONS(request, RequestObject, REQUEST_FIELDS)
 
 static PyObject *request_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     PyObject *a[10] = {NULL};
@@ -423,23 +404,16 @@ static PyObject *request_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     return (PyObject *)r;
 }
 
-static PyMemberDef request_members[] = {
-#define MEMBER(f) {#f, T_OBJECT_EX, offsetof(RequestObject, f), 0, NULL},
-    REQUEST_FIELDS(MEMBER)
+#define MEMBER(f) SLOTS_MEMBER_(RequestObject, f)
+static PyMemberDef request_members[] = {REQUEST_FIELDS(MEMBER) {NULL, 0, 0, 0, NULL}};
 #undef MEMBER
-    {NULL, 0, 0, 0, NULL},
-};
 
 static PyTypeObject RequestType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "shmserve._native._worker.Request",
     .tp_basicsize = sizeof(RequestObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "One call read from a channel (the C twin of shmserve.worker.channel.Request).",
-    .tp_traverse = (traverseproc)request_traverse,
-    .tp_clear = (inquiry)request_clear,
-    .tp_dealloc = (destructor)request_dealloc,
-    .tp_members = request_members,
+    SLOTS_TYPE_SLOTS(request),
     .tp_new = request_new,
 };
 
