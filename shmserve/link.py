@@ -119,6 +119,8 @@ class WorkerLink:
                 self.board = None
         self._health_at = -1.0
         self._healthy = True
+        #: until when the last reading said healthy and is reused (`healthy`): the pool reads it, no call
+        self.healthy_until = -1.0 if self.board is not None else float("inf")
         self.index = index
         self.socket_path = socket_path
         self.sock: socket.socket | None = None
@@ -316,6 +318,7 @@ class WorkerLink:
         if now - self._health_at > HEALTH_EVERY_S:
             self._health_at = now
             self._healthy = self.board.judge(now, limits) is Health.OK
+            self.healthy_until = now + HEALTH_EVERY_S if self._healthy else -1.0
         return self._healthy
 
     def alive(self) -> bool:
@@ -359,6 +362,7 @@ class WorkerLink:
         if self.board is not None:
             self.board.close()
             self.board = None
+            self.healthy_until = float("inf")  # judged healthy from now on, as `healthy` says
 
 
 def _refuse_late(runner: str, drained_at: float, deadline: float) -> None:

@@ -27,6 +27,7 @@ class Link(Protocol):
     worker_pid: int
     live: bool
     last_attempt: float
+    healthy_until: float  # until then `healthy` would return True without reading anything
     pending: dict[int, Pending]
     methods: dict[str, Any]
     result_arena: Any  # the response arena, where `shmserve.client.Codec` reads results
@@ -96,7 +97,7 @@ class LinkPool:
                 self._try(link, 1.0)
             if not link.live:
                 continue
-            if not link.healthy(now, self.watchdog):
+            if now >= link.healthy_until and not link.healthy(now, self.watchdog):
                 stalled += 1  # the watchdog sees no progress: calls would only queue behind a hung method
                 continue
             if best is None or len(link.pending) < len(best.pending):

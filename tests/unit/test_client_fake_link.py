@@ -37,6 +37,7 @@ class FakeLink:
         self.worker_pid = 4000 + self.index
         self.live = False
         self.last_attempt = 0.0
+        self.healthy_until = float("inf")  # `healthy` always says so
         self.pending: dict[int, Pending] = {}
         self.methods: dict[str, Any] = {}
         self.result_arena = None

@@ -63,3 +63,43 @@ def test_board_round_trip(shm_clean) -> None:
         reader.close()
     finally:
         board.close(unlink=True)
+
+
+class _Board:
+    """A health board whose verdict the test sets, counting its readings."""
+
+    def __init__(self) -> None:
+        self.health = Health.OK
+        self.readings = 0
+
+    def judge(self, now: float, limits: WatchdogLimits) -> Health:
+        self.readings += 1
+        return self.health
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_pool_reuses_a_healthy_reading_for_its_period_and_skips_a_stalled_worker() -> None:
+    from shmserve.errors import RunnerUnavailable
+    from shmserve.link import HEALTH_EVERY_S, WorkerLink
+    from shmserve.pool import LinkPool
+
+    link = WorkerLink("r", 0, "")
+    assert link.healthy_until == float("inf")  # no board: always judged healthy, never read
+    board = _Board()
+    link.board, link.healthy_until, link.live = board, -1.0, True  # type: ignore[assignment]
+    pool = LinkPool("r", [link], 4, 1 << 20, LIMITS, None, lambda: None)  # type: ignore[arg-type]
+    assert pool.pick() is link and board.readings == 1
+    assert pool.pick() is link and board.readings == 1  # within HEALTH_EVERY_S: the reading holds, no call
+    link.healthy_until -= HEALTH_EVERY_S + 1.0  # the period is over (as if time passed)
+    link._health_at -= HEALTH_EVERY_S + 1.0
+    board.health = Health.SLOW
+    with pytest.raises(RunnerUnavailable, match="no progress"):
+        pool.pick()
+    assert board.readings == 2 and link.healthy_until == -1.0
+    with pytest.raises(RunnerUnavailable):  # a stalled verdict is reused too, by `healthy` itself
+        pool.pick()
+    assert board.readings == 2
+    link.close_board()
+    assert link.healthy_until == float("inf") and pool.pick() is link
