@@ -98,14 +98,8 @@ class RunnerClient(StreamingCalls):
         index = self._pool.codes.get(method)
         if index is None:
             raise InvalidInput(f"runner {self.name!r} has no method {method!r}; it has {sorted(self.methods)}")
-        hint: Link | None = None
-        releases = None
         gpu = self._codec.gpu
-        if gpu is not None:
-            # CUDA hand-offs the chosen worker gave us and we no longer use ride back on this call.
-            with self._lock:
-                hint = self._pool.pick()
-            releases = gpu.owed_to(hint.worker_pid) or None
+        hint, releases = (None, None) if gpu is None else _gpu_hint(self._pool, self._lock, gpu)
         tensors, meta = encode_call(args, kwargs, self._device, releases)
         if len(tensors) > MAX_TENSORS:
             raise InvalidInput(f"a call carries at most {MAX_TENSORS} tensor arguments, got {len(tensors)}")
@@ -121,10 +115,7 @@ class RunnerClient(StreamingCalls):
         meta_off = (end + META_ALIGN - 1) & ~(META_ALIGN - 1)
         nbytes = meta_off + len(meta) if len(meta) > META_INLINE_MAX else end
         if nbytes > self.arena_bytes:
-            raise TensorTooLarge(
-                f"input of {nbytes / 2**20:.1f} MB exceeds the {self.arena_bytes / 2**20:.0f} MB arena of runner "
-                f"{self.name!r}; raise Runner(arena_mb=...) or runners.{self.name}.arena_mb in the config"
-            )
+            raise _too_large(nbytes, self.arena_bytes, self.name)
         if deadline is not None and deadline <= time.monotonic():
             raise RunnerTimeout(f"call to {self.name}.{method}: its deadline passed before it was sent")
         space_deadline = deadline  # with none, SPACE_WAIT_S from the first attempt that finds no room
@@ -353,6 +344,19 @@ class Codec:
         tensors = [from_wire(np.ndarray(t.shape, numpy_dtype(t.dtype), lease, t.offset - block_off), t.kind, t.dtype)
                    for t in tmetas]
         return decode_result(tensors, meta, self.device)
+
+
+def _gpu_hint(pool: LinkPool, lock: threading.Lock, gpu: Any) -> tuple[Link, list[int] | None]:
+    """The worker a call goes to, and the CUDA hand-offs it gave us that we no longer use: they ride
+    back on the call."""
+    with lock:
+        hint = pool.pick()
+    return hint, gpu.owed_to(hint.worker_pid) or None
+
+
+def _too_large(nbytes: int, arena_bytes: int, runner: str) -> TensorTooLarge:
+    return TensorTooLarge(f"input of {nbytes / 2**20:.1f} MB exceeds the {arena_bytes / 2**20:.0f} MB arena of runner "
+                          f"{runner!r}; raise Runner(arena_mb=...) or runners.{runner}.arena_mb in the config")
 
 
 def _close_signal(sig: Signal) -> None:

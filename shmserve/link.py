@@ -181,18 +181,6 @@ class WorkerLink:
                 self.sock.setblocking(False)
 
     # -- calls ------------------------------------------------------------------------------------
-    def _place_external(self, external: list[Any], tensors: list[Tensor], offsets: list[int], meta: bytes,
-                        meta_off: int, nbytes: int, align: int) -> tuple[Any, ...]:
-        """Announce the objects a call's inputs lie in (`shmserve.shm.extra`); when this channel's
-        entries are all taken, lay the call out to be copied whole, as without them."""
-        if self._extra is None:
-            self._extra = extra.LinkSlots(self._buf)
-        segments = self._extra.announce_all(external)
-        if segments is not None:
-            return segments, [t for t, e in zip(tensors, external) if e is None], offsets, meta_off, nbytes, align
-        offsets, meta_off, nbytes = block_layout(tensors, len(meta))
-        return None, None, offsets, meta_off, nbytes, request_align(tensors)
-
     def submit(self, seq: int, index: int, method: str, tensors: list[Tensor], offsets: list[int], meta: bytes,
                meta_off: int, nbytes: int, align: int, deadline: float | None, stream: Any = None,
                external: list[Any] | None = None, post: bool = True) -> Pending | None:
@@ -208,7 +196,7 @@ class WorkerLink:
             return None
         segments = local = None
         if external is not None:
-            segments, local, offsets, meta_off, nbytes, align = self._place_external(external, tensors, offsets, meta,
+            segments, local, offsets, meta_off, nbytes, align = _place_external(self, external, tensors, offsets, meta,
                                                                                     meta_off, nbytes, align)
         block = self.requests.alloc(nbytes, align)  # type: ignore[union-attr]
         if block is None:
@@ -363,6 +351,19 @@ class WorkerLink:
             self.board.close()
             self.board = None
             self.healthy_until = float("inf")  # judged healthy from now on, as `healthy` says
+
+
+def _place_external(link: WorkerLink, external: list[Any], tensors: list[Tensor], offsets: list[int], meta: bytes,
+                    meta_off: int, nbytes: int, align: int) -> tuple[Any, ...]:
+    """Announce to `link`'s worker the objects a call's inputs lie in (`shmserve.shm.extra`); when the
+    channel's entries are all taken, lay the call out to be copied whole, as without them."""
+    if link._extra is None:
+        link._extra = extra.LinkSlots(link._buf)
+    segments = link._extra.announce_all(external)
+    if segments is not None:
+        return segments, [t for t, e in zip(tensors, external) if e is None], offsets, meta_off, nbytes, align
+    offsets, meta_off, nbytes = block_layout(tensors, len(meta))
+    return None, None, offsets, meta_off, nbytes, request_align(tensors)
 
 
 def _refuse_late(runner: str, drained_at: float, deadline: float) -> None:
