@@ -309,12 +309,12 @@ class AccessLog:
 
     @staticmethod
     def _record_failed(request: Any, exc: BaseException) -> None:
-        """Log why the access line (or spans) of `request` could not be recorded (the hook never raises)."""
+        """Log why the access line or the spans of `request` could not be queued (the hook never raises)."""
         try:
             rid = getattr(request, "request_id", b"").decode("latin-1")
         except Exception:
             rid = "?"
-        _log.error("recording the access line of request %s failed", rid, exc_info=exc)
+        _log.error("recording the access line or spans of request %s failed", rid, exc_info=exc)
 
     def add(self, entry: Entry) -> None:
         """Queue one entry as it is (tests; `record` builds its own)."""

@@ -185,8 +185,8 @@ class Observer:
 
     def on_response(self, conn: HttpProtocol, request: Request, status: int, body_bytes: int) -> None:
         """The hook while tracing alone is on (without the C twin): queue a traced request's spans (never raises)."""
-        ctx: RequestContext | None = request.ctx
         try:
+            ctx: RequestContext | None = request.ctx
             if ctx is not None and ctx.parent is not None:
                 self._traced.append((ctx, request.method, request.path, status, request.request_id, time.monotonic()))
         except Exception as exc:

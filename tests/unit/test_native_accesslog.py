@@ -216,7 +216,7 @@ def test_the_c_hook_queues_traced_requests_and_never_raises(caplog: pytest.LogCa
              (_conn(), broken, 200, 3)]
     with caplog.at_level(logging.ERROR, "shmserve.http"):
         c, py = _both(AccessLogSettings(enabled=True, format="json"), calls, traced=True)
-    assert caplog.text.count("recording the access line of request rid-1 failed") == 2  # once per twin
+    assert caplog.text.count("recording the access line or spans of request rid-1 failed") == 2  # once per twin
     assert caplog.records[0].exc_info is not None  # with its traceback
     for log in (c, py):
         assert log.waiting == 2  # type: ignore[attr-defined]

@@ -121,3 +121,16 @@ def test_begin_in_c_with_the_access_log_alone() -> None:
         assert _outcome(observer.begin(asked, "p", True), asked) == ("p", None, ["begin", "decoded", "parsed"])
     finally:
         observer.close()
+
+
+def test_the_tracing_only_hook_never_raises(caplog: pytest.LogCaptureFixture) -> None:
+    observer = Observer(AccessLogSettings(enabled=False), TracingSettings(exporter="console", sample_rate=1.0), "svc")
+    try:
+        broken = Request(b"POST", b"/p", {}, b"", True)
+        del broken.ctx  # a request the app never began: its context cannot be read
+        broken.request_id = b"no-ctx"
+        with caplog.at_level(logging.ERROR, "shmserve.http"):
+            observer.hook(object.__new__(HttpProtocol), broken, 200, 0)  # type: ignore[misc]
+        assert "recording the access line or spans of request no-ctx failed" in caplog.text
+    finally:
+        observer.close()
