@@ -14,6 +14,9 @@ from collections.abc import Callable
 TraceHook = Callable[[str, str, dict[str, float]], None]
 Sink = list[tuple[str, str, dict[str, float]]]
 _trace_hooks: list[TraceHook] = []
+#: the hooks as `deliver` walks them: a tuple made when one is added or removed, not a copy per call
+#: (a hook may remove itself while it is called)
+_hooks: tuple[TraceHook, ...] = ()
 _failed_hooks: set[int] = set()  # ids of hooks whose failure was logged
 log = logging.getLogger("shmserve")
 
@@ -37,25 +40,29 @@ def add_trace_hook(fn: TraceHook) -> None:
     `trace` holds CLOCK_MONOTONIC times: submit, dequeue, batch_start,
     model_start, model_end, written, complete, and batch_size.
     """
+    global _hooks
     _trace_hooks.append(fn)
+    _hooks = tuple(_trace_hooks)
 
 
 def remove_trace_hook(fn: TraceHook) -> None:
     """Stop calling a hook added with `add_trace_hook`."""
+    global _hooks
     if fn in _trace_hooks:
         _trace_hooks.remove(fn)
+        _hooks = tuple(_trace_hooks)
 
 
 def wanted(sink: Sink | None) -> bool:
     """Whether anyone listens for the trace of a call made with `sink` (cheap: checked per call)."""
-    return sink is not None or bool(_trace_hooks)
+    return sink is not None or bool(_hooks)
 
 
 def deliver(runner: str, method: str, trace: dict[str, float], sink: Sink | None) -> None:
     """Hand one call's trace to its context's list and to every hook (a failing hook is logged once, and skipped over)."""
     if sink is not None:
         sink.append((runner, method, trace))
-    for hook in list(_trace_hooks):
+    for hook in _hooks:
         try:
             hook(runner, method, trace)
         except Exception:  # a hook's bug must not fail the call it observes; said once per hook, not per call

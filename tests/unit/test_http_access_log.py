@@ -283,16 +283,23 @@ def test_lines_queued_while_a_flush_takes_the_batch_are_written_once_each() -> N
     cap = Capture()
     log = AccessLog(AccessLogSettings(enabled=True, format="json"), [cap])
     done = threading.Event()
+    flushed = threading.Event()  # set after each flush
     flushes = 0
     added = 0
 
     def loop() -> None:
-        # at least 20,000 entries, and more (up to 100,000) until flushes overlapped the appends a few
-        # times: on a busy machine all 20,000 may go in while the first flush formats
+        # 20,000 entries racing the flushes; on a busy machine they may all go in while the first flush
+        # formats (pure Python: ~20 µs a line), so then one more after each flush until two overlapped
         nonlocal added
-        while added < 20000 or (flushes < 3 and added < 100_000):
+        for _ in range(20000):
             log.add(_entry(added))
             added += 1
+        deadline = time.monotonic() + 30
+        while flushes < 2 and time.monotonic() < deadline:
+            flushed.clear()
+            log.add(_entry(added))
+            added += 1
+            flushed.wait(1.0)
         done.set()
 
     interval = sys.getswitchinterval()
@@ -303,6 +310,7 @@ def test_lines_queued_while_a_flush_takes_the_batch_are_written_once_each() -> N
         while not done.is_set():  # bounded: the appending thread ends
             log.flush()
             flushes += 1
+            flushed.set()
         t.join()
     finally:
         sys.setswitchinterval(interval)

@@ -54,3 +54,23 @@ def test_the_client_module_still_exports_the_hooks():
 
     assert client.add_trace_hook is traces.add_trace_hook
     assert client.call_traces is traces.call_traces
+
+
+def test_a_hook_that_removes_itself_while_called_does_not_skip_the_next():
+    seen = []
+
+    def once(runner, method, trace):
+        traces.remove_trace_hook(once)
+        seen.append("once")
+
+    def keep(runner, method, trace):
+        seen.append("keep")
+
+    traces.add_trace_hook(once)
+    traces.add_trace_hook(keep)
+    try:
+        traces.deliver("r", "m", TRACE, None)
+        traces.deliver("r", "m", TRACE, None)
+    finally:
+        traces.remove_trace_hook(keep)
+    assert seen == ["once", "keep", "keep"] and not traces.wanted(None)
