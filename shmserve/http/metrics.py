@@ -1,7 +1,7 @@
 """Prometheus metrics of one API worker process, in a registry of its own.
 
-The hot path only bumps plain Python counters (a list index and two adds per
-request); prometheus-client turns them into its text format when ``/metrics``
+The hot path only appends each observation to its histogram's pending list
+(`Histogram`); reading a histogram sorts them into its buckets. prometheus-client turns them into its text format when ``/metrics``
 is scraped.
 
 Several API workers share one port, so a scrape reaches whichever worker
@@ -33,6 +33,8 @@ import os
 import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
+from functools import reduce
+from operator import add as _add
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from ..registry import pid_alive
 
-__all__ = ["Histogram", "Metrics", "MetricsExchange", "LATENCY_BUCKETS", "BATCH_BUCKETS"]
+__all__ = ["Histogram", "Metrics", "MetricsExchange", "LATENCY_BUCKETS", "BATCH_BUCKETS", "PENDING_MAX"]
 
 LATENCY_BUCKETS: tuple[float, ...] = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -52,53 +54,119 @@ BATCH_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 _RUNNER_BOUNDS = (BATCH_BUCKETS, LATENCY_BUCKETS, LATENCY_BUCKETS, LATENCY_BUCKETS)
 
 
-class Histogram:
-    """A lock-free (single-writer) histogram: ``counts[i]`` holds values ``<= bounds[i]``."""
+#: pending observations a histogram holds before its writer folds them itself (when nothing reads it)
+PENDING_MAX = 4096
 
-    __slots__ = ("bounds", "counts", "sum", "count")
+
+class Histogram:
+    """A histogram whose writer only appends: ``counts[i]`` holds values ``<= bounds[i]``.
+
+    An observation is appended to `pending` (a hot caller binds ``pending.append``,
+    or inlines `observe`: no Python frame per value); reading `counts`, `sum`,
+    `count`, `buckets()` or `snapshot()` first folds the pending values into the
+    buckets. The writer folds too once `pending` holds `PENDING_MAX` values, so it
+    stays bounded when nobody scrapes.
+
+    One writer thread, any reader thread: a fold takes the values it copied off the
+    front of `pending` (``del pending[:n]``, one step under the GIL), so a value the
+    writer appends meanwhile waits for the next fold; folds, and the reads after
+    them, hold the histogram's lock. `pending` is never replaced, so a bound
+    ``append`` stays valid.
+    """
+
+    __slots__ = ("bounds", "pending", "_counts", "_sum", "_count", "_lock")
 
     def __init__(self, bounds: Sequence[float]) -> None:
         self.bounds = list(bounds)
-        self.counts = [0] * (len(self.bounds) + 1)
-        self.sum = 0.0
-        self.count = 0
+        self.pending: list[float] = []
+        self._counts = [0] * (len(self.bounds) + 1)
+        self._sum = 0.0
+        self._count = 0
+        self._lock = threading.Lock()
 
     def observe(self, value: float) -> None:
-        """Add one observation."""
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.sum += value
-        self.count += 1
+        """Add one observation (what a hot caller inlines: append, then fold past the bound)."""
+        pending = self.pending
+        pending.append(value)
+        if len(pending) >= PENDING_MAX:
+            self.fold()
+
+    def fold(self) -> None:
+        """Move the pending observations into the buckets."""
+        with self._lock:
+            self._fold()
+
+    def _fold(self) -> None:  # holding the lock
+        pending = self.pending
+        if not pending:
+            return
+        values = pending[:]
+        del pending[:len(values)]  # what the writer appended since stays, for the next fold
+        counts, bounds = self._counts, self.bounds
+        for value in values:
+            counts[bisect_left(bounds, value)] += 1
+        self._sum = reduce(_add, values, self._sum)  # in order, one add per value: as observing each did
+        self._count += len(values)
+
+    @property
+    def counts(self) -> list[int]:
+        """Observations per bucket (not cumulative), the last one above every bound."""
+        with self._lock:
+            self._fold()
+            return list(self._counts)
+
+    @property
+    def sum(self) -> float:
+        """Sum of the observations."""
+        with self._lock:
+            self._fold()
+            return self._sum
+
+    @property
+    def count(self) -> int:
+        """Number of observations."""
+        with self._lock:
+            self._fold()
+            return self._count
 
     def buckets(self) -> list[tuple[str, float]]:
         """Cumulative ``(le, count)`` pairs, ending with ``+Inf``."""
+        counts = self.counts
         out: list[tuple[str, float]] = []
         acc = 0
-        for bound, n in zip(self.bounds, self.counts, strict=False):
+        for bound, n in zip(self.bounds, counts, strict=False):
             acc += n
             out.append((_fmt(bound), acc))
-        out.append(("+Inf", acc + self.counts[-1]))
+        out.append(("+Inf", acc + counts[-1]))
         return out
 
     def snapshot(self) -> list[Any]:
         """Plain data for `MetricsExchange`: ``[counts, sum]``."""
-        return [list(self.counts), self.sum]
+        with self._lock:
+            self._fold()
+            return [list(self._counts), self._sum]
 
     def add(self, snap: list[Any]) -> None:
         """Add a peer's `snapshot()` (same bounds) into this histogram."""
         counts, total = snap
-        if len(counts) != len(self.counts):
-            return  # another version's bucket layout: skip rather than mis-add
-        for i, n in enumerate(counts):
-            self.counts[i] += n
-        self.sum += total
-        self.count += sum(counts)
+        with self._lock:
+            if len(counts) != len(self._counts):
+                return  # another version's bucket layout: skip rather than mis-add
+            self._fold()
+            mine = self._counts
+            for i, n in enumerate(counts):
+                mine[i] += n
+            self._sum += total
+            self._count += sum(counts)
 
     def copy(self) -> "Histogram":
-        """An independent copy."""
+        """An independent copy (pending observations folded in)."""
         h = Histogram(self.bounds)
-        h.counts = list(self.counts)
-        h.sum = self.sum
-        h.count = self.count
+        with self._lock:
+            self._fold()
+            h._counts = list(self._counts)
+            h._sum = self._sum
+            h._count = self._count
         return h
 
 
@@ -118,6 +186,7 @@ class Metrics:
         self._requests: dict[tuple[str, int], Histogram] = {}
         self._runner: dict[tuple[str, str], tuple[Histogram, ...]] = {}
         self._runner_lock = threading.Lock()  # the trace hook may run on a transport thread
+        self._traces = 0  # traces since the runner histograms were last folded (`on_trace`)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)  # type: ignore[arg-type]
 
@@ -142,20 +211,28 @@ class Metrics:
                 hs = tuple(Histogram(b) for b in _RUNNER_BOUNDS)
                 self._runner[key] = hs
             batch, wait, compute, call = hs
+            # Histogram.observe, inlined (this runs for every runner call's trace): each histogram gets
+            # at most one value per trace, so folding all four every PENDING_MAX traces bounds them.
             size = trace.get("batch_size")
             if size is not None:
-                batch.observe(size)
+                batch.pending.append(size)
             submit = trace.get("submit")
             start = trace.get("model_start")
             end = trace.get("model_end")
             complete = trace.get("complete")
-            # max(0.0, b - a), without the builtin call: this runs for every runner call's trace
+            # max(0.0, b - a), without the builtin call
             if submit is not None and start is not None:
-                wait.observe(start - submit if start > submit else 0.0)
+                wait.pending.append(start - submit if start > submit else 0.0)
             if start is not None and end is not None:
-                compute.observe(end - start if end > start else 0.0)
+                compute.pending.append(end - start if end > start else 0.0)
             if submit is not None and complete is not None:
-                call.observe(complete - submit if complete > submit else 0.0)
+                call.pending.append(complete - submit if complete > submit else 0.0)
+            self._traces += 1
+            if self._traces >= PENDING_MAX:
+                self._traces = 0
+                for h in self._runner.values():
+                    for one in h:
+                        one.fold()
 
     # -- sharing with the other API workers -------------------------------------
     def snapshot(self) -> dict[str, Any]:
