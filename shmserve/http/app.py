@@ -17,7 +17,6 @@ import asyncio
 import contextvars
 import functools
 import logging
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -25,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from .. import _native, traces
+from .. import traces
 from ..client import request_deadline
 from ..config.schema import ApiServerSettings, ShmserveConfig, TracingSettings
 from ..context import Context, run_hooks
@@ -41,6 +40,11 @@ from .metrics import PENDING_MAX, Metrics, MetricsExchange
 from .observe import Observer
 from .openapi import build_openapi
 from .protocol import HttpProtocol, Request
+from .request_task import TASK_NAME as _TASK_NAME
+from .request_task import Task as _Task
+from .request_task import native_task as _native_task  # noqa: F401  (tests read it here)
+from .request_task import start as _start
+from .request_task import start_task as _start_task  # `dispatch` inlines `_start`
 from .router import Router
 from .stream import is_stream, respond_stream
 from .v2 import V2Routes
@@ -52,16 +56,6 @@ log = logging.getLogger("shmserve.http")
 traces.tagging = True  # this process serves HTTP: its runner calls carry the request's ID (`call_request_id`)
 
 _TRACE_HEADER = b"x-shmserve-trace"
-# An API request's coroutine runs in a RequestTask of shmserve/_native/task.c when it is built: its first
-# step at once, no asyncio.Task made (see `_start`). Without it, the task is made here, not by
-# loop.create_task: on Python 3.11 a task given no name formats "Task-<n>" in its __init__ (a fifth of
-# making it), and uvloop's create_task is one more call around it.
-_native_task = _native.load("task")
-# It makes itself asyncio.current_task() through asyncio's _current_tasks dict, which Python 3.14 gave up
-# (the current task lives in the thread state there): from 3.14 on, asyncio.Task.
-_start_task = None if _native_task is None or sys.version_info >= (3, 14) else _native_task.start_task
-_Task = asyncio.Task
-_TASK_NAME = "shmserve-request"
 _OTHER = "-"  # metrics label for requests that match no API
 _perf_counter = time.perf_counter
 # Result types seen not to stream: `is_stream` asks hasattr(__aiter__), which for an ndarray raises
@@ -69,16 +63,6 @@ _perf_counter = time.perf_counter
 # made at run time).
 _PLAIN_RESULTS: set[type] = set()
 _PLAIN_RESULTS_MAX = 256
-
-
-def _start(coro: Any, loop: asyncio.AbstractEventLoop, conn: HttpProtocol) -> None:
-    """Run the request's coroutine `coro` as ``conn.task`` (so a disconnect cancels it): a RequestTask
-    (shmserve/_native/task.c: its first step now, no asyncio.Task made; it is asyncio.current_task() while
-    it runs and offers what asyncio.timeout and TaskGroup ask of it), or an asyncio.Task."""
-    if _start_task is not None:
-        _start_task(coro, loop, conn)
-    else:
-        conn.task = _Task(coro, loop=loop, name=_TASK_NAME)
 
 
 def check_settings(config: ShmserveConfig) -> None:
@@ -215,7 +199,7 @@ class App:
             self._decode_failed(conn, api, start, exc)
             return
         call = self._serve_call if _TRACE_HEADER in request.headers or self.observer.active else self._call  # most: one frame less
-        if _start_task is not None:  # `_start`, inline
+        if _start_task is not None:  # `request_task.start`, inline
             _start_task(call(api, value, request, conn, start), loop, conn)
         else:
             conn.task = _Task(call(api, value, request, conn, start), loop=loop, name=_TASK_NAME)

@@ -6,7 +6,9 @@ from typing import Any
 
 import numpy as np
 import orjson
+import pytest
 
+from shmserve.http import request_task
 from shmserve.http.v2 import routes
 from shmserve.http.v2.routes import V2Routes
 from shmserve.oip.errors import InferError
@@ -45,10 +47,12 @@ class FakeRequest:
 class FakeConn:
     def __init__(self) -> None:
         self.replies: list[tuple[int, bytes]] = []
-        self.task: asyncio.Task[None] | None = None
+        self.task: Any = None  # an asyncio.Task or a RequestTask (not awaitable): wait on `replied`
+        self.replied = asyncio.Event()
 
     def reply(self, status: int, ctype: bytes, body: bytes, extra: bytes = b"") -> None:
         self.replies.append((status, body))
+        self.replied.set()
 
 
 BODY = orjson.dumps({"inputs": [{"name": "x", "datatype": "INT32", "shape": [2], "data": [1, 2]}]})
@@ -57,8 +61,7 @@ BODY = orjson.dumps({"inputs": [{"name": "x", "datatype": "INT32", "shape": [2],
 async def _send(v2: V2Routes, method: bytes, path: bytes, body: bytes = BODY) -> tuple[int, Any]:
     conn = FakeConn()
     v2.dispatch(FakeRequest(method, path, body), conn)  # type: ignore[arg-type]
-    if conn.task is not None:
-        await conn.task
+    await asyncio.wait_for(conn.replied.wait(), 10.0)
     status, data = conn.replies[-1]
     return status, orjson.loads(data) if data else None
 
@@ -89,3 +92,17 @@ def test_remembered_paths_are_bounded() -> None:
 
     asyncio.run(main())
     assert len(v2._infer_paths) == routes._MAX_CACHED_PATHS
+
+
+@pytest.mark.skipif(request_task.start_task is None, reason="shmserve._native._task not built (or pure Python forced)")
+def test_an_inference_runs_as_a_request_task_its_first_step_within_dispatch() -> None:
+    v2 = V2Routes(FakeServer())  # type: ignore[arg-type]
+
+    async def main() -> None:
+        conn = FakeConn()
+        v2.dispatch(FakeRequest(b"POST", b"/v2/models/m/infer", BODY), conn)  # type: ignore[arg-type]
+        # FakeServer.infer never suspends: the whole request ran before dispatch returned, no asyncio.Task made
+        assert conn.replies and conn.replies[0][0] == 200
+        assert type(conn.task).__name__ == "RequestTask"
+
+    asyncio.run(main())

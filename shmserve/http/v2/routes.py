@@ -32,6 +32,7 @@ from ...oip.errors import InferError
 from ...oip.models import Model
 from ...oip.server import InferenceServer
 from ..protocol import HttpProtocol, Request
+from ..request_task import start
 from .codec import InferRequest, decode_request, decode_request_steps, encode_response
 
 __all__ = ["V2Routes"]
@@ -121,7 +122,7 @@ class V2Routes:
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
-        conn.task = loop.create_task(self._guard(conn, coro))
+        start(self._guard(conn, coro), loop, conn)
 
     @staticmethod
     async def _guard(conn: HttpProtocol, coro: Awaitable[None]) -> None:
@@ -178,7 +179,7 @@ class V2Routes:
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
-        conn.task = loop.create_task(self._infer(conn, model, req))
+        start(self._infer(conn, model, req), loop, conn)  # its first step now, within this call
 
     async def _decode_and_infer(self, conn: HttpProtocol, model: Model, request: Request) -> None:
         steps = decode_request_steps(request.body, request.headers, self.server.regions, self.max_body_bytes)
