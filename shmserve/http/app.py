@@ -28,14 +28,14 @@ from .. import traces
 from ..client import request_deadline
 from ..config.schema import ApiServerSettings, ShmserveConfig, TracingSettings
 from ..context import Context, run_hooks
-from ..errors import RunnerError, ShmserveError
 from ..oip.server import InferenceServer
 from ..service import API, Service
 from ..traces import Sink, call_request_id, call_traces
 from .access_log import AccessLog
 from .docs_ui import ASSET_PATHS, DocsUI
 from .edge import V2, Edge
-from .endpoints import RETRY_AFTER, ServerEndpoints, runner_ready
+from .endpoints import ServerEndpoints, runner_ready
+from .failures import call_failed, decode_failed, reply_failure
 from .metrics import PENDING_MAX, Metrics, MetricsExchange
 from .observe import Observer
 from .openapi import build_openapi
@@ -196,7 +196,7 @@ class App:
         try:
             value = api.input.decode(request.body, request.headers)
         except Exception as exc:
-            self._decode_failed(conn, api, start, exc)
+            decode_failed(self.metrics, conn, api, start, exc)
             return
         call = self._serve_call if _TRACE_HEADER in request.headers or self.observer.active else self._call  # most: one frame less
         if _start_task is not None:  # `request_task.start`, inline
@@ -204,20 +204,12 @@ class App:
         else:
             conn.task = _Task(call(api, value, request, conn, start), loop=loop, name=_TASK_NAME)
 
-    def _decode_failed(self, conn: HttpProtocol, api: API, start: float, exc: Exception) -> None:
-        if isinstance(exc, ShmserveError):
-            self._fail(conn, api, start, exc.http_status, exc)
-            return
-        # A custom descriptor's bug: the request is lost, not the worker.
-        log.exception("input descriptor of API %r failed", api.name, exc_info=exc)
-        self._fail(conn, api, start, 500, exc)
-
     async def _decode_in_steps(self, api: API, request: Request, conn: HttpProtocol, start: float) -> None:
         """Decode a large body a piece at a time, other requests served in between; then call the API."""
         try:
             value = await api.input.decode_async(request.body, request.headers)
         except Exception as exc:
-            self._decode_failed(conn, api, start, exc)
+            decode_failed(self.metrics, conn, api, start, exc)
             return
         await self._serve_call(api, value, request, conn, start)
 
@@ -278,17 +270,8 @@ class App:
                 # The client went away; nothing to answer.
                 self.metrics.observe_request(api.name, 499, time.perf_counter() - start)
                 raise
-            except ShmserveError as exc:
-                if isinstance(exc, RunnerError):
-                    log.warning("API %r (request %s): runner error: %s", api.name, request.request_id.decode(), exc)
-                self._fail(conn, api, start, exc.http_status, exc)
-                return
-            except (asyncio.TimeoutError, TimeoutError):
-                self._fail(conn, api, start, 504, TimeoutError(f"API {api.name!r} did not finish within {api.timeout} s"))
-                return
             except Exception as exc:
-                log.exception("API %r raised (request %s)", api.name, request.request_id.decode())
-                self._fail(conn, api, start, 500, exc)
+                call_failed(self.metrics, conn, api, request, start, exc)
                 return
         finally:
             self.in_flight -= 1
@@ -337,8 +320,5 @@ class App:
         conn.reply(status, ctype, body, extra)
 
     def _fail(self, conn: HttpProtocol, api: API, start: float, status: int, exc: BaseException) -> None:
-        self.metrics.observe_request(api.name, status, time.perf_counter() - start)
-        # RunnerError's str() carries the remote traceback: log it, do not send it.
-        message = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
-        conn.reply_error(status, type(exc).__name__, message or type(exc).__name__,
-                         RETRY_AFTER if status == 503 else b"")
+        """Count and answer a failed request (`failures.reply_failure`; `respond_stream` calls it too)."""
+        reply_failure(self.metrics, conn, api, start, status, exc)
