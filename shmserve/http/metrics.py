@@ -200,7 +200,13 @@ class Metrics:
 
     def observe_request(self, api: str, status: int, seconds: float) -> None:
         """Count one response of `api` with `status` that took `seconds`."""
-        self.request_histogram(api, status).observe(seconds)
+        h = self._requests.get((api, status))  # request_histogram and Histogram.observe, inlined: one frame
+        if h is None:
+            h = self.request_histogram(api, status)
+        pending = h.pending
+        pending.append(seconds)
+        if len(pending) >= PENDING_MAX:
+            h.fold()
 
     def on_trace(self, runner: str, method: str, trace: dict[str, Any]) -> None:
         """Trace hook for ``shmserve.traces.add_trace_hook``: one completed runner call."""

@@ -100,3 +100,14 @@ def test_a_reader_on_another_thread_loses_and_doubles_nothing() -> None:
     assert h.count == n and h.counts == ref.counts
     assert seen == sorted(seen) and seen[-1] <= n  # counts only grow, never past what was observed
     assert h.sum == ref.sum  # folded in batches, but still added one value at a time, in order
+
+
+def test_observe_request_counts_and_folds_past_the_bound() -> None:
+    m = Metrics("svc")
+    for _ in range(PENDING_MAX + 3):
+        m.observe_request("predict", 200, 0.002)
+    m.observe_request("predict", 503, 0.5)
+    h = m.request_histogram("predict", 200)
+    assert len(h.pending) == 3 and h.count == PENDING_MAX + 3 and h.pending == []
+    requests, _, _ = m.totals()
+    assert {k: v.count for k, v in requests.items()} == {("predict", 200): PENDING_MAX + 3, ("predict", 503): 1}
