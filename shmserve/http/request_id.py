@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import re
 import secrets
+from collections.abc import Callable
 
 __all__ = ["MAX_REQUEST_ID", "RequestIds", "HEADER"]
 
@@ -27,15 +28,13 @@ class RequestIds:
     """Accepts or mints request IDs for one process."""
 
     def __init__(self) -> None:
-        self._prefix = secrets.token_hex(6).encode() + b"-"
-        self._next = itertools.count(1).__next__
-
-    def mint(self) -> bytes:
-        """A new ID: ``<12 hex chars of this process>-<counter in hex>``."""
-        return self._prefix + b"%x" % self._next()
+        self._prefix = prefix = secrets.token_hex(6).encode() + b"-"
+        #: ``mint()``: a new ID, ``<12 hex chars of this process>-<counter in hex>``; C iterators all the
+        #: way down (count, format, prepend), so minting runs no Python frame or bytecode
+        self.mint: Callable[[], bytes] = map(prefix.__add__, map(b"%x".__mod__, itertools.count(1))).__next__
 
     def accept(self, supplied: bytes | None) -> bytes:
         """`supplied` when it is 1..128 token characters, else a minted ID."""
         if supplied is not None and _SANE.fullmatch(supplied):
             return supplied
-        return self._prefix + b"%x" % self._next()  # `mint`, inline: most requests bring no ID
+        return self.mint()

@@ -50,6 +50,15 @@ def test_unsafe_or_overlong_request_ids_are_replaced(supplied: bytes) -> None:
     assert minted != supplied and len(minted) < 40 and ids.accept(minted) == minted
 
 
+def test_minted_ids_are_the_process_prefix_and_a_hex_counter() -> None:
+    ids = RequestIds()
+    first = [ids.mint() for _ in range(17)] + [ids.accept(None)]
+    prefix = first[0].split(b"-")[0]
+    assert len(prefix) == 12 and int(prefix, 16) >= 0
+    assert first == [prefix + b"-%x" % n for n in range(1, 19)]  # 1..0x12, each once
+    assert RequestIds().mint().split(b"-")[0] != prefix  # another process (or restart): another prefix
+
+
 def test_request_id_reaches_the_trace_timeline(plain: Harness) -> None:
     (status, headers, _), = plain.exchange(post(b"/predict", b"[[1, 2, 3]]", b"X-Request-ID: t-1\r\nX-Shmserve-Trace: 1\r\n"))
     assert status == 200 and orjson.loads(headers[b"x-shmserve-trace"])["request_id"] == "t-1"
