@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 from bisect import bisect_left
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -78,18 +79,21 @@ def test_runner_histograms_stay_bounded_when_nobody_reads() -> None:
 def test_a_reader_on_another_thread_loses_and_doubles_nothing() -> None:
     h = Histogram(LATENCY_BUCKETS)
     n = 20 * PENDING_MAX
-    done = threading.Event()
+    done, reading = threading.Event(), threading.Event()
     seen: list[int] = []
 
     def read() -> None:
         while not done.is_set():
             seen.append(h.copy().count)
             h.snapshot()
+            reading.set()
 
     reader = threading.Thread(target=read)
     reader.start()
     try:
         for i in range(n):
+            if i == n // 2:  # half observed: let the reader fold some before the rest (no timing assumed)
+                assert reading.wait(10.0)
             h.observe((i % 100) / 1000)
     finally:
         done.set()
@@ -111,3 +115,24 @@ def test_observe_request_counts_and_folds_past_the_bound() -> None:
     assert len(h.pending) == 3 and h.count == PENDING_MAX + 3 and h.pending == []
     requests, _, _ = m.totals()
     assert {k: v.count for k, v in requests.items()} == {("predict", 200): PENDING_MAX + 3, ("predict", 503): 1}
+
+
+class AppendsWhileCopied(list):  # type: ignore[type-arg]
+    """A pending list whose writer appends just after a fold copied it: the race, made deterministic."""
+
+    appended = False
+
+    def __getitem__(self, index: Any) -> Any:
+        out = super().__getitem__(index)
+        if isinstance(index, slice) and not self.appended:
+            self.appended = True
+            self.append(7.0)
+        return out
+
+
+def test_a_value_appended_while_a_fold_copies_waits_for_the_next_fold() -> None:
+    h = Histogram(LATENCY_BUCKETS)
+    h.pending = AppendsWhileCopied([0.001])
+    assert h.count == 1  # the fold took the copied value; the one appended after the copy stays pending
+    assert h.pending == [7.0]
+    assert h.snapshot()[1] == 0.001 + 7.0 and h.count == 2 and h.pending == []
