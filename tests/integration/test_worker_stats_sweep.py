@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from shmserve import registry
+from tests.conftest import shm_entries
 
 pytestmark = pytest.mark.integration
 
@@ -39,6 +40,7 @@ SERVICE = textwrap.dedent('''
 
 def test_killed_servers_worker_snapshots_are_swept(tmp_path: Path, runtime_dir: Path, shm_clean: None) -> None:
     (tmp_path / "svc_stats_sweep.py").write_text(SERVICE)
+    names_before = shm_entries()
     proc = subprocess.Popen(
         [sys.executable, "-m", "shmserve.cli", "serve", "svc_stats_sweep:svc", "--port", "0"],
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
@@ -57,9 +59,16 @@ def test_killed_servers_worker_snapshots_are_swept(tmp_path: Path, runtime_dir: 
     def left() -> list[Path]:
         return [*runtime_dir.glob("stats_sweep_twice-*.stats.json"), *runtime_dir.glob(".stats_sweep_twice-*.tmp")]
 
+    def names_left() -> set[str]:
+        return shm_entries() - names_before
+
+    # A killed process's lease is free once the kernel has ended it; killpg's SIGKILL reaches the three
+    # processes at once but they exit one by one, so a sweep can find the runner worker's lease free (its
+    # snapshot swept) while the API worker's is still held (its names kept until a later sweep).
     deadline = time.monotonic() + 10
     registry.sweep()
-    while left() and time.monotonic() < deadline:  # a killed process's lease is free once the kernel has reaped it
+    while (left() or names_left()) and time.monotonic() < deadline:
         time.sleep(0.1)
         registry.sweep()
     assert not left(), "a killed server's worker snapshot survived the sweep"
+    assert not names_left(), f"a killed server's shared-memory names survived the sweep: {sorted(names_left())}"
