@@ -26,6 +26,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "slots.h"
+
 /* items of one entry: access_log.FIELDS */
 #define FIELDS 10
 
@@ -308,14 +310,14 @@ static PyObject *configure(PyObject *Py_UNUSED(self), PyObject *cls) {
     Py_RETURN_NONE;
 }
 
+/* pending: list, or None; traced: list, or None; client_of: conn -> "host:port" (asked when conn has no
+ * access_client yet); runner_seconds: sink -> float, for a sink the fast loop here does not read;
+ * failed: (request, exc) -> None; random: () -> float in [0, 1) */
+#define RECORDER_FIELDS(X) X(pending) X(traced) X(client_of) X(runner_seconds) X(failed) X(random)
+
 typedef struct {
     PyObject_HEAD
-    PyObject *pending;   /* list, or None */
-    PyObject *traced;    /* list, or None */
-    PyObject *client_of; /* conn -> "host:port" (asked when conn has no access_client yet) */
-    PyObject *runner_seconds; /* sink -> float, for a sink the fast loop here does not read */
-    PyObject *failed;    /* (request, exc) -> None */
-    PyObject *random;    /* () -> float in [0, 1) */
+    RECORDER_FIELDS(SLOTS_DECLARE)
     double rate;         /* below 1: that fraction of the fast, successful responses is logged */
     double slow_s;       /* slower responses are always logged */
     vectorcallfunc vectorcall;
@@ -544,31 +546,7 @@ static PyObject *recorder_new(PyTypeObject *type, PyObject *args, PyObject *kwds
     return (PyObject *)r;
 }
 
-static int recorder_traverse(Recorder *r, visitproc visit, void *arg) {
-    Py_VISIT(r->pending);
-    Py_VISIT(r->traced);
-    Py_VISIT(r->client_of);
-    Py_VISIT(r->runner_seconds);
-    Py_VISIT(r->failed);
-    Py_VISIT(r->random);
-    return 0;
-}
-
-static int recorder_clear(Recorder *r) {
-    Py_CLEAR(r->pending);
-    Py_CLEAR(r->traced);
-    Py_CLEAR(r->client_of);
-    Py_CLEAR(r->runner_seconds);
-    Py_CLEAR(r->failed);
-    Py_CLEAR(r->random);
-    return 0;
-}
-
-static void recorder_dealloc(Recorder *r) {
-    PyObject_GC_UnTrack(r);
-    recorder_clear(r);
-    Py_TYPE(r)->tp_free((PyObject *)r);
-}
+SLOTS_FUNCTIONS(recorder, Recorder, RECORDER_FIELDS)
 
 static PyTypeObject RecorderType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "shmserve._native._accesslog.Recorder",
@@ -594,12 +572,14 @@ static PyTypeObject RecorderType = {
  * Python twin: `begin(request, api, asked)` when nothing was drawn (asked, a traceparent, rate 1), or
  * `sampled(request, api)` when the draw here picked it. So the draw is made once per request either way.
  */
+/* context_type: a subclass of list (checked by beginner_new); begin: the Python twin; sampled:
+ * (request, api) -> the context of a request drawn for a trace; random: () -> float in [0, 1), None
+ * without a tracer */
+#define BEGINNER_FIELDS(X) X(context_type) X(begin) X(sampled) X(random)
+
 typedef struct {
     PyObject_HEAD
-    PyTypeObject *context_type;
-    PyObject *begin;   /* the Python twin */
-    PyObject *sampled; /* (request, api) -> the context of a request drawn for a trace */
-    PyObject *random;  /* () -> float in [0, 1); None without a tracer */
+    BEGINNER_FIELDS(SLOTS_DECLARE)
     double rate;       /* the tracer's sample rate; negative: no tracer */
     int logged;        /* the access log is on */
     vectorcallfunc vectorcall;
@@ -641,7 +621,8 @@ static PyObject *beginner_vectorcall(PyObject *self, PyObject *const *args, size
     }
     if (!b->logged)
         Py_RETURN_NONE;
-    PyObject *ctx = b->context_type->tp_alloc(b->context_type, 0);
+    PyTypeObject *context_type = (PyTypeObject *)b->context_type;
+    PyObject *ctx = context_type->tp_alloc(context_type, 0);
     if (ctx == NULL)
         return NULL;
     if (Py_IS_TYPE(request, request_type)) /* what setting the slot does */
@@ -668,7 +649,7 @@ static PyObject *beginner_new(PyTypeObject *type, PyObject *args, PyObject *kwds
     Beginner *b = (Beginner *)type->tp_alloc(type, 0);
     if (b == NULL)
         return NULL;
-    b->context_type = (PyTypeObject *)Py_NewRef(context_type);
+    b->context_type = Py_NewRef(context_type);
     b->begin = Py_NewRef(begin);
     b->sampled = Py_NewRef(sampled);
     b->random = Py_NewRef(random);
@@ -678,27 +659,7 @@ static PyObject *beginner_new(PyTypeObject *type, PyObject *args, PyObject *kwds
     return (PyObject *)b;
 }
 
-static int beginner_traverse(Beginner *b, visitproc visit, void *arg) {
-    Py_VISIT(b->context_type);
-    Py_VISIT(b->begin);
-    Py_VISIT(b->sampled);
-    Py_VISIT(b->random);
-    return 0;
-}
-
-static int beginner_clear(Beginner *b) {
-    Py_CLEAR(b->context_type);
-    Py_CLEAR(b->begin);
-    Py_CLEAR(b->sampled);
-    Py_CLEAR(b->random);
-    return 0;
-}
-
-static void beginner_dealloc(Beginner *b) {
-    PyObject_GC_UnTrack(b);
-    beginner_clear(b);
-    Py_TYPE(b)->tp_free((PyObject *)b);
-}
+SLOTS_FUNCTIONS(beginner, Beginner, BEGINNER_FIELDS)
 
 static PyTypeObject BeginnerType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "shmserve._native._accesslog.Beginner",
