@@ -89,7 +89,7 @@ Consumer = Callable[[int], list[tuple[int, Any, list[wire.TensorMeta], bytes]]]
 
 
 def consumer(ring: Ring[Any]) -> Consumer:
-    """`consume_responses` bound to one link's response ring: the C ``consume`` behind a
+    """The read of one link's response ring (`Consumer`): the C ``consume`` behind a
     `functools.partial` (no Python frame per read), or `Ring.consume`."""
     native = _CONSUME
     if native is None:
